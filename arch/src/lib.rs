@@ -1,0 +1,362 @@
+//! Everything ferry needs to know that differs between architectures, and
+//! nothing else.
+//!
+//! Each backend (`x86_64`, `aarch64`, `ppc64le`, `s390x`) is plain data and
+//! pure functions over `#[repr(C)]` register layouts defined here, so all
+//! four compile and are tested on any host. The only host-dependent item is
+//! [`Native`], the backend of the architecture ferry was compiled for;
+//! callers use it and never name an architecture.
+
+pub mod aarch64;
+mod hex;
+pub mod ppc64le;
+pub mod s390x;
+pub mod x86_64;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+
+/// An architecture ferry supports.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+    Ppc64le,
+    S390x,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::X86_64, Arch::Aarch64, Arch::Ppc64le, Arch::S390x];
+
+    /// The name used in images, on the command line and in Rust target triples.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+            Arch::Ppc64le => "ppc64le",
+            Arch::S390x => "s390x",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = ArchError;
+    fn from_str(s: &str) -> Result<Self, ArchError> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| ArchError::UnknownArch(s.to_string()))
+    }
+}
+
+/// The syscalls ferry injects into a stopped task, independent of numbering.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Brk,
+    Close,
+    CloseRange,
+    Getitimer,
+    Madvise,
+    Mmap,
+    Mprotect,
+    Mremap,
+    Mseal,
+    Munmap,
+    Prctl,
+    Preadv,
+    Rseq,
+    RtSigaction,
+    RtSigqueueinfo,
+    RtTgsigqueueinfo,
+    Setitimer,
+    Setfsgid,
+    Setfsuid,
+    Setgroups,
+    Setresgid,
+    Setresuid,
+    Capset,
+    Sigaltstack,
+    Userfaultfd,
+    Ioctl,
+}
+
+/// ELF note types naming the ptrace register sets (PTRACE_GETREGSET).
+pub mod nt {
+    pub const PRSTATUS: u32 = 1;
+    pub const PRFPREG: u32 = 2;
+    pub const X86_XSTATE: u32 = 0x202;
+    pub const PPC_VMX: u32 = 0x100;
+    pub const PPC_VSX: u32 = 0x102;
+    pub const S390_SYSTEM_CALL: u32 = 0x307;
+    pub const S390_VXRS_LOW: u32 = 0x309;
+    pub const S390_VXRS_HIGH: u32 = 0x30a;
+    pub const ARM_TLS: u32 = 0x401;
+    pub const ARM_SYSTEM_CALL: u32 = 0x404;
+}
+
+/// One register set that is part of a task's CPU state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Regset {
+    /// ELF note type passed to PTRACE_GETREGSET / PTRACE_SETREGSET.
+    pub nt: u32,
+    pub name: &'static str,
+    /// Exact size, or the largest size the kernel may return when variable.
+    pub size: usize,
+    /// Variable-length regsets (x86 xstate) report their real size in iov_len.
+    pub variable: bool,
+    /// A missing optional regset (e.g. no vector unit) is recorded as absent.
+    pub required: bool,
+}
+
+/// How a task that was stopped inside a syscall must resume.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// The task was not inside a syscall.
+    NotInSyscall,
+    /// The syscall had completed; its result stays as it is.
+    Completed,
+    /// Rewound: the syscall instruction runs again with its original arguments.
+    Rerun,
+    /// The kernel's per-task restart state cannot survive a checkpoint, so the
+    /// syscall returns EINTR (what the kernel does when the restart block is gone).
+    Interrupted,
+    /// The kernel already rewound the task before the stop (aarch64).
+    AlreadyRewound,
+}
+
+/// Kernel-internal syscall return values that ask for a restart.
+pub mod restart_codes {
+    pub const ERESTARTSYS: i64 = 512;
+    pub const ERESTARTNOINTR: i64 = 513;
+    pub const ERESTARTNOHAND: i64 = 514;
+    pub const ERESTART_RESTARTBLOCK: i64 = 516;
+    pub const EINTR: i64 = 4;
+}
+
+/// Errors of this crate: bad register blobs in images or from the kernel.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArchError {
+    #[error("unknown architecture {0:?} (known: x86_64, aarch64, ppc64le, s390x)")]
+    UnknownArch(String),
+    #[error("register set {name} has {got} bytes, expected {expected}")]
+    RegsetSize {
+        name: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("register set with note type {0:#x} is not part of this architecture")]
+    UnknownRegset(u32),
+    #[error("image is for {image}, this is {host}")]
+    WrongArch { image: Arch, host: Arch },
+}
+
+/// What every architecture backend provides. Implementations are zero-sized
+/// markers; all functions are pure.
+pub trait Backend {
+    const ARCH: Arch;
+    /// The syscall instruction, as it sits in memory.
+    const SYSCALL_INSN: &'static [u8];
+    /// An instruction that traps (SIGTRAP) if execution ever runs past an
+    /// injected syscall.
+    const TRAP_INSN: &'static [u8];
+    /// Bytes below the stack pointer that the ABI lets the running code use
+    /// without moving the stack pointer; scratch data must stay below them.
+    const STACK_RED_ZONE: u64;
+    /// Alignment of instruction addresses.
+    const INSN_ALIGN: u64;
+    /// s390x's mmap is the old one-argument form: the six values sit in
+    /// memory and the syscall gets their address.
+    const MMAP_ARGS_IN_MEMORY: bool = false;
+    /// The register sets that together form [`Backend::State`].
+    const REGSETS: &'static [Regset];
+    /// The register sets written to set up each injected syscall.
+    const INJECTION_REGSETS: &'static [u32];
+
+    /// The whole CPU state of a task: what goes into the image.
+    type State: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Default;
+
+    fn sysno(call: Syscall) -> u64;
+
+    /// Fill `state` from the bytes of one register set.
+    fn load_regset(state: &mut Self::State, nt: u32, bytes: &[u8]) -> Result<(), ArchError>;
+    /// The bytes of one register set, as PTRACE_SETREGSET wants them.
+    /// `None` when the state does not hold that set (an absent optional one).
+    fn store_regset(state: &Self::State, nt: u32) -> Option<Vec<u8>>;
+
+    fn ip(state: &Self::State) -> u64;
+    fn sp(state: &Self::State) -> u64;
+
+    /// Turn `state` into the frame that executes syscall `nr` with `args` from
+    /// the syscall instruction at `insn`, with no restart pending.
+    fn prepare_syscall(state: &mut Self::State, insn: u64, nr: u64, args: [u64; 6]);
+    /// The result of a completed injected syscall: the value or the errno.
+    fn syscall_result(state: &Self::State) -> Result<u64, i32>;
+
+    /// Apply the kernel's syscall-restart logic for a task that will resume
+    /// somewhere its restart block does not exist (a restored task).
+    fn restart_fixup(state: &mut Self::State) -> Restart;
+
+    fn wrap(state: Self::State) -> CpuRecord;
+    fn unwrap(record: CpuRecord) -> Result<Self::State, ArchError>;
+}
+
+/// The per-architecture CPU state record stored in an image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum CpuRecord {
+    X86_64(x86_64::State),
+    Aarch64(aarch64::State),
+    Ppc64le(ppc64le::State),
+    S390x(s390x::State),
+}
+
+impl CpuRecord {
+    pub fn arch(&self) -> Arch {
+        match self {
+            CpuRecord::X86_64(_) => Arch::X86_64,
+            CpuRecord::Aarch64(_) => Arch::Aarch64,
+            CpuRecord::Ppc64le(_) => Arch::Ppc64le,
+            CpuRecord::S390x(_) => Arch::S390x,
+        }
+    }
+}
+
+/// Map ferry's syscall list onto one architecture's numbering.
+macro_rules! sysno_table {
+    ($table:path, $call:expr) => {{
+        use $table as T;
+        use $crate::Syscall as S;
+        (match $call {
+            S::Brk => T::brk,
+            S::Close => T::close,
+            S::CloseRange => T::close_range,
+            S::Getitimer => T::getitimer,
+            S::Madvise => T::madvise,
+            S::Mmap => T::mmap,
+            S::Mprotect => T::mprotect,
+            S::Mremap => T::mremap,
+            S::Mseal => T::mseal,
+            S::Munmap => T::munmap,
+            S::Prctl => T::prctl,
+            S::Preadv => T::preadv,
+            S::Rseq => T::rseq,
+            S::RtSigaction => T::rt_sigaction,
+            S::RtSigqueueinfo => T::rt_sigqueueinfo,
+            S::RtTgsigqueueinfo => T::rt_tgsigqueueinfo,
+            S::Setitimer => T::setitimer,
+            S::Setfsgid => T::setfsgid,
+            S::Setfsuid => T::setfsuid,
+            S::Setgroups => T::setgroups,
+            S::Setresgid => T::setresgid,
+            S::Setresuid => T::setresuid,
+            S::Capset => T::capset,
+            S::Sigaltstack => T::sigaltstack,
+            S::Userfaultfd => T::userfaultfd,
+            S::Ioctl => T::ioctl,
+        }) as u64
+    }};
+}
+pub(crate) use sysno_table;
+
+/// A `#[repr(C)]` register block of 64-bit registers, shown as hex in images.
+macro_rules! hex_regs {
+    ($(#[$m:meta])* pub struct $name:ident { $(pub $f:ident,)* }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(
+            Copy, Clone, Debug, Default, PartialEq, Eq,
+            bytemuck::Pod, bytemuck::Zeroable, serde::Serialize, serde::Deserialize,
+        )]
+        pub struct $name {
+            $( #[serde(with = "crate::hex::u64")] pub $f: u64, )*
+        }
+    };
+}
+pub(crate) use hex_regs;
+
+pub(crate) fn wrong_arch(image: Arch, host: Arch) -> ArchError {
+    ArchError::WrongArch { image, host }
+}
+
+/// Copy a register blob into a plain-old-data struct, checking its size.
+pub(crate) fn pod_from<T: bytemuck::Pod + bytemuck::Zeroable>(
+    name: &'static str,
+    bytes: &[u8],
+) -> Result<T, ArchError> {
+    let expected = std::mem::size_of::<T>();
+    if bytes.len() != expected {
+        return Err(ArchError::RegsetSize {
+            name,
+            got: bytes.len(),
+            expected,
+        });
+    }
+    Ok(bytemuck::pod_read_unaligned(bytes))
+}
+
+pub(crate) fn pod_bytes<T: bytemuck::Pod>(v: &T) -> Vec<u8> {
+    bytemuck::bytes_of(v).to_vec()
+}
+
+/// Linux-style error decoding shared by the architectures that return
+/// `-errno` in a register.
+pub(crate) fn negative_errno(ret: u64) -> Result<u64, i32> {
+    let v = ret as i64;
+    if (-4095..0).contains(&v) {
+        Err((-v) as i32)
+    } else {
+        Ok(ret)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub type Native = x86_64::X86_64;
+#[cfg(target_arch = "aarch64")]
+pub type Native = aarch64::Aarch64;
+#[cfg(target_arch = "powerpc64")]
+pub type Native = ppc64le::Ppc64le;
+#[cfg(target_arch = "s390x")]
+pub type Native = s390x::S390x;
+
+/// The CPU state type of the architecture ferry runs on.
+pub type NativeState = <Native as Backend>::State;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_names_round_trip() {
+        for a in Arch::ALL {
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+        }
+        assert!("sparc".parse::<Arch>().is_err());
+    }
+
+    #[test]
+    fn native_numbers_match_libc_headers() {
+        // The tables come from the `syscalls` crate; the host's own C headers
+        // must agree for the backend ferry runs on.
+        let pairs: &[(Syscall, libc::c_long)] = &[
+            (Syscall::Mmap, libc::SYS_mmap),
+            (Syscall::Munmap, libc::SYS_munmap),
+            (Syscall::Mremap, libc::SYS_mremap),
+            (Syscall::Rseq, libc::SYS_rseq),
+            (Syscall::Preadv, libc::SYS_preadv),
+            (Syscall::Prctl, libc::SYS_prctl),
+            (Syscall::CloseRange, libc::SYS_close_range),
+            (Syscall::RtTgsigqueueinfo, libc::SYS_rt_tgsigqueueinfo),
+        ];
+        for (call, nr) in pairs {
+            assert_eq!(Native::sysno(*call) as libc::c_long, *nr, "{call:?}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! ferry: checkpoint, restore and live-migrate Linux processes.
