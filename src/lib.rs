@@ -1,1 +1,22 @@
 //! ferry: checkpoint, restore and live-migrate Linux processes.
+//!
+//! - [`dump`] freezes a task and writes its image; [`restore`] rebuilds it at
+//!   its PID by injecting syscalls into a fresh child.
+//! - [`image`] is the image directory format, [`proc`] the /proc parsers,
+//!   [`ptrace`] the tracing and injection engine, [`probe`] the kernel
+//!   feature probes behind `ferry check`.
+
+pub mod cli;
+pub mod dump;
+pub mod image;
+pub mod probe;
+pub mod proc;
+pub mod ptrace;
+pub mod restore;
+pub mod testhook;
+
+/// The kernel's page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}

@@ -8,7 +8,7 @@
 //! callers use it and never name an architecture.
 
 pub mod aarch64;
-mod hex;
+pub mod hex;
 pub mod ppc64le;
 pub mod s390x;
 pub mod x86_64;
@@ -116,7 +116,7 @@ pub struct Regset {
 }
 
 /// How a task that was stopped inside a syscall must resume.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Restart {
     /// The task was not inside a syscall.

@@ -1,0 +1,67 @@
+//! CRIU-style verbosity (-v0…-v4, -v, -vv) and log file, on top of tracing.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tracing::level_filters::LevelFilter;
+
+/// One -v occurrence: either a level (-v4) or a raise (-v, -vv).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerbosityStep {
+    Set(u8),
+    Raise(u8),
+}
+
+pub fn parse_verbosity(s: &str) -> Result<VerbosityStep, String> {
+    if s == "+" {
+        return Ok(VerbosityStep::Raise(1));
+    }
+    if !s.is_empty() && s.bytes().all(|b| b == b'v') {
+        // "-vv" reaches us as -v with the value "v".
+        return Ok(VerbosityStep::Raise(1 + s.len() as u8));
+    }
+    s.parse::<u8>()
+        .map(VerbosityStep::Set)
+        .map_err(|_| format!("{s:?} is not a verbosity level (0-4, or -v/-vv)"))
+}
+
+pub const DEFAULT_LEVEL: u8 = 2;
+
+pub fn level(steps: &[VerbosityStep]) -> u8 {
+    steps.iter().fold(DEFAULT_LEVEL, |lvl, s| match s {
+        VerbosityStep::Set(n) => *n,
+        VerbosityStep::Raise(n) => lvl.saturating_add(*n),
+    })
+}
+
+fn filter(level: u8) -> LevelFilter {
+    match level {
+        0 => LevelFilter::OFF,
+        1 => LevelFilter::ERROR,
+        2 => LevelFilter::WARN,
+        3 => LevelFilter::INFO,
+        4 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// Log to stderr, or to `file` (appending, created 0600).
+pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(filter(level))
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_target(level >= 4);
+    match file {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("opening log file {}", path.display()))?;
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}

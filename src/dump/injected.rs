@@ -1,0 +1,117 @@
+//! Task state that only the task itself can report: signal handlers, brk,
+//! the alternate signal stack, interval timers and a few prctl values. Read
+//! by injecting the syscalls that return them, with a scratch buffer below
+//! the task's stack pointer, then putting everything back.
+
+use crate::image::task::{AltStack, ITimers, PrctlState, SigAction};
+use crate::proc::maps::Mapping;
+use crate::ptrace::inject::{find_syscall_insn, stack_scratch, Injector};
+use crate::ptrace::remote::RemoteMem;
+use crate::ptrace::Tracee;
+use anyhow::{Context, Result};
+use ferry_arch::{Backend, Native, NativeState, Syscall};
+
+pub struct InjectedState {
+    pub brk: u64,
+    pub actions: Vec<SigAction>,
+    pub altstack: AltStack,
+    pub itimers: ITimers,
+    pub prctl: PrctlState,
+    pub securebits: u32,
+    /// SIGSTOP-like signals that arrived meanwhile, to re-send on release.
+    pub deferred_signals: Vec<i32>,
+}
+
+/// Bytes of scratch: one reply at a time, the largest is a sigaction.
+const SCRATCH: u64 = 256;
+
+/// Ask the task, then return it to exactly the stop it was in.
+pub fn collect(tracee: &Tracee, maps: &[Mapping], original: &NativeState, mask: u64) -> Result<InjectedState> {
+    let mem = RemoteMem::open(tracee.pid)?;
+    let insn = find_syscall_insn(&mem, maps).with_context(|| format!("task {}", tracee.pid))?;
+    let scratch = stack_scratch(maps, Native::sp(original), SCRATCH).with_context(|| {
+        format!("task {}: no room below the stack pointer {:#x} for scratch data", tracee.pid, Native::sp(original))
+    })?;
+    let mut saved = vec![0u8; SCRATCH as usize];
+    mem.read(scratch, &mut saved)?;
+
+    // Block every signal while the task runs our syscalls, so none is
+    // delivered into a frame that is not the task's own.
+    tracee.set_sigmask(!0)?;
+    let mut inj = Injector::new(tracee, original.clone(), insn);
+    let result = ask(&mut inj, &mem, scratch);
+    let deferred = std::mem::take(&mut inj.deferred_signals);
+    let touched = inj.calls > 0;
+
+    // Put back the borrowed bytes, the registers and the mask, whatever happened.
+    let restored = mem
+        .write(scratch, &saved)
+        .and_then(|_| if touched { return_to_interrupt_stop(tracee, original, mask) } else { tracee.set_sigmask(mask) });
+    let mut state = result?;
+    restored.with_context(|| format!("task {}: putting its state back after injection", tracee.pid))?;
+    state.deferred_signals = deferred;
+    Ok(state)
+}
+
+/// After injection the task sits at a syscall-exit stop. Restore its own
+/// registers there, then let it take a fresh PTRACE_INTERRUPT stop: from that
+/// stop, detaching behaves exactly as if we had never injected anything
+/// (the kernel applies its own syscall-restart logic on the way out).
+pub fn return_to_interrupt_stop(tracee: &Tracee, original: &NativeState, mask: u64) -> Result<()> {
+    tracee.set_cpu_state(original, None)?;
+    tracee.set_sigmask(mask)?;
+    tracee.interrupt()?;
+    tracee.cont(0)?;
+    tracee.wait_interrupted()?;
+    Ok(())
+}
+
+fn ask(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<InjectedState> {
+    let brk = inj.call(Syscall::Brk, &[0], || "brk(0)".into())?;
+
+    let mut actions = Vec::new();
+    for signo in 1..=64i32 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        inj.call(Syscall::RtSigaction, &[signo as u64, 0, scratch, 8], || format!("rt_sigaction({signo})"))?;
+        // The kernel's struct sigaction: handler, flags, restorer, mask.
+        let v = mem.read_u64s(scratch, 4)?;
+        actions.push(SigAction { signo, handler: v[0], flags: v[1], restorer: v[2], mask: v[3] });
+    }
+
+    inj.call(Syscall::Sigaltstack, &[0, scratch], || "sigaltstack".into())?;
+    let v = mem.read_u64s(scratch, 3)?;
+    let altstack = AltStack { sp: v[0], flags: v[1] as u32 as i32, size: v[2] };
+
+    let mut timers = [[0u64; 2]; 3];
+    for (which, t) in timers.iter_mut().enumerate() {
+        inj.call(Syscall::Getitimer, &[which as u64, scratch], || format!("getitimer({which})"))?;
+        // struct itimerval: interval {sec, usec}, value {sec, usec}
+        let v = mem.read_u64s(scratch, 4)?;
+        *t = [v[0] * 1_000_000 + v[1], v[2] * 1_000_000 + v[3]];
+    }
+    let itimers = ITimers { real: timers[0], virt: timers[1], prof: timers[2] };
+
+    let prctl_int = |inj: &mut Injector, option: i32, what: &str| -> Result<i32> {
+        inj.call(Syscall::Prctl, &[option as u64, scratch], || format!("prctl({what})"))?;
+        Ok(mem.read_u64s(scratch, 1)?[0] as u32 as i32)
+    };
+    let pdeathsig = prctl_int(inj, libc::PR_GET_PDEATHSIG, "PR_GET_PDEATHSIG")?;
+    let child_subreaper = prctl_int(inj, libc::PR_GET_CHILD_SUBREAPER, "PR_GET_CHILD_SUBREAPER")? != 0;
+    let dumpable = inj.call(Syscall::Prctl, &[libc::PR_GET_DUMPABLE as u64], || "prctl(PR_GET_DUMPABLE)".into())? as i32;
+    let thp_disable =
+        inj.call(Syscall::Prctl, &[libc::PR_GET_THP_DISABLE as u64], || "prctl(PR_GET_THP_DISABLE)".into())? != 0;
+    let securebits =
+        inj.call(Syscall::Prctl, &[libc::PR_GET_SECUREBITS as u64], || "prctl(PR_GET_SECUREBITS)".into())? as u32;
+
+    Ok(InjectedState {
+        brk,
+        actions,
+        altstack,
+        itimers,
+        prctl: PrctlState { pdeathsig, dumpable, thp_disable, child_subreaper },
+        securebits,
+        deferred_signals: Vec::new(),
+    })
+}

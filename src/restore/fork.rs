@@ -1,0 +1,121 @@
+//! Create a child at a chosen PID: clone3 with set_tid (Linux 5.5+), or
+//! writing /proc/sys/kernel/ns_last_pid before fork on older kernels.
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// In the parent: the child's PID and a pidfd for it.
+pub struct Forked {
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// fork(2) semantics: returns Ok(None) in the child.
+fn clone3_at(pid: i32) -> Result<Option<Forked>, Errno> {
+    let set_tid = [pid];
+    let mut pidfd: i32 = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut i32 as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM the child gets a copy of our memory and
+    // continues here like after fork(); args and set_tid outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match r {
+        0 => Ok(None),
+        -1 => Err(Errno::last()),
+        child => Ok(Some(Forked {
+            pid: child as i32,
+            // SAFETY: the kernel just gave us this fd.
+            pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        })),
+    }
+}
+
+/// Older kernels: ask for PID-1 as the last one handed out, then fork.
+fn fork_via_ns_last_pid(pid: i32) -> Result<Option<Forked>> {
+    let path = "/proc/sys/kernel/ns_last_pid";
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("opening {path}"))?;
+    // Serialise with other restorers doing the same.
+    nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {path}"))?;
+    write!(f, "{}", pid - 1).with_context(|| format!("writing {path}"))?;
+    // SAFETY: fork(); the child only makes raw syscalls until it is rebuilt.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", Errno::last().desc()),
+        0 => Ok(None),
+        child if child == pid => Ok(Some(Forked { pid: child, pidfd: None })),
+        child => {
+            // SAFETY: plain kill/waitpid of our own child.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            }
+            bail!("PID {pid} was taken by another process while forking (got {child})")
+        }
+    }
+}
+
+/// Describe who holds `pid`, for the error message.
+fn holder(pid: i32) -> String {
+    match crate::proc::ProcDir::new(pid).status() {
+        Ok(s) if s.state == 'Z' => format!(
+            "a zombie of '{}' (it was killed, but its parent {} has not reaped it yet)",
+            s.name, s.ppid
+        ),
+        Ok(s) => format!("'{}' (state {}, parent {})", s.name, s.state, s.ppid),
+        Err(_) => "a process that has just gone".to_string(),
+    }
+}
+
+/// Fork at `pid`, waiting up to `wait` for it to become free: right after a
+/// dump, the killed task's PID is held until its parent reaps it.
+/// Returns Ok(None) in the child.
+pub fn fork_at(pid: i32, wait: Duration) -> Result<Option<Forked>> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        match clone3_at(pid) {
+            Ok(r) => return Ok(r),
+            Err(Errno::EEXIST) => {
+                if start.elapsed() >= wait {
+                    bail!("PID {pid} is in use by {} (waited {} s)", holder(pid), wait.as_secs());
+                }
+                if !announced {
+                    tracing::info!(pid, "PID in use by {}; waiting for it to be released", holder(pid));
+                    announced = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(Errno::ENOSYS | Errno::E2BIG) => return fork_via_ns_last_pid(pid),
+            Err(Errno::EPERM) => bail!(
+                "clone3 with set_tid: Operation not permitted (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+            ),
+            Err(e) => bail!("clone3 with set_tid {pid}: {}", e.desc()),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Rebuild the dumped address space inside the stopped child, one injected
+//! syscall at a time:
+//!
+//! 1. unregister the child's own rseq area (ferry's, inherited);
+//! 2. map a scratch area in a hole of both layouts: a syscall instruction
+//!    for all later injections, and room for syscall arguments;
+//! 3. unmap everything of the child's own except scratch and the vDSO;
+//! 4. move [vvar], [vvar_vclock] and [vdso] to the dumped addresses;
+//! 5. map every dumped area, fill its pages from the pages image with
+//!    preadv in the child, set advice, names and protections;
+//! 6. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file.
+
+use super::plan::Plan;
+use crate::image::task::{Vma, VmaKind};
+use crate::proc::maps::Mapping;
+use crate::ptrace::inject::{stack_scratch, Injector};
+use crate::ptrace::remote::RemoteMem;
+use anyhow::{bail, Context, Result};
+use ferry_arch::{Backend, Native, Syscall};
+use tracing::debug;
+
+/// The scratch area: page 0 holds the syscall instruction, the rest data.
+pub struct Scratch {
+    pub base: u64,
+    pub len: u64,
+    page: u64,
+}
+
+impl Scratch {
+    pub fn data(&self) -> u64 {
+        self.base + self.page
+    }
+    pub fn data_len(&self) -> u64 {
+        self.len - self.page
+    }
+}
+
+/// Data room: 1024 iovecs for preadv, or a whole auxv, with space to spare.
+const SCRATCH_DATA: u64 = 64 * 1024;
+/// Most iovecs one preadv takes (UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+/// Most bytes one preadv moves (the kernel caps a read at 2 GiB - 4 KiB).
+const MAX_READ: u64 = 1 << 30;
+
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_VMA: u64 = 0x53564d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+
+/// Find `len` bytes free in every one of `layouts`, at or above 4 GiB.
+fn find_hole(layouts: &[Vec<(u64, u64)>], len: u64, page: u64) -> Option<u64> {
+    let mut busy: Vec<(u64, u64)> = layouts.iter().flatten().copied().collect();
+    busy.sort_unstable();
+    let mut cursor = 1u64 << 32;
+    for (s, e) in busy {
+        if s >= cursor + len + page {
+            return Some(cursor + page);
+        }
+        cursor = cursor.max(e);
+    }
+    // Above everything, but below 47 bits (the smallest user space of the four).
+    let top = 1u64 << 47;
+    (cursor + 2 * page + len <= top).then_some(cursor + page)
+}
+
+/// Injected mmap; s390x takes its six arguments in memory.
+fn mmap(inj: &mut Injector, mem: &RemoteMem, arg_area: u64, args: [u64; 6], what: impl FnOnce() -> String) -> Result<u64> {
+    if <Native as Backend>::MMAP_ARGS_IN_MEMORY {
+        let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_ne_bytes()).collect();
+        mem.write(arg_area, &bytes)?;
+        inj.call(Syscall::Mmap, &[arg_area], what)
+    } else {
+        inj.call(Syscall::Mmap, &args, what)
+    }
+}
+
+fn prot_of(v: &Vma) -> u64 {
+    let mut p = 0;
+    if v.readable() {
+        p |= libc::PROT_READ;
+    }
+    if v.writable() {
+        p |= libc::PROT_WRITE;
+    }
+    if v.executable() {
+        p |= libc::PROT_EXEC;
+    }
+    p as u64
+}
+
+fn is_vdso_kind(k: &VmaKind) -> bool {
+    matches!(k, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock)
+}
+
+fn vdso_block(maps: &[Mapping]) -> Vec<&Mapping> {
+    maps.iter().filter(|m| matches!(m.special(), Some("[vdso]" | "[vvar]" | "[vvar_vclock]"))).collect()
+}
+
+/// Steps 1-4: leave the child with nothing but scratch and a vDSO at the
+/// dumped place. Returns the scratch area and an injector using it.
+pub fn clear<'t>(inj: &mut Injector<'t>, mem: &RemoteMem, plan: &Plan, child_maps: &[Mapping]) -> Result<Scratch> {
+    let pid = inj.tracee().pid;
+    let page = crate::page_size();
+    if let Some(rseq) = inj.tracee().rseq_config()? {
+        inj.call(Syscall::Rseq, &[rseq.addr, u64::from(rseq.len), RSEQ_FLAG_UNREGISTER, u64::from(rseq.sig)], || {
+            "unregistering the inherited rseq area".into()
+        })?;
+    }
+
+    let dumped: Vec<(u64, u64)> = plan.task.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let mine: Vec<(u64, u64)> = child_maps.iter().map(|m| (m.start, m.end)).collect();
+    let len = page + SCRATCH_DATA;
+    let base = find_hole(&[dumped.clone(), mine.clone()], len, page)
+        .context("no address range is free in both the dumped and the current layout")?;
+    let sp = Native::sp(inj.base());
+    let arg_area = stack_scratch(child_maps, sp, 64).context("no stack room in the child for mmap arguments")?;
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = mmap(inj, mem, arg_area, [base, len, rwx, flags, u64::MAX, 0], || format!("mapping scratch at {base:#x}"))?;
+    if got != base {
+        bail!("task {pid}: scratch landed at {got:#x} instead of {base:#x}");
+    }
+    let mut code = <Native as Backend>::SYSCALL_INSN.to_vec();
+    code.extend_from_slice(<Native as Backend>::TRAP_INSN);
+    mem.write(base, &code)?;
+    inj.set_insn(base);
+    let scratch = Scratch { base, len, page };
+
+    // Unmap everything but scratch and the vDSO block.
+    let block = vdso_block(child_maps);
+    let mut keep: Vec<(u64, u64)> = block.iter().map(|m| (m.start, m.end)).collect();
+    keep.push((base, base + len));
+    keep.sort_unstable();
+    let top = child_maps.iter().filter(|m| m.special() != Some("[vsyscall]")).map(|m| m.end).max().unwrap_or(0);
+    let mut cursor = 0u64;
+    for (s, e) in keep.iter().copied().chain(std::iter::once((top.max(cursor), top.max(cursor)))) {
+        if s > cursor {
+            inj.call(Syscall::Munmap, &[cursor, s - cursor], || format!("unmapping {cursor:#x}-{s:#x}"))?;
+        }
+        cursor = cursor.max(e);
+    }
+
+    move_vdso(inj, &block, plan, &[dumped, vec![(base, base + len)]], page)?;
+    Ok(scratch)
+}
+
+/// Move the child's vDSO block to where the dumped task had it.
+fn move_vdso(inj: &mut Injector, block: &[&Mapping], plan: &Plan, avoid: &[Vec<(u64, u64)>], page: u64) -> Result<()> {
+    let wanted: Vec<&Vma> = plan.task.vmas.iter().filter(|v| is_vdso_kind(&v.kind)).collect();
+    let (Some(cur0), Some(want0)) = (block.iter().map(|m| m.start).min(), wanted.iter().map(|v| v.start).min()) else {
+        return Ok(());
+    };
+    if cur0 == want0 {
+        return Ok(());
+    }
+    let cur_end = block.iter().map(|m| m.end).max().unwrap();
+    let span = cur_end - cur0;
+    let mremap_all = |inj: &mut Injector, from: u64, to: u64| -> Result<()> {
+        for m in block {
+            let (old, new) = (m.start - cur0 + from, m.start - cur0 + to);
+            inj.call(
+                Syscall::Mremap,
+                &[old, m.len(), m.len(), MREMAP_MAYMOVE | MREMAP_FIXED, new],
+                || format!("moving {} from {old:#x} to {new:#x}", m.path),
+            )?;
+        }
+        Ok(())
+    };
+    let overlaps = want0 < cur_end && cur0 < want0 + span;
+    let from = if overlaps {
+        let mut layouts = avoid.to_vec();
+        layouts.push(vec![(cur0, cur_end), (want0, want0 + span)]);
+        let tmp = find_hole(&layouts, span, page).context("no room to move the vDSO through")?;
+        mremap_all(inj, cur0, tmp)?;
+        tmp
+    } else {
+        cur0
+    };
+    mremap_all(inj, from, want0)?;
+    debug!(from = cur0, to = want0, "vDSO moved");
+    Ok(())
+}
+
+/// Step 5: map, fill and protect every dumped area.
+pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
+    let page = crate::page_size();
+    // Which VMAs receive pages: they are mapped writable until filled.
+    let mut filled = vec![false; plan.task.vmas.len()];
+    for (e, _) in plan.pagemap.present_with_offsets() {
+        let end = e.vaddr + e.nr_pages * page;
+        for (i, v) in plan.task.vmas.iter().enumerate() {
+            if v.start < end && e.vaddr < v.end {
+                filled[i] = true;
+            }
+        }
+    }
+    for (i, v) in plan.task.vmas.iter().enumerate() {
+        if is_vdso_kind(&v.kind) {
+            continue;
+        }
+        let mut prot = prot_of(v);
+        if filled[i] {
+            prot |= libc::PROT_WRITE as u64;
+        }
+        let mut flags = libc::MAP_FIXED as u64;
+        flags |= if v.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
+        if v.growsdown {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if v.noreserve {
+            flags |= libc::MAP_NORESERVE as u64;
+        }
+        let (fd, off) = match &v.kind {
+            VmaKind::File { offset, .. } => (plan.vma_fds[&i] as u64, *offset),
+            _ => {
+                flags |= libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
+        };
+        let got = mmap(inj, mem, scratch.data(), [v.start, v.len(), prot, flags, fd, off], || {
+            format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.prot)
+        })?;
+        if got != v.start {
+            bail!("mapping {:#x}-{:#x} landed at {got:#x}", v.start, v.end);
+        }
+        for a in &v.advice {
+            inj.call(Syscall::Madvise, &[v.start, v.len(), a.madvise() as u64], || {
+                format!("madvise {:?} on {:#x}-{:#x}", a, v.start, v.end)
+            })?;
+        }
+        if let Some(name) = v.name.as_deref().and_then(|n| n.strip_prefix("[anon:")).and_then(|n| n.strip_suffix(']')) {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.push(0);
+            mem.write(scratch.data(), &bytes)?;
+            inj.call(Syscall::Prctl, &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.len(), scratch.data()], || {
+                format!("naming {:#x}-{:#x} {name:?}", v.start, v.end)
+            })?;
+        }
+    }
+
+    fill_pages(inj, mem, plan, scratch)?;
+
+    for (i, v) in plan.task.vmas.iter().enumerate() {
+        if filled[i] && !v.writable() {
+            inj.call(Syscall::Mprotect, &[v.start, v.len(), prot_of(v)], || {
+                format!("mprotect {:#x}-{:#x} {}", v.start, v.end, v.prot)
+            })?;
+        }
+        if v.sealed {
+            inj.call(Syscall::Mseal, &[v.start, v.len(), 0], || format!("mseal {:#x}-{:#x}", v.start, v.end))?;
+        }
+    }
+    Ok(())
+}
+
+/// Let the child read its own pages from the pages image with preadv: one
+/// copy, done by the kernel, with up to 1024 extents per call.
+fn fill_pages(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
+    let page = plan.pagemap.page_size;
+    let mut batch: Vec<(u64, u64)> = Vec::new();
+    let mut batch_off = 0u64;
+    let mut batch_len = 0u64;
+    let flush = |inj: &mut Injector, batch: &mut Vec<(u64, u64)>, off: u64, len: u64| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let iov: Vec<u8> = batch.iter().flat_map(|(a, l)| a.to_ne_bytes().into_iter().chain(l.to_ne_bytes())).collect();
+        debug_assert!(iov.len() as u64 <= scratch.data_len());
+        mem.write(scratch.data(), &iov)?;
+        let got = inj.call(
+            Syscall::Preadv,
+            &[plan.pages_fd as u64, scratch.data(), batch.len() as u64, off, 0],
+            || format!("reading {len} bytes of pages at offset {off}"),
+        )?;
+        if got != len {
+            bail!(
+                "{}: ended early: {got} of {len} bytes at offset {off}",
+                plan.images.path(&plan.pagemap.pages_file).display()
+            );
+        }
+        batch.clear();
+        Ok(())
+    };
+    for (e, off) in plan.pagemap.present_with_offsets() {
+        let mut addr = e.vaddr;
+        let mut file_off = off;
+        let mut left = e.nr_pages * page;
+        while left > 0 {
+            if batch.len() == MAX_IOV || batch_len == MAX_READ {
+                flush(inj, &mut batch, batch_off, batch_len)?;
+            }
+            if batch.is_empty() {
+                batch_off = file_off;
+                batch_len = 0;
+            }
+            let n = left.min(MAX_READ - batch_len);
+            batch.push((addr, n));
+            batch_len += n;
+            addr += n;
+            file_off += n;
+            left -= n;
+        }
+    }
+    flush(inj, &mut batch, batch_off, batch_len)
+}
+
+/// Step 6: the mm fields, auxv and executable.
+pub fn set_mm(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
+    let mm = &plan.task.mm;
+    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let auxv_addr = scratch.data() + 256;
+    let fields = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+    ];
+    let mut map: Vec<u8> = fields.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    map.extend_from_slice(&(plan.exe_fd as u32).to_ne_bytes());
+    mem.write(scratch.data(), &map)?;
+    mem.write(auxv_addr, &auxv)?;
+    inj.call(Syscall::Prctl, &[PR_SET_MM, PR_SET_MM_MAP, scratch.data(), map.len() as u64, 0], || {
+        "prctl(PR_SET_MM_MAP)".into()
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_avoid_every_layout() {
+        let a = vec![(0x1_0000_0000, 0x1_0010_0000)];
+        let b = vec![(0x1_0010_0000 + 0x1000, 0x1_0020_0000)];
+        let h = find_hole(&[a.clone(), b.clone()], 0x10000, 0x1000).unwrap();
+        for (s, e) in a.iter().chain(&b) {
+            assert!(h + 0x10000 <= *s || h >= *e, "{h:#x} overlaps {s:#x}-{e:#x}");
+        }
+        assert!(h >= 1 << 32);
+    }
+}

@@ -1,0 +1,145 @@
+//! `ferry restore`: rebuild a dumped task at its original PID.
+//!
+//! A child is forked at the PID and sets up what is easy from inside
+//! ([`child`]); ferry then seizes it and drives it through injected
+//! syscalls ([`mm`], [`finish`]) until it is the dumped task, writes the
+//! dumped registers at the last syscall-exit stop, and detaches. Until that
+//! detach the child is traced with PTRACE_O_EXITKILL: if anything fails, or
+//! ferry dies, it is killed and never runs half-built.
+
+pub mod child;
+pub mod finish;
+pub mod fork;
+pub mod mm;
+pub mod plan;
+
+use crate::image::ImageDir;
+use crate::proc::ProcDir;
+use crate::ptrace::inject::{find_syscall_insn, Injector};
+use crate::ptrace::remote::RemoteMem;
+use crate::ptrace::{OnDrop, Tracee, O_EXITKILL, O_TRACESYSGOOD};
+use crate::testhook;
+use anyhow::{bail, Context, Result};
+use ferry_arch::Syscall;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tracing::info;
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    pub detached: bool,
+    pub shell_job: bool,
+    pub pidfile: Option<PathBuf>,
+    pub pid_wait: Duration,
+}
+
+pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let pid = restore(opts)?;
+    info!(pid, ms = t0.elapsed().as_millis() as u64, "task restored");
+    if let Some(p) = &opts.pidfile {
+        std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
+    }
+    if opts.detached {
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_for(pid)
+}
+
+/// Rebuild the task; returns its PID once it runs.
+pub fn restore(opts: &RestoreOptions) -> Result<i32> {
+    let mut plan = plan::prepare(opts)?;
+    let pid = plan.task.pid;
+    let forked = match fork::fork_at(pid, opts.pid_wait)? {
+        None => child::run(&plan.setup),
+        Some(f) => f,
+    };
+    // Seize at once: from here on the child dies with ferry.
+    let seized = Tracee::seize(forked.pid, O_TRACESYSGOOD | O_EXITKILL, OnDrop::Kill);
+    // The child has its copies now; closing ours lets a dead child show as EOF.
+    drop(std::mem::take(&mut plan.opened));
+    let report = read_report(&mut plan.report);
+    let tracee = match (seized, report) {
+        (Ok(t), Ok(r)) if r.step == 0 => t,
+        (seized, report) => {
+            // SAFETY: kill and reap our own child.
+            unsafe {
+                libc::kill(forked.pid, libc::SIGKILL);
+                libc::waitpid(forked.pid, std::ptr::null_mut(), libc::__WALL);
+            }
+            if let Ok(t) = &seized {
+                t.forget();
+            }
+            match report {
+                Ok(r) if r.step != 0 => bail!(
+                    "task {pid}: {}: {}",
+                    plan.setup.describe(&r),
+                    nix::errno::Errno::from_raw(r.errno).desc()
+                ),
+                Err(e) => return Err(e.context(format!("task {pid}: the new process died while setting itself up"))),
+                Ok(_) => return Err(seized.err().unwrap()),
+            }
+        }
+    };
+
+    // Check the page data in the background while the task is rebuilt.
+    let verifier = {
+        let images: ImageDir = plan.images.clone();
+        let name = plan.pagemap.pages_file.clone();
+        std::thread::spawn(move || images.verify_raw(&name))
+    };
+
+    tracee.interrupt()?;
+    tracee.wait_interrupted()?;
+    let child_maps = ProcDir::new(pid).maps()?;
+    let mem = RemoteMem::open(pid)?;
+    let insn = find_syscall_insn(&mem, &child_maps)?;
+    let mut inj = Injector::new(&tracee, tracee.cpu_state()?, insn);
+    let scratch = mm::clear(&mut inj, &mem, &plan, &child_maps)?;
+    mm::build(&mut inj, &mem, &plan, &scratch)?;
+    mm::set_mm(&mut inj, &mem, &plan, &scratch)?;
+    finish::task_state(&mut inj, &mem, &plan, &scratch)?;
+    // The last injected syscall removes the scratch area it runs from; at its
+    // exit stop the task gets its own registers and signal mask back.
+    inj.call(Syscall::Munmap, &[scratch.base, scratch.len], || "unmapping scratch".into())?;
+    tracee.set_cpu_state(&plan.cpu, None)?;
+    tracee.set_sigmask(plan.task.signals.blocked)?;
+    verifier.join().map_err(|_| anyhow::anyhow!("checksum thread panicked"))??;
+    testhook::stage("detach");
+    tracee.detach(0)?;
+    for sig in &inj.deferred_signals {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, *sig) };
+    }
+    if plan.task.stopped {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    info!(pid, injected = inj.calls, "task running");
+    Ok(pid)
+}
+
+fn read_report(r: &mut std::os::fd::OwnedFd) -> Result<child::Report> {
+    let mut buf = [0u8; std::mem::size_of::<child::Report>()];
+    let mut f = std::fs::File::from(r.try_clone()?);
+    f.read_exact(&mut buf).context("no report from the new process")?;
+    // SAFETY: Report is plain old data of exactly this size.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const child::Report) })
+}
+
+/// As CRIU without -d: stay the task's parent and exit with its status.
+fn wait_for(pid: i32) -> Result<ExitCode> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitCode::from(code as u8)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitCode::from(128 + sig as u8)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => bail!("waiting for task {pid}: {}", e.desc()),
+        }
+    }
+}
