@@ -45,11 +45,19 @@ fn filter(level: u8) -> LevelFilter {
 }
 
 /// Log to stderr, or to `file` (appending, created 0600).
+/// At the default level only warnings appear: plain lines, no timestamps.
+/// From -v3 on, lines carry the time since start, like CRIU's log.
 pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_max_level(filter(level))
-        .with_timer(tracing_subscriber::fmt::time::uptime())
-        .with_target(level >= 4);
+        .with_target(level >= 4)
+        .with_ansi(file.is_none() && std::io::stderr().is_terminal());
+    if level <= DEFAULT_LEVEL && file.is_none() {
+        builder.without_time().with_writer(std::io::stderr).init();
+        return Ok(());
+    }
+    let builder = builder.with_timer(tracing_subscriber::fmt::time::uptime());
     match file {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;

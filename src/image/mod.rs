@@ -56,7 +56,7 @@ pub enum ImageError {
     Json { path: PathBuf, error: serde_json::Error },
     #[error("{}: truncated: {size} bytes, the inventory says {expected}", path.display())]
     Truncated { path: PathBuf, size: u64, expected: u64 },
-    #[error("{}: {size} bytes, the inventory says {expected}", path.display())]
+    #[error("{}: {size} bytes, the inventory says {expected}: the file was modified", path.display())]
     WrongSize { path: PathBuf, size: u64, expected: u64 },
     #[error("{}: checksum mismatch (xxh3 {got}, the inventory says {expected}): the file is damaged", path.display())]
     Checksum { path: PathBuf, expected: String, got: String },

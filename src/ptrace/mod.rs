@@ -327,7 +327,13 @@ impl Drop for Tracee {
         }
         match self.on_drop {
             OnDrop::Detach => {
-                let _ = ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
+                // PTRACE_DETACH needs a stopped tracee; stop a running one first.
+                if ptrace(libc::PTRACE_DETACH, self.pid, 0, 0).is_err()
+                    && self.interrupt().is_ok()
+                    && self.wait_interrupted().is_ok()
+                {
+                    let _ = ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
+                }
             }
             OnDrop::Kill => {
                 let _ = self.kill();

@@ -272,7 +272,8 @@ pub fn ferry_held_at(args: &[&str], stage: &str) -> Child {
             let _ = err.read_to_string(&mut rest);
             panic!("ferry {args:?} ended before reaching stage {stage}: {rest}");
         }
-        if line.contains(&format!("test hold at {stage}")) {
+        let name = stage.split(':').next().unwrap();
+        if line.contains(&format!("test hold at {name}")) {
             break;
         }
     }

@@ -1,0 +1,64 @@
+//! Per-process attributes: credentials, cwd, umask, rlimits, personality,
+//! name, session and process group — set by a Python task, checked by it
+//! after restore.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+const SCRIPT: &str = r#"
+import ctypes, os, resource, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir(sys.argv[1])
+os.umask(0o027)
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, 300))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 1 << 20))
+libc.prctl(15, b"attr-test", 0, 0, 0)
+libc.personality(0x0040000)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+want = dict(uid=os.getresuid(), gid=os.getresgid(), groups=sorted(os.getgroups()),
+            sid=os.getsid(0), pgrp=os.getpgrp(), pid=os.getpid())
+print("ready", want, flush=True)
+signal.sigwait([signal.SIGUSR1])
+def check(ok, code, what):
+    if not ok:
+        print("FAIL", code, what, flush=True)
+        sys.exit(code)
+have = dict(uid=os.getresuid(), gid=os.getresgid(), groups=sorted(os.getgroups()),
+            sid=os.getsid(0), pgrp=os.getpgrp(), pid=os.getpid())
+check(have == want, 10, f"ids {have} != {want}")
+check(os.getcwd() == sys.argv[1], 11, f"cwd {os.getcwd()}")
+u = os.umask(0); check(u == 0o027, 12, f"umask {u:o}")
+check(resource.getrlimit(resource.RLIMIT_NOFILE) == (200, 300), 13, "RLIMIT_NOFILE")
+check(resource.getrlimit(resource.RLIMIT_CORE) == (0, 1 << 20), 14, "RLIMIT_CORE")
+check(open("/proc/self/comm").read() == "attr-test\n", 15, "name")
+check(libc.personality(0xffffffff) == 0x0040000, 16, "personality")
+check(open("/proc/self/cmdline").read().startswith("/usr/bin/python3\0"), 17, "argv")
+print("ok", flush=True)
+"#;
+
+fn run(prefix: &[&str], cwd: &str) {
+    let w = workdir();
+    let mut cmd: Vec<&str> = prefix.to_vec();
+    cmd.extend(["/usr/bin/python3", "-c", SCRIPT, cwd]);
+    let mut t = spawn(&cmd, &w.path().join("out"));
+    t.wait_output("ready", T);
+    dump_and_restore(&mut t, &w.path().join("img"), &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+}
+
+#[test]
+fn attributes_survive_as_root() {
+    run(&[], "/tmp");
+}
+
+#[test]
+fn attributes_and_credentials_of_another_user_survive() {
+    // uid/gid 65534 with supplementary groups: switched back by injection.
+    run(&["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--groups=100,65534", "--inh-caps=-all"], "/");
+}

@@ -1,0 +1,297 @@
+//! Every failure path: a one-line cause naming what is wrong, a dumped task
+//! that is still running and untouched, a restore that leaves no process.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A bigmem task: its memory is checksummed when it gets SIGUSR1.
+fn bigmem(w: &Path, mib: &str) -> Target {
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), mib], &w.join("out"));
+    t.wait_output("ready", T);
+    t
+}
+
+/// The task is alive, untraced, and its memory and registers are intact:
+/// it verifies its checksum and exits 0.
+fn assert_intact(mut t: Target) {
+    t.assert_running_untraced();
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+}
+
+fn one_line(err: &str) -> &str {
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{err}");
+    lines[0]
+}
+
+#[test]
+fn wrong_pid() {
+    let w = workdir();
+    let err = ferry_err(&["dump", "-t", "4000000", "-D", w.path().to_str().unwrap()]);
+    assert_eq!(one_line(&err), "ferry: dump: task 4000000: no such process");
+    assert!(std::fs::read_dir(w.path()).unwrap().next().is_none(), "nothing may be written");
+}
+
+#[test]
+fn unsupported_resources_are_named_and_the_task_is_untouched() {
+    let w = workdir();
+    let img = w.path().join("img");
+    let img = img.to_str().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "(TCP) is not supported yet"),
+        ("import os, time\nr, w = os.pipe()\nprint('ready', flush=True)\ntime.sleep(60)", "(pipe) is not supported yet"),
+        ("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nprint('ready', flush=True)\ntime.sleep(60)", "2 threads: multi-threaded tasks are not supported yet"),
+        ("import subprocess, time\np = subprocess.Popen(['sleep', '60'])\nprint('ready', flush=True)\ntime.sleep(60)", "has child processes"),
+        ("import os, time\nfd = os.eventfd(0)\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:[eventfd] is not supported yet"),
+    ];
+    for (script, expect) in cases {
+        let t = spawn(&["/usr/bin/python3", "-c", script], &w.path().join("out"));
+        t.wait_output("ready", T);
+        let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img]);
+        let line = one_line(&err);
+        assert!(line.starts_with(&format!("ferry: dump: task {}", t.pid)), "{line}");
+        assert!(line.contains(expect), "expected {expect:?} in {line:?}");
+        t.assert_running_untraced();
+        assert!(!Path::new(img).join("inventory.json").exists());
+    }
+}
+
+#[test]
+fn deleted_files_are_refused() {
+    let w = workdir();
+    // An open file that was deleted.
+    let file = w.path().join("gone.txt");
+    let t = spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "100000"], &w.path().join("out"));
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&file).unwrap();
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    assert!(one_line(&err).contains("gone.txt (deleted): open files that were deleted are not supported yet"), "{err}");
+    t.assert_running_untraced();
+
+    // A mapped file that was deleted.
+    let private = w.path().join("mapped.dat");
+    let shared = w.path().join("shared.dat");
+    std::fs::write(&private, vec![7u8; 4 * 4096]).unwrap();
+    std::fs::write(&shared, vec![7u8; 4096]).unwrap();
+    let t2 = spawn(
+        &[testprog("tp-filemap").to_str().unwrap(), private.to_str().unwrap(), shared.to_str().unwrap()],
+        &w.path().join("out2"),
+    );
+    t2.wait_output("ready", T);
+    std::fs::remove_file(&shared).unwrap();
+    let err = ferry_err(&["dump", "-t", &t2.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    assert!(one_line(&err).contains("shared.dat (deleted)"), "{err}");
+    t2.assert_running_untraced();
+}
+
+#[test]
+fn already_traced_task_is_refused() {
+    let w = workdir();
+    let t = bigmem(w.path(), "8");
+    let tracer = ferry::ptrace::Tracee::seize(t.pid, 0, ferry::ptrace::OnDrop::Detach).unwrap();
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    assert!(one_line(&err).contains(&format!("is already traced by {} (", nix::unistd::gettid())), "{err}");
+    drop(tracer); // stops and detaches the running task
+    assert_intact(t);
+}
+
+#[test]
+fn disk_full_leaves_task_and_directory_clean() {
+    let w = workdir();
+    let mnt = w.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Unmount(&mnt);
+    let t = bigmem(w.path(), "16");
+    let img = mnt.join("img");
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
+    assert!(one_line(&err).contains("No space left on device"), "{err}");
+    assert!(std::fs::read_dir(&img).unwrap().next().is_none(), "partial images left behind");
+    assert_intact(t);
+}
+
+/// Kill ferry while it holds the task at each dump stage.
+#[test]
+fn ferry_killed_at_each_dump_stage() {
+    for stage in ["freeze", "memory", "write"] {
+        let w = workdir();
+        let t = bigmem(w.path(), "64");
+        let img = w.path().join("img");
+        let mut f = ferry_held_at(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()], stage);
+        // It is frozen: traced by ferry.
+        assert_eq!(t.status().unwrap().tracer_pid, f.id() as i32, "stage {stage}");
+        f.kill().unwrap();
+        f.wait().unwrap();
+        assert!(!img.join("inventory.json").exists(), "stage {stage}: a dump killed midway must not look complete");
+        assert_intact(t);
+    }
+}
+
+#[test]
+fn target_killed_mid_dump() {
+    let w = workdir();
+    let mut t = bigmem(w.path(), "64");
+    let img = w.path().join("img");
+    let f = ferry_held_at(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()], "memory:1000");
+    t.signal(libc::SIGKILL);
+    let out = f.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(t.wait_exit(T), WaitResult::Signaled(libc::SIGKILL));
+    assert!(!img.join("inventory.json").exists());
+    assert!(std::fs::read_dir(&img).map(|d| d.count()).unwrap_or(0) == 0, "partial files left");
+}
+
+/// Dump a small task once; the tests below damage copies of the image.
+fn dumped(w: &Path) -> (std::path::PathBuf, i32) {
+    let mut t = bigmem(w, "4");
+    let img = w.join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    let pid = t.pid;
+    std::mem::forget(t);
+    (img, pid)
+}
+
+fn restore_err(img: &Path, pid: i32) -> String {
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
+    assert!(!pid_exists(pid), "a process was left at PID {pid}");
+    one_line(&err).to_string()
+}
+
+#[test]
+fn corrupt_pages_are_detected_and_nothing_runs() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let pages = img.join(format!("pages-{pid}.img"));
+    let mut data = std::fs::read(&pages).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    std::fs::write(&pages, &data).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains(&format!("pages-{pid}.img: checksum mismatch")), "{err}");
+}
+
+#[test]
+fn truncated_and_missing_images() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let pages = img.join(format!("pages-{pid}.img"));
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&pages).unwrap().set_len(len - 4096).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains(&format!("pages-{pid}.img: truncated: {} bytes, the inventory says {len}", len - 4096)), "{err}");
+
+    let task = img.join(format!("task-{pid}.json"));
+    std::fs::remove_file(&task).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains(&format!("task-{pid}.json: missing")), "{err}");
+
+    std::fs::remove_file(img.join("inventory.json")).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains("is not a ferry image directory: inventory.json is missing"), "{err}");
+
+    let err = restore_err(&w.path().join("nowhere"), pid);
+    assert!(err.contains("nowhere: no such directory"), "{err}");
+}
+
+#[test]
+fn corrupt_metadata_and_wrong_version() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let task = img.join(format!("task-{pid}.json"));
+    let text = std::fs::read_to_string(&task).unwrap();
+    std::fs::write(&task, text.replacen("\"comm\"", "\"comx\"", 1)).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains(&format!("task-{pid}.json: checksum mismatch")), "{err}");
+
+    let inv = img.join("inventory.json");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, text.replace("\"version\": 1,", "\"version\": 9,")).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 1)"), "{err}");
+
+    std::fs::write(&inv, "{ not json").unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains("inventory.json: invalid JSON"), "{err}");
+}
+
+#[test]
+fn pid_in_use_is_reported() {
+    let w = workdir();
+    let t = bigmem(w.path(), "4");
+    let img = w.path().join("img");
+    dump(t.pid, &img, &["--leave-running"]);
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap(), "--pid-wait", "1"]);
+    assert!(one_line(&err).contains(&format!("PID {} is in use by 'tp-bigmem' (state S", t.pid)), "{err}");
+    assert_intact(t);
+}
+
+#[test]
+fn restore_right_after_dump_waits_for_the_pid() {
+    let w = workdir();
+    let mut t = bigmem(w.path(), "4");
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    // The killed task stays a zombie for a while: its parent (us) reaps late.
+    let mut original = t.take_child();
+    let reaper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        original.wait().unwrap()
+    });
+    restore_detached(&img, &[]);
+    reaper.join().unwrap();
+    assert_intact(t);
+}
+
+#[test]
+fn ferry_killed_before_detach_leaves_no_process() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let mut f = ferry_held_at(&["restore", "-d", "-D", img.to_str().unwrap()], "detach");
+    assert!(pid_exists(pid), "the task is being built");
+    f.kill().unwrap();
+    f.wait().unwrap();
+    // PTRACE_O_EXITKILL: the half-built task dies with ferry; it was
+    // re-parented to us (subreaper), so reap it and check it is gone.
+    let st = wait_pid(pid, T);
+    assert_eq!(st, WaitResult::Signaled(libc::SIGKILL));
+    assert!(!pid_exists(pid));
+}
+
+#[test]
+fn restore_refuses_a_changed_mapped_file() {
+    let w = workdir();
+    let private = w.path().join("mapped.dat");
+    let shared = w.path().join("shared.dat");
+    std::fs::write(&private, vec![7u8; 4 * 4096]).unwrap();
+    std::fs::write(&shared, vec![7u8; 4096]).unwrap();
+    let mut t = spawn(
+        &[testprog("tp-filemap").to_str().unwrap(), private.to_str().unwrap(), shared.to_str().unwrap()],
+        &w.path().join("out"),
+    );
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    std::fs::write(&private, vec![7u8; 2 * 4096]).unwrap();
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
+    // Open fds of the file only warn (the data is the file's); the mapping is an error.
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("ferry: restore: task"), "{err}");
+    assert!(last.contains("mapped.dat changed size since the dump (16384 bytes, now 8192)"), "{err}");
+    assert!(!pid_exists(t.pid));
+    std::mem::forget(t);
+}
