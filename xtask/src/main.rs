@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. main only parses and
+//! dispatches; each command lives in its own module.
+
+mod apt;
+mod bench;
+mod criu;
+mod demo;
+mod test;
+
+use clap::{Parser, Subcommand};
+use xshell::Shell;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ferry's build, test, demo and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a sample process, dump it, restore it, show it continuing
+    Demo(demo::Demo),
+    /// Install what the tests need, build the test programs, run every test
+    Test(test::Test),
+    /// Dump and restore a large process with ferry and with CRIU 4.1.1
+    Bench(bench::Bench),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    match cli.cmd {
+        Cmd::Demo(c) => c.run(&sh),
+        Cmd::Test(c) => c.run(&sh),
+        Cmd::Bench(c) => c.run(&sh),
+    }
+}
+
+pub fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// ferry needs root (ptrace any task, clone3 with set_tid, PR_SET_MM_MAP).
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("{what} needs root: ferry dumps and restores processes (run it with sudo)");
+    }
+    Ok(())
+}
+
+/// Build ferry and the test programs in release mode.
+pub fn build_release(sh: &Shell) -> anyhow::Result<()> {
+    xshell::cmd!(sh, "cargo build --release -p ferry -p ferry-testprogs").run()?;
+    Ok(())
+}

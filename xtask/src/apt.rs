@@ -1,0 +1,100 @@
+//! Installing Debian packages, and fetching from other suites without
+//! touching the host's apt state.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use xshell::{cmd, Shell};
+
+fn installed(sh: &Shell, pkg: &str) -> bool {
+    let format = "-f=${Status}";
+    cmd!(sh, "dpkg-query -W {format} {pkg}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .map(|s| s.trim() == "install ok installed")
+        .unwrap_or(false)
+}
+
+/// `apt-get install` whatever of `pkgs` is missing (idempotent).
+pub fn ensure(sh: &Shell, pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<String> = pkgs.iter().filter(|p| !installed(sh, p)).map(|p| p.to_string()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    let first = &missing;
+    if cmd!(sh, "apt-get install -y --no-install-recommends {first...}").run().is_err() {
+        // A fresh machine may have no package lists yet.
+        cmd!(sh, "apt-get update").run()?;
+        cmd!(sh, "apt-get install -y --no-install-recommends {missing...}").run()?;
+    }
+    Ok(())
+}
+
+/// The Debian mirror the host uses (from /etc/apt/sources.list.d or
+/// sources.list), so nothing here names a registry host.
+pub fn host_mirror() -> Result<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in dir.flatten() {
+            if e.path().extension().is_some_and(|x| x == "sources" || x == "list") {
+                texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    for text in &texts {
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(uris) = line.strip_prefix("URIs:") {
+                if let Some(u) = uris.split_whitespace().find(|u| u.ends_with("/debian")) {
+                    return Ok(u.to_string());
+                }
+            }
+            if line.starts_with("deb ") {
+                if let Some(u) = line.split_whitespace().find(|u| u.contains("://") && u.ends_with("/debian")) {
+                    return Ok(u.to_string());
+                }
+            }
+        }
+    }
+    bail!("no Debian mirror found in the host's apt sources")
+}
+
+/// A private apt configuration under `dir` for one suite: its own sources
+/// list, lists and cache, so the host's apt state never changes.
+pub struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    pub fn new(sh: &Shell, dir: &Path, suite: &str, types: &str) -> Result<PrivateApt> {
+        std::fs::create_dir_all(dir.join("lists/partial"))?;
+        std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        let mirror = host_mirror()?;
+        let list = format!(
+            "{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n"
+        );
+        std::fs::write(dir.join("sources.list"), list)?;
+        let apt = PrivateApt { dir: dir.to_path_buf() };
+        let stamp = dir.join("updated");
+        if !stamp.exists() {
+            let o = apt.opts();
+            cmd!(sh, "apt-get {o...} update").run().context("apt-get update (private configuration)")?;
+            std::fs::write(stamp, "")?;
+        }
+        Ok(apt)
+    }
+
+    pub fn opts(&self) -> Vec<String> {
+        let d = self.dir.display();
+        vec![
+            format!("-o=Dir::Etc::SourceList={d}/sources.list"),
+            "-o=Dir::Etc::SourceParts=/dev/null".into(),
+            format!("-o=Dir::State::Lists={d}/lists"),
+            format!("-o=Dir::Cache={d}/cache"),
+            "-o=Debug::NoLocking=1".into(),
+        ]
+    }
+}
