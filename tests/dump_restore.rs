@@ -12,7 +12,8 @@ const T: Duration = Duration::from_secs(30);
 fn counter_continues_without_gap() {
     let w = workdir();
     let file = w.path().join("count.txt");
-    let mut t = spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "400"], &w.path().join("out"));
+    let mut t =
+        spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "400"], &w.path().join("out"));
     let start = std::time::Instant::now();
     while std::fs::read_to_string(&file).unwrap_or_default().lines().count() < 50 {
         assert!(start.elapsed() < T, "counter did not start");
@@ -236,7 +237,8 @@ fn restore_without_detach_passes_the_exit_status_through() {
 fn leave_running_and_pidfile() {
     let w = workdir();
     let file = w.path().join("count.txt");
-    let mut t = spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "300"], &w.path().join("out"));
+    let mut t =
+        spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "300"], &w.path().join("out"));
     std::thread::sleep(Duration::from_millis(200));
     let img = w.path().join("img");
     dump(t.pid, &img, &["--leave-running"]);
@@ -255,7 +257,17 @@ fn show_prints_every_part() {
     dump(t.pid, &img, &["-R"]);
     let out = ferry_ok(&["show", img.to_str().unwrap()]);
     let s = String::from_utf8(out.stdout).unwrap();
-    for part in ["format       ferry-images v1", "task-", "pages-", "[stack]", "[heap]", "SIGUSR1", "SIGUSR2 (process)", "rip=", "ok"] {
+    for part in [
+        "format       ferry-images v1",
+        "task-",
+        "pages-",
+        "[stack]",
+        "[heap]",
+        "SIGUSR1",
+        "SIGUSR2 (process)",
+        "rip=",
+        "ok",
+    ] {
         assert!(s.contains(part), "show output lacks {part:?}:\n{s}");
     }
     let task = format!("task-{}.json", t.pid);
@@ -270,7 +282,9 @@ fn show_prints_every_part() {
 fn check_passes_here() {
     let out = ferry_ok(&["check"]);
     let s = String::from_utf8(out.stdout).unwrap();
-    for f in ["ptrace-seize", "clone3-set-tid", "prctl-mm-map", "uffd-wp-async", "pagemap-scan", "soft-dirty", "page-size"] {
+    for f in
+        ["ptrace-seize", "clone3-set-tid", "prctl-mm-map", "uffd-wp-async", "pagemap-scan", "soft-dirty", "page-size"]
+    {
         assert!(s.contains(f), "{s}");
     }
     assert!(s.contains("Looks good"), "{s}");

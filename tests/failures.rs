@@ -106,7 +106,8 @@ fn disk_full_leaves_task_and_directory_clean() {
     let w = workdir();
     let mnt = w.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).status().unwrap();
+    let ok =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).status().unwrap();
     assert!(ok.success(), "mount tmpfs");
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
@@ -192,7 +193,10 @@ fn truncated_and_missing_images() {
     let len = std::fs::metadata(&pages).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&pages).unwrap().set_len(len - 4096).unwrap();
     let err = restore_err(&img, pid);
-    assert!(err.contains(&format!("pages-{pid}.img: truncated: {} bytes, the inventory says {len}", len - 4096)), "{err}");
+    assert!(
+        err.contains(&format!("pages-{pid}.img: truncated: {} bytes, the inventory says {len}", len - 4096)),
+        "{err}"
+    );
 
     let task = img.join(format!("task-{pid}.json"));
     std::fs::remove_file(&task).unwrap();
@@ -221,7 +225,10 @@ fn corrupt_metadata_and_wrong_version() {
     let text = std::fs::read_to_string(&inv).unwrap();
     std::fs::write(&inv, text.replace("\"version\": 1,", "\"version\": 9,")).unwrap();
     let err = restore_err(&img, pid);
-    assert!(err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 1)"), "{err}");
+    assert!(
+        err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 1)"),
+        "{err}"
+    );
 
     std::fs::write(&inv, "{ not json").unwrap();
     let err = restore_err(&img, pid);

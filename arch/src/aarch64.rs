@@ -10,16 +10,14 @@
 //! restart-block syscall (nanosleep) runs again with its original arguments.
 
 use crate::{
-    negative_errno, nt, pod_bytes, pod_from, sysno_table, wrong_arch, ArchError,
-    Backend, CpuRecord, Regset, Restart, Syscall,
+    negative_errno, nt, pod_bytes, pod_from, sysno_table, wrong_arch, ArchError, Backend, CpuRecord, Regset, Restart,
+    Syscall,
 };
 use serde::{Deserialize, Serialize};
 
 /// `struct user_pt_regs`, the NT_PRSTATUS regset.
 #[repr(C)]
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize)]
 pub struct UserPtRegs {
     #[serde(with = "crate::hex::u64s")]
     pub regs: [u64; 31],

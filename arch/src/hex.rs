@@ -4,9 +4,7 @@
 use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
 fn parse_u64<E: Error>(s: &str) -> Result<u64, E> {
-    let digits = s
-        .strip_prefix("0x")
-        .ok_or_else(|| E::custom(format!("register value {s:?} must start with 0x")))?;
+    let digits = s.strip_prefix("0x").ok_or_else(|| E::custom(format!("register value {s:?} must start with 0x")))?;
     u64::from_str_radix(digits, 16).map_err(|e| E::custom(format!("register value {s:?}: {e}")))
 }
 
@@ -42,9 +40,7 @@ pub mod u64s {
         }
         seq.end()
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u64; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u64; N], D::Error> {
         let v = Vec::<String>::deserialize(d)?;
         if v.len() != N {
             return Err(D::Error::custom(format!("expected {N} registers, got {}", v.len())));
@@ -68,9 +64,7 @@ pub mod u32s {
         }
         seq.end()
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u32; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u32; N], D::Error> {
         let v = super::u64s::deserialize::<D, N>(d)?;
         let mut out = [0u32; N];
         for (o, x) in out.iter_mut().zip(v) {
@@ -91,9 +85,7 @@ pub mod u128s {
         }
         seq.end()
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u128; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u128; N], D::Error> {
         let v = Vec::<String>::deserialize(d)?;
         if v.len() != N {
             return Err(D::Error::custom(format!("expected {N} vector registers, got {}", v.len())));
@@ -103,8 +95,7 @@ pub mod u128s {
             let digits = s
                 .strip_prefix("0x")
                 .ok_or_else(|| D::Error::custom(format!("vector value {s:?} must start with 0x")))?;
-            *o = u128::from_str_radix(digits, 16)
-                .map_err(|e| D::Error::custom(format!("vector value {s:?}: {e}")))?;
+            *o = u128::from_str_radix(digits, 16).map_err(|e| D::Error::custom(format!("vector value {s:?}: {e}")))?;
         }
         Ok(out)
     }
@@ -128,8 +119,7 @@ pub mod bytes {
         (0..s.len())
             .step_by(2)
             .map(|i| {
-                u8::from_str_radix(&s[i..i + 2], 16)
-                    .map_err(|e| D::Error::custom(format!("hex blob at {i}: {e}")))
+                u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| D::Error::custom(format!("hex blob at {i}: {e}")))
             })
             .collect()
     }

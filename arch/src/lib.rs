@@ -49,10 +49,7 @@ impl fmt::Display for Arch {
 impl std::str::FromStr for Arch {
     type Err = ArchError;
     fn from_str(s: &str) -> Result<Self, ArchError> {
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| ArchError::UnknownArch(s.to_string()))
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| ArchError::UnknownArch(s.to_string()))
     }
 }
 
@@ -147,11 +144,7 @@ pub enum ArchError {
     #[error("unknown architecture {0:?} (known: x86_64, aarch64, ppc64le, s390x)")]
     UnknownArch(String),
     #[error("register set {name} has {got} bytes, expected {expected}")]
-    RegsetSize {
-        name: &'static str,
-        got: usize,
-        expected: usize,
-    },
+    RegsetSize { name: &'static str, got: usize, expected: usize },
     #[error("register set with note type {0:#x} is not part of this architecture")]
     UnknownRegset(u32),
     #[error("image is for {image}, this is {host}")]
@@ -208,7 +201,9 @@ pub trait Backend {
     fn unwrap(record: CpuRecord) -> Result<Self::State, ArchError>;
 }
 
-/// The per-architecture CPU state record stored in an image.
+/// The per-architecture CPU state record stored in an image. Built once
+/// per task, so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum CpuRecord {
@@ -232,8 +227,8 @@ impl CpuRecord {
 /// Map ferry's syscall list onto one architecture's numbering.
 macro_rules! sysno_table {
     ($table:path, $call:expr) => {{
-        use $table as T;
         use $crate::Syscall as S;
+        use $table as T;
         (match $call {
             S::Brk => T::brk,
             S::Close => T::close,
@@ -293,11 +288,7 @@ pub(crate) fn pod_from<T: bytemuck::Pod + bytemuck::Zeroable>(
 ) -> Result<T, ArchError> {
     let expected = std::mem::size_of::<T>();
     if bytes.len() != expected {
-        return Err(ArchError::RegsetSize {
-            name,
-            got: bytes.len(),
-            expected,
-        });
+        return Err(ArchError::RegsetSize { name, got: bytes.len(), expected });
     }
     Ok(bytemuck::pod_read_unaligned(bytes))
 }

@@ -4,16 +4,14 @@
 //! Debian's 6.12 kernels use 4K pages, Fedora/RHEL's 64K.
 
 use crate::{
-    nt, pod_bytes, pod_from, restart_codes as rc, sysno_table, wrong_arch, ArchError, Backend,
-    CpuRecord, Regset, Restart, Syscall,
+    nt, pod_bytes, pod_from, restart_codes as rc, sysno_table, wrong_arch, ArchError, Backend, CpuRecord, Regset,
+    Restart, Syscall,
 };
 use serde::{Deserialize, Serialize};
 
 /// The user-visible `struct pt_regs` (NT_PRSTATUS, ELF_NGREG = 48 slots).
 #[repr(C)]
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize)]
 pub struct PtRegs {
     #[serde(with = "crate::hex::u64s")]
     pub gpr: [u64; 32],
@@ -57,9 +55,7 @@ pub struct VmxState {
 
 /// NT_PRFPREG: FPR0-31 and FPSCR.
 #[repr(C)]
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize)]
 pub struct FpRegs {
     #[serde(with = "crate::hex::u64s")]
     pub fpr: [u64; 32],
@@ -104,12 +100,18 @@ impl Backend for Ppc64le {
     const ARCH: crate::Arch = crate::Arch::Ppc64le;
     const SYSCALL_INSN: &'static [u8] = &0x4400_0002u32.to_le_bytes(); // sc
     const TRAP_INSN: &'static [u8] = &0x0fe0_0000u32.to_le_bytes(); // twi 31,0,0
-    // The ELFv2 ABI's protected zone below r1.
+                                                                    // The ELFv2 ABI's protected zone below r1.
     const STACK_RED_ZONE: u64 = 288;
     const INSN_ALIGN: u64 = 4;
     const REGSETS: &'static [Regset] = &[
         Regset { nt: nt::PRSTATUS, name: "NT_PRSTATUS", size: GP_SIZE, variable: false, required: true },
-        Regset { nt: nt::PRFPREG, name: "NT_PRFPREG", size: std::mem::size_of::<FpRegs>(), variable: false, required: true },
+        Regset {
+            nt: nt::PRFPREG,
+            name: "NT_PRFPREG",
+            size: std::mem::size_of::<FpRegs>(),
+            variable: false,
+            required: true,
+        },
         Regset { nt: nt::PPC_VMX, name: "NT_PPC_VMX", size: VMX_SIZE, variable: false, required: false },
         Regset { nt: nt::PPC_VSX, name: "NT_PPC_VSX", size: 32 * 8, variable: false, required: false },
     ];

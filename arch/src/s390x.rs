@@ -6,16 +6,14 @@
 //! one-argument form.
 
 use crate::{
-    negative_errno, nt, pod_bytes, pod_from, restart_codes as rc, sysno_table, wrong_arch,
-    ArchError, Backend, CpuRecord, Regset, Restart, Syscall,
+    negative_errno, nt, pod_bytes, pod_from, restart_codes as rc, sysno_table, wrong_arch, ArchError, Backend,
+    CpuRecord, Regset, Restart, Syscall,
 };
 use serde::{Deserialize, Serialize};
 
 /// `s390_regs`: PSW, 16 GPRs, 16 access registers, orig_gpr2 (NT_PRSTATUS).
 #[repr(C)]
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize)]
 pub struct S390Regs {
     #[serde(with = "crate::hex::u64")]
     pub psw_mask: u64,
@@ -31,9 +29,7 @@ pub struct S390Regs {
 
 /// `s390_fp_regs` (NT_PRFPREG).
 #[repr(C)]
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable, Serialize, Deserialize)]
 pub struct FpRegs {
     #[serde(with = "crate::hex::u32")]
     pub fpc: u32,

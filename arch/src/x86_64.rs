@@ -3,8 +3,8 @@
 //! kernel's XSAVE blob (NT_X86_XSTATE); TLS is fs_base/gs_base in the GP set.
 
 use crate::{
-    hex_regs, negative_errno, nt, pod_bytes, pod_from, restart_codes as rc, sysno_table,
-    wrong_arch, ArchError, Backend, CpuRecord, Regset, Restart, Syscall,
+    hex_regs, negative_errno, nt, pod_bytes, pod_from, restart_codes as rc, sysno_table, wrong_arch, ArchError,
+    Backend, CpuRecord, Regset, Restart, Syscall,
 };
 use serde::{Deserialize, Serialize};
 

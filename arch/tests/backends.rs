@@ -2,8 +2,8 @@
 //! fix-ups, result decoding and the image record, as insta snapshots.
 
 use ferry_arch::{
-    aarch64::Aarch64, ppc64le::Ppc64le, restart_codes as rc, s390x::S390x, x86_64::X86_64,
-    Backend, CpuRecord, Restart, Syscall,
+    aarch64::Aarch64, ppc64le::Ppc64le, restart_codes as rc, s390x::S390x, x86_64::X86_64, Backend, CpuRecord, Restart,
+    Syscall,
 };
 use serde::Serialize;
 
@@ -107,8 +107,7 @@ impl Frames for Ppc64le {
 
 impl Frames for S390x {
     fn stopped_in_syscall(nr: u64, arg0: u64, ret: i64, ip: u64) -> Self::State {
-        let mut s = Self::State::default();
-        s.system_call = (2 << 16) | nr as u32;
+        let mut s = Self::State { system_call: (2 << 16) | nr as u32, ..Default::default() };
         s.regs.gprs[1] = nr;
         s.regs.orig_gpr2 = arg0;
         s.regs.gprs[2] = ret as u64;

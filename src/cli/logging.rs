@@ -19,9 +19,7 @@ pub fn parse_verbosity(s: &str) -> Result<VerbosityStep, String> {
         // "-vv" reaches us as -v with the value "v".
         return Ok(VerbosityStep::Raise(1 + s.len() as u8));
     }
-    s.parse::<u8>()
-        .map(VerbosityStep::Set)
-        .map_err(|_| format!("{s:?} is not a verbosity level (0-4, or -v/-vv)"))
+    s.parse::<u8>().map(VerbosityStep::Set).map_err(|_| format!("{s:?} is not a verbosity level (0-4, or -v/-vv)"))
 }
 
 pub const DEFAULT_LEVEL: u8 = 2;

@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn criu_style_flags_parse() {
-        let c = Cli::try_parse_from(["ferry", "dump", "-t", "42", "-D", "/tmp/x", "-R", "-j", "-v4", "-o", "d.log"]).unwrap();
+        let c = Cli::try_parse_from(["ferry", "dump", "-t", "42", "-D", "/tmp/x", "-R", "-j", "-v4", "-o", "d.log"])
+            .unwrap();
         assert_eq!(logging::level(&c.verbosity), 4);
         assert_eq!(c.log_path(), Some(PathBuf::from("/tmp/x/d.log")));
         let Command::Dump(d) = &c.command else { panic!() };

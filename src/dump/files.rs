@@ -31,9 +31,8 @@ pub fn collect(proc: &ProcDir, shell_job: bool) -> Result<Vec<Fd>> {
     for fd in proc.fds()? {
         let link = proc.read_link(&format!("fd/{fd}"))?;
         let name = link.to_string_lossy().into_owned();
-        let unsupported = |what: &str| -> anyhow::Error {
-            anyhow::anyhow!("task {pid} fd {fd}: {what} is not supported yet")
-        };
+        let unsupported =
+            |what: &str| -> anyhow::Error { anyhow::anyhow!("task {pid} fd {fd}: {what} is not supported yet") };
         if let Some(rest) = name.strip_prefix("socket:[") {
             let ino = rest.trim_end_matches(']');
             return Err(unsupported(&format!("{name} ({})", socket_kind(proc, ino))));
@@ -131,7 +130,9 @@ mod tests {
         let fds = collect(&ProcDir::current(), true);
         // The test harness itself may hold pipes; then the error must name one.
         match fds {
-            Ok(fds) => assert!(fds.iter().any(|d| matches!(&d.kind, FdKind::File { file, .. } if file.path == f.path()))),
+            Ok(fds) => {
+                assert!(fds.iter().any(|d| matches!(&d.kind, FdKind::File { file, .. } if file.path == f.path())))
+            }
             Err(e) => assert!(e.to_string().contains("is not supported yet"), "{e}"),
         }
     }

@@ -44,9 +44,13 @@ pub fn collect(tracee: &Tracee, maps: &[Mapping], original: &NativeState, mask: 
     let touched = inj.calls > 0;
 
     // Put back the borrowed bytes, the registers and the mask, whatever happened.
-    let restored = mem
-        .write(scratch, &saved)
-        .and_then(|_| if touched { return_to_interrupt_stop(tracee, original, mask) } else { tracee.set_sigmask(mask) });
+    let restored = mem.write(scratch, &saved).and_then(|_| {
+        if touched {
+            return_to_interrupt_stop(tracee, original, mask)
+        } else {
+            tracee.set_sigmask(mask)
+        }
+    });
     let mut state = result?;
     restored.with_context(|| format!("task {}: putting its state back after injection", tracee.pid))?;
     state.deferred_signals = deferred;
@@ -99,7 +103,8 @@ fn ask(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<InjectedStat
     };
     let pdeathsig = prctl_int(inj, libc::PR_GET_PDEATHSIG, "PR_GET_PDEATHSIG")?;
     let child_subreaper = prctl_int(inj, libc::PR_GET_CHILD_SUBREAPER, "PR_GET_CHILD_SUBREAPER")? != 0;
-    let dumpable = inj.call(Syscall::Prctl, &[libc::PR_GET_DUMPABLE as u64], || "prctl(PR_GET_DUMPABLE)".into())? as i32;
+    let dumpable =
+        inj.call(Syscall::Prctl, &[libc::PR_GET_DUMPABLE as u64], || "prctl(PR_GET_DUMPABLE)".into())? as i32;
     let thp_disable =
         inj.call(Syscall::Prctl, &[libc::PR_GET_THP_DISABLE as u64], || "prctl(PR_GET_THP_DISABLE)".into())? != 0;
     let securebits =

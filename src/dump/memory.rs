@@ -14,6 +14,7 @@ use nix::sys::uio::RemoteIoVec;
 use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A mapping and what the image will say about it.
 pub struct PlannedVma {
@@ -134,9 +135,9 @@ fn runs_for(
         VmaKind::File { .. } if m.shared => return Ok((0, Vec::new())),
         VmaKind::SharedAnon => return shared_anon_runs(proc, m, page),
         // Private file pages that were never written still come from the file.
-        VmaKind::File { .. } => {
-            Box::new(move |e: PageEntry| e.swapped() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero_pfn))
-        }
+        VmaKind::File { .. } => Box::new(move |e: PageEntry| {
+            e.swapped() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero_pfn)
+        }),
         VmaKind::Anon => Box::new(move |e: PageEntry| e.swapped() || (e.present() && Some(e.pfn()) != zero_pfn)),
     };
     let entries = pagemap::read_range(pagemap_file, m.start, m.end, page)
@@ -209,12 +210,9 @@ pub fn dump_pages(
         runs.extend(r);
     }
     let total: u64 = runs.iter().map(|r| r.pages).sum();
-    out.reserve(total * page)?;
     copy_runs(mem, &runs, page, out)?;
-    let entries = runs
-        .iter()
-        .map(|r| PageExtent { vaddr: r.vaddr, nr_pages: r.pages, flags: PageFlags::Present })
-        .collect();
+    let entries =
+        runs.iter().map(|r| PageExtent { vaddr: r.vaddr, nr_pages: r.pages, flags: PageFlags::Present }).collect();
     Ok(MemoryDump {
         pagemap: PagemapImage { pages_file: pages_file.to_string(), page_size: page, entries },
         pages_scanned: scanned,
@@ -222,60 +220,54 @@ pub fn dump_pages(
     })
 }
 
-/// Copy buffer size: large enough to amortise syscalls, small enough to stay
-/// in cache between the read and the write.
-const CHUNK: usize = 4 << 20;
-
+/// Copy every run into the pages file, block by block on several threads.
 fn copy_runs(mem: &RemoteMem, runs: &[Run], page: u64, out: &mut RawImage) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut fill = 0usize;
-    let mut iovs: Vec<RemoteIoVec> = Vec::new();
-    let mut halfway_announced = false;
-    let total: u64 = runs.iter().map(|r| r.pages * page).sum();
-    let mut written = 0u64;
+    // File offset where each run starts.
+    let mut starts = Vec::with_capacity(runs.len());
+    let mut total = 0u64;
     for r in runs {
-        let mut addr = r.vaddr;
-        let mut left = (r.pages * page) as usize;
-        while left > 0 {
-            let n = left.min(CHUNK - fill);
-            if r.readable {
-                iovs.push(RemoteIoVec { base: addr as usize, len: n });
-            } else {
-                // Flush queued readable ranges first so the buffer stays in order.
-                flush_reads(mem, &mut iovs, &mut buf, fill)?;
-                mem.read_forced(addr, &mut buf[fill..fill + n])?;
-            }
-            fill += n;
-            addr += n as u64;
-            left -= n;
-            if fill == CHUNK {
-                flush_reads(mem, &mut iovs, &mut buf, fill)?;
-                out.write(&buf[..fill])?;
-                written += fill as u64;
-                fill = 0;
-                if !halfway_announced && written * 2 >= total {
-                    halfway_announced = true;
-                    crate::testhook::stage("memory");
-                }
-            }
+        starts.push(total);
+        total += r.pages * page;
+    }
+    let blocks_done = AtomicU64::new(0);
+    let blocks = total.div_ceil(crate::image::digest::BLOCK as u64);
+    out.fill_parallel(total, |offset, block| {
+        fill_block(mem, runs, &starts, page, offset, block)?;
+        if blocks_done.fetch_add(1, Ordering::Relaxed) + 1 == blocks.div_ceil(2) {
+            crate::testhook::stage("memory");
         }
-    }
-    flush_reads(mem, &mut iovs, &mut buf, fill)?;
-    out.write(&buf[..fill])?;
-    if !halfway_announced {
-        crate::testhook::stage("memory");
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
-/// Read the queued ranges into the part of `buf` just before `fill`.
-fn flush_reads(mem: &RemoteMem, iovs: &mut Vec<RemoteIoVec>, buf: &mut [u8], fill: usize) -> Result<()> {
-    if iovs.is_empty() {
-        return Ok(());
+/// Fill `block` with the file bytes at `offset`: readable memory in one
+/// process_vm_readv per stretch, the rest through /proc/PID/mem.
+fn fill_block(mem: &RemoteMem, runs: &[Run], starts: &[u64], page: u64, offset: u64, block: &mut [u8]) -> Result<()> {
+    let mut i = starts.partition_point(|&s| s <= offset) - 1;
+    let mut pos = 0usize;
+    let mut iovs: Vec<RemoteIoVec> = Vec::new();
+    let mut iov_from = 0usize;
+    while pos < block.len() {
+        let r = runs[i];
+        let into_run = offset + pos as u64 - starts[i];
+        let n = ((r.pages * page - into_run) as usize).min(block.len() - pos);
+        let addr = r.vaddr + into_run;
+        if r.readable {
+            iovs.push(RemoteIoVec { base: addr as usize, len: n });
+        } else {
+            if !iovs.is_empty() {
+                mem.readv(&iovs, &mut block[iov_from..pos])?;
+                iovs.clear();
+            }
+            mem.read_forced(addr, &mut block[pos..pos + n])?;
+            iov_from = pos + n;
+        }
+        pos += n;
+        i += 1;
     }
-    let len: usize = iovs.iter().map(|v| v.len).sum();
-    mem.readv(iovs, &mut buf[fill - len..fill])?;
-    iovs.clear();
+    if !iovs.is_empty() {
+        mem.readv(&iovs, &mut block[iov_from..])?;
+    }
     Ok(())
 }
 
@@ -284,7 +276,13 @@ fn flush_reads(mem: &RemoteMem, iovs: &mut Vec<RemoteIoVec>, buf: &mut [u8], fil
 pub fn check_layout(planned: &[PlannedVma]) -> Result<()> {
     for w in planned.windows(2) {
         if w[0].vma.end > w[1].vma.start {
-            bail!("mappings {:#x}-{:#x} and {:#x}-{:#x} overlap", w[0].vma.start, w[0].vma.end, w[1].vma.start, w[1].vma.end);
+            bail!(
+                "mappings {:#x}-{:#x} and {:#x}-{:#x} overlap",
+                w[0].vma.start,
+                w[0].vma.end,
+                w[1].vma.start,
+                w[1].vma.end
+            );
         }
     }
     Ok(())

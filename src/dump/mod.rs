@@ -15,7 +15,7 @@ pub mod scope;
 use crate::image::inventory::{ImageKind, Inventory};
 use crate::image::stats::DumpStats;
 use crate::image::task::{Creds, FsState, Ids, MmState, PendingSignal, Rseq, Signals, TaskImage};
-use crate::image::{pages_file, pagemap_file, task_file, ImageWriter, STATS};
+use crate::image::{pagemap_file, pages_file, task_file, ImageWriter, STATS};
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, RseqConfig, Tracee, O_TRACESYSGOOD};

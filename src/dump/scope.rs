@@ -39,7 +39,11 @@ pub fn inspect(proc: &ProcDir, shell_job: bool, frozen: bool) -> Result<Inspecti
     }
     if status.tracer_pid != 0 && !frozen {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", status.tracer_pid)).unwrap_or_default();
-        bail!("task {pid} is already traced by {} ({}); a task has one tracer at a time", status.tracer_pid, comm.trim());
+        bail!(
+            "task {pid} is already traced by {} ({}); a task has one tracer at a time",
+            status.tracer_pid,
+            comm.trim()
+        );
     }
     if status.threads > 1 {
         bail!("task {pid} has {} threads: multi-threaded tasks are not supported yet", status.threads);

@@ -40,6 +40,8 @@ pub struct Inventory {
     /// Relative path of the previous image in a pre-dump chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// How `files[].xxh3` is computed.
+    pub checksum_scheme: String,
     pub files: Vec<FileEntry>,
     /// xxh3 of this document serialized with `checksum: null`.
     #[serde(default)]
@@ -68,6 +70,7 @@ impl Inventory {
             root_pid,
             tasks: vec![root_pid],
             parent: None,
+            checksum_scheme: super::digest::SCHEME.to_string(),
             files: Vec::new(),
             checksum: None,
         }
@@ -93,7 +96,11 @@ impl Inventory {
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
         let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
         if format != FORMAT {
-            return Err(ImageError::WrongFormat { path: path.to_path_buf(), found: format.to_string(), expected: FORMAT });
+            return Err(ImageError::WrongFormat {
+                path: path.to_path_buf(),
+                found: format.to_string(),
+                expected: FORMAT,
+            });
         }
         let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version != u64::from(VERSION) {

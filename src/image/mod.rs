@@ -14,6 +14,7 @@
 //! Every file is mode 0600. Readers check the inventory's own checksum, its
 //! format and version, then each file's size and checksum before parsing.
 
+pub mod digest;
 pub mod inventory;
 pub mod pagemap;
 pub mod show;
@@ -23,10 +24,10 @@ pub mod task;
 use inventory::{FileEntry, Inventory};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use xxhash_rust::xxh3::Xxh3;
+use std::sync::Mutex;
 
 pub const INVENTORY: &str = "inventory.json";
 pub const STATS: &str = "stats.json";
@@ -84,6 +85,29 @@ pub fn hash_hex(h: u64) -> String {
     format!("{h:016x}")
 }
 
+/// Worker threads for hashing and copying large files: one per core, at most 4.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4)
+}
+
+/// Hash the 4 MiB blocks of `data` on several threads.
+pub fn parallel_digest(data: &[u8]) -> u64 {
+    let blocks: Vec<&[u8]> = data.chunks(digest::BLOCK).collect();
+    let hashes = Mutex::new(vec![0u64; blocks.len()]);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..workers().min(blocks.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(b) = blocks.get(i) else { return };
+                let h = digest::block_hash(b);
+                hashes.lock().unwrap()[i] = h;
+            });
+        }
+    });
+    digest::combine(&hashes.into_inner().unwrap())
+}
+
 /// Writes one image directory. Files appear as they are written; the
 /// inventory comes last, so a directory without one is an unfinished dump.
 /// Dropped without [`ImageWriter::commit`], it removes what it wrote.
@@ -117,7 +141,9 @@ impl ImageWriter {
 
     fn open(&mut self, name: &str) -> Result<(PathBuf, File)> {
         let path = self.dir.join(name);
+        // Read access too: large files are written through a shared mapping.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -138,7 +164,7 @@ impl ImageWriter {
     /// A raw file written in pieces; call [`RawImage::finish`] to record it.
     pub fn raw(&mut self, name: &str) -> Result<RawImage> {
         let (path, file) = self.open(name)?;
-        Ok(RawImage { name: name.to_string(), path, file, hasher: Xxh3::new(), size: 0 })
+        Ok(RawImage { name: name.to_string(), path, file, digest: digest::Streaming::default(), filled: None, size: 0 })
     }
 
     /// Write the inventory: from here on the directory is a complete image.
@@ -167,7 +193,9 @@ pub struct RawImage {
     name: String,
     path: PathBuf,
     file: File,
-    hasher: Xxh3,
+    digest: digest::Streaming,
+    /// Set by [`RawImage::fill_parallel`], which hashes as it goes.
+    filled: Option<u64>,
     size: u64,
 }
 
@@ -176,29 +204,88 @@ impl RawImage {
         &self.path
     }
 
+    fn io_err(&self) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+        |error| ImageError::Io { path: self.path.clone(), error }
+    }
+
     /// Reserve space up front so a full disk fails before any work is done.
-    /// Filesystems without fallocate are left to fail on write.
-    pub fn reserve(&mut self, len: u64) -> Result<()> {
+    /// Returns false where the filesystem cannot reserve (no fallocate).
+    pub fn reserve(&mut self, len: u64) -> Result<bool> {
         if len == 0 {
-            return Ok(());
+            return Ok(true);
         }
         match nix::fcntl::fallocate(&self.file, nix::fcntl::FallocateFlags::empty(), 0, len as i64) {
-            Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
-            Err(e) => Err(ImageError::Io { path: self.path.clone(), error: e.into() }),
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(self.io_err()(e.into())),
         }
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).map_err(|error| ImageError::Io { path: self.path.clone(), error })?;
-        self.hasher.update(data);
+        self.file.write_all(data).map_err(self.io_err())?;
+        self.digest.update(data);
         self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Produce the whole file, `len` bytes, by calling `fill(offset, block)`
+    /// for each 4 MiB block from several threads, writing straight into the
+    /// mapped file: one copy, hashed while hot. Where space cannot be
+    /// reserved (a full disk must not surface as SIGBUS on a mapping), the
+    /// blocks are filled one by one into a buffer and written instead.
+    pub fn fill_parallel<F>(&mut self, len: u64, fill: F) -> anyhow::Result<()>
+    where
+        F: Fn(u64, &mut [u8]) -> anyhow::Result<()> + Sync,
+    {
+        assert_eq!(self.size, 0, "fill_parallel needs an empty file");
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.reserve(len)? {
+            let mut buf = vec![0u8; digest::BLOCK];
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(digest::BLOCK as u64) as usize;
+                fill(off, &mut buf[..n])?;
+                self.write(&buf[..n])?;
+                off += n as u64;
+            }
+            return Ok(());
+        }
+        // SAFETY: the file is ours, just created and sized by fallocate; no
+        // one else maps or truncates it while the mapping lives.
+        let mut map =
+            unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(&self.file) }.map_err(self.io_err())?;
+        let blocks: Vec<(usize, &mut [u8])> = map.chunks_mut(digest::BLOCK).enumerate().collect();
+        let count = blocks.len();
+        let queue = Mutex::new(blocks.into_iter());
+        let hashes = Mutex::new(vec![0u64; count]);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..workers().min(count))
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        loop {
+                            let Some((i, block)) = queue.lock().unwrap().next() else { return Ok(()) };
+                            fill((i * digest::BLOCK) as u64, block)?;
+                            let h = digest::block_hash(block);
+                            hashes.lock().unwrap()[i] = h;
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().expect("worker panicked"))
+        })?;
+        drop(map);
+        self.size = len;
+        self.filled = Some(digest::combine(&hashes.into_inner().unwrap()));
         Ok(())
     }
 
     pub fn finish(self, writer: &mut ImageWriter) -> Result<()> {
         // fallocate may have reserved more than was written.
-        self.file.set_len(self.size).map_err(|error| ImageError::Io { path: self.path.clone(), error })?;
-        writer.entries.push(FileEntry { name: self.name, size: self.size, xxh3: hash_hex(self.hasher.digest()) });
+        self.file.set_len(self.size).map_err(self.io_err())?;
+        let digest = self.filled.unwrap_or_else(|| self.digest.finish());
+        writer.entries.push(FileEntry { name: self.name, size: self.size, xxh3: hash_hex(digest) });
         Ok(())
     }
 }
@@ -248,7 +335,7 @@ impl ImageDir {
         let path = self.path(name);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         check_size(&path, bytes.len() as u64, entry.size)?;
-        let got = hash_hex(xxhash_rust::xxh3::xxh3_64(&bytes));
+        let got = hash_hex(digest::of(&bytes));
         if got != entry.xxh3 {
             return Err(ImageError::Checksum { path, expected: entry.xxh3.clone(), got });
         }
@@ -271,23 +358,19 @@ impl ImageDir {
         Ok(file)
     }
 
+    /// Check a raw file's size and checksum, hashing blocks in parallel.
     pub fn verify_raw(&self, name: &str) -> Result<()> {
         let entry = self.entry(name)?;
         let path = self.path(name);
-        let mut file = File::open(&path).map_err(io(&path))?;
-        let mut hasher = Xxh3::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(io(&path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        check_size(&path, size, entry.size)?;
-        let got = hash_hex(hasher.digest());
+        let file = self.open_raw(name)?;
+        let got = if entry.size == 0 {
+            digest::combine(&[])
+        } else {
+            // SAFETY: read-only mapping of an image file nobody writes to.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+            parallel_digest(&map)
+        };
+        let got = hash_hex(got);
         if got != entry.xxh3 {
             return Err(ImageError::Checksum { path, expected: entry.xxh3.clone(), got });
         }

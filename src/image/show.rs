@@ -47,7 +47,12 @@ fn open_flags(flags: u32) -> String {
         libc::O_WRONLY => "O_WRONLY",
         _ => "O_RDWR",
     }];
-    for (bit, name) in [(libc::O_APPEND, "O_APPEND"), (libc::O_NONBLOCK, "O_NONBLOCK"), (libc::O_SYNC, "O_SYNC"), (libc::O_DIRECT, "O_DIRECT")] {
+    for (bit, name) in [
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+    ] {
         if f & bit != 0 {
             parts.push(name);
         }
@@ -59,7 +64,12 @@ fn open_flags(flags: u32) -> String {
 fn cpu_summary(task: &TaskImage, out: &mut dyn Write) -> Result<()> {
     let v = serde_json::to_value(&task.cpu)?;
     let obj = v.as_object().context("cpu record is not an object")?;
-    writeln!(out, "  cpu          {} (restart: {:?})", obj.get("arch").and_then(|a| a.as_str()).unwrap_or("?"), task.restart)?;
+    writeln!(
+        out,
+        "  cpu          {} (restart: {:?})",
+        obj.get("arch").and_then(|a| a.as_str()).unwrap_or("?"),
+        task.restart
+    )?;
     for (group, val) in obj.iter().filter(|(k, _)| *k != "arch") {
         match val {
             serde_json::Value::Object(regs) => {
@@ -103,14 +113,19 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "  format       {} v{}, written by ferry {}", inv.format, inv.version, inv.ferry_version)?;
     let kind = serde_json::to_value(&inv.kind)?;
     writeln!(out, "  kind         {} of task {}", kind.as_str().unwrap_or("?"), inv.root_pid)?;
-    writeln!(out, "  machine      {}, {}-byte pages, kernel {}, host {}", inv.arch, inv.page_size, inv.kernel, inv.hostname)?;
+    writeln!(
+        out,
+        "  machine      {}, {}-byte pages, kernel {}, host {}",
+        inv.arch, inv.page_size, inv.kernel, inv.hostname
+    )?;
     writeln!(out, "  created      unix time {}", inv.created_unix)?;
     if let Some(p) = &inv.parent {
         writeln!(out, "  parent       {p}")?;
     }
     writeln!(out, "  files")?;
     for f in &inv.files {
-        let state = bad.iter().find(|(n, _)| *n == f.name).map(|(_, e)| format!("BAD: {e}")).unwrap_or_else(|| "ok".into());
+        let state =
+            bad.iter().find(|(n, _)| *n == f.name).map(|(_, e)| format!("BAD: {e}")).unwrap_or_else(|| "ok".into());
         writeln!(out, "    {:<22} {:>10}  xxh3 {}  {state}", f.name, human_bytes(f.size), f.xxh3)?;
     }
     if let Ok(st) = img.read_json::<DumpStats>(STATS) {
@@ -166,12 +181,21 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
     cpu_summary(t, out)?;
     let s = &t.signals;
     writeln!(out, "  signals      blocked: {}", signal_set(s.blocked))?;
-    let pending: Vec<String> =
-        s.pending.iter().map(|p| format!("{}{}", signal_name(p.signo), if p.shared { " (process)" } else { "" })).collect();
+    let pending: Vec<String> = s
+        .pending
+        .iter()
+        .map(|p| format!("{}{}", signal_name(p.signo), if p.shared { " (process)" } else { "" }))
+        .collect();
     writeln!(out, "               pending: {}", if pending.is_empty() { "none".into() } else { pending.join(" ") })?;
     for a in s.actions.iter().filter(|a| a.handler != 0) {
         let h = if a.handler == 1 { "ignored".to_string() } else { format!("handler {:#x}", a.handler) };
-        writeln!(out, "               {:<10} {h} flags {:#x} mask {}", signal_name(a.signo), a.flags, signal_set(a.mask))?;
+        writeln!(
+            out,
+            "               {:<10} {h} flags {:#x} mask {}",
+            signal_name(a.signo),
+            a.flags,
+            signal_set(a.mask)
+        )?;
     }
     if let Some(r) = &t.rseq {
         writeln!(out, "  rseq         {:#x}, {} bytes, signature {:#x}", r.addr, r.len, r.sig)?;
@@ -193,7 +217,14 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
         pm.entries.len(),
         pm.pages_file
     )?;
-    writeln!(out, "               brk {:#x} (from {:#x}), stack {:#x}, exe {}", t.mm.brk, t.mm.start_brk, t.mm.start_stack, t.mm.exe.path.display())?;
+    writeln!(
+        out,
+        "               brk {:#x} (from {:#x}), stack {:#x}, exe {}",
+        t.mm.brk,
+        t.mm.start_brk,
+        t.mm.start_stack,
+        t.mm.exe.path.display()
+    )?;
     for v in &t.vmas {
         let saved: u64 = pm
             .entries

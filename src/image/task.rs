@@ -286,10 +286,22 @@ pub struct Fd {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum FdKind {
     /// A regular file, reopened by path at its offset.
-    File { file: FileId, pos: u64 },
-    Directory { path: PathBuf, pos: u64 },
+    File {
+        file: FileId,
+        pos: u64,
+    },
+    Directory {
+        path: PathBuf,
+        pos: u64,
+    },
     /// A character device (/dev/null, /dev/urandom…), reopened by path.
-    CharDevice { path: PathBuf, rdev: u64 },
+    CharDevice {
+        path: PathBuf,
+        rdev: u64,
+    },
     /// A terminal; restoring it needs --shell-job.
-    Tty { path: PathBuf, rdev: u64 },
+    Tty {
+        path: PathBuf,
+        rdev: u64,
+    },
 }

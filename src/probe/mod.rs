@@ -133,7 +133,8 @@ fn clone3_set_tid() -> Outcome {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1000);
-    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+    let max: i32 =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
     let Some(want) = (last + 50..max).find(|p| !ProcDir::new(*p).exists()) else {
         return no("no free PID to try");
     };
@@ -165,7 +166,10 @@ fn prctl_mm_map() -> Outcome {
     // SAFETY: PR_SET_MM_MAP_SIZE only writes the struct size to `size`.
     let r = unsafe { libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) };
     if r != 0 {
-        return no(format!("PR_SET_MM_MAP_SIZE: {} (kernel without CONFIG_CHECKPOINT_RESTORE?)", std::io::Error::last_os_error()));
+        return no(format!(
+            "PR_SET_MM_MAP_SIZE: {} (kernel without CONFIG_CHECKPOINT_RESTORE?)",
+            std::io::Error::last_os_error()
+        ));
     }
     let caps = ProcDir::current().status().map(|s| s.cap_eff).unwrap_or(0);
     const CAP_SYS_ADMIN: u64 = 21;
@@ -188,7 +192,8 @@ pub fn soft_dirty_works() -> Result<bool, String> {
     v[off] = 1;
     std::hint::black_box(&mut v);
     let f = File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
-    let e: Vec<PageEntry> = pagemap::read_range(&f, addr as u64, (addr + page) as u64, page as u64).map_err(|e| format!("{e:#}"))?;
+    let e: Vec<PageEntry> =
+        pagemap::read_range(&f, addr as u64, (addr + page) as u64, page as u64).map_err(|e| format!("{e:#}"))?;
     Ok(e[0].soft_dirty())
 }
 

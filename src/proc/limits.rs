@@ -50,7 +50,8 @@ pub fn parse(text: &str) -> Result<Vec<Limit>> {
         if line.trim().is_empty() {
             continue;
         }
-        let Some((resource, (_, name))) = NAMES.iter().enumerate().find(|(_, (label, _))| line.starts_with(label)) else {
+        let Some((resource, (_, name))) = NAMES.iter().enumerate().find(|(_, (label, _))| line.starts_with(label))
+        else {
             bail!("unknown limit line {line:?}");
         };
         let label_len = NAMES[resource].0.len();

@@ -37,8 +37,7 @@ impl Mapping {
 
     /// `[vdso]`, `[heap]`, `[anon:name]`…: areas the kernel names itself.
     pub fn special(&self) -> Option<&str> {
-        (self.inode == 0 && self.path.starts_with('[') && self.path.ends_with(']'))
-            .then_some(self.path.as_str())
+        (self.inode == 0 && self.path.starts_with('[') && self.path.ends_with(']')).then_some(self.path.as_str())
     }
 
     pub fn is_file(&self) -> bool {
@@ -113,6 +112,9 @@ pub fn parse(text: &str) -> Result<Vec<Mapping>> {
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
             let m = out.last_mut().with_context(|| format!("VmFlags before any mapping: {line:?}"))?;
             m.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+        } else if !first.ends_with(':') {
+            // smaps detail lines are "Key:  value"; anything else is not ours.
+            bail!("unrecognized line {line:?}");
         }
     }
     Ok(out)

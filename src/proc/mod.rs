@@ -120,8 +120,5 @@ impl ProcDir {
 
 /// Parse a `key:\tvalue` file (status, fdinfo) into ordered pairs.
 pub(crate) fn key_values(text: &str) -> Vec<(&str, &str)> {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim())).collect()
 }

@@ -50,10 +50,7 @@ pub fn read_range(pagemap: &File, start: u64, end: u64, page_size: u64) -> Resul
         }
         done += got;
     }
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| PageEntry(u64::from_ne_bytes(c.try_into().unwrap())))
-        .collect())
+    Ok(buf.chunks_exact(8).map(|c| PageEntry(u64::from_ne_bytes(c.try_into().unwrap()))).collect())
 }
 
 #[cfg(test)]

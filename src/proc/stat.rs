@@ -39,7 +39,9 @@ impl Stat {
         let field = |n: usize| -> Result<&str> { f.get(n - 3).copied().with_context(|| format!("no field {n}")) };
         let num = |n: usize| -> Result<i64> {
             let v = field(n)?;
-            v.parse::<i64>().or_else(|_| v.parse::<u64>().map(|u| u as i64)).with_context(|| format!("field {n}: bad number {v:?}"))
+            v.parse::<i64>()
+                .or_else(|_| v.parse::<u64>().map(|u| u as i64))
+                .with_context(|| format!("field {n}: bad number {v:?}"))
         };
         Ok(Stat {
             pid,

@@ -83,7 +83,9 @@ impl<'t> Injector<'t> {
                 }
                 Stop::Event(_) | Stop::OtherEvent(_) => self.tracee.resume_to_syscall()?,
                 Stop::Exited(code) => bail!("task {} exited (status {code}) during injected {call:?}", self.tracee.pid),
-                Stop::Killed(sig) => bail!("task {} was killed by signal {sig} during injected {call:?}", self.tracee.pid),
+                Stop::Killed(sig) => {
+                    bail!("task {} was killed by signal {sig} during injected {call:?}", self.tracee.pid)
+                }
             }
         }
     }
@@ -104,9 +106,7 @@ pub fn find_syscall_insn(mem: &RemoteMem, maps: &[Mapping]) -> Result<u64> {
         if mem.read(m.start, &mut buf).is_err() {
             continue;
         }
-        if let Some(off) = (0..len.saturating_sub(insn.len()))
-            .step_by(align)
-            .find(|&o| &buf[o..o + insn.len()] == insn)
+        if let Some(off) = (0..len.saturating_sub(insn.len())).step_by(align).find(|&o| &buf[o..o + insn.len()] == insn)
         {
             return Ok(m.start + off as u64);
         }

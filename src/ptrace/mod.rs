@@ -259,8 +259,7 @@ impl Tracee {
     }
 
     pub fn set_sigmask(&self, mask: u64) -> Result<()> {
-        self.check("PTRACE_SETSIGMASK", ptrace(PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64 as u64))
-            .map(drop)
+        self.check("PTRACE_SETSIGMASK", ptrace(PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64 as u64)).map(drop)
     }
 
     /// Queued signals (siginfo_t each), per-thread or process-wide.
@@ -274,11 +273,8 @@ impl Tracee {
         let mut out = Vec::new();
         let mut buf = vec![0u8; SIGINFO_SIZE * 32];
         loop {
-            let args = PeekArgs {
-                off: out.len() as u64,
-                flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
-                nr: 32,
-            };
+            let args =
+                PeekArgs { off: out.len() as u64, flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 }, nr: 32 };
             let n = self.check(
                 "PTRACE_PEEKSIGINFO",
                 ptrace(PTRACE_PEEKSIGINFO, self.pid, &args as *const _ as u64, buf.as_mut_ptr() as u64),
@@ -304,7 +300,12 @@ impl Tracee {
         let mut c = Conf::default();
         self.check(
             "PTRACE_GET_RSEQ_CONFIGURATION",
-            ptrace(PTRACE_GET_RSEQ_CONFIGURATION, self.pid, std::mem::size_of::<Conf>() as u64, &mut c as *mut _ as u64),
+            ptrace(
+                PTRACE_GET_RSEQ_CONFIGURATION,
+                self.pid,
+                std::mem::size_of::<Conf>() as u64,
+                &mut c as *mut _ as u64,
+            ),
         )?;
         Ok((c.addr != 0).then_some(RseqConfig { addr: c.addr, len: c.len, sig: c.sig }))
     }

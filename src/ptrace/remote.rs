@@ -1,10 +1,10 @@
 //! Reading and writing another task's memory.
 
 use anyhow::{bail, Context, Result};
-use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use std::fs::{File, OpenOptions};
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::fs::FileExt;
 
 /// A task's memory: process_vm_readv for bulk reads, /proc/PID/mem for
@@ -24,38 +24,18 @@ impl RemoteMem {
 
     /// Fill `local` from the remote ranges, in order. Fails on a short read.
     pub fn readv(&self, remote: &[RemoteIoVec], local: &mut [u8]) -> Result<()> {
-        let want: usize = remote.iter().map(|r| r.len).sum();
-        debug_assert_eq!(want, local.len());
-        let mut done = 0usize;
-        let mut idx = 0usize;
-        let mut skip = 0usize;
-        while done < want {
-            // Re-slice the remote list after a partial transfer.
-            let mut iovs: Vec<RemoteIoVec> = remote[idx..].to_vec();
-            iovs[0].base += skip;
-            iovs[0].len -= skip;
-            iovs.truncate(1024);
-            let mut slices = [IoSliceMut::new(&mut local[done..])];
-            let n = process_vm_readv(Pid::from_raw(self.pid), &mut slices, &iovs)
-                .with_context(|| format!("task {}: reading memory at {:#x}", self.pid, iovs[0].base))?;
-            if n == 0 {
-                bail!("task {}: memory at {:#x} is not readable", self.pid, iovs[0].base);
-            }
-            done += n;
-            let mut left = n;
-            while left > 0 {
-                let avail = remote[idx].len - skip;
-                if left >= avail {
-                    left -= avail;
-                    idx += 1;
-                    skip = 0;
-                } else {
-                    skip += left;
-                    left = 0;
-                }
-            }
-        }
-        Ok(())
+        let pid = Pid::from_raw(self.pid);
+        transfer(self.pid, "reading", remote, local.len(), |done, iovs| {
+            process_vm_readv(pid, &mut [IoSliceMut::new(&mut local[done..])], iovs)
+        })
+    }
+
+    /// Copy `local` into the remote ranges, in order. Fails on a short write.
+    pub fn writev(&self, remote: &[RemoteIoVec], local: &[u8]) -> Result<()> {
+        let pid = Pid::from_raw(self.pid);
+        transfer(self.pid, "writing", remote, local.len(), |done, iovs| {
+            process_vm_writev(pid, &[IoSlice::new(&local[done..])], iovs)
+        })
     }
 
     /// Read through /proc/PID/mem: works on areas without PROT_READ.
@@ -82,4 +62,40 @@ impl RemoteMem {
             .write_all_at(data, addr)
             .with_context(|| format!("task {}: writing {} bytes at {addr:#x}", self.pid, data.len()))
     }
+}
+
+/// Drive process_vm_readv/writev over `remote` until `len` bytes moved:
+/// the kernel may stop early (at most 1024 ranges per call, or a partial page).
+fn transfer(
+    pid: i32,
+    what: &str,
+    remote: &[RemoteIoVec],
+    len: usize,
+    mut call: impl FnMut(usize, &[RemoteIoVec]) -> nix::Result<usize>,
+) -> Result<()> {
+    debug_assert_eq!(remote.iter().map(|r| r.len).sum::<usize>(), len);
+    let (mut done, mut idx, mut skip) = (0usize, 0usize, 0usize);
+    while done < len {
+        let mut iovs: Vec<RemoteIoVec> = remote[idx..remote.len().min(idx + 1024)].to_vec();
+        iovs[0].base += skip;
+        iovs[0].len -= skip;
+        let n = call(done, &iovs).with_context(|| format!("task {pid}: {what} memory at {:#x}", iovs[0].base))?;
+        if n == 0 {
+            bail!("task {pid}: {what} memory at {:#x}: no access", iovs[0].base);
+        }
+        done += n;
+        let mut left = n;
+        while left > 0 {
+            let avail = remote[idx].len - skip;
+            if left >= avail {
+                left -= avail;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }

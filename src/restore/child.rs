@@ -44,9 +44,23 @@ pub enum Step {
 impl Step {
     fn from_u32(v: u32) -> Option<Step> {
         use Step::*;
-        [BlockSignals, Setsid, StageFd, CloseInherited, PlaceFd, ControllingTty, Chdir, Chroot, Personality, Rlimit, Sigaction, Name, Report]
-            .into_iter()
-            .find(|s| *s as u32 == v)
+        [
+            BlockSignals,
+            Setsid,
+            StageFd,
+            CloseInherited,
+            PlaceFd,
+            ControllingTty,
+            Chdir,
+            Chroot,
+            Personality,
+            Rlimit,
+            Sigaction,
+            Name,
+            Report,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
     }
 }
 
@@ -64,8 +78,8 @@ pub struct ChildSetup {
     pub report_fd: RawFd,
     pub setsid: bool,
     /// Parent fds the child ends up with, in order: dumped fds first
-    /// (`targets` gives their numbers), then helpers (pages image, mapped
-    /// files, exe) that stay at `stage_base + index` until ferry closes them.
+    /// (`targets` gives their numbers), then helpers (mapped files, exe)
+    /// that stay at `stage_base + index` until ferry closes them.
     pub sources: Vec<RawFd>,
     pub targets: Vec<(RawFd, bool)>,
     /// First fd number above everything open in ferry and every target.
@@ -98,7 +112,9 @@ impl ChildSetup {
             },
             Some(Step::ControllingTty) => "making the terminal the controlling one (TIOCSCTTY)".into(),
             Some(Step::Chdir) => format!("chdir {}", self.cwd.to_string_lossy()),
-            Some(Step::Chroot) => format!("chroot {}", self.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
+            Some(Step::Chroot) => {
+                format!("chroot {}", self.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default())
+            }
             Some(Step::Personality) => format!("personality({:#x})", self.personality),
             Some(Step::Rlimit) => match self.rlimits.get(i) {
                 Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),

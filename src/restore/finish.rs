@@ -48,7 +48,9 @@ pub fn task_state(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Sc
         "prctl(PR_SET_PDEATHSIG)".into()
     })?;
     if t.prctl.thp_disable {
-        inj.call(Syscall::Prctl, &[libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0], || "prctl(PR_SET_THP_DISABLE)".into())?;
+        inj.call(Syscall::Prctl, &[libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0], || {
+            "prctl(PR_SET_THP_DISABLE)".into()
+        })?;
     }
     if t.prctl.child_subreaper {
         inj.call(Syscall::Prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, 1], || "prctl(PR_SET_CHILD_SUBREAPER)".into())?;
@@ -70,7 +72,9 @@ pub fn task_state(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Sc
         })?;
     }
     if t.creds.no_new_privs {
-        inj.call(Syscall::Prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
+        inj.call(Syscall::Prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
+            "prctl(PR_SET_NO_NEW_PRIVS)".into()
+        })?;
     }
     inj.call(Syscall::CloseRange, &[plan.helpers_from as u64, u64::from(u32::MAX), 0], || {
         "closing ferry's helper files".into()
@@ -84,23 +88,26 @@ fn creds(inj: &mut Injector, mem: &RemoteMem, c: &Creds, buf: u64) -> Result<()>
     if me.uid == c.uid
         && me.gid == c.gid
         && me.groups == c.groups
-        && (me.cap_eff, me.cap_prm, me.cap_inh, me.cap_bnd, me.cap_amb) == (c.cap_eff, c.cap_prm, c.cap_inh, c.cap_bnd, c.cap_amb)
+        && (me.cap_eff, me.cap_prm, me.cap_inh, me.cap_bnd, me.cap_amb)
+            == (c.cap_eff, c.cap_prm, c.cap_inh, c.cap_bnd, c.cap_amb)
     {
         return Ok(());
     }
     debug!(uid = ?c.uid, gid = ?c.gid, "switching credentials");
-    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap: u64 =
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
     // Bounding set first: dropping needs CAP_SETPCAP, gone after setuid.
     for cap in 0..=last_cap {
         if me.cap_bnd & (1 << cap) != 0 && c.cap_bnd & (1 << cap) == 0 {
-            inj.call(Syscall::Prctl, &[libc::PR_CAPBSET_DROP as u64, cap], || format!("dropping capability {cap} from the bounding set"))?;
+            inj.call(Syscall::Prctl, &[libc::PR_CAPBSET_DROP as u64, cap], || {
+                format!("dropping capability {cap} from the bounding set")
+            })?;
         }
     }
     // Keep capabilities across the uid change; capset sets the final ones.
-    if let Err(e) = inj.raw(Syscall::Prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(c.securebits) | SECBIT_KEEP_CAPS])? {
+    if let Err(e) =
+        inj.raw(Syscall::Prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(c.securebits) | SECBIT_KEEP_CAPS])?
+    {
         warn!("cannot restore securebits {:#x}: {}", c.securebits, e.desc());
     }
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
@@ -130,9 +137,11 @@ fn creds(inj: &mut Injector, mem: &RemoteMem, c: &Creds, buf: u64) -> Result<()>
     inj.call(Syscall::Capset, &[buf, buf + 8], || "capset".into())?;
     for cap in 0..=last_cap {
         if c.cap_amb & (1 << cap) != 0 {
-            inj.call(Syscall::Prctl, &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0], || {
-                format!("raising ambient capability {cap}")
-            })?;
+            inj.call(
+                Syscall::Prctl,
+                &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0],
+                || format!("raising ambient capability {cap}"),
+            )?;
         }
     }
     if u64::from(c.securebits) & SECBIT_KEEP_CAPS == 0 {

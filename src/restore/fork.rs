@@ -58,7 +58,8 @@ fn clone3_at(pid: i32) -> Result<Option<Forked>, Errno> {
 /// Older kernels: ask for PID-1 as the last one handed out, then fork.
 fn fork_via_ns_last_pid(pid: i32) -> Result<Option<Forked>> {
     let path = "/proc/sys/kernel/ns_last_pid";
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("opening {path}"))?;
+    let mut f =
+        std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("opening {path}"))?;
     // Serialise with other restorers doing the same.
     nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
@@ -83,10 +84,9 @@ fn fork_via_ns_last_pid(pid: i32) -> Result<Option<Forked>> {
 /// Describe who holds `pid`, for the error message.
 fn holder(pid: i32) -> String {
     match crate::proc::ProcDir::new(pid).status() {
-        Ok(s) if s.state == 'Z' => format!(
-            "a zombie of '{}' (it was killed, but its parent {} has not reaped it yet)",
-            s.name, s.ppid
-        ),
+        Ok(s) if s.state == 'Z' => {
+            format!("a zombie of '{}' (it was killed, but its parent {} has not reaped it yet)", s.name, s.ppid)
+        }
         Ok(s) => format!("'{}' (state {}, parent {})", s.name, s.state, s.ppid),
         Err(_) => "a process that has just gone".to_string(),
     }
@@ -112,9 +112,9 @@ pub fn fork_at(pid: i32, wait: Duration) -> Result<Option<Forked>> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(Errno::ENOSYS | Errno::E2BIG) => return fork_via_ns_last_pid(pid),
-            Err(Errno::EPERM) => bail!(
-                "clone3 with set_tid: Operation not permitted (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
-            ),
+            Err(Errno::EPERM) => {
+                bail!("clone3 with set_tid: Operation not permitted (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)")
+            }
             Err(e) => bail!("clone3 with set_tid {pid}: {}", e.desc()),
         }
     }

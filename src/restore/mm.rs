@@ -6,17 +6,20 @@
 //!    for all later injections, and room for syscall arguments;
 //! 3. unmap everything of the child's own except scratch and the vDSO;
 //! 4. move [vvar], [vvar_vclock] and [vdso] to the dumped addresses;
-//! 5. map every dumped area, fill its pages from the pages image with
-//!    preadv in the child, set advice, names and protections;
+//! 5. map every dumped area, copy its pages in from the pages image
+//!    (process_vm_writev, several threads), set advice, names, protections;
 //! 6. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file.
 
 use super::plan::Plan;
 use crate::image::task::{Vma, VmaKind};
+use crate::image::{digest, ImageError};
 use crate::proc::maps::Mapping;
 use crate::ptrace::inject::{stack_scratch, Injector};
 use crate::ptrace::remote::RemoteMem;
 use anyhow::{bail, Context, Result};
 use ferry_arch::{Backend, Native, Syscall};
+use nix::sys::uio::RemoteIoVec;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::debug;
 
 /// The scratch area: page 0 holds the syscall instruction, the rest data.
@@ -35,12 +38,11 @@ impl Scratch {
     }
 }
 
-/// Data room: 1024 iovecs for preadv, or a whole auxv, with space to spare.
-const SCRATCH_DATA: u64 = 64 * 1024;
-/// Most iovecs one preadv takes (UIO_MAXIOV).
+/// Data room for syscall arguments: an auxv, a PR_SET_MM_MAP struct, a siginfo.
+const SCRATCH_DATA: u64 = 16 * 1024;
+/// Most ranges one process_vm_writev takes (UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
-/// Most bytes one preadv moves (the kernel caps a read at 2 GiB - 4 KiB).
-const MAX_READ: u64 = 1 << 30;
+const BLOCK: usize = digest::BLOCK;
 
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
@@ -67,7 +69,13 @@ fn find_hole(layouts: &[Vec<(u64, u64)>], len: u64, page: u64) -> Option<u64> {
 }
 
 /// Injected mmap; s390x takes its six arguments in memory.
-fn mmap(inj: &mut Injector, mem: &RemoteMem, arg_area: u64, args: [u64; 6], what: impl FnOnce() -> String) -> Result<u64> {
+fn mmap(
+    inj: &mut Injector,
+    mem: &RemoteMem,
+    arg_area: u64,
+    args: [u64; 6],
+    what: impl FnOnce() -> String,
+) -> Result<u64> {
     if <Native as Backend>::MMAP_ARGS_IN_MEMORY {
         let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_ne_bytes()).collect();
         mem.write(arg_area, &bytes)?;
@@ -119,7 +127,8 @@ pub fn clear<'t>(inj: &mut Injector<'t>, mem: &RemoteMem, plan: &Plan, child_map
     let arg_area = stack_scratch(child_maps, sp, 64).context("no stack room in the child for mmap arguments")?;
     let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-    let got = mmap(inj, mem, arg_area, [base, len, rwx, flags, u64::MAX, 0], || format!("mapping scratch at {base:#x}"))?;
+    let got =
+        mmap(inj, mem, arg_area, [base, len, rwx, flags, u64::MAX, 0], || format!("mapping scratch at {base:#x}"))?;
     if got != base {
         bail!("task {pid}: scratch landed at {got:#x} instead of {base:#x}");
     }
@@ -161,11 +170,9 @@ fn move_vdso(inj: &mut Injector, block: &[&Mapping], plan: &Plan, avoid: &[Vec<(
     let mremap_all = |inj: &mut Injector, from: u64, to: u64| -> Result<()> {
         for m in block {
             let (old, new) = (m.start - cur0 + from, m.start - cur0 + to);
-            inj.call(
-                Syscall::Mremap,
-                &[old, m.len(), m.len(), MREMAP_MAYMOVE | MREMAP_FIXED, new],
-                || format!("moving {} from {old:#x} to {new:#x}", m.path),
-            )?;
+            inj.call(Syscall::Mremap, &[old, m.len(), m.len(), MREMAP_MAYMOVE | MREMAP_FIXED, new], || {
+                format!("moving {} from {old:#x} to {new:#x}", m.path)
+            })?;
         }
         Ok(())
     };
@@ -241,7 +248,9 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
         }
     }
 
-    fill_pages(inj, mem, plan, scratch)?;
+    debug!("areas mapped");
+    fill_pages(mem, plan)?;
+    debug!("pages copied in");
 
     for (i, v) in plan.task.vmas.iter().enumerate() {
         if filled[i] && !v.writable() {
@@ -256,55 +265,68 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
     Ok(())
 }
 
-/// Let the child read its own pages from the pages image with preadv: one
-/// copy, done by the kernel, with up to 1024 extents per call.
-fn fill_pages(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
+/// Copy the saved pages into the child from ferry, several blocks at once:
+/// one copy, from the page cache of the mapped pages file straight into the
+/// child's memory (mapped writable for this by `build`). Each 4 MiB block
+/// is hashed right after it is copied, while it is in the cache; a mismatch
+/// with the inventory fails the restore before the task ever runs.
+fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
     let page = plan.pagemap.page_size;
-    let mut batch: Vec<(u64, u64)> = Vec::new();
-    let mut batch_off = 0u64;
-    let mut batch_len = 0u64;
-    let flush = |inj: &mut Injector, batch: &mut Vec<(u64, u64)>, off: u64, len: u64| -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let iov: Vec<u8> = batch.iter().flat_map(|(a, l)| a.to_ne_bytes().into_iter().chain(l.to_ne_bytes())).collect();
-        debug_assert!(iov.len() as u64 <= scratch.data_len());
-        mem.write(scratch.data(), &iov)?;
-        let got = inj.call(
-            Syscall::Preadv,
-            &[plan.pages_fd as u64, scratch.data(), batch.len() as u64, off, 0],
-            || format!("reading {len} bytes of pages at offset {off}"),
-        )?;
-        if got != len {
-            bail!(
-                "{}: ended early: {got} of {len} bytes at offset {off}",
-                plan.images.path(&plan.pagemap.pages_file).display()
-            );
-        }
-        batch.clear();
-        Ok(())
+    let name = &plan.pagemap.pages_file;
+    let file = plan.images.open_raw(name)?;
+    let path = plan.images.path(name);
+    let expected = &plan.images.entry(name)?.xxh3;
+    let map = if plan.pagemap.present_bytes() == 0 {
+        None
+    } else {
+        // SAFETY: read-only mapping of an image file nobody writes to.
+        Some(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?)
     };
-    for (e, off) in plan.pagemap.present_with_offsets() {
-        let mut addr = e.vaddr;
-        let mut file_off = off;
-        let mut left = e.nr_pages * page;
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    // Block k of the file and the task ranges its bytes belong to.
+    let mut blocks: Vec<Vec<RemoteIoVec>> = Vec::new();
+    let mut size = BLOCK;
+    for (e, _) in plan.pagemap.present_with_offsets() {
+        let (mut addr, mut left) = (e.vaddr, (e.nr_pages * page) as usize);
         while left > 0 {
-            if batch.len() == MAX_IOV || batch_len == MAX_READ {
-                flush(inj, &mut batch, batch_off, batch_len)?;
+            if size == BLOCK {
+                blocks.push(Vec::new());
+                size = 0;
             }
-            if batch.is_empty() {
-                batch_off = file_off;
-                batch_len = 0;
-            }
-            let n = left.min(MAX_READ - batch_len);
-            batch.push((addr, n));
-            batch_len += n;
-            addr += n;
-            file_off += n;
-            left -= n;
+            let n = left.min(BLOCK - size);
+            blocks.last_mut().unwrap().push(RemoteIoVec { base: addr as usize, len: n });
+            (addr, left, size) = (addr + n as u64, left - n, size + n);
         }
     }
-    flush(inj, &mut batch, batch_off, batch_len)
+    let hashes = std::sync::Mutex::new(vec![0u64; blocks.len()]);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..crate::image::workers().min(blocks.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(iovs) = blocks.get(k) else { return Ok(()) };
+                        let bytes = &data[k * BLOCK..(k * BLOCK + iovs.iter().map(|v| v.len).sum::<usize>())];
+                        // Fewer than MAX_IOV ranges per block, or split them.
+                        for (i, part) in iovs.chunks(MAX_IOV).enumerate() {
+                            let from: usize = iovs[..i * MAX_IOV].iter().map(|v| v.len).sum();
+                            let len: usize = part.iter().map(|v| v.len).sum();
+                            mem.writev(part, &bytes[from..from + len])?;
+                        }
+                        let h = digest::block_hash(bytes);
+                        hashes.lock().unwrap()[k] = h;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().expect("copy worker panicked"))
+    })?;
+    let got = crate::image::hash_hex(digest::combine(&hashes.into_inner().unwrap()));
+    if &got != expected {
+        return Err(ImageError::Checksum { path, expected: expected.clone(), got }.into());
+    }
+    Ok(())
 }
 
 /// Step 6: the mm fields, auxv and executable.

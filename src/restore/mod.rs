@@ -13,7 +13,6 @@ pub mod fork;
 pub mod mm;
 pub mod plan;
 
-use crate::image::ImageDir;
 use crate::proc::ProcDir;
 use crate::ptrace::inject::{find_syscall_insn, Injector};
 use crate::ptrace::remote::RemoteMem;
@@ -25,7 +24,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{debug, info};
 
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
@@ -53,6 +52,7 @@ pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
 pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     let mut plan = plan::prepare(opts)?;
     let pid = plan.task.pid;
+    debug!(pid, "images read and files opened");
     let forked = match fork::fork_at(pid, opts.pid_wait)? {
         None => child::run(&plan.setup),
         Some(f) => f,
@@ -74,40 +74,34 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
                 t.forget();
             }
             match report {
-                Ok(r) if r.step != 0 => bail!(
-                    "task {pid}: {}: {}",
-                    plan.setup.describe(&r),
-                    nix::errno::Errno::from_raw(r.errno).desc()
-                ),
+                Ok(r) if r.step != 0 => {
+                    bail!("task {pid}: {}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc())
+                }
                 Err(e) => return Err(e.context(format!("task {pid}: the new process died while setting itself up"))),
                 Ok(_) => return Err(seized.err().unwrap()),
             }
         }
     };
 
-    // Check the page data in the background while the task is rebuilt.
-    let verifier = {
-        let images: ImageDir = plan.images.clone();
-        let name = plan.pagemap.pages_file.clone();
-        std::thread::spawn(move || images.verify_raw(&name))
-    };
-
     tracee.interrupt()?;
     tracee.wait_interrupted()?;
+    debug!(pid, "child set up and stopped");
     let child_maps = ProcDir::new(pid).maps()?;
     let mem = RemoteMem::open(pid)?;
     let insn = find_syscall_insn(&mem, &child_maps)?;
     let mut inj = Injector::new(&tracee, tracee.cpu_state()?, insn);
     let scratch = mm::clear(&mut inj, &mem, &plan, &child_maps)?;
+    debug!(pid, "inherited address space cleared");
     mm::build(&mut inj, &mem, &plan, &scratch)?;
+    debug!(pid, "address space rebuilt and filled");
     mm::set_mm(&mut inj, &mem, &plan, &scratch)?;
     finish::task_state(&mut inj, &mem, &plan, &scratch)?;
+    debug!(pid, "task state restored");
     // The last injected syscall removes the scratch area it runs from; at its
     // exit stop the task gets its own registers and signal mask back.
     inj.call(Syscall::Munmap, &[scratch.base, scratch.len], || "unmapping scratch".into())?;
     tracee.set_cpu_state(&plan.cpu, None)?;
     tracee.set_sigmask(plan.task.signals.blocked)?;
-    verifier.join().map_err(|_| anyhow::anyhow!("checksum thread panicked"))??;
     testhook::stage("detach");
     tracee.detach(0)?;
     for sig in &inj.deferred_signals {

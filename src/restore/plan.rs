@@ -29,7 +29,6 @@ pub struct Plan {
     pub setup: ChildSetup,
     /// The child's fd number for each file-backed VMA (by VMA index).
     pub vma_fds: HashMap<usize, RawFd>,
-    pub pages_fd: RawFd,
     pub exe_fd: RawFd,
     /// First helper fd in the child: everything from here on is ferry's.
     pub helpers_from: RawFd,
@@ -155,7 +154,11 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     let inv = &images.inventory;
     let host = <Native as Backend>::ARCH;
     if inv.arch != host {
-        bail!("{}: the image is for {}, this machine is {host}", images.path(crate::image::INVENTORY).display(), inv.arch);
+        bail!(
+            "{}: the image is for {}, this machine is {host}",
+            images.path(crate::image::INVENTORY).display(),
+            inv.arch
+        );
     }
     if inv.page_size != crate::page_size() {
         bail!("the image uses {} byte pages, this kernel {}", inv.page_size, crate::page_size());
@@ -206,7 +209,10 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
             }
             FdKind::Tty { path, rdev } => {
                 if !opts.shell_job {
-                    bail!("{what}: the task was attached to the terminal {}; restore it with --shell-job", path.display());
+                    bail!(
+                        "{what}: the task was attached to the terminal {}; restore it with --shell-job",
+                        path.display()
+                    );
                 }
                 let f = if tty_of_ferry && task.ids.sid != pid {
                     // A shell job joins ferry's session: give it ferry's terminal.
@@ -219,7 +225,8 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
                         .open(path)
                         .with_context(|| format!("{what}: opening terminal {}", path.display()))?
                 };
-                if task.ids.sid == pid && task.ids.tty_nr != 0 && u64::from(task.ids.tty_nr) == *rdev && ctty.is_none() {
+                if task.ids.sid == pid && task.ids.tty_nr != 0 && u64::from(task.ids.tty_nr) == *rdev && ctty.is_none()
+                {
                     ctty = Some(targets.len());
                 }
                 f
@@ -232,14 +239,12 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
         bail!("task {pid} was dumped as part of session {}; restore it with --shell-job", task.ids.sid);
     }
 
-    // Helpers: the pages image, each mapped file once, the executable.
+    // Helpers: each mapped file once, and the executable.
     let nfds = targets.len();
     let helper = |opened: &mut Vec<File>, f: File| -> usize {
         opened.push(f);
         opened.len() - 1 - nfds
     };
-    let pages = images.open_raw(&pagemap.pages_file)?;
-    let pages_h = helper(&mut opened, pages);
     let mut by_file: HashMap<(PathBuf, bool), usize> = HashMap::new();
     let mut vma_h = HashMap::new();
     for (i, v) in task.vmas.iter().enumerate() {
@@ -283,30 +288,19 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
             .signals
             .actions
             .iter()
-            .map(|a| (a.signo, KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask }))
+            .map(|a| {
+                (a.signo, KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask })
+            })
             .collect(),
         name,
     };
     let vma_fds = vma_h.into_iter().map(|(i, h)| (i, setup.helper_fd(h))).collect();
-    let pages_fd = setup.helper_fd(pages_h);
     let exe_fd = setup.helper_fd(exe_h);
     let helpers_from = setup.helper_fd(0);
     // The write end stays open (in `opened`'s lifetime sense) via report_w;
     // keep it with the other files so it closes right after the fork.
     opened.push(File::from(report_w));
-    Ok(Plan {
-        images,
-        task,
-        pagemap,
-        cpu,
-        setup,
-        vma_fds,
-        pages_fd,
-        exe_fd,
-        helpers_from,
-        report: report_r,
-        opened,
-    })
+    Ok(Plan { images, task, pagemap, cpu, setup, vma_fds, exe_fd, helpers_from, report: report_r, opened })
 }
 
 trait StdinFd {

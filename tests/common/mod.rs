@@ -105,7 +105,11 @@ impl Target {
             if s.contains(what) {
                 return s;
             }
-            assert!(start.elapsed() < timeout, "task {} did not print {what:?} within {timeout:?}; output: {s:?}", self.pid);
+            assert!(
+                start.elapsed() < timeout,
+                "task {} did not print {what:?} within {timeout:?}; output: {s:?}",
+                self.pid
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -166,7 +170,10 @@ impl Drop for Target {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         } else {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(self.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
     }
 }

@@ -73,9 +73,8 @@ impl PrivateApt {
         std::fs::create_dir_all(dir.join("lists/partial"))?;
         std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let mirror = host_mirror()?;
-        let list = format!(
-            "{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n"
-        );
+        let list =
+            format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n");
         std::fs::write(dir.join("sources.list"), list)?;
         let apt = PrivateApt { dir: dir.to_path_buf() };
         let stamp = dir.join("updated");

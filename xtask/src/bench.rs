@@ -104,7 +104,9 @@ impl Bench {
             }
             Tool::Criu => {
                 let (t, text) = run(
-                    Command::new(criu.unwrap()).args(["dump", "--display-stats", "-o", "dump.log", "-t", &p, "-D"]).arg(&dir),
+                    Command::new(criu.unwrap())
+                        .args(["dump", "--display-stats", "-o", "dump.log", "-t", &p, "-D"])
+                        .arg(&dir),
                     "criu dump",
                 )?;
                 let frozen = text
@@ -178,16 +180,32 @@ impl Bench {
         let row = |tool: Tool| {
             let dump = med(tool, |s| s.dump.as_secs_f64());
             let image = med(tool, |s| s.image as f64);
-            (med(tool, |s| s.frozen.as_secs_f64()), dump, image / dump / 1e9, med(tool, |s| s.restore.as_secs_f64()), image)
+            (
+                med(tool, |s| s.frozen.as_secs_f64()),
+                dump,
+                image / dump / 1e9,
+                med(tool, |s| s.restore.as_secs_f64()),
+                image,
+            )
         };
         println!(
             "\n{} MiB of touched anonymous memory (tp-bigmem), images on /dev/shm (tmpfs), median of {} rounds",
             self.mib, self.rounds
         );
-        println!("{:<12} {:>10} {:>10} {:>12} {:>10} {:>10}", "", "frozen s", "dump s", "dump GB/s", "restore s", "image MiB");
+        println!(
+            "{:<12} {:>10} {:>10} {:>12} {:>10} {:>10}",
+            "", "frozen s", "dump s", "dump GB/s", "restore s", "image MiB"
+        );
         let f = row(Tool::Ferry);
         let print = |name: &str, r: (f64, f64, f64, f64, f64)| {
-            println!("{name:<12} {:>10.3} {:>10.3} {:>12.2} {:>10.3} {:>10.1}", r.0, r.1, r.2, r.3, r.4 / (1 << 20) as f64);
+            println!(
+                "{name:<12} {:>10.3} {:>10.3} {:>12.2} {:>10.3} {:>10.1}",
+                r.0,
+                r.1,
+                r.2,
+                r.3,
+                r.4 / (1 << 20) as f64
+            );
         };
         print("ferry", f);
         if with_criu {

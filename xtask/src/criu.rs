@@ -42,13 +42,18 @@ pub fn ensure(sh: &Shell) -> Result<PathBuf> {
     {
         let _d = sh.push_dir(&src);
         let o = private.opts();
-        cmd!(sh, "apt-get {o...} source --download-only criu").run().context("downloading the criu source package")?;
+        // This mirror serves the upstream tarball but not always the .dsc or
+        // Debian diff; the tarball is all the build needs, so apt's
+        // complaint about the rest is not fatal.
+        let _ = cmd!(sh, "apt-get {o...} source --download-only criu").run();
     }
     let tarball = std::fs::read_dir(&src)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("criu_") && n.contains(".orig.tar")))
-        .context("no criu_*.orig.tar.* in the source package")?;
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("criu_") && n.contains(".orig.tar"))
+        })
+        .context("downloading the criu source: no criu_*.orig.tar.* arrived")?;
     cmd!(sh, "tar -C {base} -xf {tarball}").run()?;
     let tree = std::fs::read_dir(&base)?
         .flatten()

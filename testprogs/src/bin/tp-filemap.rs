@@ -15,12 +15,26 @@ fn main() {
     let s = std::fs::OpenOptions::new().read(true).write(true).open(&shared_path).unwrap();
     // SAFETY: plain mmap/lseek on files we opened.
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 4 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, f.as_raw_fd(), 0) as *mut u8;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        ) as *mut u8;
         check(p as *mut libc::c_void != libc::MAP_FAILED, 3, "mmap private");
         // Touch page 0 (read only, stays a file page) and write page 1.
         std::ptr::read_volatile(p);
         *p.add(PAGE + 7) = original[PAGE + 7] ^ 0xff;
-        let q = libc::mmap(std::ptr::null_mut(), PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, s.as_raw_fd(), 0) as *mut u8;
+        let q = libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            s.as_raw_fd(),
+            0,
+        ) as *mut u8;
         check(q as *mut libc::c_void != libc::MAP_FAILED, 4, "mmap shared");
         *q.add(100) = b'S';
         let fd = std::fs::File::open(&private_path).unwrap();

@@ -53,10 +53,18 @@ fn main() {
     let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
     let inc: [u64; 4] = [3, 5, 7, 0x11];
     for i in 0..4 {
-        check(out[i] == init[i].wrapping_add(inc[i].wrapping_mul(iters)), 10 + i as i32, &format!("lane {i}: {:#x}", out[i]));
+        check(
+            out[i] == init[i].wrapping_add(inc[i].wrapping_mul(iters)),
+            10 + i as i32,
+            &format!("lane {i}: {:#x}", out[i]),
+        );
     }
     let swapped = iters % 2 == 1;
-    let xexp = if swapped { [0xfedc_ba98_7654_3210, 0x0123_4567_89ab_cdef] } else { [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210] };
+    let xexp = if swapped {
+        [0xfedc_ba98_7654_3210, 0x0123_4567_89ab_cdef]
+    } else {
+        [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]
+    };
     check(xout == xexp, 20, &format!("xmm9 {:x?}", xout));
     check(mxcsr & 0xffc0 == 0x7f80, 21, &format!("mxcsr {mxcsr:#x}"));
     say("ok");

@@ -8,7 +8,14 @@ const PAGE: usize = 4096;
 fn main() {
     // SAFETY: plain mmap/mprotect/fork on memory we own.
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 4 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) as *mut u8;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        ) as *mut u8;
         let pages = std::slice::from_raw_parts_mut(p, 4 * PAGE);
         ferry_testprogs::fill_pattern(pages, 77);
         let expect = pages.to_vec();

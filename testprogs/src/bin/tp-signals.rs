@@ -101,7 +101,11 @@ fn main() {
 
         let mut mask: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-        check(libc::sigismember(&mask, libc::SIGUSR2) == 1 && libc::sigismember(&mask, rt) == 1, 15, "blocked mask lost");
+        check(
+            libc::sigismember(&mask, libc::SIGUSR2) == 1 && libc::sigismember(&mask, rt) == 1,
+            15,
+            "blocked mask lost",
+        );
         let mut pend: libc::sigset_t = std::mem::zeroed();
         libc::sigpending(&mut pend);
         check(libc::sigismember(&pend, libc::SIGUSR2) == 1, 16, "pending SIGUSR2 lost");
