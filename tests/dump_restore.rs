@@ -251,7 +251,7 @@ fn leave_running_and_pidfile() {
 #[test]
 fn show_prints_every_part() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-signals").to_str().unwrap()], &w.path().join("out"));
+    let t = spawn(&[testprog("tp-signals").to_str().unwrap()], &w.path().join("out"));
     t.wait_output("ready", T);
     let img = w.path().join("img");
     dump(t.pid, &img, &["-R"]);

@@ -67,10 +67,10 @@ pub fn plan(proc: &ProcDir, maps: &[Mapping]) -> Result<Vec<PlannedVma>> {
                 VmaKind::File { file: file_id(&PathBuf::from(&m.path), &meta), offset: m.offset }
             }
         };
-        if m.has_flag("io") || m.has_flag("pf") {
-            if !matches!(kind, VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso) {
-                return Err(unsupported("I/O memory"));
-            }
+        if (m.has_flag("io") || m.has_flag("pf"))
+            && !matches!(kind, VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso)
+        {
+            return Err(unsupported("I/O memory"));
         }
         let advice = Advice::FROM_VMFLAGS.iter().filter(|(f, _)| m.has_flag(f)).map(|(_, a)| *a).collect();
         out.push(PlannedVma {

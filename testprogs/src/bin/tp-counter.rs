@@ -8,7 +8,7 @@ fn main() {
     let n: u64 = ferry_testprogs::arg(2).parse().unwrap();
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).unwrap();
     for i in 0..n {
-        write!(f, "{i}\n").unwrap();
+        writeln!(f, "{i}").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     ferry_testprogs::say("done");

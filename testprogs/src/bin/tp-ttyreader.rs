@@ -5,11 +5,11 @@ fn main() {
     // SAFETY: plain isatty.
     ferry_testprogs::check(unsafe { libc::isatty(0) } == 1, 2, "stdin is not a terminal");
     let mut out = std::io::stdout();
-    write!(out, "ready\n").unwrap();
+    writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     let mut buf = [0u8; 256];
     let n = std::io::stdin().read(&mut buf).unwrap();
     let line = String::from_utf8_lossy(&buf[..n]);
-    write!(out, "got: {}\n", line.trim_end()).unwrap();
+    writeln!(out, "got: {}", line.trim_end()).unwrap();
     out.flush().unwrap();
 }
