@@ -55,6 +55,41 @@ fn nanosleep_resumes_with_the_time_left() {
     assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
 }
 
+/// Blocked in pause, FUTEX_WAIT, or FUTEX_WAIT with a timeout: each resumes
+/// its wait after restore and wakes up when the signal comes.
+#[test]
+fn blocking_waits_resume() {
+    for mode in ["pause", "futex", "futex-timeout"] {
+        let w = workdir();
+        let mut t = spawn(&[testprog("tp-wait").to_str().unwrap(), mode], &w.path().join("out"));
+        t.wait_output("ready", T);
+        std::thread::sleep(Duration::from_millis(100));
+        let img = w.path().join("img");
+        dump_and_restore(&mut t, &img, &[]);
+        let task: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(img.join(format!("task-{}.json", t.pid))).unwrap()).unwrap();
+        assert_ne!(task["restart"], "not_in_syscall", "{mode}: not dumped inside the wait");
+        // Still waiting after the restore.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!t.output().contains("ok"), "{mode}: woke up by itself: {}", t.output());
+        t.signal(libc::SIGUSR1);
+        assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "{mode}: output: {}", t.output());
+    }
+}
+
+#[test]
+fn log_file_goes_to_the_images_dir() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-wait").to_str().unwrap(), "pause"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    let out = dump(t.pid, &img, &["-R", "-v4", "-o", "dump.log"]);
+    assert!(out.stderr.is_empty(), "with -o nothing goes to stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(img.join("dump.log")).unwrap();
+    assert!(log.contains("task frozen") && log.contains("DEBUG"), "{log}");
+    t.assert_running_untraced();
+}
+
 #[test]
 fn signal_state_survives() {
     let w = workdir();

@@ -58,7 +58,15 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
     let builder = builder.with_timer(tracing_subscriber::fmt::time::uptime());
     match file {
         Some(path) => {
-            use std::os::unix::fs::OpenOptionsExt;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            // The log usually lives in the images directory, which a dump creates.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
