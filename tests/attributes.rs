@@ -62,3 +62,36 @@ fn attributes_and_credentials_of_another_user_survive() {
     // uid/gid 65534 with supplementary groups: switched back by injection.
     run(&["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--groups=100,65534", "--inh-caps=-all"], "/");
 }
+
+/// Without CAP_SYS_RESOURCE a hard limit above ferry's own cannot be
+/// restored: ferry says so, keeps its own, and the task still comes back.
+#[test]
+fn unraisable_hard_limit_is_reported() {
+    let w = workdir();
+    let mut t = spawn(&["/usr/bin/python3", "-c", "import resource, time\nresource.setrlimit(resource.RLIMIT_NOFILE, (300, 400))\nprint('ready', flush=True)\ntime.sleep(60)"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    let out = std::process::Command::new("/usr/bin/prlimit")
+        .args(["--nofile=64:128", "--"])
+        .arg(ferry())
+        .args(["restore", "-d", "-D", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.trim(),
+        "ferry: warning: cannot restore RLIMIT_NOFILE hard limit 400 (raising it needs CAP_SYS_RESOURCE, \
+         which ferry lacks here); keeping 128"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", t.pid)).unwrap();
+    assert!(
+        limits.lines().any(|l| l.starts_with("Max open files")
+            && l.split_whitespace().nth(3) == Some("128")
+            && l.split_whitespace().nth(4) == Some("128")),
+        "{limits}"
+    );
+    t.assert_running_untraced();
+}

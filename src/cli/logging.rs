@@ -52,7 +52,7 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
         .with_target(level >= 4)
         .with_ansi(file.is_none() && std::io::stderr().is_terminal());
     if level <= DEFAULT_LEVEL && file.is_none() {
-        builder.without_time().with_writer(std::io::stderr).init();
+        builder.event_format(Plain).with_writer(std::io::stderr).init();
         return Ok(());
     }
     let builder = builder.with_timer(tracing_subscriber::fmt::time::uptime());
@@ -78,4 +78,29 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// Default-level lines read like ferry's errors: `ferry: warning: …`.
+struct Plain;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let what = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => "note",
+        };
+        write!(w, "ferry: {what}: ")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
 }

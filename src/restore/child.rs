@@ -82,7 +82,7 @@ pub struct ChildSetup {
     /// that stay at `stage_base + index` until ferry closes them.
     pub sources: Vec<RawFd>,
     pub targets: Vec<(RawFd, bool)>,
-    /// First fd number above everything open in ferry and every target.
+    /// First fd number above every source, every target and the report pipe.
     pub stage_base: RawFd,
     /// Index into `targets` of the terminal to make controlling.
     pub ctty: Option<usize>,
@@ -91,6 +91,8 @@ pub struct ChildSetup {
     pub umask: u32,
     pub personality: u32,
     pub rlimits: Vec<(u32, libc::rlimit64)>,
+    /// ferry's hard RLIMIT_NOFILE, which the child raises its soft one to.
+    pub nofile_hard: u64,
     pub sigactions: Vec<(i32, KernelSigaction)>,
     pub name: [u8; 16],
 }
@@ -108,7 +110,11 @@ impl ChildSetup {
             Some(Step::Setsid) => "setsid".into(),
             Some(Step::StageFd) | Some(Step::PlaceFd) => match self.targets.get(i) {
                 Some((fd, _)) => format!("placing fd {fd}"),
-                None => format!("passing helper fd {i}"),
+                None => format!(
+                    "passing ferry's helper file {} as fd {}",
+                    i - self.targets.len(),
+                    self.stage_base + i as RawFd
+                ),
             },
             Some(Step::ControllingTty) => "making the terminal the controlling one (TIOCSCTTY)".into(),
             Some(Step::Chdir) => format!("chdir {}", self.cwd.to_string_lossy()),
@@ -118,7 +124,7 @@ impl ChildSetup {
             Some(Step::Personality) => format!("personality({:#x})", self.personality),
             Some(Step::Rlimit) => match self.rlimits.get(i) {
                 Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),
-                None => "setting an rlimit".into(),
+                None => format!("raising the open-files limit to {}", self.nofile_hard),
             },
             Some(Step::Sigaction) => match self.sigactions.get(i) {
                 Some((sig, _)) => format!("installing the handler of signal {sig}"),
@@ -153,6 +159,12 @@ pub fn run(s: &ChildSetup) -> ! {
         // Die with ferry until it has seized us (then PTRACE_O_EXITKILL takes over).
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
             fail(rfd, Step::BlockSignals, 0);
+        }
+        // Staged fd numbers may exceed ferry's soft open-files limit; the
+        // hard one is checked by the parent. The dumped limits come later.
+        let nofile = libc::rlimit64 { rlim_cur: s.nofile_hard, rlim_max: s.nofile_hard };
+        if libc::prlimit64(0, libc::RLIMIT_NOFILE, &nofile, std::ptr::null_mut()) != 0 {
+            fail(rfd, Step::Rlimit, usize::MAX);
         }
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);

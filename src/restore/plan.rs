@@ -144,11 +144,6 @@ fn fmt_limit(v: u64) -> String {
     }
 }
 
-/// Highest fd open in this process.
-fn max_open_fd() -> Result<RawFd> {
-    Ok(ProcDir::current().fds()?.into_iter().max().unwrap_or(2))
-}
-
 pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     let images = ImageDir::open(&opts.dir)?;
     let inv = &images.inventory;
@@ -266,8 +261,25 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     let exe_h = helper(&mut opened, exe);
 
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    let stage_base = max_open_fd()?.max(report_w.as_raw_fd()).max(targets.iter().map(|t| t.0).max().unwrap_or(0)) + 1;
     let sources: Vec<RawFd> = opened.iter().map(|f| f.as_raw_fd()).collect();
+    // Staged copies go above every source and target: dup2 over any other
+    // fd ferry inherited only closes it early (the child drops them all).
+    let stage_base = sources
+        .iter()
+        .chain(targets.iter().map(|t| &t.0))
+        .chain(std::iter::once(&report_w.as_raw_fd()))
+        .max()
+        .copied()
+        .unwrap_or(2)
+        + 1;
+    let (_, nofile_hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .context("getrlimit(RLIMIT_NOFILE)")?;
+    let needed = (stage_base as u64) + sources.len() as u64 + 1;
+    if needed > nofile_hard {
+        bail!(
+            "task {pid} needs fd numbers up to {needed}, above ferry's open-files limit {nofile_hard}; raise it (ulimit -Hn)"
+        );
+    }
     let mut name = [0u8; 16];
     let n = task.comm.len().min(15);
     name[..n].copy_from_slice(&task.comm.as_bytes()[..n]);
@@ -284,6 +296,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
         umask: task.fs.umask,
         personality: task.personality,
         rlimits: rlimits(&task)?,
+        nofile_hard,
         sigactions: task
             .signals
             .actions
