@@ -59,7 +59,12 @@ pub fn plan(proc: &ProcDir, maps: &[Mapping]) -> Result<Vec<PlannedVma>> {
             }
             None => {
                 let mf = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
-                let meta = std::fs::metadata(&mf).with_context(|| format!("task {pid}: stat {}", mf.display()))?;
+                let meta = match std::fs::metadata(&mf) {
+                    Ok(meta) => meta,
+                    // Unmapped since smaps was read (only while the task still runs).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("task {pid}: stat {}", mf.display())),
+                };
                 if !meta.file_type().is_file() {
                     let what = if meta.file_type().is_char_device() { "device" } else { "special file" };
                     return Err(unsupported(&format!("{what} {}", m.path)));
