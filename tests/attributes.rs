@@ -46,10 +46,7 @@ fn run(prefix: &[&str], cwd: &str) {
     cmd.extend(["/usr/bin/python3", "-c", SCRIPT, cwd]);
     let mut t = spawn(&cmd, &w.path().join("out"));
     t.wait_output("ready", T);
-    dump_and_restore(&mut t, &w.path().join("img"), &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
 #[test]

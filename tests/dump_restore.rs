@@ -95,10 +95,7 @@ fn signal_state_survives() {
     let w = workdir();
     let mut t = spawn(&[testprog("tp-signals").to_str().unwrap()], &w.path().join("out"));
     t.wait_output("ready", T);
-    dump_and_restore(&mut t, &w.path().join("img"), &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
 #[test]
@@ -117,9 +114,7 @@ fn file_mappings_and_offsets_survive() {
         &w.path().join("out"),
     );
     t.wait_output("ready", T);
-    dump_and_restore(&mut t, &w.path().join("img"), &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
 #[test]
@@ -142,9 +137,7 @@ fn guard_pages_survive() {
     let w = workdir();
     let mut t = spawn(&[testprog("tp-guard").to_str().unwrap()], &w.path().join("out"));
     t.wait_output("ready", T);
-    dump_and_restore(&mut t, &w.path().join("img"), &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
 #[test]

@@ -102,20 +102,6 @@ impl ProcDir {
         let text = self.read(&format!("task/{}/children", self.pid))?;
         Ok(text.split_whitespace().filter_map(|s| s.parse().ok()).collect())
     }
-
-    /// Threads of the task.
-    pub fn threads(&self) -> Result<Vec<i32>> {
-        let dir = self.path("task");
-        let mut tids = Vec::new();
-        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let e = e.with_context(|| format!("listing {}", dir.display()))?;
-            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
-                tids.push(n);
-            }
-        }
-        tids.sort_unstable();
-        Ok(tids)
-    }
 }
 
 /// Parse a `key:\tvalue` file (status, fdinfo) into ordered pairs.

@@ -22,11 +22,12 @@ pub struct KernelSigaction {
     pub mask: u64,
 }
 
-/// Steps the child reports failures of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Steps the child reports failures of (`Ok`: it is set up and waiting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::NoUninit, bytemuck::CheckedBitPattern)]
 #[repr(u32)]
 pub enum Step {
-    BlockSignals = 1,
+    Ok = 0,
+    BlockSignals,
     Setsid,
     StageFd,
     CloseInherited,
@@ -41,36 +42,22 @@ pub enum Step {
     Report,
 }
 
-impl Step {
-    fn from_u32(v: u32) -> Option<Step> {
-        use Step::*;
-        [
-            BlockSignals,
-            Setsid,
-            StageFd,
-            CloseInherited,
-            PlaceFd,
-            ControllingTty,
-            Chdir,
-            Chroot,
-            Personality,
-            Rlimit,
-            Sigaction,
-            Name,
-            Report,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
-    }
-}
-
-/// A report from the child: ok, or the step, its detail index and errno.
+/// The child's report on the pipe: the step, its detail index and errno.
+#[derive(Clone, Copy, Debug, bytemuck::NoUninit, bytemuck::CheckedBitPattern)]
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
 pub struct Report {
-    pub step: u32,
+    pub step: Step,
     pub index: u32,
     pub errno: i32,
+}
+
+impl Report {
+    pub const SIZE: usize = std::mem::size_of::<Report>();
+
+    /// Decode what the child wrote; garbage is an error, not a guess.
+    pub fn decode(bytes: &[u8]) -> Option<Report> {
+        bytemuck::checked::try_pod_read_unaligned(bytes).ok()
+    }
 }
 
 /// Everything the child needs, computed by the parent.
@@ -106,9 +93,9 @@ impl ChildSetup {
     /// What a failed step was about, for the error message.
     pub fn describe(&self, r: &Report) -> String {
         let i = r.index as usize;
-        match Step::from_u32(r.step) {
-            Some(Step::Setsid) => "setsid".into(),
-            Some(Step::StageFd) | Some(Step::PlaceFd) => match self.targets.get(i) {
+        match r.step {
+            Step::Setsid => "setsid".into(),
+            Step::StageFd | Step::PlaceFd => match self.targets.get(i) {
                 Some((fd, _)) => format!("placing fd {fd}"),
                 None => format!(
                     "passing ferry's helper file {} as fd {}",
@@ -116,32 +103,29 @@ impl ChildSetup {
                     self.stage_base + i as RawFd
                 ),
             },
-            Some(Step::ControllingTty) => "making the terminal the controlling one (TIOCSCTTY)".into(),
-            Some(Step::Chdir) => format!("chdir {}", self.cwd.to_string_lossy()),
-            Some(Step::Chroot) => {
-                format!("chroot {}", self.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default())
-            }
-            Some(Step::Personality) => format!("personality({:#x})", self.personality),
-            Some(Step::Rlimit) => match self.rlimits.get(i) {
+            Step::ControllingTty => "making the terminal the controlling one (TIOCSCTTY)".into(),
+            Step::Chdir => format!("chdir {}", self.cwd.to_string_lossy()),
+            Step::Chroot => format!("chroot {}", self.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
+            Step::Personality => format!("personality({:#x})", self.personality),
+            Step::Rlimit => match self.rlimits.get(i) {
                 Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),
                 None => format!("raising the open-files limit to {}", self.nofile_hard),
             },
-            Some(Step::Sigaction) => match self.sigactions.get(i) {
+            Step::Sigaction => match self.sigactions.get(i) {
                 Some((sig, _)) => format!("installing the handler of signal {sig}"),
                 None => "installing a signal handler".into(),
             },
-            Some(s) => format!("{s:?}"),
-            None => format!("step {}", r.step),
+            s => format!("{s:?}"),
         }
     }
 }
 
 /// Report a failed step on `fd` and exit.
 fn fail(fd: RawFd, step: Step, index: usize) -> ! {
-    let r = Report { step: step as u32, index: index as u32, errno: nix::errno::Errno::last_raw() };
+    let r = Report { step, index: index as u32, errno: nix::errno::Errno::last_raw() };
     // SAFETY: raw write of a plain struct, then _exit; no allocation.
     unsafe {
-        libc::write(fd, &r as *const Report as *const libc::c_void, std::mem::size_of::<Report>());
+        libc::write(fd, bytemuck::bytes_of(&r).as_ptr().cast(), Report::SIZE);
         libc::_exit(127);
     }
 }
@@ -220,8 +204,8 @@ pub fn run(s: &ChildSetup) -> ! {
         if libc::prctl(libc::PR_SET_NAME, s.name.as_ptr()) != 0 {
             fail(rfd, Step::Name, 0);
         }
-        let ok = Report::default();
-        if libc::write(rfd, &ok as *const Report as *const libc::c_void, std::mem::size_of::<Report>()) < 0 {
+        let ok = Report { step: Step::Ok, index: 0, errno: 0 };
+        if libc::write(rfd, bytemuck::bytes_of(&ok).as_ptr().cast(), Report::SIZE) < 0 {
             fail(rfd, Step::Report, 0);
         }
         libc::close(rfd);

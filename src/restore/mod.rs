@@ -63,7 +63,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     drop(std::mem::take(&mut plan.opened));
     let report = read_report(&mut plan.report);
     let tracee = match (seized, report) {
-        (Ok(t), Ok(r)) if r.step == 0 => t,
+        (Ok(t), Ok(r)) if r.step == child::Step::Ok => t,
         (seized, report) => {
             // SAFETY: kill and reap our own child.
             unsafe {
@@ -74,7 +74,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
                 t.forget();
             }
             match report {
-                Ok(r) if r.step != 0 => {
+                Ok(r) if r.step != child::Step::Ok => {
                     bail!("task {pid}: {}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc())
                 }
                 Err(e) => return Err(e.context(format!("task {pid}: the new process died while setting itself up"))),
@@ -117,11 +117,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
 }
 
 fn read_report(r: &mut std::os::fd::OwnedFd) -> Result<child::Report> {
-    let mut buf = [0u8; std::mem::size_of::<child::Report>()];
+    let mut buf = [0u8; child::Report::SIZE];
     let mut f = std::fs::File::from(r.try_clone()?);
     f.read_exact(&mut buf).context("no report from the new process")?;
-    // SAFETY: Report is plain old data of exactly this size.
-    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const child::Report) })
+    child::Report::decode(&buf).with_context(|| format!("garbled report from the new process: {buf:?}"))
 }
 
 /// As CRIU without -d: stay the task's parent and exit with its status.

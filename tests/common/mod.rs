@@ -260,6 +260,15 @@ pub fn dump_and_restore(t: &mut Target, dir: &Path, extra: &[&str]) {
     assert!(!matches!(st.state, 'Z' | 'X'), "restored task {} is not running", t.pid);
 }
 
+/// For the self-checking test programs: dump and restore the ready task,
+/// send SIGUSR1, and require it to print "ok" last and exit 0.
+pub fn restore_and_self_check(t: &mut Target, img: &Path, extra: &[&str]) {
+    dump_and_restore(t, img, extra);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(Duration::from_secs(30)), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+}
+
 /// Spawn ferry with a test hold at `stage`; returns once it announced it.
 pub fn ferry_held_at(args: &[&str], stage: &str) -> Child {
     let mut c = Command::new(ferry())
