@@ -302,3 +302,21 @@ fn restore_refuses_a_changed_mapped_file() {
     assert!(!pid_exists(t.pid));
     std::mem::forget(t);
 }
+
+/// A failure inside the new process (its cwd is gone): named, and no process left.
+#[test]
+fn restore_failing_in_the_child_leaves_nothing() {
+    let w = workdir();
+    let cwd = w.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let mut c = std::process::Command::new("/bin/sleep");
+    c.arg("1000").current_dir(&cwd);
+    let mut t = spawn_command(c, &w.path().join("out"));
+    std::thread::sleep(Duration::from_millis(100));
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    std::fs::remove_dir(&cwd).unwrap();
+    let err = restore_err(&img, t.pid);
+    assert_eq!(err, format!("ferry: restore: task {}: chdir {}: No such file or directory", t.pid, cwd.display()));
+}

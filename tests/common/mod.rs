@@ -67,9 +67,18 @@ pub fn spawn(cmd: &[&str], out: &Path) -> Target {
 }
 
 pub fn spawn_with(cmd: &[&str], out: &Path, stdin: Stdin) -> Target {
-    init();
     let mut c = Command::new(cmd[0]);
     c.args(&cmd[1..]);
+    spawn_configured(c, out, stdin)
+}
+
+/// Like [`spawn`], for a command already set up (cwd, environment).
+pub fn spawn_command(c: Command, out: &Path) -> Target {
+    spawn_configured(c, out, Stdin::Null)
+}
+
+fn spawn_configured(mut c: Command, out: &Path, stdin: Stdin) -> Target {
+    init();
     let tty = match &stdin {
         Stdin::Null => {
             c.stdin(Stdio::null()).stdout(fs::File::create(out).unwrap()).stderr(Stdio::null());
@@ -92,7 +101,7 @@ pub fn spawn_with(cmd: &[&str], out: &Path, stdin: Stdin) -> Target {
             Ok(())
         });
     }
-    let child = c.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let child = c.spawn().unwrap_or_else(|e| panic!("spawning {c:?}: {e}"));
     Target { pid: child.id() as i32, child: Some(child), out: out.to_path_buf() }
 }
 
