@@ -135,10 +135,6 @@ impl ImageWriter {
         Ok(ImageWriter { dir: dir.to_path_buf(), entries: Vec::new(), created: Vec::new(), committed: false })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn open(&mut self, name: &str) -> Result<(PathBuf, File)> {
         let path = self.dir.join(name);
         // Read access too: large files are written through a shared mapping.
@@ -200,10 +196,6 @@ pub struct RawImage {
 }
 
 impl RawImage {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn io_err(&self) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
         |error| ImageError::Io { path: self.path.clone(), error }
     }

@@ -19,9 +19,6 @@ impl PageEntry {
     pub fn file_or_shared(self) -> bool {
         self.0 & (1 << 61) != 0
     }
-    pub fn exclusive(self) -> bool {
-        self.0 & (1 << 56) != 0
-    }
     pub fn soft_dirty(self) -> bool {
         self.0 & (1 << 55) != 0
     }

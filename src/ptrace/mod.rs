@@ -15,16 +15,12 @@ const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
 const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
-const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 const PTRACE_EVENT_STOP: i32 = 128;
 
 pub const O_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 pub const O_EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
-
-pub const SYSCALL_INFO_ENTRY: u8 = 1;
-pub const SYSCALL_INFO_EXIT: u8 = 2;
 
 /// Size of the kernel's siginfo_t.
 pub const SIGINFO_SIZE: usize = 128;
@@ -308,16 +304,6 @@ impl Tracee {
             ),
         )?;
         Ok((c.addr != 0).then_some(RseqConfig { addr: c.addr, len: c.len, sig: c.sig }))
-    }
-
-    /// At a syscall stop: entry (1) or exit (2).
-    pub fn syscall_stop_kind(&self) -> Result<u8> {
-        let mut buf = [0u8; 88];
-        self.check(
-            "PTRACE_GET_SYSCALL_INFO",
-            ptrace(PTRACE_GET_SYSCALL_INFO, self.pid, buf.len() as u64, buf.as_mut_ptr() as u64),
-        )?;
-        Ok(buf[0])
     }
 }
 

@@ -33,9 +33,6 @@ impl Scratch {
     pub fn data(&self) -> u64 {
         self.base + self.page
     }
-    pub fn data_len(&self) -> u64 {
-        self.len - self.page
-    }
 }
 
 /// Data room for syscall arguments: an auxv, a PR_SET_MM_MAP struct, a siginfo.

@@ -18,7 +18,7 @@ use crate::ptrace::inject::{find_syscall_insn, Injector};
 use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, Tracee, O_EXITKILL, O_TRACESYSGOOD};
 use crate::testhook;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ferry_arch::Syscall;
 use std::io::Read;
 use std::path::PathBuf;
@@ -65,21 +65,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     let tracee = match (seized, report) {
         (Ok(t), Ok(r)) if r.step == child::Step::Ok => t,
         (seized, report) => {
-            // SAFETY: kill and reap our own child.
-            unsafe {
-                libc::kill(forked.pid, libc::SIGKILL);
-                libc::waitpid(forked.pid, std::ptr::null_mut(), libc::__WALL);
-            }
-            if let Ok(t) = &seized {
-                t.forget();
-            }
-            match report {
-                Ok(r) if r.step != child::Step::Ok => {
-                    bail!("task {pid}: {}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc())
+            if seized.is_err() {
+                // Not ours to trace, still ours to kill: it is our child.
+                // SAFETY: kill and reap our own child.
+                unsafe {
+                    libc::kill(forked.pid, libc::SIGKILL);
+                    libc::waitpid(forked.pid, std::ptr::null_mut(), libc::__WALL);
                 }
-                Err(e) => return Err(e.context(format!("task {pid}: the new process died while setting itself up"))),
-                Ok(_) => return Err(seized.err().unwrap()),
             }
+            // A seized child is killed and reaped when `seized` drops.
+            return Err(match report {
+                Ok(r) if r.step != child::Step::Ok => {
+                    anyhow!("task {pid}: {}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc())
+                }
+                Err(e) => e.context(format!("task {pid}: the new process died while setting itself up")),
+                Ok(_) => seized.expect_err("only a failed seize is left"),
+            });
         }
     };
 

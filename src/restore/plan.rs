@@ -211,7 +211,9 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
                 }
                 let f = if tty_of_ferry && task.ids.sid != pid {
                     // A shell job joins ferry's session: give it ferry's terminal.
-                    File::from(std::io::stdin().as_fd_owned()?)
+                    use std::os::fd::AsFd;
+                    let fd = std::io::stdin().as_fd().try_clone_to_owned();
+                    File::from(fd.context("duplicating ferry's terminal (stdin)")?)
                 } else {
                     OpenOptions::new()
                         .read(true)
@@ -314,15 +316,4 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     // keep it with the other files so it closes right after the fork.
     opened.push(File::from(report_w));
     Ok(Plan { images, task, pagemap, cpu, setup, vma_fds, exe_fd, helpers_from, report: report_r, opened })
-}
-
-trait StdinFd {
-    fn as_fd_owned(&self) -> Result<OwnedFd>;
-}
-
-impl StdinFd for std::io::Stdin {
-    fn as_fd_owned(&self) -> Result<OwnedFd> {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned().context("duplicating ferry's terminal (stdin)")
-    }
 }
