@@ -29,6 +29,11 @@ pub fn inspect(proc: &ProcDir, shell_job: bool, frozen: bool) -> Result<Inspecti
     if pid == std::process::id() as i32 {
         bail!("task {pid} is ferry itself");
     }
+    if let Err(e) = std::fs::read_link(proc.path("ns/pid")) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            bail!("task {pid}: not permitted to inspect it: ferry must run as root (it uses ptrace and CAP_CHECKPOINT_RESTORE)");
+        }
+    }
     let status = proc.status()?;
     if status.tgid != pid {
         bail!("{pid} is a thread of task {}; dump the task (-t {})", status.tgid, status.tgid);
