@@ -14,6 +14,7 @@ pub mod proc;
 pub mod ptrace;
 pub mod restore;
 pub mod testhook;
+pub mod uffd;
 
 /// The kernel's page size.
 pub fn page_size() -> u64 {
