@@ -9,11 +9,13 @@
 pub mod cli;
 pub mod dump;
 pub mod image;
+pub mod pidfd;
 pub mod probe;
 pub mod proc;
 pub mod ptrace;
 pub mod restore;
 pub mod testhook;
+pub mod track;
 pub mod uffd;
 
 /// The kernel's page size.

@@ -1,5 +1,7 @@
-//! `ferry dump`.
+//! `ferry dump` and `ferry pre-dump`.
 
+use crate::image::inventory::ImageKind;
+use crate::track;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -20,20 +22,73 @@ pub struct DumpArgs {
     /// it does not lead (a job started from a shell)
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
-pub fn run(a: DumpArgs) -> Result<ExitCode> {
-    let stats = crate::dump::dump(&crate::dump::DumpOptions {
-        pid: a.tree,
-        dir: a.images_dir,
-        leave_running: a.leave_running,
-        shell_job: a.shell_job,
-    })?;
+/// Options shared by dump and pre-dump for iterative (incremental) rounds.
+#[derive(Args, Debug)]
+pub struct ChainArgs {
+    /// The previous round's images, relative to the images directory (e.g. ../1):
+    /// only pages changed since then are written
+    #[arg(long = "prev-images-dir", value_name = "DIR")]
+    pub prev_images_dir: Option<PathBuf>,
+    /// Track memory changes for a following round (implied by pre-dump and
+    /// by --prev-images-dir)
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    /// How to find changed pages: the best available (auto), uffd-wp, soft-dirty or hashing
+    #[arg(long = "dirty-tracker", value_enum, default_value_t = track::Choice::Auto)]
+    pub dirty_tracker: track::Choice,
+    /// Drop dirty tracking if no further round comes within SECONDS
+    #[arg(long = "track-timeout", value_name = "SECONDS", default_value_t = 1800)]
+    pub track_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct PreDumpArgs {
+    /// PID of the task
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pub tree: i32,
+    /// Directory to write the images to (created if missing)
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    pub images_dir: PathBuf,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+fn options(pid: i32, dir: PathBuf, chain: &ChainArgs) -> crate::dump::DumpOptions {
+    let mut o = crate::dump::DumpOptions::new(pid, dir);
+    o.prev = chain.prev_images_dir.clone();
+    o.track_mem = chain.track_mem;
+    o.tracker = chain.dirty_tracker;
+    o.track_idle = std::time::Duration::from_secs(chain.track_timeout);
+    o
+}
+
+fn report(stats: &crate::image::stats::DumpStats) {
     tracing::info!(
         frozen_ms = stats.frozen_us / 1000,
         total_ms = stats.total_us / 1000,
-        bytes = stats.bytes_written,
-        "dump complete"
+        copied = stats.pages_written,
+        in_parent = stats.pages_in_parent,
+        "done"
     );
+}
+
+pub fn run(a: DumpArgs) -> Result<ExitCode> {
+    let mut o = options(a.tree, a.images_dir, &a.chain);
+    o.leave_running = a.leave_running;
+    o.shell_job = a.shell_job;
+    report(&crate::dump::dump(&o)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
+    let mut o = options(a.tree, a.images_dir, &a.chain);
+    o.kind = ImageKind::PreDump;
+    o.leave_running = true;
+    o.shell_job = true;
+    report(&crate::dump::dump(&o)?);
     Ok(ExitCode::SUCCESS)
 }

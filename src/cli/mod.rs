@@ -51,6 +51,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Checkpoint a running task into an image directory
     Dump(dump::DumpArgs),
+    /// Copy a task's memory while it keeps running, and track what it changes next
+    PreDump(dump::PreDumpArgs),
     /// Restore a task from an image directory at its original PID
     Restore(restore::RestoreArgs),
     /// Print an image directory, or one file of it, in readable form
@@ -62,6 +64,7 @@ impl Command {
         match self {
             Command::Check(_) => "check",
             Command::Dump(_) => "dump",
+            Command::PreDump(_) => "pre-dump",
             Command::Restore(_) => "restore",
             Command::Show(_) => "show",
         }
@@ -70,6 +73,7 @@ impl Command {
     fn images_dir(&self) -> Option<&Path> {
         match self {
             Command::Dump(a) => Some(&a.images_dir),
+            Command::PreDump(a) => Some(&a.images_dir),
             Command::Restore(a) => Some(&a.images_dir),
             Command::Check(_) | Command::Show(_) => None,
         }
@@ -83,6 +87,7 @@ impl Cli {
         match self.command {
             Command::Check(a) => check::run(a),
             Command::Dump(a) => dump::run(a),
+            Command::PreDump(a) => dump::run_pre(a),
             Command::Restore(a) => restore::run(a),
             Command::Show(a) => show::run(a),
         }

@@ -27,6 +27,22 @@ const SCRATCH: u64 = 256;
 
 /// Ask the task, then return it to exactly the stop it was in.
 pub fn collect(tracee: &Tracee, maps: &[Mapping], original: &NativeState, mask: u64) -> Result<InjectedState> {
+    let (mut state, deferred) = with_injector(tracee, maps, original, mask, ask)?;
+    state.deferred_signals = deferred;
+    Ok(state)
+}
+
+/// Run `f` with an injector on the frozen task and a scratch buffer below
+/// its stack pointer; afterwards put back the borrowed bytes, its
+/// registers and signal mask, and return it to a plain interrupt stop,
+/// whatever `f` did. Also returns the signals held back meanwhile.
+pub fn with_injector<T>(
+    tracee: &Tracee,
+    maps: &[Mapping],
+    original: &NativeState,
+    mask: u64,
+    f: impl FnOnce(&mut Injector, &RemoteMem, u64) -> Result<T>,
+) -> Result<(T, Vec<i32>)> {
     let mem = RemoteMem::open(tracee.pid)?;
     let insn = find_syscall_insn(&mem, maps).with_context(|| format!("task {}", tracee.pid))?;
     let scratch = stack_scratch(maps, Native::sp(original), SCRATCH).with_context(|| {
@@ -39,22 +55,17 @@ pub fn collect(tracee: &Tracee, maps: &[Mapping], original: &NativeState, mask: 
     // delivered into a frame that is not the task's own.
     tracee.set_sigmask(!0)?;
     let mut inj = Injector::new(tracee, original.clone(), insn);
-    let result = ask(&mut inj, &mem, scratch);
+    let result = f(&mut inj, &mem, scratch);
     let deferred = std::mem::take(&mut inj.deferred_signals);
     let touched = inj.calls > 0;
 
     // Put back the borrowed bytes, the registers and the mask, whatever happened.
-    let restored = mem.write(scratch, &saved).and_then(|_| {
-        if touched {
-            return_to_interrupt_stop(tracee, original, mask)
-        } else {
-            tracee.set_sigmask(mask)
-        }
-    });
-    let mut state = result?;
+    let restored = mem
+        .write(scratch, &saved)
+        .and_then(|_| if touched { return_to_interrupt_stop(tracee, original, mask) } else { tracee.set_sigmask(mask) });
+    let value = result?;
     restored.with_context(|| format!("task {}: putting its state back after injection", tracee.pid))?;
-    state.deferred_signals = deferred;
-    Ok(state)
+    Ok((value, deferred))
 }
 
 /// After injection the task sits at a syscall-exit stop. Restore its own

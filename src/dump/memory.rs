@@ -1,20 +1,15 @@
-//! The address space: classify every mapping, find the pages worth saving
-//! with pagemap, and copy them into the pages file.
+//! The address space: classify every mapping (what it is, how to recreate
+//! it, whether ferry can).
 
 use super::files::file_id;
-use crate::image::pagemap::{PageExtent, PageFlags, PagemapImage};
 use crate::image::task::{Advice, Vma, VmaKind};
-use crate::image::RawImage;
 use crate::proc::maps::Mapping;
-use crate::proc::pagemap::{self, PageEntry};
 use crate::proc::ProcDir;
-use crate::ptrace::remote::RemoteMem;
 use anyhow::{bail, Context, Result};
-use nix::sys::uio::RemoteIoVec;
 use std::fs::File;
+use crate::proc::pagemap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A mapping and what the image will say about it.
 pub struct PlannedVma {
@@ -98,15 +93,6 @@ pub fn plan(proc: &ProcDir, maps: &[Mapping]) -> Result<Vec<PlannedVma>> {
     Ok(out)
 }
 
-/// A run of pages to copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Run {
-    vaddr: u64,
-    pages: u64,
-    /// Readable by process_vm_readv; otherwise read through /proc/PID/mem.
-    readable: bool,
-}
-
 /// The page frame of the shared zero page, if pagemap shows frame numbers
 /// (CAP_SYS_ADMIN): pages mapped to it read as zeros and need no copy.
 pub fn zero_pfn() -> Option<u64> {
@@ -123,157 +109,6 @@ pub fn zero_pfn() -> Option<u64> {
         libc::munmap(p, page);
         e.map(|e| e[0].pfn()).filter(|&pfn| pfn != 0)
     }
-}
-
-/// Which pages of `pv` hold data that only the image can bring back.
-fn runs_for(
-    proc: &ProcDir,
-    pagemap_file: &File,
-    pv: &PlannedVma,
-    page: u64,
-    zero_pfn: Option<u64>,
-) -> Result<(u64, Vec<Run>)> {
-    let m = &pv.map;
-    let readable = m.read;
-    let keep: Box<dyn Fn(PageEntry) -> bool> = match &pv.vma.kind {
-        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok((0, Vec::new())),
-        VmaKind::File { .. } if m.shared => return Ok((0, Vec::new())),
-        VmaKind::SharedAnon => return shared_anon_runs(proc, m, page),
-        // Private file pages that were never written still come from the file.
-        VmaKind::File { .. } => Box::new(move |e: PageEntry| {
-            e.swapped() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero_pfn)
-        }),
-        VmaKind::Anon => Box::new(move |e: PageEntry| e.swapped() || (e.present() && Some(e.pfn()) != zero_pfn)),
-    };
-    let entries = pagemap::read_range(pagemap_file, m.start, m.end, page)
-        .with_context(|| format!("task {}: pagemap of {:#x}-{:#x}", proc.pid, m.start, m.end))?;
-    let mut runs: Vec<Run> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        if !keep(*e) {
-            continue;
-        }
-        let addr = m.start + i as u64 * page;
-        match runs.last_mut() {
-            Some(r) if r.vaddr + r.pages * page == addr => r.pages += 1,
-            _ => runs.push(Run { vaddr: addr, pages: 1, readable }),
-        }
-    }
-    Ok((entries.len() as u64, runs))
-}
-
-/// Shared anonymous memory lives in a shmem file: ask it where its data is,
-/// which also finds pages this task has not mapped in its page tables.
-fn shared_anon_runs(proc: &ProcDir, m: &Mapping, page: u64) -> Result<(u64, Vec<Run>)> {
-    use nix::unistd::{lseek, Whence};
-    let path = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
-    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let len = m.len();
-    let base = m.offset;
-    let mut runs = Vec::new();
-    let mut pos = base;
-    while pos < base + len {
-        let data = match lseek(&f, pos as i64, Whence::SeekData) {
-            Ok(d) => d as u64,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e).with_context(|| format!("SEEK_DATA in {}", path.display())),
-        };
-        if data >= base + len {
-            break;
-        }
-        let hole = lseek(&f, data as i64, Whence::SeekHole).map(|h| h as u64).unwrap_or(base + len).min(base + len);
-        let start = data / page * page;
-        let end = hole.div_ceil(page) * page;
-        runs.push(Run { vaddr: m.start + (start - base), pages: (end - start) / page, readable: m.read });
-        pos = end;
-    }
-    Ok((len / page, runs))
-}
-
-pub struct MemoryDump {
-    pub pagemap: PagemapImage,
-    pub pages_scanned: u64,
-    pub pages_written: u64,
-}
-
-/// Scan every planned VMA and copy its pages into `out`.
-pub fn dump_pages(
-    proc: &ProcDir,
-    mem: &RemoteMem,
-    planned: &[PlannedVma],
-    out: &mut RawImage,
-    pages_file: &str,
-) -> Result<MemoryDump> {
-    let page = crate::page_size();
-    let zero = zero_pfn();
-    let pm_path = proc.path("pagemap");
-    let pm = File::open(&pm_path).with_context(|| format!("opening {}", pm_path.display()))?;
-    let mut runs = Vec::new();
-    let mut scanned = 0;
-    for pv in planned {
-        let (n, r) = runs_for(proc, &pm, pv, page, zero)?;
-        scanned += n;
-        runs.extend(r);
-    }
-    let total: u64 = runs.iter().map(|r| r.pages).sum();
-    copy_runs(mem, &runs, page, out)?;
-    let entries =
-        runs.iter().map(|r| PageExtent { vaddr: r.vaddr, nr_pages: r.pages, flags: PageFlags::Present }).collect();
-    Ok(MemoryDump {
-        pagemap: PagemapImage { pages_file: pages_file.to_string(), page_size: page, entries },
-        pages_scanned: scanned,
-        pages_written: total,
-    })
-}
-
-/// Copy every run into the pages file, block by block on several threads.
-fn copy_runs(mem: &RemoteMem, runs: &[Run], page: u64, out: &mut RawImage) -> Result<()> {
-    // File offset where each run starts.
-    let mut starts = Vec::with_capacity(runs.len());
-    let mut total = 0u64;
-    for r in runs {
-        starts.push(total);
-        total += r.pages * page;
-    }
-    let blocks_done = AtomicU64::new(0);
-    let blocks = total.div_ceil(crate::image::digest::BLOCK as u64);
-    out.fill_parallel(total, |offset, block| {
-        fill_block(mem, runs, &starts, page, offset, block)?;
-        if blocks_done.fetch_add(1, Ordering::Relaxed) + 1 == blocks.div_ceil(2) {
-            crate::testhook::stage("memory");
-        }
-        Ok(())
-    })
-}
-
-/// Fill `block` with the file bytes at `offset`: readable memory in one
-/// process_vm_readv per stretch, the rest through /proc/PID/mem.
-fn fill_block(mem: &RemoteMem, runs: &[Run], starts: &[u64], page: u64, offset: u64, block: &mut [u8]) -> Result<()> {
-    let mut i = starts.partition_point(|&s| s <= offset) - 1;
-    let mut pos = 0usize;
-    let mut iovs: Vec<RemoteIoVec> = Vec::new();
-    let mut iov_from = 0usize;
-    while pos < block.len() {
-        let r = runs[i];
-        let into_run = offset + pos as u64 - starts[i];
-        let n = ((r.pages * page - into_run) as usize).min(block.len() - pos);
-        let addr = r.vaddr + into_run;
-        if r.readable {
-            iovs.push(RemoteIoVec { base: addr as usize, len: n });
-        } else {
-            if !iovs.is_empty() {
-                mem.readv(&iovs, &mut block[iov_from..pos])?;
-                iovs.clear();
-            }
-            mem.read_forced(addr, &mut block[pos..pos + n])?;
-            iov_from = pos + n;
-        }
-        pos += n;
-        i += 1;
-    }
-    if !iovs.is_empty() {
-        mem.readv(&iovs, &mut block[iov_from..])?;
-    }
-    Ok(())
 }
 
 /// Fail early, with the culprit named, if two mappings overlap or the
@@ -307,18 +142,5 @@ mod tests {
         assert!(planned.iter().any(|p| p.vma.kind == VmaKind::Vdso));
         assert!(planned.iter().any(|p| p.vma.name.as_deref() == Some("[stack]") && p.vma.growsdown));
         assert!(planned.iter().any(|p| matches!(&p.vma.kind, VmaKind::File { file, .. } if file.ino != 0)));
-    }
-
-    #[test]
-    fn file_mapped_pages_are_not_copied_until_written() {
-        let proc = ProcDir::current();
-        let page = crate::page_size();
-        let pm = File::open("/proc/self/pagemap").unwrap();
-        // Our own executable's text: present file pages, none of them private copies.
-        let maps = proc.smaps().unwrap();
-        let text = maps.iter().find(|m| m.exec && m.is_file() && !m.shared).unwrap();
-        let planned = plan(&proc, std::slice::from_ref(text)).unwrap();
-        let (_, runs) = runs_for(&proc, &pm, &planned[0], page, zero_pfn()).unwrap();
-        assert!(runs.is_empty(), "{runs:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! `ferry dump`: freeze a task, write its image, then kill it or let it run.
+//! `ferry dump` and `ferry pre-dump`: freeze a task, write its image.
 //!
 //! Order matters for the promise that a failed dump leaves the task as it
 //! was: everything is checked before the task is touched; the only moment
@@ -6,40 +6,109 @@
 //! it is returned to a plain PTRACE_INTERRUPT stop; memory is then copied
 //! and files written while it sits there, and only a complete image
 //! (inventory written) lets ferry kill it.
+//!
+//! A pre-dump freezes the task only to read its page tables and re-arm
+//! dirty tracking, then lets it run while its pages are copied. Later rounds
+//! (`--prev-images-dir`) copy only what changed since the previous one.
 
 pub mod files;
 pub mod injected;
 pub mod memory;
+pub mod pages;
 pub mod scope;
+pub mod tracking;
 
+use crate::image::chain::MemoryView;
 use crate::image::inventory::{ImageKind, Inventory};
 use crate::image::stats::DumpStats;
 use crate::image::task::{Creds, FsState, Ids, MmState, PendingSignal, Rseq, Signals, TaskImage};
-use crate::image::{pagemap_file, pages_file, task_file, ImageWriter, STATS};
+use crate::image::{pagemap_file, task_file, ImageDir, ImageWriter, STATS};
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, RseqConfig, Tracee, O_TRACESYSGOOD};
 use crate::testhook;
-use anyhow::{Context, Result};
+use crate::track::{self, TrackRecord, TRACK_FILE};
+use anyhow::{bail, Context, Result};
 use ferry_arch::{Backend, Native, NativeState};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 #[derive(Clone, Debug)]
 pub struct DumpOptions {
     pub pid: i32,
     pub dir: PathBuf,
+    pub kind: ImageKind,
     pub leave_running: bool,
     pub shell_job: bool,
+    /// The previous round's images, relative to `dir` (CRIU's convention).
+    pub prev: Option<PathBuf>,
+    /// Keep tracking memory changes for a later round.
+    pub track_mem: bool,
+    pub tracker: track::Choice,
+    /// How long an unused tracking holder lives.
+    pub track_idle: Duration,
+}
+
+impl DumpOptions {
+    /// A plain dump with CRIU's defaults.
+    pub fn new(pid: i32, dir: PathBuf) -> DumpOptions {
+        DumpOptions {
+            pid,
+            dir,
+            kind: ImageKind::Dump,
+            leave_running: false,
+            shell_job: false,
+            prev: None,
+            track_mem: false,
+            tracker: track::Choice::Auto,
+            track_idle: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The previous round: its view of memory and how it was tracked.
+struct Parent {
+    rel: PathBuf,
+    view: MemoryView,
+    track: Option<TrackRecord>,
+}
+
+fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
+    let Some(rel) = &opts.prev else { return Ok(None) };
+    let dir = opts.dir.join(rel);
+    let images = ImageDir::open(&dir).with_context(|| format!("--prev-images-dir {}", rel.display()))?;
+    if images.inventory.root_pid != opts.pid {
+        bail!("{}: the previous images are of task {}, not {}", dir.display(), images.inventory.root_pid, opts.pid);
+    }
+    let track = if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
+    Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images)?, track }))
 }
 
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let t0 = Instant::now();
     let pid = opts.pid;
+    let pre = opts.kind == ImageKind::PreDump;
+    if !pre && opts.track_mem && opts.prev.is_none() && !opts.leave_running {
+        bail!(
+            "--track-mem without --prev-images-dir arms tracking for a later dump, which needs the task to live on: \
+             add --leave-running, or use pre-dump"
+        );
+    }
     let proc = ProcDir::new(pid);
     // Refuse what cannot be dumped before anything is changed.
     scope::inspect(&proc, opts.shell_job, false)?;
+    let parent = open_parent(opts)?;
+    let method = match parent.as_ref().and_then(|p| p.track.as_ref()) {
+        Some(t) if opts.tracker != track::Choice::Auto && track::choose(opts.tracker)? != t.method => {
+            bail!("the previous images were tracked with {}; a chain keeps one dirty tracker", t.method.name())
+        }
+        Some(t) => t.method,
+        None => track::choose(opts.tracker)?,
+    };
+    let holder = parent.as_ref().and_then(|p| p.track.as_ref()).and_then(|t| t.holder.clone());
+    // Tracking goes on after this round for pre-dumps and iterative dumps.
+    let keep_tracking = pre || (opts.track_mem && opts.leave_running);
     let mut writer = ImageWriter::create(&opts.dir)?;
 
     let tracee = Tracee::seize(pid, O_TRACESYSGOOD, OnDrop::Detach)?;
@@ -54,42 +123,79 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let regs = tracee.cpu_state()?;
     let mask = tracee.sigmask()?;
     let rseq = tracee.rseq_config()?;
-    let injected = injected::collect(&tracee, &insp.maps, &regs, mask)?;
-    debug!(pid, brk = injected.brk, "injected queries done");
+    let injected = if pre { None } else { Some(injected::collect(&tracee, &insp.maps, &regs, mask)?) };
+    debug!(pid, "registers and injected queries done");
 
-    let mem = RemoteMem::open(pid)?;
-    let pages_name = pages_file(pid);
-    let mut raw = writer.raw(&pages_name)?;
     let mem_start = Instant::now();
-    let md = memory::dump_pages(&proc, &mem, &insp.planned, &mut raw, &pages_name)?;
-    raw.finish(&mut writer)?;
+    let written = tracking::written(method, holder.as_ref(), &proc, &insp.planned)?;
+    let collected = pages::collect(&proc, &insp.planned)?;
+    debug!(pid, pages = collected.len(), tracker = method.name(), "page tables read");
+    let record = if keep_tracking {
+        Some(tracking::arm(method, holder.clone(), &written, &tracee, &insp.maps, &insp.planned, &regs, mask, opts.track_idle)?)
+    } else {
+        None
+    };
+    let mut released_at = None;
+    if pre {
+        // A pre-dump copies while the task runs: tracking catches what it
+        // changes meanwhile for the next round.
+        tracee.detach(0)?;
+        released_at = Some(frozen_at.elapsed());
+        resend(pid, &[], stopped);
+    }
+    let mem = RemoteMem::open(pid)?;
+    let sel = pages::Selection {
+        method,
+        parent: parent.as_ref().map(|p| &p.view),
+        written,
+        eager: None,
+        running: pre,
+    };
+    let md = pages::write(&mem, &collected, &sel, &mut writer, pid)?;
     let memdump_us = mem_start.elapsed().as_micros() as u64;
-    info!(pid, pages = md.pages_written, "memory copied");
+    info!(pid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
 
     let write_start = Instant::now();
-    let pending = pending_signals(&tracee)?;
-    let task = assemble(&proc, &insp, &regs, mask, rseq, &injected, pending, stopped)?;
-    writer.write_json(&task_file(pid), &task)?;
+    if let Some(inj) = &injected {
+        let pending = pending_signals(&tracee)?;
+        let task = assemble(&proc, &insp, &regs, mask, rseq, inj, pending, stopped)?;
+        writer.write_json(&task_file(pid), &task)?;
+    }
     writer.write_json(&pagemap_file(pid), &md.pagemap)?;
+    if let Some(r) = &record {
+        writer.write_json(TRACK_FILE, r)?;
+    }
     testhook::stage("write");
 
     let page = crate::page_size();
     let stats = DumpStats {
-        frozen_us: frozen_at.elapsed().as_micros() as u64,
+        frozen_us: released_at.unwrap_or_else(|| frozen_at.elapsed()).as_micros() as u64,
         memdump_us,
         write_us: write_start.elapsed().as_micros() as u64,
         total_us: t0.elapsed().as_micros() as u64,
-        vmas: task.vmas.len() as u64,
+        vmas: insp.planned.len() as u64,
         pages_scanned: md.pages_scanned,
         pages_written: md.pages_written,
+        pages_in_parent: md.pages_in_parent,
+        pages_lazy: md.pages_lazy,
         bytes_written: md.pages_written * page,
     };
     writer.write_json(STATS, &stats)?;
-    writer.commit(Inventory::new(ImageKind::Dump, pid, page))?;
+    let mut inventory = Inventory::new(opts.kind.clone(), pid, page);
+    inventory.parent = parent.as_ref().map(|p| p.rel.to_string_lossy().into_owned());
+    writer.commit(inventory)?;
 
-    if opts.leave_running {
+    if !keep_tracking {
+        if let Some(h) = &holder {
+            h.stop();
+            debug!(pid, holder = h.pid, "dirty tracking ended");
+        }
+    }
+    if pre {
+        info!(pid, "pre-dump complete");
+    } else if opts.leave_running {
         tracee.detach(0)?;
-        resend(pid, &injected.deferred_signals, stopped);
+        resend(pid, &injected.as_ref().map(|i| i.deferred_signals.clone()).unwrap_or_default(), stopped);
         info!(pid, "task released");
     } else {
         tracee.kill()?;

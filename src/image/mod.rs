@@ -14,6 +14,7 @@
 //! Every file is mode 0600. Readers check the inventory's own checksum, its
 //! format and version, then each file's size and checksum before parsing.
 
+pub mod chain;
 pub mod digest;
 pub mod inventory;
 pub mod pagemap;

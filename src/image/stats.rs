@@ -14,7 +14,14 @@ pub struct DumpStats {
     pub total_us: u64,
     pub vmas: u64,
     pub pages_scanned: u64,
+    /// Pages copied into this image's pages file.
     pub pages_written: u64,
+    /// Pages unchanged since the parent image.
+    #[serde(default)]
+    pub pages_in_parent: u64,
+    /// Pages left on the source for lazy transfer.
+    #[serde(default)]
+    pub pages_lazy: u64,
     pub bytes_written: u64,
 }
 

@@ -190,13 +190,12 @@ fn move_vdso(inj: &mut Injector, block: &[&Mapping], plan: &Plan, avoid: &[Vec<(
 
 /// Step 5: map, fill and protect every dumped area.
 pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
-    let page = crate::page_size();
     // Which VMAs receive pages: they are mapped writable until filled.
     let mut filled = vec![false; plan.task.vmas.len()];
-    for (e, _) in plan.pagemap.present_with_offsets() {
-        let end = e.vaddr + e.nr_pages * page;
+    for src in &plan.sources {
+        let end = src.vaddr + src.len;
         for (i, v) in plan.task.vmas.iter().enumerate() {
-            if v.start < end && e.vaddr < v.end {
+            if v.start < end && src.vaddr < v.end {
                 filled[i] = true;
             }
         }
@@ -263,65 +262,117 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
 }
 
 /// Copy the saved pages into the child from ferry, several blocks at once:
-/// one copy, from the page cache of the mapped pages file straight into the
-/// child's memory (mapped writable for this by `build`). Each 4 MiB block
-/// is hashed right after it is copied, while it is in the cache; a mismatch
-/// with the inventory fails the restore before the task ever runs.
+/// one copy, from the page cache of the mapped pages files (this image's
+/// and its parents') straight into the child's memory, which `build` mapped
+/// writable. Every 4 MiB block of every pages file used is hashed as it is
+/// copied (while it is in the cache); a mismatch with an inventory fails the
+/// restore before the task ever runs.
 fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
-    let page = plan.pagemap.page_size;
-    let name = &plan.pagemap.pages_file;
-    let file = plan.images.open_raw(name)?;
-    let path = plan.images.path(name);
-    let expected = &plan.images.entry(name)?.xxh3;
-    let map = if plan.pagemap.present_bytes() == 0 {
-        None
-    } else {
+    let chain = &plan.chain;
+    let mut used = vec![false; chain.views.len()];
+    for s in &plan.sources {
+        used[s.view] = true;
+    }
+    // Map each pages file that provides pages.
+    let mut maps: Vec<Option<memmap2::Mmap>> = Vec::new();
+    for (v, view) in chain.views.iter().enumerate() {
+        let name = &view.pagemap.pages_file;
+        if !used[v] || view.pagemap.present_bytes() == 0 {
+            maps.push(None);
+            continue;
+        }
+        let file = view.images.open_raw(name)?;
         // SAFETY: read-only mapping of an image file nobody writes to.
-        Some(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?)
-    };
-    let data: &[u8] = map.as_deref().unwrap_or(&[]);
-    // Block k of the file and the task ranges its bytes belong to.
-    let mut blocks: Vec<Vec<RemoteIoVec>> = Vec::new();
-    let mut size = BLOCK;
-    for (e, _) in plan.pagemap.present_with_offsets() {
-        let (mut addr, mut left) = (e.vaddr, (e.nr_pages * page) as usize);
-        while left > 0 {
-            if size == BLOCK {
-                blocks.push(Vec::new());
-                size = 0;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", view.images.path(name).display()))?;
+        maps.push(Some(map));
+    }
+    // Work items: one block of one file, and the task ranges its bytes fill.
+    let mut work: Vec<(usize, usize, Vec<Part>)> = Vec::new();
+    for (v, map) in maps.iter().enumerate() {
+        if let Some(map) = map {
+            for b in 0..map.len().div_ceil(BLOCK) {
+                work.push((v, b, Vec::new()));
             }
-            let n = left.min(BLOCK - size);
-            blocks.last_mut().unwrap().push(RemoteIoVec { base: addr as usize, len: n });
-            (addr, left, size) = (addr + n as u64, left - n, size + n);
         }
     }
-    let hashes = std::sync::Mutex::new(vec![0u64; blocks.len()]);
+    let first_block: Vec<usize> = {
+        let mut acc = 0;
+        maps.iter()
+            .map(|m| {
+                let here = acc;
+                acc += m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK));
+                here
+            })
+            .collect()
+    };
+    for s in &plan.sources {
+        let (mut off, mut addr, mut left) = (s.offset as usize, s.vaddr, s.len as usize);
+        while left > 0 {
+            let b = off / BLOCK;
+            let n = left.min((b + 1) * BLOCK - off);
+            work[first_block[s.view] + b].2.push(Part { off, addr, len: n });
+            (off, addr, left) = (off + n, addr + n as u64, left - n);
+        }
+    }
+    for (_, _, parts) in work.iter_mut() {
+        parts.sort_unstable_by_key(|p| p.off);
+    }
+    let hashes: Vec<std::sync::Mutex<Vec<u64>>> =
+        maps.iter().map(|m| std::sync::Mutex::new(vec![0; m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK))])).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..crate::image::workers().min(blocks.len()))
+        let workers: Vec<_> = (0..crate::image::workers().min(work.len()))
             .map(|_| {
                 s.spawn(|| -> Result<()> {
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(iovs) = blocks.get(k) else { return Ok(()) };
-                        let bytes = &data[k * BLOCK..(k * BLOCK + iovs.iter().map(|v| v.len).sum::<usize>())];
-                        // Fewer than MAX_IOV ranges per block, or split them.
-                        for (i, part) in iovs.chunks(MAX_IOV).enumerate() {
-                            let from: usize = iovs[..i * MAX_IOV].iter().map(|v| v.len).sum();
-                            let len: usize = part.iter().map(|v| v.len).sum();
-                            mem.writev(part, &bytes[from..from + len])?;
-                        }
-                        let h = digest::block_hash(bytes);
-                        hashes.lock().unwrap()[k] = h;
+                    while let Some((v, b, parts)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let map = maps[*v].as_ref().unwrap();
+                        copy_parts(mem, map, parts)?;
+                        let block = &map[b * BLOCK..((b + 1) * BLOCK).min(map.len())];
+                        let h = digest::block_hash(block);
+                        hashes[*v].lock().unwrap()[*b] = h;
                     }
+                    Ok(())
                 })
             })
             .collect();
         workers.into_iter().try_for_each(|w| w.join().expect("copy worker panicked"))
     })?;
-    let got = crate::image::hash_hex(digest::combine(&hashes.into_inner().unwrap()));
-    if &got != expected {
-        return Err(ImageError::Checksum { path, expected: expected.clone(), got }.into());
+    for (v, view) in chain.views.iter().enumerate() {
+        if maps[v].is_none() {
+            continue;
+        }
+        let name = &view.pagemap.pages_file;
+        let expected = &view.images.entry(name)?.xxh3;
+        let got = crate::image::hash_hex(digest::combine(&hashes[v].lock().unwrap()));
+        if &got != expected {
+            let path = view.images.path(name);
+            return Err(ImageError::Checksum { path, expected: expected.clone(), got }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Bytes at `off` of a pages file that belong at `addr` in the task.
+struct Part {
+    off: usize,
+    addr: u64,
+    len: usize,
+}
+
+/// Copy parts into the task: parts adjacent in the file go in one call.
+fn copy_parts(mem: &RemoteMem, map: &[u8], parts: &[Part]) -> Result<()> {
+    let mut i = 0;
+    while i < parts.len() {
+        let start = parts[i].off;
+        let mut iovs = Vec::new();
+        let mut end = start;
+        while i < parts.len() && parts[i].off == end && iovs.len() < MAX_IOV {
+            iovs.push(RemoteIoVec { base: parts[i].addr as usize, len: parts[i].len });
+            end += parts[i].len;
+            i += 1;
+        }
+        mem.writev(&iovs, &map[start..end])?;
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 
 use super::child::{ChildSetup, KernelSigaction};
 use super::RestoreOptions;
+use crate::image::chain::{Chain, Source};
+use crate::image::inventory::ImageKind;
 use crate::image::pagemap::PagemapImage;
 use crate::image::task::{FdKind, FileId, TaskImage, VmaKind};
 use crate::image::{pagemap_file, task_file, ImageDir};
@@ -25,6 +27,10 @@ pub struct Plan {
     pub images: ImageDir,
     pub task: TaskImage,
     pub pagemap: PagemapImage,
+    /// This image and its parents (pre-dumps), newest first.
+    pub chain: Chain,
+    /// Where every page to copy in comes from, in address order.
+    pub sources: Vec<Source>,
     pub cpu: NativeState,
     pub setup: ChildSetup,
     /// The child's fd number for each file-backed VMA (by VMA index).
@@ -158,9 +164,18 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     if inv.page_size != crate::page_size() {
         bail!("the image uses {} byte pages, this kernel {}", inv.page_size, crate::page_size());
     }
+    if inv.kind == ImageKind::PreDump {
+        bail!(
+            "{} holds a pre-dump (memory only, the task kept running); restore the final dump made with \
+             --prev-images-dir pointing here",
+            images.dir.display()
+        );
+    }
     let pid = inv.root_pid;
     let task: TaskImage = images.read_json(&task_file(pid))?;
     let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
+    let chain = Chain::open(images.clone())?;
+    let page_sources = chain.sources()?;
     let cpu = Native::unwrap(task.cpu.clone()).with_context(|| images.path(&task_file(pid)).display().to_string())?;
     check_vdso(&task)?;
 
@@ -315,5 +330,5 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     // The write end stays open (in `opened`'s lifetime sense) via report_w;
     // keep it with the other files so it closes right after the fork.
     opened.push(File::from(report_w));
-    Ok(Plan { images, task, pagemap, cpu, setup, vma_fds, exe_fd, helpers_from, report: report_r, opened })
+    Ok(Plan { images, task, pagemap, chain, sources: page_sources, cpu, setup, vma_fds, exe_fd, helpers_from, report: report_r, opened })
 }

@@ -1,0 +1,93 @@
+//! Dirty tracking around one dump round: what was written since the last
+//! round (read while the task is frozen), and arming for the next one.
+
+use super::injected::with_injector;
+use super::memory::PlannedVma;
+use crate::image::task::VmaKind;
+use crate::proc::maps::Mapping;
+use crate::proc::ProcDir;
+use crate::ptrace::Tracee;
+use crate::track::holder::{self, HolderRef};
+use crate::track::{uffd_wp, Method, TrackRecord};
+use crate::uffd::{self, Uffd};
+use anyhow::{Context, Result};
+use ferry_arch::NativeState;
+use std::fs::File;
+use std::time::Duration;
+use tracing::{debug, info};
+
+/// Areas whose pages the trackers follow (others are copied in full or not at all).
+fn trackable(pv: &PlannedVma) -> bool {
+    match pv.vma.kind {
+        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::File { .. } => !pv.map.shared,
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => false,
+    }
+}
+
+/// uffd-wp: per planned area, the pages written since the last round
+/// (re-protected in the same step). None overall when nothing is tracked.
+pub fn written(
+    method: Method,
+    holder: Option<&HolderRef>,
+    proc: &ProcDir,
+    planned: &[PlannedVma],
+) -> Result<Option<Vec<Option<Vec<(u64, u64)>>>>> {
+    if method != Method::UffdWp || !holder.is_some_and(HolderRef::alive) {
+        return Ok(None);
+    }
+    let path = proc.path("pagemap");
+    let pm = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::with_capacity(planned.len());
+    for pv in planned {
+        out.push(if trackable(pv) { uffd_wp::written(&pm, pv.vma.start, pv.vma.end)? } else { None });
+    }
+    Ok(Some(out))
+}
+
+/// Arm tracking for the next round while the task is still frozen.
+#[allow(clippy::too_many_arguments)]
+pub fn arm(
+    method: Method,
+    holder: Option<HolderRef>,
+    written: &Option<Vec<Option<Vec<(u64, u64)>>>>,
+    tracee: &Tracee,
+    maps: &[Mapping],
+    planned: &[PlannedVma],
+    regs: &NativeState,
+    mask: u64,
+    idle: Duration,
+) -> Result<TrackRecord> {
+    let pid = tracee.pid;
+    match method {
+        Method::UffdWp => {
+            let (uffd, holder) = match holder.filter(HolderRef::alive) {
+                Some(h) => (Uffd::from_fd(h.take_uffd()?), h),
+                None => {
+                    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::USER_MODE_ONLY;
+                    let (u, _) = with_injector(tracee, maps, regs, mask, |inj, _, _| uffd::create_in(inj, flags))?;
+                    u.api(uffd_wp::FEATURES)?;
+                    let h = holder::spawn(u.fd(), pid, idle)?;
+                    info!(pid, holder = h.pid, "dirty tracking armed (uffd-wp)");
+                    (u, h)
+                }
+            };
+            // Areas the scan did not cover (new, moved, or never armed).
+            let ranges: Vec<(u64, u64)> = planned
+                .iter()
+                .enumerate()
+                .filter(|(i, pv)| trackable(pv) && written.as_ref().is_none_or(|w| w[*i].is_none()))
+                .map(|(_, pv)| (pv.vma.start, pv.vma.end))
+                .collect();
+            let untracked = uffd_wp::arm(&uffd, &ranges);
+            debug!(pid, armed = ranges.len() - untracked.len(), untracked = untracked.len(), "areas write-protected");
+            Ok(TrackRecord { method, holder: Some(holder) })
+        }
+        Method::SoftDirty => {
+            let p = ProcDir::new(pid).path("clear_refs");
+            std::fs::write(&p, "4").with_context(|| format!("resetting soft-dirty bits: {}", p.display()))?;
+            Ok(TrackRecord { method, holder: None })
+        }
+        Method::Hashing => Ok(TrackRecord { method, holder: None }),
+    }
+}

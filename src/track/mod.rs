@@ -1,0 +1,104 @@
+//! Dirty-page tracking between a pre-dump and the next dump.
+//!
+//! Three methods, the best one this kernel offers chosen at run time:
+//!
+//! 1. `uffd-wp`: a userfaultfd in write-protect async mode covers the
+//!    task's memory; PAGEMAP_SCAN reports the pages written since the last
+//!    scan and write-protects them again in the same step (Linux 6.7+).
+//! 2. `soft-dirty`: the kernel's soft-dirty bits, cleared through
+//!    /proc/PID/clear_refs (CONFIG_MEM_SOFT_DIRTY).
+//! 3. `hashing`: every page is hashed; a page is unchanged when its hash
+//!    equals the parent's (works everywhere, reads all memory each round).
+//!
+//! The userfaultfd is created inside the task by injection and taken out at
+//! once: a small holder process keeps it open between ferry invocations, so
+//! the task never sees it. The holder ends when the task ends, when a final
+//! dump ends tracking, or after an idle timeout; tracking lost that way only
+//! means the next round copies everything.
+
+pub mod holder;
+pub mod uffd_wp;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    UffdWp,
+    SoftDirty,
+    Hashing,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::UffdWp => "uffd-wp",
+            Method::SoftDirty => "soft-dirty",
+            Method::Hashing => "hashing",
+        }
+    }
+
+    /// Page identities of this method are content hashes (not frame numbers).
+    pub fn ids_are_hashes(self) -> bool {
+        self == Method::Hashing
+    }
+}
+
+/// `--dirty-tracker`: a method, or the best available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    Auto,
+    UffdWp,
+    SoftDirty,
+    Hashing,
+}
+
+/// What this kernel supports, best first.
+pub fn best_available() -> Method {
+    if crate::probe::uffd::wp_async().ok && crate::probe::uffd::pagemap_scan().ok {
+        Method::UffdWp
+    } else if crate::probe::soft_dirty_works().unwrap_or(false) {
+        Method::SoftDirty
+    } else {
+        Method::Hashing
+    }
+}
+
+pub fn choose(c: Choice) -> anyhow::Result<Method> {
+    let m = match c {
+        Choice::Auto => return Ok(best_available()),
+        Choice::UffdWp => Method::UffdWp,
+        Choice::SoftDirty => Method::SoftDirty,
+        Choice::Hashing => Method::Hashing,
+    };
+    let ok = match m {
+        Method::UffdWp => crate::probe::uffd::wp_async().ok && crate::probe::uffd::pagemap_scan().ok,
+        Method::SoftDirty => crate::probe::soft_dirty_works().unwrap_or(false),
+        Method::Hashing => true,
+    };
+    if !ok {
+        anyhow::bail!(
+            "dirty tracker {} is not available on this kernel (see `ferry check --feature dirty-tracking`)",
+            m.name()
+        );
+    }
+    Ok(m)
+}
+
+/// track.json: how the next round finds out what changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackRecord {
+    pub method: Method,
+    /// For uffd-wp: the process that keeps the userfaultfd open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<holder::HolderRef>,
+}
+
+pub const TRACK_FILE: &str = "track.json";
+
+/// The page identity used for `uffd-wp` and `soft-dirty`: frame number (or
+/// swap entry) plus the present/swapped bits, without the tracking bits.
+pub fn frame_id(entry: crate::proc::pagemap::PageEntry) -> u64 {
+    let raw = entry.0;
+    (raw & ((1 << 55) - 1)) | (raw & (3 << 62))
+}
