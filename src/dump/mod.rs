@@ -76,6 +76,8 @@ struct Parent {
 
 fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     let Some(rel) = &opts.prev else { return Ok(None) };
+    // The path is relative to the images directory, which may not exist yet.
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
     let dir = opts.dir.join(rel);
     let images = ImageDir::open(&dir).with_context(|| format!("--prev-images-dir {}", rel.display()))?;
     if images.inventory.root_pid != opts.pid {

@@ -1,0 +1,54 @@
+//! Fills MIB mebibytes, then waits for signals: each SIGUSR2 rewrites
+//! exactly N distinct pages (the next N of a fixed walk) and prints
+//! "dirtied TOTAL"; SIGUSR1 checks every page and exits 0 if all hold what
+//! was last written, 3 otherwise.
+use ferry_testprogs::{check, say};
+
+const PAGE: usize = 4096;
+
+fn main() {
+    let mib: usize = ferry_testprogs::arg(1).parse().unwrap();
+    let n: usize = ferry_testprogs::arg(2).parse().unwrap();
+    let pages = mib << 8;
+    let mut mem = vec![0u8; pages * PAGE];
+    let mut gen = vec![0u8; pages];
+    let fill = |page: &mut [u8], i: usize, g: u8| ferry_testprogs::fill_pattern(page, ((i as u64) << 8) | u64::from(g));
+    for (i, p) in mem.chunks_mut(PAGE).enumerate() {
+        fill(p, i, 0);
+    }
+    // SAFETY: plain signal-mask calls on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    say("ready");
+    let mut walk = 0usize;
+    let mut total = 0usize;
+    loop {
+        let mut sig = 0;
+        // SAFETY: waits for one of the blocked signals.
+        while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        if sig == libc::SIGUSR1 {
+            break;
+        }
+        for _ in 0..n {
+            // A stride coprime with the page count visits distinct pages.
+            let i = (walk * 7919) % pages;
+            walk += 1;
+            gen[i] = gen[i].wrapping_add(1);
+            fill(&mut mem[i * PAGE..(i + 1) * PAGE], i, gen[i]);
+        }
+        total += n;
+        say(&format!("dirtied {total}"));
+    }
+    let mut expect = vec![0u8; PAGE];
+    for (i, p) in mem.chunks(PAGE).enumerate() {
+        fill(&mut expect, i, gen[i]);
+        check(p == &expect[..], 3, &format!("page {i} differs"));
+    }
+    say("ok");
+}
