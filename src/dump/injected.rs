@@ -60,9 +60,13 @@ pub fn with_injector<T>(
     let touched = inj.calls > 0;
 
     // Put back the borrowed bytes, the registers and the mask, whatever happened.
-    let restored = mem
-        .write(scratch, &saved)
-        .and_then(|_| if touched { return_to_interrupt_stop(tracee, original, mask) } else { tracee.set_sigmask(mask) });
+    let restored = mem.write(scratch, &saved).and_then(|_| {
+        if touched {
+            return_to_interrupt_stop(tracee, original, mask)
+        } else {
+            tracee.set_sigmask(mask)
+        }
+    });
     let value = result?;
     restored.with_context(|| format!("task {}: putting its state back after injection", tracee.pid))?;
     Ok((value, deferred))

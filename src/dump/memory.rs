@@ -4,10 +4,10 @@
 use super::files::file_id;
 use crate::image::task::{Advice, Vma, VmaKind};
 use crate::proc::maps::Mapping;
+use crate::proc::pagemap;
 use crate::proc::ProcDir;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use crate::proc::pagemap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 

@@ -83,7 +83,8 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     if images.inventory.root_pid != opts.pid {
         bail!("{}: the previous images are of task {}, not {}", dir.display(), images.inventory.root_pid, opts.pid);
     }
-    let track = if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
+    let track =
+        if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
     Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images)?, track }))
 }
 
@@ -133,7 +134,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let collected = pages::collect(&proc, &insp.planned)?;
     debug!(pid, pages = collected.len(), tracker = method.name(), "page tables read");
     let record = if keep_tracking {
-        Some(tracking::arm(method, holder.clone(), &written, &tracee, &insp.maps, &insp.planned, &regs, mask, opts.track_idle)?)
+        Some(tracking::arm(
+            method,
+            holder.clone(),
+            &written,
+            &tracee,
+            &insp.maps,
+            &insp.planned,
+            &regs,
+            mask,
+            opts.track_idle,
+        )?)
     } else {
         None
     };
@@ -146,13 +157,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         resend(pid, &[], stopped);
     }
     let mem = RemoteMem::open(pid)?;
-    let sel = pages::Selection {
-        method,
-        parent: parent.as_ref().map(|p| &p.view),
-        written,
-        eager: None,
-        running: pre,
-    };
+    let sel = pages::Selection { method, parent: parent.as_ref().map(|p| &p.view), written, eager: None, running: pre };
     let md = pages::write(&mem, &collected, &sel, &mut writer, pid)?;
     let memdump_us = mem_start.elapsed().as_micros() as u64;
     info!(pid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");

@@ -11,7 +11,7 @@ use crate::image::ImageWriter;
 use crate::proc::pagemap::{self, PageEntry};
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
-use crate::track::{frame_id, Method};
+use crate::track::{frame_id, Method, Written};
 use anyhow::{Context, Result};
 use nix::sys::uio::RemoteIoVec;
 use std::fs::File;
@@ -46,7 +46,7 @@ pub struct Selection<'a> {
     pub parent: Option<&'a MemoryView>,
     /// uffd-wp: for each planned VMA, the pages written since the last
     /// round (None: not tracked, all of it counts as written).
-    pub written: Option<Vec<Option<Vec<(u64, u64)>>>>,
+    pub written: Option<Written>,
     /// Lazy dump: pages outside these ranges are left for the page server.
     pub eager: Option<Vec<(u64, u64)>>,
     /// The task runs while pages are copied (pre-dump): pages that vanish
@@ -84,7 +84,13 @@ pub fn collect(proc: &ProcDir, planned: &[PlannedVma]) -> Result<Collected> {
 }
 
 /// Select, copy, and write pages-PID.img and pageids-PID.img.
-pub fn write(mem: &RemoteMem, c: &Collected, sel: &Selection, writer: &mut ImageWriter, pid: i32) -> Result<MemoryDump> {
+pub fn write(
+    mem: &RemoteMem,
+    c: &Collected,
+    sel: &Selection,
+    writer: &mut ImageWriter,
+    pid: i32,
+) -> Result<MemoryDump> {
     let page = crate::page_size();
     let pages = &c.pages;
     let ids: Vec<AtomicU64> = if sel.method.ids_are_hashes() {
@@ -92,7 +98,9 @@ pub fn write(mem: &RemoteMem, c: &Collected, sel: &Selection, writer: &mut Image
     } else {
         pages
             .iter()
-            .map(|p| AtomicU64::new(if p.entry.present() || p.entry.swapped() { frame_id(p.entry) } else { UNKNOWN_ID }))
+            .map(|p| {
+                AtomicU64::new(if p.entry.present() || p.entry.swapped_data() { frame_id(p.entry) } else { UNKNOWN_ID })
+            })
             .collect()
     };
     let fates: Vec<Fate> = pages.iter().zip(&ids).map(|(p, id)| fate(p, id.load(Ordering::Relaxed), sel)).collect();
@@ -139,7 +147,7 @@ fn fate(p: &Page, id: u64, sel: &Selection) -> Fate {
             None => true,
         },
         (Method::UffdWp, None) => true,
-        (Method::SoftDirty, _) => p.entry.soft_dirty() || !(p.entry.present() || p.entry.swapped()),
+        (Method::SoftDirty, _) => p.entry.soft_dirty() || !(p.entry.present() || p.entry.swapped_data()),
         (Method::Hashing, _) => false,
     };
     let unchanged = !written && id != UNKNOWN_ID && sel.parent.and_then(|v| v.id_at(p.addr)) == Some(id);
@@ -175,9 +183,9 @@ fn collect_pages(proc: &ProcDir, planned: &[PlannedVma], page: u64) -> Result<(u
             }
             // Private file pages never written still come from the file.
             VmaKind::File { .. } => {
-                |e, zero| e.swapped() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero)
+                |e, zero| e.swapped_data() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero)
             }
-            VmaKind::Anon => |e, zero| e.swapped() || (e.present() && Some(e.pfn()) != zero),
+            VmaKind::Anon => |e, zero| e.swapped_data() || (e.present() && Some(e.pfn()) != zero),
         };
         let entries = pagemap::read_range(&pm, m.start, m.end, page)
             .with_context(|| format!("task {}: pagemap of {:#x}-{:#x}", proc.pid, m.start, m.end))?;
@@ -221,35 +229,43 @@ fn shared_anon_pages(proc: &ProcDir, m: &crate::proc::maps::Mapping, page: u64) 
 /// process_vm_readv per readable stretch, /proc/PID/mem for the rest.
 /// When `running`, a page that cannot be read (unmapped meanwhile) is
 /// zeroed and reported in the returned list instead of failing.
-fn read_pages(mem: &RemoteMem, pages: &[Page], idx: &[usize], page: u64, buf: &mut [u8], running: bool) -> Result<Vec<usize>> {
+fn read_pages(
+    mem: &RemoteMem,
+    pages: &[Page],
+    idx: &[usize],
+    page: u64,
+    buf: &mut [u8],
+    running: bool,
+) -> Result<Vec<usize>> {
     let ps = page as usize;
     let mut iovs: Vec<RemoteIoVec> = Vec::new();
     let mut from = 0usize;
     let mut lost = Vec::new();
-    let flush = |iovs: &mut Vec<RemoteIoVec>, from: usize, to: usize, buf: &mut [u8], lost: &mut Vec<usize>| -> Result<()> {
-        if iovs.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = mem.readv(iovs, &mut buf[from..to]) {
-            if !running {
-                return Err(e);
+    let flush =
+        |iovs: &mut Vec<RemoteIoVec>, from: usize, to: usize, buf: &mut [u8], lost: &mut Vec<usize>| -> Result<()> {
+            if iovs.is_empty() {
+                return Ok(());
             }
-            // Page by page, to save what can still be read.
-            let mut at = from;
-            for v in iovs.iter() {
-                for k in 0..v.len / ps {
-                    let dst = &mut buf[at + k * ps..at + (k + 1) * ps];
-                    if mem.readv(&[RemoteIoVec { base: v.base + k * ps, len: ps }], dst).is_err() {
-                        dst.fill(0);
-                        lost.push((at + k * ps) / ps);
-                    }
+            if let Err(e) = mem.readv(iovs, &mut buf[from..to]) {
+                if !running {
+                    return Err(e);
                 }
-                at += v.len;
+                // Page by page, to save what can still be read.
+                let mut at = from;
+                for v in iovs.iter() {
+                    for k in 0..v.len / ps {
+                        let dst = &mut buf[at + k * ps..at + (k + 1) * ps];
+                        if mem.readv(&[RemoteIoVec { base: v.base + k * ps, len: ps }], dst).is_err() {
+                            dst.fill(0);
+                            lost.push((at + k * ps) / ps);
+                        }
+                    }
+                    at += v.len;
+                }
             }
-        }
-        iovs.clear();
-        Ok(())
-    };
+            iovs.clear();
+            Ok(())
+        };
     for (k, &i) in idx.iter().enumerate() {
         let p = pages[i];
         let at = k * ps;
@@ -279,7 +295,8 @@ fn read_pages(mem: &RemoteMem, pages: &[Page], idx: &[usize], page: u64, buf: &m
 fn hash_pages(mem: &RemoteMem, pages: &[Page], page: u64, running: bool) -> Result<Vec<AtomicU64>> {
     let ids: Vec<AtomicU64> = pages.iter().map(|_| AtomicU64::new(UNKNOWN_ID)).collect();
     let per_block = BLOCK / page as usize;
-    let chunks: Vec<Vec<usize>> = (0..pages.len()).collect::<Vec<_>>().chunks(per_block).map(<[usize]>::to_vec).collect();
+    let chunks: Vec<Vec<usize>> =
+        (0..pages.len()).collect::<Vec<_>>().chunks(per_block).map(<[usize]>::to_vec).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..crate::image::workers().min(chunks.len()))

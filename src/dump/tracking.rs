@@ -8,7 +8,7 @@ use crate::proc::maps::Mapping;
 use crate::proc::ProcDir;
 use crate::ptrace::Tracee;
 use crate::track::holder::{self, HolderRef};
-use crate::track::{uffd_wp, Method, TrackRecord};
+use crate::track::{uffd_wp, Method, TrackRecord, Written};
 use crate::uffd::{self, Uffd};
 use anyhow::{Context, Result};
 use ferry_arch::NativeState;
@@ -32,7 +32,7 @@ pub fn written(
     holder: Option<&HolderRef>,
     proc: &ProcDir,
     planned: &[PlannedVma],
-) -> Result<Option<Vec<Option<Vec<(u64, u64)>>>>> {
+) -> Result<Option<Written>> {
     if method != Method::UffdWp || !holder.is_some_and(HolderRef::alive) {
         return Ok(None);
     }
@@ -50,7 +50,7 @@ pub fn written(
 pub fn arm(
     method: Method,
     holder: Option<HolderRef>,
-    written: &Option<Vec<Option<Vec<(u64, u64)>>>>,
+    written: &Option<Written>,
     tracee: &Tracee,
     maps: &[Mapping],
     planned: &[PlannedVma],

@@ -113,7 +113,9 @@ impl Chain {
         for (i, e) in top.pagemap.entries.iter().enumerate() {
             let len = e.nr_pages * page;
             match e.flags {
-                PageFlags::Present => out.push(Source { vaddr: e.vaddr, len, view: 0, offset: top.index[i].1.unwrap() }),
+                PageFlags::Present => {
+                    out.push(Source { vaddr: e.vaddr, len, view: 0, offset: top.index[i].1.unwrap() })
+                }
                 PageFlags::InParent => self.locate(1, e.vaddr, e.vaddr + len, &mut out)?,
                 PageFlags::Lazy => {}
             }
@@ -130,7 +132,9 @@ impl Chain {
                     child.display(),
                     v.images.dir.display()
                 ),
-                None => anyhow::anyhow!("{}: pages at {at:#x} are marked in-parent, but it has no parent", child.display()),
+                None => {
+                    anyhow::anyhow!("{}: pages at {at:#x} are marked in-parent, but it has no parent", child.display())
+                }
             }
         };
         let v = self.views.get(view).ok_or_else(|| missing(start))?;
@@ -141,12 +145,9 @@ impl Chain {
             let e = &v.pagemap.entries[i];
             let stop = (e.vaddr + e.nr_pages * page).min(end);
             match e.flags {
-                PageFlags::Present => out.push(Source {
-                    vaddr: at,
-                    len: stop - at,
-                    view,
-                    offset: v.index[i].1.unwrap() + (at - e.vaddr),
-                }),
+                PageFlags::Present => {
+                    out.push(Source { vaddr: at, len: stop - at, view, offset: v.index[i].1.unwrap() + (at - e.vaddr) })
+                }
                 PageFlags::InParent => self.locate(view + 1, at, stop, out)?,
                 PageFlags::Lazy => return Err(missing(at)),
             }

@@ -15,6 +15,15 @@ impl PageEntry {
     pub fn swapped(self) -> bool {
         self.0 & (1 << 62) != 0
     }
+    /// Swapped out to a real swap area: the page has data. Pagemap also
+    /// reports the kernel's special swap-format entries (uffd-wp markers on
+    /// empty entries, migration entries) as swapped; those use the reserved
+    /// top swap types (the frame field is `type | offset << 5`), real swap
+    /// areas the low ones. Needs frame numbers (CAP_SYS_ADMIN).
+    pub fn swapped_data(self) -> bool {
+        const FIRST_SPECIAL_SWAP_TYPE: u64 = 24;
+        self.swapped() && (self.0 & 0x1f) < FIRST_SPECIAL_SWAP_TYPE
+    }
     /// A page-cache page (file or shared anonymous), not a private anonymous one.
     pub fn file_or_shared(self) -> bool {
         self.0 & (1 << 61) != 0
@@ -124,6 +133,14 @@ pub fn scan(pagemap: &File, from: u64, to: u64, flags: u64, categories: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_are_not_swapped_data() {
+        let marker = PageEntry(0x4000_0000_0000_003f);
+        assert!(marker.swapped() && !marker.swapped_data());
+        let swapped = PageEntry((1 << 62) | (0x1234 << 5));
+        assert!(swapped.swapped_data());
+    }
 
     #[test]
     fn bits() {

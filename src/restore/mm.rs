@@ -318,8 +318,10 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
     for (_, _, parts) in work.iter_mut() {
         parts.sort_unstable_by_key(|p| p.off);
     }
-    let hashes: Vec<std::sync::Mutex<Vec<u64>>> =
-        maps.iter().map(|m| std::sync::Mutex::new(vec![0; m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK))])).collect();
+    let hashes: Vec<std::sync::Mutex<Vec<u64>>> = maps
+        .iter()
+        .map(|m| std::sync::Mutex::new(vec![0; m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK))]))
+        .collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..crate::image::workers().min(work.len()))

@@ -330,5 +330,18 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     // The write end stays open (in `opened`'s lifetime sense) via report_w;
     // keep it with the other files so it closes right after the fork.
     opened.push(File::from(report_w));
-    Ok(Plan { images, task, pagemap, chain, sources: page_sources, cpu, setup, vma_fds, exe_fd, helpers_from, report: report_r, opened })
+    Ok(Plan {
+        images,
+        task,
+        pagemap,
+        chain,
+        sources: page_sources,
+        cpu,
+        setup,
+        vma_fds,
+        exe_fd,
+        helpers_from,
+        report: report_r,
+        opened,
+    })
 }

@@ -64,8 +64,11 @@ pub fn spawn(uffd: &OwnedFd, task: i32, idle: Duration) -> Result<HolderRef> {
             }
             let me = libc::getpid();
             libc::write(w.as_raw_fd(), &me as *const i32 as *const libc::c_void, 4);
-            libc::dup2(uffd.as_raw_fd(), UFFD_FD);
-            libc::dup2(task_fd.as_raw_fd(), TASK_FD);
+            // Either may sit at 3 or 4 already: move both out of the way first.
+            let u = libc::fcntl(uffd.as_raw_fd(), libc::F_DUPFD, 10);
+            let t = libc::fcntl(task_fd.as_raw_fd(), libc::F_DUPFD, 10);
+            libc::dup2(u, UFFD_FD);
+            libc::dup2(t, TASK_FD);
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             for fd in 0..3 {
                 libc::dup2(null, fd);

@@ -96,6 +96,10 @@ pub struct TrackRecord {
 
 pub const TRACK_FILE: &str = "track.json";
 
+/// For each planned area: the ranges written since the last round, or None
+/// when the area is not tracked (all of it counts as written).
+pub type Written = Vec<Option<Vec<(u64, u64)>>>;
+
 /// The page identity used for `uffd-wp` and `soft-dirty`: frame number (or
 /// swap entry) plus the present/swapped bits, without the tracking bits.
 pub fn frame_id(entry: crate::proc::pagemap::PageEntry) -> u64 {

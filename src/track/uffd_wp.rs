@@ -7,16 +7,20 @@ use anyhow::Result;
 use std::fs::File;
 use tracing::debug;
 
-/// Features asked of a tracking userfaultfd: writes resolve themselves
-/// (no handler needed) and never-touched pages count as protected too.
-pub const FEATURES: u64 = feature::WP_ASYNC | feature::WP_UNPOPULATED;
+/// Features asked of a tracking userfaultfd: writes resolve themselves, no
+/// handler needed. Not WP_UNPOPULATED: it plants a marker in every empty
+/// page-table entry, which pagemap reports as swapped, and never-touched
+/// pages would look like data. A first write to an empty page makes an
+/// entry without the protection bit, which the scan reports as written.
+pub const FEATURES: u64 = feature::WP_ASYNC;
 
 /// Register and write-protect each range; returns the ranges that cannot
 /// be tracked (they are copied in full every round).
 pub fn arm(uffd: &Uffd, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut untracked = Vec::new();
     for &(start, end) in ranges {
-        let r = uffd.register(start, end - start, REGISTER_MODE_WP).and_then(|_| uffd.write_protect(start, end - start));
+        let r =
+            uffd.register(start, end - start, REGISTER_MODE_WP).and_then(|_| uffd.write_protect(start, end - start));
         if let Err(e) = r {
             debug!("not tracking {start:#x}-{end:#x}: {e:#}");
             untracked.push((start, end));

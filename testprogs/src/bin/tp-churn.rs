@@ -29,7 +29,14 @@ fn fill(page: &mut [u8], seed: u64, n: usize, version: u32) {
 fn map() -> *mut u8 {
     // SAFETY: a fresh private anonymous mapping.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), REGION, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            REGION,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     check(p != libc::MAP_FAILED, 2, "mmap");
     p.cast()
@@ -90,7 +97,13 @@ fn main() {
                     let dst = map();
                     // SAFETY: moving our own mapping over another of ours.
                     let moved = unsafe {
-                        libc::mremap(regions[r].addr.cast(), REGION, REGION, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst)
+                        libc::mremap(
+                            regions[r].addr.cast(),
+                            REGION,
+                            REGION,
+                            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                            dst,
+                        )
                     };
                     check(moved != libc::MAP_FAILED, 4, "mremap");
                     regions[r].addr = moved.cast();

@@ -10,9 +10,24 @@ fn main() {
     let mib: usize = ferry_testprogs::arg(1).parse().unwrap();
     let n: usize = ferry_testprogs::arg(2).parse().unwrap();
     let pages = mib << 8;
-    let mut mem = vec![0u8; pages * PAGE];
+    // Page-aligned (a Vec would start 16 bytes into a page, and each
+    // rewrite would touch two pages).
+    // SAFETY: a fresh private anonymous mapping, used for the program's life.
+    let mem: &mut [u8] = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        check(p != libc::MAP_FAILED, 2, "mmap");
+        std::slice::from_raw_parts_mut(p.cast(), pages * PAGE)
+    };
     let mut gen = vec![0u8; pages];
-    let fill = |page: &mut [u8], i: usize, g: u8| ferry_testprogs::fill_pattern(page, ((i as u64) << 8) | u64::from(g));
+    let fill =
+        |page: &mut [u8], i: usize, g: u8| ferry_testprogs::fill_pattern(page, ((i as u64) << 9) | (u64::from(g) << 1));
     for (i, p) in mem.chunks_mut(PAGE).enumerate() {
         fill(p, i, 0);
     }
