@@ -209,6 +209,21 @@ impl Uffd {
     }
 }
 
+/// Create a userfaultfd inside the stopped task (by injection), take it
+/// out with pidfd_getfd and close the task's copy: the task never sees it.
+pub fn create_in(inj: &mut crate::ptrace::inject::Injector, flags: i32) -> Result<Uffd> {
+    use ferry_arch::Syscall;
+    let pid = inj.tracee().pid;
+    let n = inj.call(Syscall::Userfaultfd, &[flags as u64], || "userfaultfd".into())? as RawFd;
+    let taken = crate::pidfd::open(pid).and_then(|p| crate::pidfd::getfd(&p, n));
+    inj.call(Syscall::Close, &[n as u64], || format!("closing fd {n}"))?;
+    Ok(Uffd::from_fd(taken?))
+}
+
+/// userfaultfd(2) flag: handle faults from user mode only. Enough for
+/// write-protect tracking, and allowed to tasks without CAP_SYS_PTRACE.
+pub const USER_MODE_ONLY: i32 = 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,18 +251,3 @@ mod tests {
         insta::assert_debug_snapshot!(got);
     }
 }
-
-/// Create a userfaultfd inside the stopped task (by injection), take it
-/// out with pidfd_getfd and close the task's copy: the task never sees it.
-pub fn create_in(inj: &mut crate::ptrace::inject::Injector, flags: i32) -> Result<Uffd> {
-    use ferry_arch::Syscall;
-    let pid = inj.tracee().pid;
-    let n = inj.call(Syscall::Userfaultfd, &[flags as u64], || "userfaultfd".into())? as RawFd;
-    let taken = crate::pidfd::open(pid).and_then(|p| crate::pidfd::getfd(&p, n));
-    inj.call(Syscall::Close, &[n as u64], || format!("closing fd {n}"))?;
-    Ok(Uffd::from_fd(taken?))
-}
-
-/// userfaultfd(2) flag: handle faults from user mode only. Enough for
-/// write-protect tracking, and allowed to tasks without CAP_SYS_PTRACE.
-pub const USER_MODE_ONLY: i32 = 1;
