@@ -89,7 +89,7 @@ fn main() {
             write_page(&mut regions[r], n);
         }
         tick += 1;
-        if layout && tick % 10 == 0 {
+        if layout && tick.is_multiple_of(10) {
             let r = (next() as usize) % regions.len();
             match tick / 10 % 3 {
                 // Move a region elsewhere: its content goes with it.
