@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod dump;
 pub mod image;
+pub mod lazy;
 pub mod pidfd;
 pub mod probe;
 pub mod proc;

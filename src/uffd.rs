@@ -70,6 +70,15 @@ nix::ioctl_readwrite!(ioctl_register, 0xaa, 0x00, UffdioRegister);
 nix::ioctl_read!(ioctl_wake, 0xaa, 0x02, UffdioRange);
 nix::ioctl_readwrite!(ioctl_copy, 0xaa, 0x03, UffdioCopy);
 nix::ioctl_readwrite!(ioctl_writeprotect, 0xaa, 0x06, UffdioWriteprotect);
+nix::ioctl_readwrite!(ioctl_zeropage, 0xaa, 0x04, UffdioZeropage);
+
+#[repr(C)]
+#[derive(Default)]
+pub struct UffdioZeropage {
+    pub range: UffdioRange,
+    pub mode: u64,
+    pub zeropage: i64,
+}
 
 /// What reading the fd can report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,14 +125,19 @@ pub struct Uffd {
     fd: OwnedFd,
 }
 
-/// The result of copying a page in.
+/// How far a UFFDIO_COPY got.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Copied {
-    Done,
-    /// Something is already mapped there (faulted, or copied before).
-    Exists,
-    /// The range is gone (unmapped): nothing to do.
+    /// Everything was copied.
+    All,
+    /// Copied this many bytes; the next page is already there (faulted in,
+    /// or copied before).
+    Exists(usize),
+    /// The range is gone (unmapped, or the task exited).
     Gone,
+    /// Copied this many bytes, then the layout changed under us: read the
+    /// pending events, then try the rest again.
+    Again(usize),
 }
 
 impl Uffd {
@@ -162,32 +176,36 @@ impl Uffd {
 
     /// Copy `data` into the task at `dst`, waking faulting threads if `wake`.
     pub fn copy(&self, dst: u64, data: &[u8], wake: bool) -> Result<Copied> {
-        let mut done = 0usize;
-        let mut retries = 0u32;
-        while done < data.len() {
-            let mut c = UffdioCopy {
-                dst: dst + done as u64,
-                src: data[done..].as_ptr() as u64,
-                len: (data.len() - done) as u64,
-                mode: if wake { 0 } else { COPY_MODE_DONTWAKE },
-                copy: 0,
-            };
-            // SAFETY: src points into `data`, which outlives the call.
-            match unsafe { ioctl_copy(self.fd.as_raw_fd(), &mut c) } {
-                Ok(_) => return Ok(Copied::Done),
-                Err(Errno::EEXIST) => return Ok(Copied::Exists),
-                Err(Errno::ENOENT | Errno::ESRCH) => return Ok(Copied::Gone),
-                Err(Errno::EAGAIN) if c.copy > 0 => done += c.copy as usize,
-                // The layout is changing (an event not yet read): let the
-                // event reader catch up.
-                Err(Errno::EAGAIN) if retries < 100_000 => {
-                    retries += 1;
-                    std::thread::yield_now();
-                }
-                Err(e) => bail!("UFFDIO_COPY to {:#x}: {}", dst + done as u64, e.desc()),
-            }
+        let mut c = UffdioCopy {
+            dst,
+            src: data.as_ptr() as u64,
+            len: data.len() as u64,
+            mode: if wake { 0 } else { COPY_MODE_DONTWAKE },
+            copy: 0,
+        };
+        // SAFETY: src points into `data`, which outlives the call.
+        let r = unsafe { ioctl_copy(self.fd.as_raw_fd(), &mut c) };
+        let done = c.copy.max(0) as usize;
+        match r {
+            Ok(_) => Ok(Copied::All),
+            Err(Errno::EEXIST) => Ok(Copied::Exists(done)),
+            Err(Errno::ENOENT | Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::EAGAIN) => Ok(Copied::Again(done)),
+            Err(e) => bail!("UFFDIO_COPY to {:#x}: {}", dst + done as u64, e.desc()),
         }
-        Ok(Copied::Done)
+    }
+
+    /// Map the zero page at `start` (an address the image never had data for).
+    pub fn zeropage(&self, start: u64, len: u64) -> Result<Copied> {
+        let mut z = UffdioZeropage { range: UffdioRange { start, len }, mode: 0, zeropage: 0 };
+        // SAFETY: valid struct for this ioctl.
+        match unsafe { ioctl_zeropage(self.fd.as_raw_fd(), &mut z) } {
+            Ok(_) => Ok(Copied::All),
+            Err(Errno::EEXIST) => Ok(Copied::Exists(0)),
+            Err(Errno::ENOENT | Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::EAGAIN) => Ok(Copied::Again(0)),
+            Err(e) => bail!("UFFDIO_ZEROPAGE at {start:#x}: {}", e.desc()),
+        }
     }
 
     pub fn wake(&self, start: u64, len: u64) -> Result<()> {

@@ -24,6 +24,23 @@ pub struct DumpArgs {
     pub shell_job: bool,
     #[command(flatten)]
     pub chain: ChainArgs,
+    /// Leave the pages changed since the last round on this machine and
+    /// serve them to `ferry lazy-pages` on the destination (post-copy)
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
+    /// Port to serve lazy pages on
+    #[arg(long, value_name = "PORT", requires = "lazy_pages")]
+    pub port: Option<u16>,
+    /// Address to serve lazy pages on
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", requires = "lazy_pages")]
+    pub address: String,
+    /// Shared key file for the page connection; by default a fresh key is
+    /// written next to the images (lazy-pages.key) and travels with them
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+    /// How long to wait for the destination before giving the task back
+    #[arg(long = "lazy-wait", value_name = "SECONDS", default_value_t = 600)]
+    pub lazy_wait: u64,
 }
 
 /// Options shared by dump and pre-dump for iterative (incremental) rounds.
@@ -80,6 +97,18 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
+    if a.lazy_pages {
+        let port = a.port.ok_or_else(|| anyhow::anyhow!("--lazy-pages needs --port (where the destination fetches pages)"))?;
+        if a.leave_running {
+            anyhow::bail!("--lazy-pages moves the task away: it cannot also --leave-running");
+        }
+        o.lazy = Some(crate::dump::LazyServe {
+            address: a.address,
+            port,
+            key: a.auth_key,
+            wait: std::time::Duration::from_secs(a.lazy_wait),
+        });
+    }
     report(&crate::dump::dump(&o)?);
     Ok(ExitCode::SUCCESS)
 }

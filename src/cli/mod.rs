@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod dump;
+pub mod lazy;
 pub mod logging;
 pub mod restore;
 pub mod show;
@@ -55,6 +56,8 @@ pub enum Command {
     PreDump(dump::PreDumpArgs),
     /// Restore a task from an image directory at its original PID
     Restore(restore::RestoreArgs),
+    /// Serve a lazily restored task's missing pages from the source
+    LazyPages(lazy::LazyPagesArgs),
     /// Print an image directory, or one file of it, in readable form
     Show(show::ShowArgs),
 }
@@ -66,6 +69,7 @@ impl Command {
             Command::Dump(_) => "dump",
             Command::PreDump(_) => "pre-dump",
             Command::Restore(_) => "restore",
+            Command::LazyPages(_) => "lazy-pages",
             Command::Show(_) => "show",
         }
     }
@@ -75,6 +79,7 @@ impl Command {
             Command::Dump(a) => Some(&a.images_dir),
             Command::PreDump(a) => Some(&a.images_dir),
             Command::Restore(a) => Some(&a.images_dir),
+            Command::LazyPages(a) => Some(&a.images_dir),
             Command::Check(_) | Command::Show(_) => None,
         }
     }
@@ -89,6 +94,7 @@ impl Cli {
             Command::Dump(a) => dump::run(a),
             Command::PreDump(a) => dump::run_pre(a),
             Command::Restore(a) => restore::run(a),
+            Command::LazyPages(a) => lazy::run(a),
             Command::Show(a) => show::run(a),
         }
     }

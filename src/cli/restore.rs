@@ -24,6 +24,10 @@ pub struct RestoreArgs {
     /// dumped task is still being reaped)
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub pid_wait: u64,
+    /// The image comes from a lazy dump: hand the pages it lacks to
+    /// `ferry lazy-pages` (running with the same -D)
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
 }
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
@@ -33,5 +37,6 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         shell_job: a.shell_job,
         pidfile: a.pidfile,
         pid_wait: std::time::Duration::from_secs(a.pid_wait),
+        lazy: a.lazy_pages.then_some(crate::restore::LazyRestore::Daemon),
     })
 }

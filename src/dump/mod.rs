@@ -48,6 +48,19 @@ pub struct DumpOptions {
     pub tracker: track::Choice,
     /// How long an unused tracking holder lives.
     pub track_idle: Duration,
+    /// Leave the changed pages on the source and serve them (post-copy).
+    pub lazy: Option<LazyServe>,
+}
+
+/// `--lazy-pages --address A --port P`: where the source serves its pages.
+#[derive(Clone, Debug)]
+pub struct LazyServe {
+    pub address: String,
+    pub port: u16,
+    /// Shared key; without one a fresh key is written next to the images.
+    pub key: Option<PathBuf>,
+    /// How long to wait for a destination before giving the task back.
+    pub wait: Duration,
 }
 
 impl DumpOptions {
@@ -63,6 +76,7 @@ impl DumpOptions {
             track_mem: false,
             tracker: track::Choice::Auto,
             track_idle: Duration::from_secs(30 * 60),
+            lazy: None,
         }
     }
 }
@@ -112,6 +126,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let holder = parent.as_ref().and_then(|p| p.track.as_ref()).and_then(|t| t.holder.clone());
     // Tracking goes on after this round for pre-dumps and iterative dumps.
     let keep_tracking = pre || (opts.track_mem && opts.leave_running);
+    // Bind first: a busy port must fail before the task is touched.
+    let listener = match &opts.lazy {
+        Some(l) if pre => bail!("--lazy-pages goes with the final dump, not pre-dump (port {})", l.port),
+        Some(l) => Some(
+            std::net::TcpListener::bind((l.address.as_str(), l.port))
+                .with_context(|| format!("listening on {}:{}", l.address, l.port))?,
+        ),
+        None => None,
+    };
     let mut writer = ImageWriter::create(&opts.dir)?;
 
     let tracee = Tracee::seize(pid, O_TRACESYSGOOD, OnDrop::Detach)?;
@@ -157,7 +180,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         resend(pid, &[], stopped);
     }
     let mem = RemoteMem::open(pid)?;
-    let sel = pages::Selection { method, parent: parent.as_ref().map(|p| &p.view), written, eager: None, running: pre };
+    let sel = pages::Selection {
+        method,
+        parent: parent.as_ref().map(|p| &p.view),
+        written,
+        eager: opts.lazy.as_ref().map(|_| eager_ranges(&regs, &insp.planned)),
+        running: pre,
+    };
     let md = pages::write(&mem, &collected, &sel, &mut writer, pid)?;
     let memdump_us = mem_start.elapsed().as_micros() as u64;
     info!(pid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
@@ -198,7 +227,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             debug!(pid, holder = h.pid, "dirty tracking ended");
         }
     }
-    if pre {
+    if let (Some(l), Some(listener)) = (&opts.lazy, listener) {
+        serve_lazy(&tracee, l, listener, &opts.dir, &md.pagemap)?;
+    } else if pre {
         info!(pid, "pre-dump complete");
     } else if opts.leave_running {
         tracee.detach(0)?;
@@ -209,6 +240,61 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         info!(pid, "task killed after dump");
     }
     Ok(stats)
+}
+
+/// Pages restored eagerly in a lazy dump: those around the stack pointer,
+/// which the task touches the moment it runs.
+fn eager_ranges(regs: &NativeState, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
+    const AROUND: u64 = 64 << 10;
+    let sp = Native::sp(regs);
+    planned
+        .iter()
+        .filter(|p| p.vma.start <= sp && sp < p.vma.end)
+        .map(|p| (sp.saturating_sub(AROUND).max(p.vma.start), (sp + AROUND).min(p.vma.end)))
+        .collect()
+}
+
+/// Keep the task frozen and serve its lazy pages until the destination has
+/// them all; then kill it. If nobody comes, give the task back and make
+/// the images unusable (they would be a second, stale copy).
+fn serve_lazy(
+    tracee: &Tracee,
+    l: &LazyServe,
+    listener: std::net::TcpListener,
+    dir: &std::path::Path,
+    pagemap: &crate::image::pagemap::PagemapImage,
+) -> Result<()> {
+    use crate::lazy::{self, auth::Key, serve};
+    let pid = tracee.pid;
+    let key = match &l.key {
+        Some(p) => Key::load(p)?,
+        None => Key::generate(&dir.join(lazy::KEY_FILE))?,
+    };
+    let store = std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
+    info!(pid, port = l.port, bytes = store.allowed.bytes(), "serving lazy pages");
+    testhook::stage("serve");
+    let (served, stats) = serve::serve(listener, &key, store, l.wait, || {
+        // From the first peer on, the task lives on the destination: it
+        // must never run here again, even if ferry dies.
+        let _ = tracee.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL);
+    })?;
+    if !served {
+        let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
+        tracee.detach(0)?;
+        bail!(
+            "no lazy-pages daemon connected within {} s: task {pid} runs on here, and {} is no longer a usable image",
+            l.wait.as_secs(),
+            dir.display()
+        );
+    }
+    tracee.kill()?;
+    info!(
+        pid,
+        faults = stats.urgent.load(std::sync::atomic::Ordering::Relaxed),
+        bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        "all lazy pages transferred; task killed"
+    );
+    Ok(())
 }
 
 /// Signals held back during injection, and the stop the task was in.

@@ -29,6 +29,9 @@ struct Page {
     readable: bool,
     /// Index of its VMA in the planned list.
     vma: usize,
+    /// Private anonymous memory: the only kind a userfaultfd can fill
+    /// lazily (MISSING mode does not cover private file mappings).
+    anon: bool,
 }
 
 /// What happens to a page.
@@ -153,7 +156,7 @@ fn fate(p: &Page, id: u64, sel: &Selection) -> Fate {
     let unchanged = !written && id != UNKNOWN_ID && sel.parent.and_then(|v| v.id_at(p.addr)) == Some(id);
     if unchanged {
         Fate::InParent
-    } else if sel.eager.as_ref().is_some_and(|eager| !eager.iter().any(|&(s, e)| s <= p.addr && p.addr < e)) {
+    } else if p.anon && sel.eager.as_ref().is_some_and(|eager| !eager.iter().any(|&(s, e)| s <= p.addr && p.addr < e)) {
         Fate::Lazy
     } else {
         Fate::Copy
@@ -177,7 +180,7 @@ fn collect_pages(proc: &ProcDir, planned: &[PlannedVma], page: u64) -> Result<(u
                 scanned += m.len() / page;
                 for addr in shared_anon_pages(proc, m, page)? {
                     let entry = pagemap::read_range(&pm, addr, addr + page, page)?[0];
-                    out.push(Page { addr, entry, readable: m.read, vma: vi });
+                    out.push(Page { addr, entry, readable: m.read, vma: vi, anon: false });
                 }
                 continue;
             }
@@ -192,7 +195,8 @@ fn collect_pages(proc: &ProcDir, planned: &[PlannedVma], page: u64) -> Result<(u
         scanned += entries.len() as u64;
         for (i, e) in entries.into_iter().enumerate() {
             if keep(e, zero) {
-                out.push(Page { addr: m.start + i as u64 * page, entry: e, readable: m.read, vma: vi });
+                let anon = pv.vma.kind == VmaKind::Anon;
+                out.push(Page { addr: m.start + i as u64 * page, entry: e, readable: m.read, vma: vi, anon });
             }
         }
     }

@@ -106,6 +106,11 @@ impl Tracee {
         })
     }
 
+    /// Change the ptrace options of the stopped tracee.
+    pub fn set_options(&self, options: u64) -> Result<()> {
+        self.check("PTRACE_SETOPTIONS", ptrace(libc::PTRACE_SETOPTIONS, self.pid, 0, options)).map(drop)
+    }
+
     pub fn interrupt(&self) -> Result<()> {
         self.check("PTRACE_INTERRUPT", ptrace(PTRACE_INTERRUPT, self.pid, 0, 0)).map(drop)
     }

@@ -19,6 +19,7 @@ use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, Tracee, O_EXITKILL, O_TRACESYSGOOD};
 use crate::testhook;
 use anyhow::{anyhow, bail, Context, Result};
+use crate::uffd::{self, feature, Uffd};
 use ferry_arch::Syscall;
 use std::io::Read;
 use std::path::PathBuf;
@@ -33,11 +34,28 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     pub pidfile: Option<PathBuf>,
     pub pid_wait: Duration,
+    /// The image left pages on the source: who serves them.
+    pub lazy: Option<LazyRestore>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LazyRestore {
+    /// Hand the userfaultfd to `ferry lazy-pages` (socket in the images dir).
+    Daemon,
+    /// Give it back to the caller (`ferry receive` serves it itself).
+    Caller,
+}
+
+/// A restored, running task.
+pub struct Restored {
+    pub pid: i32,
+    /// With `LazyRestore::Caller`: the task's userfaultfd.
+    pub uffd: Option<Uffd>,
 }
 
 pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let pid = restore(opts)?;
+    let pid = restore(opts)?.pid;
     info!(pid, ms = t0.elapsed().as_millis() as u64, "task restored");
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
@@ -48,8 +66,8 @@ pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
     wait_for(pid)
 }
 
-/// Rebuild the task; returns its PID once it runs.
-pub fn restore(opts: &RestoreOptions) -> Result<i32> {
+/// Rebuild the task; returns once it runs.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     let mut plan = plan::prepare(opts)?;
     let pid = plan.task.pid;
     debug!(pid, "images read and files opened");
@@ -96,13 +114,28 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     mm::build(&mut inj, &mem, &plan, &scratch)?;
     debug!(pid, "address space rebuilt and filled");
     mm::set_mm(&mut inj, &mem, &plan, &scratch)?;
+    // Created before credentials change (a task that is not root could not
+    // open one that also catches kernel-mode faults), registered only after
+    // ferry's own injected syscalls are done reading task memory (rseq
+    // registration reads its area, which may be a lazy page).
+    let uffd = lazy_uffd(&mut inj, &plan)?;
     finish::task_state(&mut inj, &mem, &plan, &scratch)?;
+    if let Some(u) = &uffd {
+        register_lazy(u, &plan)?;
+    }
     debug!(pid, "task state restored");
     // The last injected syscall removes the scratch area it runs from; at its
     // exit stop the task gets its own registers and signal mask back.
     inj.call(Syscall::Munmap, &[scratch.base, scratch.len], || "unmapping scratch".into())?;
     tracee.set_cpu_state(&plan.cpu, None)?;
     tracee.set_sigmask(plan.task.signals.blocked)?;
+    let uffd = match (uffd, opts.lazy) {
+        (Some(u), Some(LazyRestore::Daemon)) => {
+            crate::lazy::handoff::send(&opts.dir, pid, u.fd(), Duration::from_secs(10))?;
+            None
+        }
+        (u, _) => u,
+    };
     testhook::stage("detach");
     tracee.detach(0)?;
     for sig in &inj.deferred_signals {
@@ -114,7 +147,39 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         unsafe { libc::kill(pid, libc::SIGSTOP) };
     }
     info!(pid, injected = inj.calls, "task running");
-    Ok(pid)
+    Ok(Restored { pid, uffd })
+}
+
+fn lazy_extents(plan: &plan::Plan) -> Vec<(u64, u64)> {
+    use crate::image::pagemap::PageFlags;
+    let page = plan.pagemap.page_size;
+    plan.pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == PageFlags::Lazy)
+        .map(|e| (e.vaddr, e.vaddr + e.nr_pages * page))
+        .collect()
+}
+
+/// For an image with lazy pages: a userfaultfd of the task's, with the
+/// events the daemon follows.
+fn lazy_uffd(inj: &mut Injector, plan: &plan::Plan) -> Result<Option<Uffd>> {
+    if lazy_extents(plan).is_empty() {
+        return Ok(None);
+    }
+    let u = uffd::create_in(inj, libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    u.api(feature::EVENT_FORK | feature::EVENT_REMAP | feature::EVENT_REMOVE | feature::EVENT_UNMAP)?;
+    Ok(Some(u))
+}
+
+/// Register every area that has lazy pages (whole areas, so none is split).
+fn register_lazy(u: &Uffd, plan: &plan::Plan) -> Result<()> {
+    let lazy = lazy_extents(plan);
+    for v in plan.task.vmas.iter().filter(|v| lazy.iter().any(|&(s, e)| s < v.end && v.start < e)) {
+        u.register(v.start, v.len(), uffd::REGISTER_MODE_MISSING)
+            .with_context(|| format!("task {}: lazy area {:#x}-{:#x}", plan.task.pid, v.start, v.end))?;
+    }
+    Ok(())
 }
 
 fn read_report(r: &mut std::os::fd::OwnedFd) -> Result<child::Report> {

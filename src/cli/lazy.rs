@@ -1,0 +1,94 @@
+//! `ferry lazy-pages`: the destination's userfaultfd daemon.
+
+use crate::image::pagemap::PagemapImage;
+use crate::image::{pagemap_file, ImageDir};
+use crate::lazy::auth::{self, Key};
+use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, KEY_FILE};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tracing::info;
+
+#[derive(Args, Debug)]
+pub struct LazyPagesArgs {
+    /// Fetch pages from the source's page server (the only source there is;
+    /// accepted for CRIU compatibility)
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Address of the source (where `ferry dump --lazy-pages` listens)
+    #[arg(long, value_name = "ADDR")]
+    pub address: String,
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+    /// The images of the lazy dump (as given to `ferry restore --lazy-pages`)
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    pub images_dir: PathBuf,
+    /// Shared key file; by default the one the lazy dump wrote next to its images
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+    /// How long to keep trying when the source cannot be reached, before
+    /// giving up (and killing the restored task, whose pages are lost)
+    #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
+    pub reconnect_timeout: u64,
+}
+
+/// Connect to `addr:port` and authenticate, for (re)connections.
+pub fn connector(addr: String, port: u16, key: Key) -> crate::lazy::client::Connector {
+    Box::new(move || {
+        let target = format!("{addr}:{port}");
+        let sock = std::net::ToSocketAddrs::to_socket_addrs(&target)
+            .with_context(|| format!("resolving {target}"))?
+            .next()
+            .with_context(|| format!("no address for {target}"))?;
+        let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(|| format!("connecting to {target}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        auth::connect(&mut s, &key).with_context(|| format!("authenticating with {target}"))?;
+        s.set_read_timeout(None)?;
+        Ok(s)
+    })
+}
+
+pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
+    let images = ImageDir::open(&a.images_dir)?;
+    let pid = images.inventory.root_pid;
+    let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
+    let ranges = lazy_ranges(&pagemap);
+    if ranges.is_empty() {
+        bail!("{}: the image has no lazy pages (it was not made with --lazy-pages)", a.images_dir.display());
+    }
+    let key = Key::load(&a.auth_key.clone().unwrap_or_else(|| a.images_dir.join(KEY_FILE)))?;
+    let sock = handoff::socket_path(&a.images_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+    info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
+    let (task, uffd, answer) = handoff::receive(&listener)?;
+    let _ = std::fs::remove_file(&sock);
+    let client = match PageClient::connect(connector(a.address.clone(), a.port, key), Duration::from_secs(a.reconnect_timeout)) {
+        Ok(c) => c,
+        Err(e) => {
+            handoff::answer(answer, &format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let guard = Guard::start(&uffd, task)?;
+    handoff::answer(answer, "ok");
+    match daemon::run(crate::uffd::Uffd::from_fd(uffd), task, ranges, client) {
+        Ok(r) => {
+            guard.release();
+            let mut lat = r.fault_latencies.clone();
+            lat.sort();
+            let p50 = lat.get(lat.len() / 2).map(|d| d.as_micros()).unwrap_or(0);
+            info!(task, faults = r.faults, p50_us = p50 as u64, pushed = r.pushed_bytes, "done");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // SAFETY: plain kill(2): the task cannot get its memory any more.
+            unsafe { libc::kill(task, libc::SIGKILL) };
+            guard.release();
+            Err(e.context(format!("killed task {task}: its remaining pages cannot be fetched")))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The destination side of a page connection: fetch pages by address, from
+//! several threads at once (faults urgent, background pushes bulk). A lost
+//! connection is re-established with backoff and unanswered requests are
+//! sent again; only after `give_up` without a connection do fetches fail.
+
+use super::serve::tune;
+use super::wire::{read_frame, write_frame, Frame, Kind};
+use anyhow::{anyhow, Result};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How to (re)open the connection: connect and authenticate.
+pub type Connector = Box<dyn Fn() -> Result<TcpStream> + Send + Sync>;
+
+struct Pending {
+    frame: Frame,
+    reply: Option<Result<Vec<u8>, String>>,
+}
+
+struct State {
+    writer: Option<TcpStream>,
+    /// Bumped on every reconnect, so a dying reader does not clobber a new one.
+    generation: u64,
+    next_id: u32,
+    pending: HashMap<u32, Pending>,
+    /// Set when the source is gone for good.
+    failed: Option<String>,
+    reconnecting: bool,
+    bye: bool,
+}
+
+pub struct PageClient {
+    shared: Arc<(Mutex<State>, Condvar)>,
+    connector: Arc<Connector>,
+    give_up: Duration,
+    pub reconnects: Mutex<u32>,
+}
+
+impl PageClient {
+    /// Connect now (failing fast if that does not work at all).
+    pub fn connect(connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
+        let stream = connector()?;
+        let c = Arc::new(PageClient {
+            shared: Arc::new((
+                Mutex::new(State {
+                    writer: None,
+                    generation: 0,
+                    next_id: 1,
+                    pending: HashMap::new(),
+                    failed: None,
+                    reconnecting: false,
+                    bye: false,
+                }),
+                Condvar::new(),
+            )),
+            connector: Arc::new(connector),
+            give_up,
+            reconnects: Mutex::new(0),
+        });
+        c.attach(stream)?;
+        Ok(c)
+    }
+
+    /// Use `stream` from now on: re-send what is unanswered, start its reader.
+    fn attach(self: &Arc<Self>, stream: TcpStream) -> Result<()> {
+        tune(&stream);
+        let reader = stream.try_clone()?;
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
+        st.generation += 1;
+        let generation = st.generation;
+        let mut w = stream;
+        for p in st.pending.values().filter(|p| p.reply.is_none()) {
+            write_frame(&mut w, &p.frame)?;
+        }
+        st.writer = Some(w);
+        st.reconnecting = false;
+        cv.notify_all();
+        drop(st);
+        let me = self.clone();
+        std::thread::spawn(move || me.read_loop(reader, generation));
+        Ok(())
+    }
+
+    fn read_loop(self: Arc<Self>, mut r: TcpStream, generation: u64) {
+        let (lock, cv) = &*self.shared;
+        loop {
+            match read_frame(&mut r) {
+                Ok(f) => {
+                    let mut st = lock.lock().unwrap();
+                    match f.kind {
+                        Kind::Data | Kind::Error => {
+                            if let Some(p) = st.pending.get_mut(&f.id) {
+                                p.reply = Some(if f.kind == Kind::Data {
+                                    Ok(f.payload[8..].to_vec())
+                                } else {
+                                    Err(f.text())
+                                });
+                            }
+                        }
+                        Kind::Bye => st.bye = true,
+                        _ => {}
+                    }
+                    cv.notify_all();
+                }
+                Err(e) => {
+                    let mut st = lock.lock().unwrap();
+                    if st.generation != generation || st.bye {
+                        return;
+                    }
+                    warn!("page connection lost ({e:#}); reconnecting");
+                    st.writer = None;
+                    st.reconnecting = true;
+                    drop(st);
+                    self.reconnect();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reconnect with backoff until it works or `give_up` has passed.
+    fn reconnect(self: &Arc<Self>) {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match (self.connector)() {
+                Ok(s) => {
+                    *self.reconnects.lock().unwrap() += 1;
+                    info!("page connection re-established after {:.1} s", start.elapsed().as_secs_f64());
+                    if self.attach(s).is_ok() {
+                        return;
+                    }
+                }
+                Err(e) if start.elapsed() >= self.give_up => {
+                    let (lock, cv) = &*self.shared;
+                    let mut st = lock.lock().unwrap();
+                    st.failed = Some(format!("the source is unreachable ({e:#}) for {} s", self.give_up.as_secs()));
+                    cv.notify_all();
+                    return;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Fetch `len` bytes at `addr` (the source's address).
+    pub fn fetch(&self, addr: u64, len: u64, prio: u8) -> Result<Vec<u8>> {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
+        if let Some(f) = &st.failed {
+            return Err(anyhow!("{f}"));
+        }
+        let id = st.next_id;
+        st.next_id = st.next_id.wrapping_add(1).max(1);
+        let frame = Frame::get(id, prio, addr, len);
+        if let Some(w) = st.writer.as_mut() {
+            // A failed send is retried by the reconnect.
+            let _ = write_frame(w, &frame);
+        }
+        st.pending.insert(id, Pending { frame, reply: None });
+        loop {
+            if let Some(r) = st.pending.get_mut(&id).and_then(|p| p.reply.take()) {
+                st.pending.remove(&id);
+                return r.map_err(|e| anyhow!("the source refused {len} bytes at {addr:#x}: {e}"));
+            }
+            if let Some(f) = st.failed.clone() {
+                st.pending.remove(&id);
+                return Err(anyhow!("{f}"));
+            }
+            st = cv.wait(st).unwrap();
+        }
+    }
+
+    /// Tell the source everything arrived; wait (briefly) for its goodbye.
+    pub fn done(&self) -> Result<()> {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(w) = st.writer.as_mut() {
+                write_frame(w, &Frame::new(Kind::Done, Vec::new()))?;
+                break;
+            }
+            if st.failed.is_some() || Instant::now() > deadline {
+                return Err(anyhow!("could not tell the source that all pages arrived"));
+            }
+            st = cv.wait_timeout(st, Duration::from_millis(100)).unwrap().0;
+        }
+        while !st.bye && Instant::now() < deadline {
+            st = cv.wait_timeout(st, Duration::from_millis(100)).unwrap().0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The lazy-pages daemon's work: serve the restored task's page faults
+//! from the source at once (urgent requests), push every other lazy page
+//! in the background from the first moment (bulk requests, never in the
+//! way of a fault), follow the task's mremap/munmap/madvise/fork, and
+//! finish when nothing is left.
+
+use super::client::PageClient;
+use super::ranges::RangeSet;
+use super::wire::{BULK, URGENT};
+use crate::uffd::{Copied, Event, Uffd};
+use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+
+/// One address space being filled (the task, or a child it forked).
+struct Space {
+    uffd: Arc<Uffd>,
+    /// Lazy pages nobody fetched yet.
+    pending: RangeSet,
+    /// Pages being fetched right now.
+    inflight: RangeSet,
+    /// Every lazy page of this space (fetched or not), to tell "already
+    /// here" from "never had data".
+    lazy: RangeSet,
+    gone: bool,
+}
+
+impl Space {
+    fn finished(&self) -> bool {
+        self.gone || (self.pending.is_empty() && self.inflight.is_empty())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub faults: u64,
+    /// Time from reading a fault to the page being in place, per fault.
+    pub fault_latencies: Vec<Duration>,
+    pub pushed_bytes: u64,
+    pub zero_pages: u64,
+    pub forks: u64,
+    pub elapsed: Duration,
+}
+
+const CHUNK: u64 = 256 << 10;
+const PUSHERS: usize = 2;
+
+struct Shared {
+    spaces: Mutex<Vec<Space>>,
+    client: Arc<PageClient>,
+    page: u64,
+    pushed: AtomicU64,
+}
+
+/// Copy what of `[dst, dst + data.len())` is still wanted (still in
+/// `inflight`) into the space, then forget it. Returns false if the layout
+/// is changing and the caller must let the event reader run, then retry.
+fn place(sp: &mut Space, dst: u64, data: &[u8], page: u64) -> Result<bool> {
+    let end = dst + data.len() as u64;
+    let wanted: Vec<(u64, u64)> = sp.inflight.iter().filter(|(s, e, _)| *s < end && *e > dst).map(|(s, e, _)| (s.max(dst), e.min(end))).collect();
+    for (s, e) in wanted {
+        let mut at = s;
+        while at < e {
+            let slice = &data[(at - dst) as usize..(e - dst) as usize];
+            match sp.uffd.copy(at, slice, true)? {
+                Copied::All => at = e,
+                // Faulted in meanwhile (zero page or not): keep what is there.
+                Copied::Exists(n) => at += n as u64 + page,
+                Copied::Gone => {
+                    sp.gone = true;
+                    at = e;
+                }
+                Copied::Again(n) => {
+                    sp.inflight.remove(s, at + n as u64);
+                    return Ok(false);
+                }
+            }
+        }
+        sp.inflight.remove(s, e);
+    }
+    Ok(true)
+}
+
+/// Fetch `[dst, dst + len)` (source `src`) and place it, retrying while
+/// the layout changes.
+fn fetch_and_place(sh: &Shared, space: usize, dst: u64, len: u64, src: u64, prio: u8) -> Result<()> {
+    let data = sh.client.fetch(src, len, prio)?;
+    loop {
+        let mut spaces = sh.spaces.lock().unwrap();
+        if place(&mut spaces[space], dst, &data, sh.page)? {
+            return Ok(());
+        }
+        drop(spaces);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn push_loop(sh: Arc<Shared>) -> Result<()> {
+    loop {
+        let job = {
+            let mut spaces = sh.spaces.lock().unwrap();
+            if spaces.iter().all(Space::finished) {
+                return Ok(());
+            }
+            spaces.iter_mut().enumerate().find_map(|(i, sp)| {
+                let (s, e, src) = sp.pending.take_first(CHUNK)?;
+                sp.inflight.insert(s, e, src);
+                Some((i, s, e, src))
+            })
+        };
+        match job {
+            Some((i, s, e, src)) => {
+                fetch_and_place(&sh, i, s, e - s, src, BULK)?;
+                sh.pushed.fetch_add(e - s, Ordering::Relaxed);
+            }
+            // Everything is requested; wait for the last fetches to land.
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Handle one fault in space `i` at `addr`.
+fn fault(sh: &Shared, i: usize, addr: u64, report: &mut Report) -> Result<()> {
+    let t = Instant::now();
+    let page = addr & !(sh.page - 1);
+    let action = {
+        let mut spaces = sh.spaces.lock().unwrap();
+        let sp = &mut spaces[i];
+        if let Some(src) = sp.pending.source_of(page) {
+            sp.pending.remove(page, page + sh.page);
+            sp.inflight.insert(page, page + sh.page, src);
+            Some(src)
+        } else if sp.inflight.contains(page) {
+            // A bulk copy is about to land and wake the thread.
+            return Ok(());
+        } else {
+            if sp.lazy.contains(page) {
+                // Placed already: the thread only needs waking.
+                sp.uffd.wake(page, sh.page)?;
+            } else if matches!(sp.uffd.zeropage(page, sh.page)?, Copied::All) {
+                // The image never had this page: it reads as zeros.
+                report.zero_pages += 1;
+            } else {
+                sp.uffd.wake(page, sh.page)?;
+            }
+            return Ok(());
+        }
+    };
+    if let Some(src) = action {
+        fetch_and_place(sh, i, page, sh.page, src, URGENT)?;
+        report.faults += 1;
+        report.fault_latencies.push(t.elapsed());
+    }
+    Ok(())
+}
+
+fn event(sh: &Shared, i: usize, ev: Event, report: &mut Report) -> Result<()> {
+    match ev {
+        Event::Fault { addr, .. } => return fault(sh, i, addr, report),
+        Event::Remap { from, to, len } => {
+            let mut spaces = sh.spaces.lock().unwrap();
+            let sp = &mut spaces[i];
+            sp.pending.shift(from, to, len);
+            sp.inflight.shift(from, to, len);
+            sp.lazy.shift(from, to, len);
+        }
+        Event::Remove { start, end } | Event::Unmap { start, end } => {
+            let mut spaces = sh.spaces.lock().unwrap();
+            let sp = &mut spaces[i];
+            sp.pending.remove(start, end);
+            sp.inflight.remove(start, end);
+            sp.lazy.remove(start, end);
+        }
+        Event::Fork { uffd } => {
+            // SAFETY: the kernel installed this fd in our table for the event.
+            let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
+            let mut spaces = sh.spaces.lock().unwrap();
+            let parent = &spaces[i];
+            // The child misses what the parent missed at the moment of fork.
+            let mut pending = parent.pending.clone();
+            for (s, e, src) in parent.inflight.iter() {
+                pending.insert(s, e, src);
+            }
+            let child = Space { uffd: Arc::new(Uffd::from_fd(fd)), pending, inflight: RangeSet::default(), lazy: parent.lazy.clone(), gone: false };
+            spaces.push(child);
+            report.forks += 1;
+            debug!("the task forked: serving the child's lazy pages too");
+        }
+    }
+    Ok(())
+}
+
+/// Serve `uffd` for task `pid` until every lazy page is in place, then tell
+/// the source. `lazy` holds the lazy pages (task address -> source address).
+pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Result<Report> {
+    let start = Instant::now();
+    let task = crate::pidfd::open(pid)?;
+    let page = crate::page_size();
+    let total = lazy.bytes();
+    let sh = Arc::new(Shared {
+        spaces: Mutex::new(vec![Space { uffd: Arc::new(uffd), pending: lazy.clone(), inflight: RangeSet::default(), lazy, gone: false }]),
+        client,
+        page,
+        pushed: AtomicU64::new(0),
+    });
+    info!(pid, bytes = total, "serving lazy pages");
+    let pushers: Vec<_> = (0..PUSHERS).map(|_| std::thread::spawn({
+        let sh = sh.clone();
+        move || push_loop(sh)
+    })).collect();
+    let mut report = Report::default();
+    loop {
+        let uffds: Vec<(usize, Arc<Uffd>)> = {
+            let spaces = sh.spaces.lock().unwrap();
+            if spaces.iter().all(Space::finished) {
+                break;
+            }
+            spaces.iter().enumerate().filter(|(_, s)| !s.gone).map(|(i, s)| (i, s.uffd.clone())).collect()
+        };
+        let mut fds: Vec<PollFd> = uffds.iter().map(|(_, u)| PollFd::new(u.fd().as_fd(), PollFlags::POLLIN)).collect();
+        fds.push(PollFd::new(task.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        if ready[uffds.len()] {
+            // The task exited: what it did not fetch, nobody needs.
+            info!(pid, "the task exited; no more pages needed");
+            let mut spaces = sh.spaces.lock().unwrap();
+            for sp in spaces.iter_mut() {
+                sp.gone = true;
+            }
+            break;
+        }
+        for ((i, u), r) in uffds.iter().zip(&ready) {
+            if !*r {
+                continue;
+            }
+            for ev in u.read_events()? {
+                event(&sh, *i, ev, &mut report)?;
+            }
+        }
+        if let Some(p) = pushers.iter().position(|p| p.is_finished()) {
+            // A pusher stopped early only on error (the source is gone).
+            if !sh.spaces.lock().unwrap().iter().all(Space::finished) {
+                let h = pushers.into_iter().nth(p).unwrap();
+                h.join().expect("pusher panicked")?;
+                anyhow::bail!("background transfer stopped");
+            }
+        }
+    }
+    for p in pushers {
+        // Finished spaces make the pushers return.
+        let _ = p.join();
+    }
+    sh.client.done()?;
+    report.pushed_bytes = sh.pushed.load(Ordering::Relaxed);
+    report.elapsed = start.elapsed();
+    info!(pid, faults = report.faults, pushed = report.pushed_bytes, ms = report.elapsed.as_millis() as u64, "all lazy pages in place");
+    Ok(report)
+}

@@ -1,0 +1,28 @@
+//! Lazy migration: pages left on the source by a lazy dump are served over
+//! an authenticated connection ([`serve`]) to the lazy-pages daemon on the
+//! destination ([`daemon`]), which feeds them to the restored task through
+//! its userfaultfd ([`handoff`] brings the fd over from `ferry restore`).
+
+pub mod auth;
+pub mod client;
+pub mod daemon;
+pub mod guard;
+pub mod handoff;
+pub mod ranges;
+pub mod serve;
+pub mod wire;
+
+use ranges::RangeSet;
+
+/// Name of the key a lazy dump generates next to its images.
+pub const KEY_FILE: &str = "lazy-pages.key";
+
+/// The lazy pages of an image (task address = source address at first).
+pub fn lazy_ranges(pm: &crate::image::pagemap::PagemapImage) -> RangeSet {
+    let mut r = RangeSet::default();
+    for e in pm.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy) {
+        let end = e.vaddr + e.nr_pages * pm.page_size;
+        r.insert(e.vaddr, end, e.vaddr);
+    }
+    r
+}

@@ -1,0 +1,143 @@
+//! Frames on a ferry connection: a 16-byte header (magic, kind, priority,
+//! request id, payload length, little-endian) and the payload.
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+
+const MAGIC: u16 = 0xfe27;
+/// Largest payload accepted: a page request never asks for more.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Challenge,
+    Response,
+    Proof,
+    Denied,
+    /// Page request: addr u64, len u64.
+    Get,
+    /// Page data: addr u64, then the bytes.
+    Data,
+    Error,
+    /// All pages arrived: the source may let the task go.
+    Done,
+    Bye,
+    /// migrate: a file of an image round follows (name), then FileData
+    /// frames, then FileEnd.
+    File,
+    FileData,
+    FileEnd,
+    /// migrate: a round of images is complete (u32 round, u8 final).
+    RoundEnd,
+    /// migrate: the destination reports progress or failure (text).
+    Status,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        use Kind::*;
+        [Hello, Challenge, Response, Proof, Denied, Get, Data, Error, Done, Bye, File, FileData, FileEnd, RoundEnd, Status]
+            .into_iter()
+            .find(|k| *k as u8 == v)
+    }
+}
+
+/// Fault requests are answered before bulk ones.
+pub const URGENT: u8 = 0;
+pub const BULK: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub prio: u8,
+    pub id: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, payload: Vec<u8>) -> Frame {
+        Frame { kind, prio: BULK, id: 0, payload }
+    }
+
+    pub fn get(id: u32, prio: u8, addr: u64, len: u64) -> Frame {
+        let mut p = addr.to_le_bytes().to_vec();
+        p.extend_from_slice(&len.to_le_bytes());
+        Frame { kind: Kind::Get, prio, id, payload: p }
+    }
+
+    /// addr and len of a Get, or addr of a Data frame.
+    pub fn words(&self) -> Result<(u64, u64)> {
+        if self.payload.len() < 8 {
+            bail!("short {:?} frame", self.kind);
+        }
+        let a = u64::from_le_bytes(self.payload[..8].try_into().unwrap());
+        let b = if self.payload.len() >= 16 { u64::from_le_bytes(self.payload[8..16].try_into().unwrap()) } else { 0 };
+        Ok((a, b))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+pub fn write_frame(w: &mut impl Write, f: &Frame) -> Result<()> {
+    let mut h = [0u8; 16];
+    h[..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = f.kind as u8;
+    h[3] = f.prio;
+    h[4..8].copy_from_slice(&f.id.to_le_bytes());
+    h[8..16].copy_from_slice(&(f.payload.len() as u64).to_le_bytes());
+    w.write_all(&h).context("sending")?;
+    w.write_all(&f.payload).context("sending")?;
+    Ok(())
+}
+
+/// Write a data frame without building it in memory first.
+pub fn write_data(w: &mut impl Write, id: u32, addr: u64, bytes: &[u8]) -> Result<()> {
+    let mut h = [0u8; 24];
+    h[..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = Kind::Data as u8;
+    h[4..8].copy_from_slice(&id.to_le_bytes());
+    h[8..16].copy_from_slice(&((bytes.len() + 8) as u64).to_le_bytes());
+    h[16..24].copy_from_slice(&addr.to_le_bytes());
+    w.write_all(&h).context("sending")?;
+    w.write_all(bytes).context("sending")?;
+    Ok(())
+}
+
+pub fn read_frame(r: &mut impl Read) -> Result<Frame> {
+    let mut h = [0u8; 16];
+    r.read_exact(&mut h).context("receiving")?;
+    if u16::from_le_bytes([h[0], h[1]]) != MAGIC {
+        bail!("not a ferry peer (bad frame magic)");
+    }
+    let kind = Kind::from_u8(h[2]).with_context(|| format!("unknown frame kind {}", h[2]))?;
+    let len = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    if len > MAX_PAYLOAD {
+        bail!("frame of {len} bytes is larger than allowed");
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).context("receiving")?;
+    Ok(Frame { kind, prio: h[3], id: u32::from_le_bytes(h[4..8].try_into().unwrap()), payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Frame::get(7, URGENT, 0x7f00_0000_1000, 4096)).unwrap();
+        write_data(&mut buf, 7, 0x7f00_0000_1000, &[1, 2, 3]).unwrap();
+        let mut r = &buf[..];
+        let g = read_frame(&mut r).unwrap();
+        assert_eq!((g.kind, g.prio, g.id, g.words().unwrap()), (Kind::Get, URGENT, 7, (0x7f00_0000_1000, 4096)));
+        let d = read_frame(&mut r).unwrap();
+        assert_eq!(d.kind, Kind::Data);
+        assert_eq!(&d.payload[8..], &[1, 2, 3]);
+        assert!(read_frame(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).unwrap_err().to_string().contains("not a ferry peer"));
+    }
+}
