@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dump;
 pub mod image;
 pub mod lazy;
+pub mod migrate;
 pub mod pidfd;
 pub mod probe;
 pub mod proc;

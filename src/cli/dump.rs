@@ -98,11 +98,12 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
     if a.lazy_pages {
-        let port = a.port.ok_or_else(|| anyhow::anyhow!("--lazy-pages needs --port (where the destination fetches pages)"))?;
+        let port =
+            a.port.ok_or_else(|| anyhow::anyhow!("--lazy-pages needs --port (where the destination fetches pages)"))?;
         if a.leave_running {
             anyhow::bail!("--lazy-pages moves the task away: it cannot also --leave-running");
         }
-        o.lazy = Some(crate::dump::LazyServe {
+        o.lazy = Some(crate::dump::LazyServe::Listen {
             address: a.address,
             port,
             key: a.auth_key,

@@ -3,7 +3,8 @@
 use crate::image::pagemap::PagemapImage;
 use crate::image::{pagemap_file, ImageDir};
 use crate::lazy::auth::{self, Key};
-use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, KEY_FILE};
+use crate::lazy::wire::{read_frame, write_frame, Frame, Kind};
+use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve, KEY_FILE};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::TcpStream;
@@ -43,9 +44,16 @@ pub fn connector(addr: String, port: u16, key: Key) -> crate::lazy::client::Conn
             .with_context(|| format!("resolving {target}"))?
             .next()
             .with_context(|| format!("no address for {target}"))?;
-        let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(|| format!("connecting to {target}"))?;
+        let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {target}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         auth::connect(&mut s, &key).with_context(|| format!("authenticating with {target}"))?;
+        // The task may only run here once the source can never run it again.
+        write_frame(&mut s, &Frame::new(Kind::Status, serve::ARM.as_bytes().to_vec()))?;
+        let armed = read_frame(&mut s).with_context(|| format!("waiting for {target} to hand over the task"))?;
+        if armed.kind != Kind::Status || armed.text() != serve::ARMED {
+            anyhow::bail!("{target} did not hand over the task");
+        }
         s.set_read_timeout(None)?;
         Ok(s)
     })
@@ -62,11 +70,15 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let key = Key::load(&a.auth_key.clone().unwrap_or_else(|| a.images_dir.join(KEY_FILE)))?;
     let sock = handoff::socket_path(&a.images_dir);
     let _ = std::fs::remove_file(&sock);
-    let listener = std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
     let (task, uffd, answer) = handoff::receive(&listener)?;
     let _ = std::fs::remove_file(&sock);
-    let client = match PageClient::connect(connector(a.address.clone(), a.port, key), Duration::from_secs(a.reconnect_timeout)) {
+    let client = match PageClient::connect(
+        connector(a.address.clone(), a.port, key),
+        Duration::from_secs(a.reconnect_timeout),
+    ) {
         Ok(c) => c,
         Err(e) => {
             handoff::answer(answer, &format!("{e:#}"));

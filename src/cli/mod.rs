@@ -4,6 +4,7 @@ pub mod check;
 pub mod dump;
 pub mod lazy;
 pub mod logging;
+pub mod migrate;
 pub mod restore;
 pub mod show;
 
@@ -58,6 +59,10 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Serve a lazily restored task's missing pages from the source
     LazyPages(lazy::LazyPagesArgs),
+    /// Move a running task to another machine (where `ferry receive` listens)
+    Migrate(migrate::MigrateArgs),
+    /// Take in a task that `ferry migrate` sends, and run it here
+    Receive(migrate::ReceiveArgs),
     /// Print an image directory, or one file of it, in readable form
     Show(show::ShowArgs),
 }
@@ -70,6 +75,8 @@ impl Command {
             Command::PreDump(_) => "pre-dump",
             Command::Restore(_) => "restore",
             Command::LazyPages(_) => "lazy-pages",
+            Command::Migrate(_) => "migrate",
+            Command::Receive(_) => "receive",
             Command::Show(_) => "show",
         }
     }
@@ -80,7 +87,8 @@ impl Command {
             Command::PreDump(a) => Some(&a.images_dir),
             Command::Restore(a) => Some(&a.images_dir),
             Command::LazyPages(a) => Some(&a.images_dir),
-            Command::Check(_) | Command::Show(_) => None,
+            Command::Receive(a) => Some(&a.images_dir),
+            Command::Check(_) | Command::Show(_) | Command::Migrate(_) => None,
         }
     }
 }
@@ -95,6 +103,8 @@ impl Cli {
             Command::PreDump(a) => dump::run_pre(a),
             Command::Restore(a) => restore::run(a),
             Command::LazyPages(a) => lazy::run(a),
+            Command::Migrate(a) => migrate::run_migrate(a),
+            Command::Receive(a) => migrate::run_receive(a),
             Command::Show(a) => show::run(a),
         }
     }

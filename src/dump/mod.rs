@@ -50,17 +50,39 @@ pub struct DumpOptions {
     pub track_idle: Duration,
     /// Leave the changed pages on the source and serve them (post-copy).
     pub lazy: Option<LazyServe>,
+    /// A tracking holder also ends when this process does (`ferry migrate`:
+    /// killing it must leave the task untracked).
+    pub track_owner: Option<i32>,
 }
 
-/// `--lazy-pages --address A --port P`: where the source serves its pages.
+/// A lazy dump leaves the changed pages on the source. Who serves them:
 #[derive(Clone, Debug)]
-pub struct LazyServe {
-    pub address: String,
-    pub port: u16,
-    /// Shared key; without one a fresh key is written next to the images.
-    pub key: Option<PathBuf>,
-    /// How long to wait for a destination before giving the task back.
-    pub wait: Duration,
+pub enum LazyServe {
+    /// `--lazy-pages --address A --port P`: ferry dump itself, to a
+    /// `ferry lazy-pages` daemon.
+    Listen {
+        address: String,
+        port: u16,
+        /// Shared key; without one a fresh key is written next to the images.
+        key: Option<PathBuf>,
+        /// How long to wait for a destination before giving the task back.
+        wait: Duration,
+    },
+    /// The caller (`ferry migrate`), over its own connection.
+    Caller,
+}
+
+/// A lazy dump's task, still frozen, and the pages it has to serve.
+pub struct Frozen {
+    pub tracee: Tracee,
+    pub pagemap: crate::image::pagemap::PagemapImage,
+    /// When the task stopped running (for the downtime).
+    pub since: Instant,
+}
+
+pub struct Dumped {
+    pub stats: DumpStats,
+    pub frozen: Option<Frozen>,
 }
 
 impl DumpOptions {
@@ -77,6 +99,7 @@ impl DumpOptions {
             tracker: track::Choice::Auto,
             track_idle: Duration::from_secs(30 * 60),
             lazy: None,
+            track_owner: None,
         }
     }
 }
@@ -102,7 +125,25 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images)?, track }))
 }
 
+/// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
+    // Bind first: a busy port must fail before the task is touched.
+    let listener = match &opts.lazy {
+        Some(LazyServe::Listen { address, port, .. }) => Some(
+            std::net::TcpListener::bind((address.as_str(), *port))
+                .with_context(|| format!("listening on {address}:{port}"))?,
+        ),
+        _ => None,
+    };
+    let d = dump_frozen(opts)?;
+    if let (Some(LazyServe::Listen { key, wait, .. }), Some(listener), Some(f)) = (&opts.lazy, listener, d.frozen) {
+        serve_lazy(&f.tracee, key.as_deref(), *wait, listener, &opts.dir, &f.pagemap)?;
+    }
+    Ok(d.stats)
+}
+
+/// Dump; a lazy dump returns with the task still frozen.
+pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let t0 = Instant::now();
     let pid = opts.pid;
     let pre = opts.kind == ImageKind::PreDump;
@@ -126,15 +167,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
     let holder = parent.as_ref().and_then(|p| p.track.as_ref()).and_then(|t| t.holder.clone());
     // Tracking goes on after this round for pre-dumps and iterative dumps.
     let keep_tracking = pre || (opts.track_mem && opts.leave_running);
-    // Bind first: a busy port must fail before the task is touched.
-    let listener = match &opts.lazy {
-        Some(l) if pre => bail!("--lazy-pages goes with the final dump, not pre-dump (port {})", l.port),
-        Some(l) => Some(
-            std::net::TcpListener::bind((l.address.as_str(), l.port))
-                .with_context(|| format!("listening on {}:{}", l.address, l.port))?,
-        ),
-        None => None,
-    };
+    if pre && opts.lazy.is_some() {
+        bail!("--lazy-pages goes with the final dump, not pre-dump");
+    }
     let mut writer = ImageWriter::create(&opts.dir)?;
 
     let tracee = Tracee::seize(pid, O_TRACESYSGOOD, OnDrop::Detach)?;
@@ -167,6 +202,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             &regs,
             mask,
             opts.track_idle,
+            opts.track_owner,
         )?)
     } else {
         None
@@ -227,8 +263,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             debug!(pid, holder = h.pid, "dirty tracking ended");
         }
     }
-    if let (Some(l), Some(listener)) = (&opts.lazy, listener) {
-        serve_lazy(&tracee, l, listener, &opts.dir, &md.pagemap)?;
+    if opts.lazy.is_some() {
+        return Ok(Dumped { stats, frozen: Some(Frozen { tracee, pagemap: md.pagemap, since: frozen_at }) });
     } else if pre {
         info!(pid, "pre-dump complete");
     } else if opts.leave_running {
@@ -239,7 +275,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         tracee.kill()?;
         info!(pid, "task killed after dump");
     }
-    Ok(stats)
+    Ok(Dumped { stats, frozen: None })
 }
 
 /// Pages restored eagerly in a lazy dump: those around the stack pointer,
@@ -259,31 +295,33 @@ fn eager_ranges(regs: &NativeState, planned: &[memory::PlannedVma]) -> Vec<(u64,
 /// the images unusable (they would be a second, stale copy).
 fn serve_lazy(
     tracee: &Tracee,
-    l: &LazyServe,
+    key: Option<&std::path::Path>,
+    wait: Duration,
     listener: std::net::TcpListener,
     dir: &std::path::Path,
     pagemap: &crate::image::pagemap::PagemapImage,
 ) -> Result<()> {
     use crate::lazy::{self, auth::Key, serve};
     let pid = tracee.pid;
-    let key = match &l.key {
+    let key = match key {
         Some(p) => Key::load(p)?,
         None => Key::generate(&dir.join(lazy::KEY_FILE))?,
     };
-    let store = std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
-    info!(pid, port = l.port, bytes = store.allowed.bytes(), "serving lazy pages");
+    let store =
+        std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
+    info!(pid, bytes = store.allowed.bytes(), "serving lazy pages");
     testhook::stage("serve");
-    let (served, stats) = serve::serve(listener, &key, store, l.wait, || {
+    let (served, stats) = serve::serve(listener, &key, store, wait, || {
         // From the first peer on, the task lives on the destination: it
         // must never run here again, even if ferry dies.
-        let _ = tracee.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL);
+        tracee.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL)
     })?;
     if !served {
         let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
         tracee.detach(0)?;
         bail!(
             "no lazy-pages daemon connected within {} s: task {pid} runs on here, and {} is no longer a usable image",
-            l.wait.as_secs(),
+            wait.as_secs(),
             dir.display()
         );
     }

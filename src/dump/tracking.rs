@@ -57,6 +57,7 @@ pub fn arm(
     regs: &NativeState,
     mask: u64,
     idle: Duration,
+    owner: Option<i32>,
 ) -> Result<TrackRecord> {
     let pid = tracee.pid;
     match method {
@@ -67,7 +68,7 @@ pub fn arm(
                     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::USER_MODE_ONLY;
                     let (u, _) = with_injector(tracee, maps, regs, mask, |inj, _, _| uffd::create_in(inj, flags))?;
                     u.api(uffd_wp::FEATURES)?;
-                    let h = holder::spawn(u.fd(), pid, idle)?;
+                    let h = holder::spawn(u.fd(), pid, idle, owner)?;
                     info!(pid, holder = h.pid, "dirty tracking armed (uffd-wp)");
                     (u, h)
                 }

@@ -127,7 +127,9 @@ mod tests {
 
     #[test]
     fn same_key_passes_other_key_is_refused_both_ways() {
-        for (ks, kc, ok) in [("0123456789abcdef-a", "0123456789abcdef-a", true), ("0123456789abcdef-a", "0123456789abcdef-b", false)] {
+        for (ks, kc, ok) in
+            [("0123456789abcdef-a", "0123456789abcdef-a", true), ("0123456789abcdef-a", "0123456789abcdef-b", false)]
+        {
             let (mut a, mut b) = UnixStream::pair().unwrap();
             let server = std::thread::spawn(move || accept(&mut a, &key(ks)));
             let client = connect(&mut b, &key(kc));

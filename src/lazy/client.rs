@@ -43,6 +43,11 @@ impl PageClient {
     /// Connect now (failing fast if that does not work at all).
     pub fn connect(connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
         let stream = connector()?;
+        Self::with_stream(stream, connector, give_up)
+    }
+
+    /// Start on an established, authenticated stream.
+    pub fn with_stream(stream: TcpStream, connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
         let c = Arc::new(PageClient {
             shared: Arc::new((
                 Mutex::new(State {

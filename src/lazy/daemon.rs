@@ -61,7 +61,8 @@ struct Shared {
 /// is changing and the caller must let the event reader run, then retry.
 fn place(sp: &mut Space, dst: u64, data: &[u8], page: u64) -> Result<bool> {
     let end = dst + data.len() as u64;
-    let wanted: Vec<(u64, u64)> = sp.inflight.iter().filter(|(s, e, _)| *s < end && *e > dst).map(|(s, e, _)| (s.max(dst), e.min(end))).collect();
+    let wanted: Vec<(u64, u64)> =
+        sp.inflight.iter().filter(|(s, e, _)| *s < end && *e > dst).map(|(s, e, _)| (s.max(dst), e.min(end))).collect();
     for (s, e) in wanted {
         let mut at = s;
         while at < e {
@@ -185,7 +186,13 @@ fn event(sh: &Shared, i: usize, ev: Event, report: &mut Report) -> Result<()> {
             for (s, e, src) in parent.inflight.iter() {
                 pending.insert(s, e, src);
             }
-            let child = Space { uffd: Arc::new(Uffd::from_fd(fd)), pending, inflight: RangeSet::default(), lazy: parent.lazy.clone(), gone: false };
+            let child = Space {
+                uffd: Arc::new(Uffd::from_fd(fd)),
+                pending,
+                inflight: RangeSet::default(),
+                lazy: parent.lazy.clone(),
+                gone: false,
+            };
             spaces.push(child);
             report.forks += 1;
             debug!("the task forked: serving the child's lazy pages too");
@@ -202,16 +209,27 @@ pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Res
     let page = crate::page_size();
     let total = lazy.bytes();
     let sh = Arc::new(Shared {
-        spaces: Mutex::new(vec![Space { uffd: Arc::new(uffd), pending: lazy.clone(), inflight: RangeSet::default(), lazy, gone: false }]),
+        spaces: Mutex::new(vec![Space {
+            uffd: Arc::new(uffd),
+            pending: lazy.clone(),
+            inflight: RangeSet::default(),
+            lazy,
+            gone: false,
+        }]),
         client,
         page,
         pushed: AtomicU64::new(0),
     });
     info!(pid, bytes = total, "serving lazy pages");
-    let pushers: Vec<_> = (0..PUSHERS).map(|_| std::thread::spawn({
-        let sh = sh.clone();
-        move || push_loop(sh)
-    })).collect();
+    crate::testhook::stage("postcopy");
+    let pushers: Vec<_> = (0..PUSHERS)
+        .map(|_| {
+            std::thread::spawn({
+                let sh = sh.clone();
+                move || push_loop(sh)
+            })
+        })
+        .collect();
     let mut report = Report::default();
     loop {
         let uffds: Vec<(usize, Arc<Uffd>)> = {
@@ -262,6 +280,12 @@ pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Res
     sh.client.done()?;
     report.pushed_bytes = sh.pushed.load(Ordering::Relaxed);
     report.elapsed = start.elapsed();
-    info!(pid, faults = report.faults, pushed = report.pushed_bytes, ms = report.elapsed.as_millis() as u64, "all lazy pages in place");
+    info!(
+        pid,
+        faults = report.faults,
+        pushed = report.pushed_bytes,
+        ms = report.elapsed.as_millis() as u64,
+        "all lazy pages in place"
+    );
     Ok(report)
 }

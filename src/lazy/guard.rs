@@ -17,23 +17,29 @@ impl Guard {
         let me = crate::pidfd::open(std::process::id() as i32)?;
         let task_fd = crate::pidfd::open(task)?;
         let (done_r, done_w) = nix::unistd::pipe().context("pipe")?;
-        let daemon = std::process::id();
         // SAFETY: fork; the child makes only raw syscalls on prepared data.
         match unsafe { libc::fork() } {
             -1 => bail!("fork: {}", std::io::Error::last_os_error()),
             0 => unsafe {
                 libc::prctl(libc::PR_SET_NAME, c"ferry-guard".as_ptr());
-                let _keep = uffd.as_raw_fd();
+                // Keep only what the guard needs, at fixed numbers: nothing
+                // of the daemon's (sockets, images) may stay open through us.
+                let keep = [uffd.as_raw_fd(), done_r.as_raw_fd(), me.as_raw_fd(), task_fd.as_raw_fd()];
+                let high: Vec<i32> = keep.iter().map(|&f| libc::fcntl(f, libc::F_DUPFD, 100)).collect();
+                for (i, &f) in high.iter().enumerate() {
+                    libc::dup2(f, 3 + i as i32);
+                }
+                libc::syscall(libc::SYS_close_range, 7u32, u32::MAX, 0u32);
+                let (done_fd, me_fd, task_pfd) = (4, 5, 6);
                 let mut fds = [
-                    libc::pollfd { fd: done_r.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                    libc::pollfd { fd: me.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                    libc::pollfd { fd: task_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: done_fd, events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: me_fd, events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: task_pfd, events: libc::POLLIN, revents: 0 },
                 ];
-                libc::close(done_w.as_raw_fd());
                 while libc::poll(fds.as_mut_ptr(), 3, -1) < 0 {}
                 if fds[0].revents != 0 {
                     let mut b = 0u8;
-                    if libc::read(done_r.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1) == 1 {
+                    if libc::read(done_fd, &mut b as *mut u8 as *mut libc::c_void, 1) == 1 {
                         libc::_exit(0);
                     }
                 }
@@ -42,7 +48,6 @@ impl Guard {
                     libc::kill(task, libc::SIGKILL);
                     let msg = b"ferry lazy-pages: the daemon died before all pages arrived; killed the restored task so it cannot read missing memory as zeros\n";
                     libc::write(2, msg.as_ptr().cast(), msg.len());
-                    let _ = daemon;
                 }
                 libc::_exit(0);
             },

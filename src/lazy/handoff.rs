@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -33,14 +33,22 @@ pub fn send(dir: &Path, pid: i32, uffd: &OwnedFd, wait: Duration) -> Result<()> 
     };
     let pid_bytes = pid.to_le_bytes();
     let fds = [uffd.as_raw_fd()];
-    sendmsg::<()>(s.as_raw_fd(), &[IoSlice::new(&pid_bytes)], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .context("handing the userfaultfd to the lazy-pages daemon")?;
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &[IoSlice::new(&pid_bytes)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("handing the userfaultfd to the lazy-pages daemon")?;
     let mut answer = String::new();
-    s.read_to_string(&mut answer).context("waiting for the lazy-pages daemon")?;
-    if answer != "ok" {
-        bail!("the lazy-pages daemon could not serve the task: {answer}");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut answer)
+        .context("waiting for the lazy-pages daemon")?;
+    match answer.trim_end() {
+        "ok" => Ok(()),
+        "" => bail!("the lazy-pages daemon went away"),
+        other => bail!("the lazy-pages daemon could not serve the task: {other}"),
     }
-    Ok(())
 }
 
 /// Daemon side: wait for the restore; returns the PID, fd and the stream
@@ -63,6 +71,7 @@ pub fn receive(listener: &UnixListener) -> Result<(i32, OwnedFd, UnixStream)> {
     Ok((i32::from_le_bytes(buf), fd, s))
 }
 
+/// One line: "ok", or why not.
 pub fn answer(mut s: UnixStream, text: &str) {
-    let _ = s.write_all(text.as_bytes());
+    let _ = s.write_all(format!("{}\n", text.replace('\n', " ")).as_bytes());
 }

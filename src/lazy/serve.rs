@@ -64,6 +64,15 @@ pub enum Ended {
     Disconnected,
 }
 
+/// Requests waiting to be answered (urgent, bulk) and how the reader ended.
+type Queue = Arc<(Mutex<(VecDeque<Frame>, VecDeque<Frame>, Option<Ended>)>, Condvar)>;
+
+/// What a page client asks right after authenticating, and the answer: the
+/// source has made sure its task can never run again (it dies with ferry),
+/// so the destination may let its copy run.
+pub const ARM: &str = "arm";
+pub const ARMED: &str = "armed";
+
 /// Serve one authenticated connection until Done or disconnect.
 pub fn serve_conn(stream: TcpStream, store: &dyn PageStore, stats: &ServeStats) -> Ended {
     let reader = match stream.try_clone() {
@@ -71,8 +80,7 @@ pub fn serve_conn(stream: TcpStream, store: &dyn PageStore, stats: &ServeStats) 
         Err(_) => return Ended::Disconnected,
     };
     // Requests wait here, urgent ones first.
-    let queue: Arc<(Mutex<(VecDeque<Frame>, VecDeque<Frame>, Option<Ended>)>, Condvar)> =
-        Arc::new((Mutex::new((VecDeque::new(), VecDeque::new(), None)), Condvar::new()));
+    let queue: Queue = Arc::new((Mutex::new((VecDeque::new(), VecDeque::new(), None)), Condvar::new()));
     let q = queue.clone();
     std::thread::spawn(move || {
         let mut r = reader;
@@ -141,31 +149,56 @@ pub fn serve_conn(stream: TcpStream, store: &dyn PageStore, stats: &ServeStats) 
 
 /// Accept peers on `listener` until one reports Done. Peers that fail
 /// authentication are refused with a log line; the right one is still
-/// served. Returns false if no peer authenticated within `wait`.
+/// served. Before serving a peer, `arm` runs (on this thread: ptrace calls
+/// must come from the tracer) and the peer is told. Returns false if no
+/// peer authenticated within `wait`.
 pub fn serve(
     listener: TcpListener,
     key: &Key,
     store: Arc<dyn PageStore>,
     wait: Duration,
-    on_first_peer: impl FnOnce(),
+    mut arm: impl FnMut() -> Result<()>,
 ) -> Result<(bool, Arc<ServeStats>)> {
     listener.set_nonblocking(true)?;
-    let mut on_first_peer = Some(on_first_peer);
     let stats = Arc::new(ServeStats::default());
     let done = Arc::new(AtomicBool::new(false));
     let anyone = Arc::new(AtomicBool::new(false));
+    let (arm_tx, arm_rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<bool>>();
+    let mut armed = false;
     let start = Instant::now();
     while !done.load(Ordering::SeqCst) {
+        while let Ok(reply) = arm_rx.try_recv() {
+            if !armed {
+                armed = arm().map_err(|e| warn!("cannot arm: {e:#}")).is_ok();
+            }
+            let _ = reply.send(armed);
+        }
         match listener.accept() {
             Ok((mut s, peer)) => {
                 let _ = s.set_nonblocking(false);
                 tune(&s);
-                let (key, store, stats, done, anyone) = (key.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone());
+                let (key, store, stats, done, anyone, arm_tx) =
+                    (key.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone(), arm_tx.clone());
                 std::thread::spawn(move || {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                     if let Err(e) = auth::accept(&mut s, &key) {
                         warn!("refused peer {peer}: {e:#}");
                         return;
+                    }
+                    match read_frame(&mut s) {
+                        Ok(f) if f.kind == Kind::Status && f.text() == ARM => {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            if arm_tx.send(tx).is_err() || !rx.recv().unwrap_or(false) {
+                                return;
+                            }
+                            if write_frame(&mut s, &Frame::new(Kind::Status, ARMED.as_bytes().to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                        _ => {
+                            warn!("peer {peer} did not follow the protocol");
+                            return;
+                        }
                     }
                     let _ = s.set_read_timeout(None);
                     anyone.store(true, Ordering::SeqCst);
@@ -178,14 +211,10 @@ pub fn serve(
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if anyone.load(Ordering::SeqCst) {
-                    if let Some(f) = on_first_peer.take() {
-                        f();
-                    }
-                } else if start.elapsed() > wait {
+                if !anyone.load(Ordering::SeqCst) && !armed && start.elapsed() > wait {
                     return Ok((false, stats));
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(e.into()),
         }

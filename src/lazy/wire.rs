@@ -38,9 +38,12 @@ pub enum Kind {
 impl Kind {
     fn from_u8(v: u8) -> Option<Kind> {
         use Kind::*;
-        [Hello, Challenge, Response, Proof, Denied, Get, Data, Error, Done, Bye, File, FileData, FileEnd, RoundEnd, Status]
-            .into_iter()
-            .find(|k| *k as u8 == v)
+        [
+            Hello, Challenge, Response, Proof, Denied, Get, Data, Error, Done, Bye, File, FileData, FileEnd, RoundEnd,
+            Status,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
     }
 }
 

@@ -18,8 +18,8 @@ use crate::ptrace::inject::{find_syscall_insn, Injector};
 use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, Tracee, O_EXITKILL, O_TRACESYSGOOD};
 use crate::testhook;
-use anyhow::{anyhow, bail, Context, Result};
 use crate::uffd::{self, feature, Uffd};
+use anyhow::{anyhow, bail, Context, Result};
 use ferry_arch::Syscall;
 use std::io::Read;
 use std::path::PathBuf;
@@ -68,6 +68,13 @@ pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
 
 /// Rebuild the task; returns once it runs.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
+    restore_then(opts, |_| Ok(()))
+}
+
+/// Rebuild the task and call `before_run` just before letting it run; if
+/// that fails, the task is killed and never runs (`ferry receive` waits
+/// there for the source to give the task up).
+pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
     let mut plan = plan::prepare(opts)?;
     let pid = plan.task.pid;
     debug!(pid, "images read and files opened");
@@ -136,6 +143,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         }
         (u, _) => u,
     };
+    before_run(pid)?;
     testhook::stage("detach");
     tracee.detach(0)?;
     for sig in &inj.deferred_signals {

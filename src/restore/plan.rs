@@ -175,12 +175,8 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
     let task: TaskImage = images.read_json(&task_file(pid))?;
     let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
     let chain = Chain::open(images.clone())?;
-    let lazy_pages: u64 = pagemap
-        .entries
-        .iter()
-        .filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy)
-        .map(|e| e.nr_pages)
-        .sum();
+    let lazy_pages: u64 =
+        pagemap.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy).map(|e| e.nr_pages).sum();
     if lazy_pages > 0 && opts.lazy.is_none() {
         bail!(
             "the image left {lazy_pages} pages on the source (a lazy dump): restore with --lazy-pages, \

@@ -22,6 +22,7 @@ pub struct HolderRef {
 pub const NAME: &str = "ferry-track";
 const UFFD_FD: i32 = 3;
 const TASK_FD: i32 = 4;
+const OWNER_FD: i32 = 5;
 
 impl HolderRef {
     pub fn alive(&self) -> bool {
@@ -47,9 +48,10 @@ impl HolderRef {
 }
 
 /// Start a holder for `uffd` that lives as long as task `task` (at most
-/// `idle` without being stopped).
-pub fn spawn(uffd: &OwnedFd, task: i32, idle: Duration) -> Result<HolderRef> {
+/// `idle` without being stopped), and, if given, as long as `owner`.
+pub fn spawn(uffd: &OwnedFd, task: i32, idle: Duration, owner: Option<i32>) -> Result<HolderRef> {
     let task_fd = crate::pidfd::open(task)?;
+    let owner_fd = owner.map(crate::pidfd::open).transpose()?;
     let (r, w) = nix::unistd::pipe().context("pipe")?;
     let timeout_ms = idle.as_millis().min(i32::MAX as u128) as i32;
     let name = b"ferry-track\0";
@@ -67,19 +69,26 @@ pub fn spawn(uffd: &OwnedFd, task: i32, idle: Duration) -> Result<HolderRef> {
             // Either may sit at 3 or 4 already: move both out of the way first.
             let u = libc::fcntl(uffd.as_raw_fd(), libc::F_DUPFD, 10);
             let t = libc::fcntl(task_fd.as_raw_fd(), libc::F_DUPFD, 10);
+            let o = owner_fd.as_ref().map_or(-1, |f| libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 10));
             libc::dup2(u, UFFD_FD);
             libc::dup2(t, TASK_FD);
+            if o >= 0 {
+                libc::dup2(o, OWNER_FD);
+            }
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             for fd in 0..3 {
                 libc::dup2(null, fd);
             }
-            libc::syscall(libc::SYS_close_range, (TASK_FD + 1) as u32, u32::MAX, 0u32);
+            libc::syscall(libc::SYS_close_range, (OWNER_FD + 1) as u32, u32::MAX, 0u32);
             libc::prctl(libc::PR_SET_NAME, name.as_ptr());
             libc::signal(libc::SIGINT, libc::SIG_IGN);
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
-            let mut p = libc::pollfd { fd: TASK_FD, events: libc::POLLIN, revents: 0 };
-            // Returns when the task exits (pidfd readable) or on timeout.
-            while libc::poll(&mut p, 1, timeout_ms) < 0 {}
+            let mut p = [
+                libc::pollfd { fd: TASK_FD, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: if o >= 0 { OWNER_FD } else { -1 }, events: libc::POLLIN, revents: 0 },
+            ];
+            // Returns when the task or the owner exits (pidfd readable) or on timeout.
+            while libc::poll(p.as_mut_ptr(), 2, timeout_ms) < 0 {}
             libc::_exit(0);
         },
         child => {

@@ -2,6 +2,8 @@
 //! binary, real kernel. Tests run as root.
 #![allow(dead_code)]
 
+pub mod ns;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};

@@ -1,0 +1,109 @@
+//! `ferry migrate` and `ferry receive`.
+
+use crate::lazy::auth::Key;
+use crate::migrate::{dest, source};
+use crate::track;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where both ends look for the shared key when none is given.
+pub const DEFAULT_KEY: &str = "/etc/ferry/auth.key";
+
+fn load_key(given: &Option<PathBuf>) -> Result<Key> {
+    match given {
+        Some(p) => Key::load(p),
+        None if Path::new(DEFAULT_KEY).exists() => Key::load(Path::new(DEFAULT_KEY)),
+        None => bail!(
+            "no shared key: give --auth-key FILE (the same file on both machines, at least 16 bytes, \
+             e.g. `head -c 32 /dev/urandom | xxd -p > key`), or create {DEFAULT_KEY}"
+        ),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// PID of the task to move
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pub tree: i32,
+    /// Destination, where `ferry receive` listens
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// Shared key file (default /etc/ferry/auth.key)
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+    /// Stop pre-copy once a round finds at most this many dirty pages
+    #[arg(long, value_name = "PAGES", default_value_t = 2048)]
+    pub converge_pages: u64,
+    /// Stop pre-copy when a round is not smaller than this fraction of the one before
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.9)]
+    pub min_shrink: f64,
+    /// Stop pre-copy after this many rounds
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_rounds: u32,
+    /// How to find changed pages
+    #[arg(long = "dirty-tracker", value_enum, default_value_t = track::Choice::Auto)]
+    pub dirty_tracker: track::Choice,
+    /// Where to stage each round's images before sending them
+    #[arg(long = "work-dir", value_name = "DIR", default_value = "/dev/shm")]
+    pub work_dir: PathBuf,
+    /// The task is a shell job (see `ferry dump --shell-job`)
+    #[arg(short = 'j', long = "shell-job")]
+    pub shell_job: bool,
+    /// How long to keep trying to reach the destination after a cut
+    #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
+    pub reconnect_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    /// Address and port to listen on (this address only)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Where to keep the images that arrive
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    pub images_dir: PathBuf,
+    /// Shared key file (default /etc/ferry/auth.key)
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+    /// The task is a shell job: it joins our session and terminal
+    #[arg(short = 'j', long = "shell-job")]
+    pub shell_job: bool,
+    /// Write the restored task's PID to FILE
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// How long to wait for the source to come back after a cut, before
+    /// killing the restored task (its remaining pages are lost)
+    #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
+    pub reconnect_timeout: u64,
+}
+
+pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
+    source::run(&source::MigrateOptions {
+        pid: a.tree,
+        to: a.to,
+        key: load_key(&a.auth_key)?,
+        converge_pages: a.converge_pages,
+        shrink: a.min_shrink,
+        max_rounds: a.max_rounds.max(1),
+        tracker: a.dirty_tracker,
+        work_dir: a.work_dir,
+        shell_job: a.shell_job,
+        reconnect: Duration::from_secs(a.reconnect_timeout),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
+    dest::run(&dest::ReceiveOptions {
+        listen: a.listen,
+        dir: a.images_dir,
+        key: load_key(&a.auth_key)?,
+        shell_job: a.shell_job,
+        pidfile: a.pidfile,
+        reconnect: Duration::from_secs(a.reconnect_timeout),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! `ferry receive --listen ADDR:PORT -D DIR`: take in the rounds, restore
+//! the final one at the task's PID, and serve its faults from the source.
+
+use super::{receive_round, status, GO, RESUME, START};
+use crate::image::pagemap::PagemapImage;
+use crate::image::show::human_bytes;
+use crate::image::{pagemap_file, ImageDir};
+use crate::lazy::auth::{self, Key};
+use crate::lazy::client::PageClient;
+use crate::lazy::wire::{read_frame, Kind};
+use crate::lazy::{daemon, guard::Guard, lazy_ranges, serve};
+use crate::restore::{self, LazyRestore, RestoreOptions};
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+#[derive(Clone, Debug)]
+pub struct ReceiveOptions {
+    pub listen: String,
+    pub dir: PathBuf,
+    pub key: Key,
+    pub shell_job: bool,
+    pub pidfile: Option<PathBuf>,
+    /// How long to wait for the source to come back after a cut.
+    pub reconnect: Duration,
+}
+
+fn say(msg: &str) {
+    println!("receive: {msg}");
+}
+
+/// Accept authenticated peers; the first migration goes to `first`, later
+/// reconnections to `resumed`. Strangers are refused and logged.
+fn accept_loop(listener: TcpListener, key: Key, first: mpsc::Sender<TcpStream>, resumed: mpsc::Sender<TcpStream>) {
+    let mut started = false;
+    for conn in listener.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        serve::tune(&s);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        if let Err(e) = auth::accept(&mut s, &key) {
+            warn!("refused peer {peer}: {e:#}");
+            eprintln!("receive: refused peer {peer}: {e:#}");
+            continue;
+        }
+        let hello = match read_frame(&mut s) {
+            Ok(f) if f.kind == Kind::Status => f.text(),
+            _ => continue,
+        };
+        let _ = s.set_read_timeout(None);
+        let sent = match hello.as_str() {
+            START if !started => {
+                started = true;
+                first.send(s)
+            }
+            RESUME if started => resumed.send(s),
+            _ => continue,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn run(o: &ReceiveOptions) -> Result<()> {
+    let listener = TcpListener::bind(&o.listen).with_context(|| format!("listening on {}", o.listen))?;
+    say(&format!("listening on {}", o.listen));
+    let (first_tx, first_rx) = mpsc::channel();
+    let (resume_tx, resume_rx) = mpsc::channel();
+    let key = o.key.clone();
+    std::thread::spawn(move || accept_loop(listener, key, first_tx, resume_tx));
+    let mut stream: TcpStream = first_rx.recv().map_err(|_| anyhow!("stopped listening"))?;
+    let t0 = Instant::now();
+    say(&format!("migration from {} started", stream.peer_addr().map(|a| a.to_string()).unwrap_or_default()));
+
+    let mut total = 0;
+    let final_dir = loop {
+        let (name, last, bytes) = receive_round(&mut stream, &o.dir)?;
+        total += bytes;
+        say(&format!("round {name}: {} received", human_bytes(bytes)));
+        if last {
+            break o.dir.join(name);
+        }
+    };
+    let ropts = RestoreOptions {
+        dir: final_dir.clone(),
+        detached: true,
+        shell_job: o.shell_job,
+        pidfile: o.pidfile.clone(),
+        pid_wait: Duration::from_secs(10),
+        lazy: Some(LazyRestore::Caller),
+    };
+    // Two-phase hand-over: the task is ready but does not run until the
+    // source has made sure its own copy never will.
+    let mut handshake = stream.try_clone()?;
+    let restored = match restore::restore_then(&ropts, |pid| {
+        status(&mut handshake, &format!("ready {pid}"))?;
+        let go = read_frame(&mut handshake).context("waiting for the source to give up the task")?;
+        if go.kind != Kind::Status || go.text() != GO {
+            bail!("the source did not give up the task: {}", go.text());
+        }
+        Ok(())
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = status(&mut stream, &format!("failed: {e:#}"));
+            return Err(e.context("restore failed; the task runs on at the source"));
+        }
+    };
+    let pid = restored.pid;
+    if let Some(p) = &o.pidfile {
+        std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
+    }
+    let Some(uffd) = restored.uffd else {
+        status(&mut stream, &format!("running {pid}"))?;
+        crate::lazy::wire::write_frame(&mut stream, &crate::lazy::wire::Frame::new(Kind::Done, Vec::new()))?;
+        say(&format!("task {pid} running; nothing left to fetch"));
+        return Ok(());
+    };
+    let guard = Guard::start(uffd.fd(), pid)?;
+    status(&mut stream, &format!("running {pid}"))?;
+    say(&format!("task {pid} running after {} of images; fetching the rest", human_bytes(total)));
+
+    let images = ImageDir::open(&final_dir)?;
+    let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
+    let reconnect = o.reconnect;
+    let resumed = std::sync::Mutex::new(resume_rx);
+    let connector: crate::lazy::client::Connector = Box::new(move || {
+        // After a cut the source reconnects to us; wait for it.
+        resumed.lock().unwrap().recv_timeout(reconnect).map_err(|_| anyhow!("the source did not come back"))
+    });
+    let client = PageClient::with_stream(stream, connector, o.reconnect)?;
+    match daemon::run(uffd, pid, lazy_ranges(&pagemap), client) {
+        Ok(r) => {
+            guard.release();
+            let mut lat = r.fault_latencies.clone();
+            lat.sort();
+            let p50 = lat.get(lat.len() / 2).map_or(0, |d| d.as_micros());
+            say(&format!(
+                "all pages in place after {:.2} s: {} faults (median {p50} µs), {} pushed",
+                t0.elapsed().as_secs_f64(),
+                r.faults,
+                human_bytes(r.pushed_bytes)
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            // SAFETY: plain kill(2): the task cannot get its memory any more.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            guard.release();
+            bail!("killed task {pid}: {e:#}")
+        }
+    }
+}

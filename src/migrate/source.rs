@@ -1,0 +1,203 @@
+//! `ferry migrate -t PID --to HOST:PORT`: pre-copy rounds until the dirty
+//! set converges, a final lazy dump, then post-copy from the frozen task.
+
+use super::{end_round, send_image, status, GO, RESUME, START};
+use crate::dump::{self, DumpOptions, LazyServe};
+use crate::image::inventory::ImageKind;
+use crate::image::pages_file;
+use crate::image::show::human_bytes;
+use crate::lazy::auth::{self, Key};
+use crate::lazy::serve::{self, Ended, TaskPages};
+use crate::lazy::wire::{read_frame, Kind};
+use crate::ptrace::{O_EXITKILL, O_TRACESYSGOOD};
+use crate::track;
+use anyhow::{bail, Context, Result};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct MigrateOptions {
+    pub pid: i32,
+    pub to: String,
+    pub key: Key,
+    /// Stop pre-copy when a round copies at most this many pages…
+    pub converge_pages: u64,
+    /// …or copies more than this fraction of the round before (not shrinking)…
+    pub shrink: f64,
+    /// …or after this many rounds.
+    pub max_rounds: u32,
+    pub tracker: track::Choice,
+    pub work_dir: PathBuf,
+    pub shell_job: bool,
+    /// How long to try to reach the destination again after a cut.
+    pub reconnect: Duration,
+}
+
+fn connect(to: &str, key: &Key, hello: &str) -> Result<TcpStream> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(to)
+        .with_context(|| format!("resolving {to}"))?
+        .next()
+        .with_context(|| format!("no address for {to}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| format!("connecting to {to}"))?;
+    serve::tune(&s);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    auth::connect(&mut s, key).with_context(|| format!("authenticating with {to}"))?;
+    s.set_read_timeout(None)?;
+    status(&mut s, hello)?;
+    Ok(s)
+}
+
+fn say(msg: &str) {
+    println!("migrate: {msg}");
+}
+
+pub fn run(o: &MigrateOptions) -> Result<()> {
+    let t0 = Instant::now();
+    let pid = o.pid;
+    crate::dump::scope::inspect(&crate::proc::ProcDir::new(pid), o.shell_job, false)?;
+    let mut stream = connect(&o.to, &o.key, START)?;
+    say(&format!("connected to {}", o.to));
+    std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
+    let work = tempfile::Builder::new().prefix("ferry-migrate-").tempdir_in(&o.work_dir)?;
+
+    // Pre-copy: the task runs; each round sends what changed since the last.
+    let mut round = 0u32;
+    let mut last_pages = u64::MAX;
+    let mut precopy_bytes = 0u64;
+    let result = (|| -> Result<(u32, u64)> {
+        loop {
+            round += 1;
+            let dir = work.path().join(round.to_string());
+            let mut d = DumpOptions::new(pid, dir.clone());
+            d.kind = ImageKind::PreDump;
+            d.leave_running = true;
+            d.shell_job = true;
+            d.tracker = o.tracker;
+            d.track_owner = Some(std::process::id() as i32);
+            if round > 1 {
+                d.prev = Some(PathBuf::from(format!("../{}", round - 1)));
+            }
+            let t = Instant::now();
+            let stats = dump::dump(&d)?;
+            let sent = send_image(&mut stream, &dir, &round.to_string())?;
+            end_round(&mut stream, &round.to_string(), false)?;
+            // The next round needs this one's page list, not its pages.
+            let _ = std::fs::remove_file(dir.join(pages_file(pid)));
+            precopy_bytes += sent;
+            let secs = t.elapsed().as_secs_f64();
+            say(&format!(
+                "round {round}: {} dirty pages, {} sent in {:.0} ms ({}/s), task frozen {:.1} ms",
+                stats.pages_written,
+                human_bytes(sent),
+                secs * 1e3,
+                human_bytes((sent as f64 / secs) as u64),
+                stats.frozen_us as f64 / 1e3
+            ));
+            crate::testhook::stage("round");
+            let pages = stats.pages_written;
+            let converged = round > 1 && pages <= o.converge_pages;
+            let stuck = round > 1 && pages as f64 > last_pages as f64 * o.shrink;
+            if converged || stuck || round >= o.max_rounds {
+                let why = if converged {
+                    "dirty set small enough"
+                } else if stuck {
+                    "dirty set stopped shrinking"
+                } else {
+                    "round limit"
+                };
+                say(&format!("pre-copy done after {round} rounds ({why})"));
+                return Ok((round, precopy_bytes));
+            }
+            last_pages = pages;
+        }
+    })();
+    let (rounds, precopy_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = status(&mut stream, &format!("{e:#}"));
+            return Err(e.context("pre-copy failed; the task runs on here, untracked"));
+        }
+    };
+
+    // Final: frozen from here on; only the pages changed since the last round
+    // stay behind, served lazily.
+    let final_dir = work.path().join("final");
+    let mut d = DumpOptions::new(pid, final_dir.clone());
+    d.prev = Some(PathBuf::from(format!("../{rounds}")));
+    d.track_mem = true;
+    d.shell_job = o.shell_job;
+    d.lazy = Some(LazyServe::Caller);
+    let dumped = dump::dump_frozen(&d)?;
+    let frozen = dumped.frozen.expect("a lazy dump keeps the task frozen");
+    let final_bytes = send_image(&mut stream, &final_dir, "final")?;
+    end_round(&mut stream, "final", true)?;
+    let reply = read_frame(&mut stream).context("waiting for the destination to restore");
+    match reply {
+        Ok(r) if r.kind == Kind::Status && r.text().starts_with("ready") => {}
+        other => {
+            // The destination never ran the task: it goes on here.
+            frozen.tracee.detach(0)?;
+            let why = other.map(|f| f.text()).unwrap_or_else(|e| format!("{e:#}"));
+            bail!("the destination could not restore the task ({why}); it runs on here");
+        }
+    }
+    // From now on the task must never run here again, even if ferry dies;
+    // then the destination may let its copy run.
+    frozen.tracee.set_options(O_TRACESYSGOOD | O_EXITKILL)?;
+    status(&mut stream, GO)?;
+    let reply = read_frame(&mut stream).context("waiting for the destination to run the task")?;
+    if reply.kind != Kind::Status || !reply.text().starts_with("running") {
+        frozen.tracee.kill()?;
+        bail!("the destination failed after taking over the task ({}); both copies are gone", reply.text());
+    }
+    let downtime = frozen.since.elapsed();
+    say(&format!(
+        "task running on {} after {:.1} ms of downtime; {} left to send lazily",
+        o.to,
+        downtime.as_secs_f64() * 1e3,
+        human_bytes(crate::lazy::lazy_ranges(&frozen.pagemap).bytes())
+    ));
+
+    let store = TaskPages {
+        mem: crate::ptrace::remote::RemoteMem::open(pid)?,
+        allowed: crate::lazy::lazy_ranges(&frozen.pagemap),
+    };
+    let stats = serve::ServeStats::default();
+    loop {
+        match serve::serve_conn(stream, &store, &stats) {
+            Ended::Done => break,
+            Ended::Disconnected => {
+                say("connection lost during post-copy; reconnecting");
+                let start = Instant::now();
+                stream = loop {
+                    match connect(&o.to, &o.key, RESUME) {
+                        Ok(s) => break s,
+                        Err(e) if start.elapsed() > o.reconnect => {
+                            frozen.tracee.kill()?;
+                            bail!(
+                                "the destination is unreachable ({e:#}) for {} s during post-copy: \
+                                 the source copy of task {pid} was killed",
+                                o.reconnect.as_secs()
+                            );
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                    }
+                };
+            }
+        }
+    }
+    frozen.tracee.kill()?;
+    let lazy_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    say(&format!(
+        "done in {:.2} s: downtime {:.1} ms; sent {} pre-copy ({rounds} rounds), {} final images, {} post-copy ({} faults)",
+        t0.elapsed().as_secs_f64(),
+        downtime.as_secs_f64() * 1e3,
+        human_bytes(precopy_bytes),
+        human_bytes(final_bytes),
+        human_bytes(lazy_bytes),
+        stats.urgent.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Live migration between two network namespaces (veth), the destination
+//! in a PID namespace of its own: the CRIU-style command sequence, `ferry
+//! migrate`/`ferry receive`, authentication, and failures during post-copy.
+
+mod common;
+
+use common::ns::{Net, PidNs};
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(90);
+
+fn spawn_src(net: &Net, prog: &str, args: &[&str], out: &Path) -> Target {
+    spawn_command(net.in_src(&testprog(prog).display().to_string(), args), out)
+}
+
+fn bg(mut c: Command) -> Child {
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn ferry_in_src(net: &Net, args: &[&str]) -> Command {
+    net.in_src(&ferry().display().to_string(), args)
+}
+
+fn finish(c: Child, what: &str) -> Output {
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Wait until `f` holds.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < T, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The restored task (seen from the host) checks its memory and exits 0.
+fn check_restored(ns: &PidNs, pid: i32, t: &Target) {
+    let host = ns.host_pid(pid).expect("restored task in the destination namespace");
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(host, libc::SIGUSR1) };
+    until("the restored task to check itself", || t.output().contains("ok") || t.output().contains("FAIL"));
+    assert!(t.output().contains("ok"), "{}", t.output());
+}
+
+fn key(w: &Path, name: &str, content: &str) -> String {
+    let p = w.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.display().to_string()
+}
+
+/// DESIGN.md's sequence, verbatim but for paths and the address:
+/// pre-dump, pre-dump --prev-images-dir --track-mem, dump --lazy-pages,
+/// copy the images, lazy-pages + restore --lazy-pages on the destination.
+#[test]
+fn criu_command_sequence_between_namespaces() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-churn", &["128", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs");
+    let d = |n: &str| imgs.join(n).display().to_string();
+    finish(bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump 1");
+    std::thread::sleep(Duration::from_millis(300));
+    finish(
+        bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem"])),
+        "pre-dump 2",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let src = bg(ferry_in_src(
+        &net,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            &d("3"),
+            "--prev-images-dir",
+            "../2",
+            "--track-mem",
+            "--lazy-pages",
+            "--port",
+            "27",
+            "--address",
+            &net.src_ip,
+        ],
+    ));
+    until("the lazy dump's images", || imgs.join("3/inventory.json").exists());
+    // "After copying /imgs": the destination gets its own copy.
+    let dst_imgs = w.path().join("dst");
+    assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
+    let ns = PidNs::new(Some(&net.dst));
+    let dd = dst_imgs.join("3").display().to_string();
+    let daemon = bg(ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]));
+    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    finish(daemon, "lazy-pages");
+    finish(src, "lazy dump");
+    // The source task is gone; the restored one runs at the same PID.
+    t.reap_killed();
+    assert!(ns.host_pid(t.pid).is_some());
+    check_restored(&ns, t.pid, &t);
+}
+
+/// `ferry migrate` to `ferry receive`, for a big process with a small
+/// working set, one dirtying 5% of its memory per second, and one whose
+/// layout keeps changing.
+#[test]
+fn migrate_one_command() {
+    let cases: [(&str, &[&str]); 3] =
+        [("tp-churn", &["1024", "0"]), ("tp-churn", &["256", "5"]), ("tp-churn", &["128", "5", "layout"])];
+    for (prog, args) in cases {
+        let w = workdir();
+        let net = Net::new();
+        let k = key(w.path(), "key", "a shared secret of some length");
+        let ns = PidNs::new(Some(&net.dst));
+        let listen = format!("{}:7000", net.dst_ip);
+        let dst_dir = w.path().join("dst").display().to_string();
+        let recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &k]));
+        let mut t = spawn_src(&net, prog, args, &w.path().join("out"));
+        t.wait_output("ready", T);
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = t.pid.to_string();
+        let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
+        let report = String::from_utf8_lossy(&m.stdout);
+        assert!(report.contains("round 1:") && report.contains("downtime") && report.contains("post-copy"), "{report}");
+        finish(recv, "receive");
+        t.reap_killed();
+        check_restored(&ns, t.pid, &t);
+    }
+}
+
+#[test]
+fn wrong_key_is_refused_and_the_right_peer_still_served() {
+    let w = workdir();
+    let net = Net::new();
+    let good = key(w.path(), "good", "the right key, long enough");
+    let bad = key(w.path(), "bad", "some other key, long enough");
+    let ns = PidNs::new(Some(&net.dst));
+    let listen = format!("{}:7001", net.dst_ip);
+    let dst_dir = w.path().join("dst").display().to_string();
+    let recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &good]));
+    let mut t = spawn_src(&net, "tp-churn", &["32", "1"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &bad]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("authentication failed: wrong key") || err.contains("refused us"), "{err}");
+    t.assert_running_untraced();
+    finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &good])), "migrate");
+    let r = finish(recv, "receive");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("refused peer"), "{}", String::from_utf8_lossy(&r.stderr));
+    t.reap_killed();
+    check_restored(&ns, t.pid, &t);
+}
+
+/// The lazy flow with post-copy held up while the link is down for 3 s:
+/// the daemon reconnects and the task gets all its pages.
+#[test]
+fn network_cut_during_postcopy() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-bigmem", &["256"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs").display().to_string();
+    let src = bg(ferry_in_src(
+        &net,
+        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "28", "--address", &net.src_ip],
+    ));
+    until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
+    let ns = PidNs::new(Some(&net.dst));
+    let mut c = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "28", "-D", &imgs]);
+    c.env("FERRY_TEST_HOLD_AT", "postcopy:200");
+    let daemon = bg(c);
+    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    net.link(false);
+    std::thread::sleep(Duration::from_secs(3));
+    net.link(true);
+    let out = finish(daemon, "lazy-pages");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connection lost"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    finish(src, "lazy dump");
+    t.reap_killed();
+    check_restored(&ns, t.pid, &t);
+}
+
+/// The source dies during post-copy: the destination task is killed with a
+/// clear message (its memory cannot be completed), nothing else is harmed.
+#[test]
+fn source_killed_during_postcopy() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-bigmem", &["64"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs").display().to_string();
+    let mut src = bg(ferry_in_src(
+        &net,
+        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "29", "--address", &net.src_ip],
+    ));
+    until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
+    let ns = PidNs::new(Some(&net.dst));
+    let mut c =
+        ns.ferry(&["lazy-pages", "--address", &net.src_ip, "--port", "29", "-D", &imgs, "--reconnect-timeout", "2"]);
+    c.env("FERRY_TEST_HOLD_AT", "postcopy:1500");
+    let daemon = bg(c);
+    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    let restored = ns.host_pid(t.pid).unwrap();
+    // The source goes away for good (and its frozen task with it).
+    src.kill().unwrap();
+    src.wait().unwrap();
+    assert_eq!(t.wait_exit(T), WaitResult::Signaled(libc::SIGKILL));
+    let out = daemon.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains(&format!("killed task {}", t.pid)) && err.contains("unreachable"), "{err}");
+    until("the restored task to be killed", || {
+        !pid_exists(restored) || ferry::proc::ProcDir::new(restored).status().is_ok_and(|s| s.state == 'Z')
+    });
+}
+
+/// Killing `ferry migrate` during pre-copy leaves the task running where it
+/// was, its memory intact, and no dirty tracking behind.
+#[test]
+fn migrate_killed_during_precopy() {
+    let w = workdir();
+    let net = Net::new();
+    let k = key(w.path(), "key", "a shared secret of some length");
+    let ns = PidNs::new(Some(&net.dst));
+    let listen = format!("{}:7002", net.dst_ip);
+    let dst_dir = w.path().join("dst").display().to_string();
+    let mut recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &k]));
+    let mut t = spawn_src(&net, "tp-churn", &["64", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]);
+    c.env("FERRY_TEST_HOLD_AT", "round").stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
+    let mut m = c.spawn().unwrap();
+    let mut err = std::io::BufReader::new(m.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("test hold at round") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "migrate ended early");
+    }
+    m.kill().unwrap();
+    m.wait().unwrap();
+    // The holder of the tracking userfaultfd follows its owner.
+    until("tracking to be dropped", || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c == "ferry-track\n")
+                && std::fs::read_to_string(e.path().join("fdinfo/4"))
+                    .is_ok_and(|i| i.contains(&format!("Pid:\t{pid}\n")))
+        })
+    });
+    t.assert_running_untraced();
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    let _ = recv.kill();
+    let _ = recv.wait();
+}
