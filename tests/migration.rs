@@ -276,3 +276,86 @@ fn migrate_killed_during_precopy() {
     let _ = recv.kill();
     let _ = recv.wait();
 }
+
+/// Pre-dump and dump send their images to `ferry page-server` on the
+/// destination; only metadata stays on the source; the destination
+/// restores from what it received.
+#[test]
+fn page_server_receives_the_chain() {
+    let w = workdir();
+    let net = Net::new();
+    let k = key(w.path(), "key", "a shared secret of some length");
+    let mut t = spawn_src(&net, "tp-churn", &["64", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let ns = PidNs::new(Some(&net.dst));
+    let (local, remote) = (w.path().join("local"), w.path().join("remote"));
+    for (round, extra) in [("1", vec!["pre-dump"]), ("2", vec!["dump", "--prev-images-dir", "../1"])] {
+        let rd = remote.join(round).display().to_string();
+        let server =
+            bg(ns.ferry(&["page-server", "--address", &net.dst_ip, "--port", "30", "-D", &rd, "--auth-key", &k]));
+        let ld = local.join(round).display().to_string();
+        let mut args = extra.clone();
+        args.extend([
+            "-t",
+            &pid,
+            "-D",
+            &ld,
+            "--page-server",
+            "--address",
+            &net.dst_ip,
+            "--port",
+            "30",
+            "--auth-key",
+            &k,
+        ]);
+        finish(bg(ferry_in_src(&net, &args)), "dump to the page server");
+        finish(server, "page-server");
+        assert!(!local.join(round).join(format!("pages-{pid}.img")).exists(), "page data stayed on the source");
+        assert!(remote.join(round).join(format!("pages-{pid}.img")).exists());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.reap_killed();
+    let out = ns.ferry(&["restore", "-d", "-D", &remote.join("2").display().to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_restored(&ns, t.pid, &t);
+}
+
+/// The lazy-pages daemon crashes during post-copy: its guard kills the
+/// restored task (which could otherwise read missing memory as zeros) and
+/// says so.
+#[test]
+fn lazy_daemon_crash_is_reported() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-bigmem", &["64"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs").display().to_string();
+    let mut src = bg(ferry_in_src(
+        &net,
+        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "31", "--address", &net.src_ip],
+    ));
+    until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
+    let ns = PidNs::new(Some(&net.dst));
+    let mut c = ns.ferry(&["lazy-pages", "--address", &net.src_ip, "--port", "31", "-D", &imgs]);
+    c.env("FERRY_TEST_HOLD_AT", "postcopy");
+    let mut daemon = bg(c);
+    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    let restored = ns.host_pid(t.pid).unwrap();
+    // nsenter forks for the PID namespace: the daemon is its child.
+    let daemon_pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", daemon.id())).unwrap();
+    let daemon_pid: i32 = daemon_pid.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: plain kill(2) of the daemon.
+    unsafe { libc::kill(daemon_pid, libc::SIGKILL) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let _ = daemon.wait();
+    assert!(err.contains("the daemon died before all pages arrived; killed the restored task"), "{err}");
+    until("the restored task to be killed", || {
+        !pid_exists(restored) || ferry::proc::ProcDir::new(restored).status().is_ok_and(|s| s.state == 'Z')
+    });
+    let _ = src.kill();
+    let _ = src.wait();
+    let _ = t.wait_exit(T);
+}

@@ -3,6 +3,28 @@
 use crate::image::inventory::ImageKind;
 use crate::track;
 use anyhow::Result;
+
+/// `ferry page-server`: receive one dump's images over the network.
+#[derive(Args, Debug)]
+pub struct PageServerArgs {
+    /// Address to listen on (this address only)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub address: String,
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+    /// Where to store the images
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    pub images_dir: PathBuf,
+    /// Shared key file (default /etc/ferry/auth.key)
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+}
+
+pub fn run_page_server(a: PageServerArgs) -> Result<ExitCode> {
+    let key = crate::cli::migrate::load_key(&a.auth_key)?;
+    crate::lazy::upload::receive(&format!("{}:{}", a.address, a.port), &a.images_dir, &key)?;
+    Ok(ExitCode::SUCCESS)
+}
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,22 +47,56 @@ pub struct DumpArgs {
     #[command(flatten)]
     pub chain: ChainArgs,
     /// Leave the pages changed since the last round on this machine and
-    /// serve them to `ferry lazy-pages` on the destination (post-copy)
-    #[arg(long = "lazy-pages")]
+    /// serve them to `ferry lazy-pages` on the destination (post-copy), on
+    /// --address (default all) and --port
+    #[arg(long = "lazy-pages", conflicts_with = "page_server")]
     pub lazy_pages: bool,
-    /// Port to serve lazy pages on
-    #[arg(long, value_name = "PORT", requires = "lazy_pages")]
-    pub port: Option<u16>,
-    /// Address to serve lazy pages on
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", requires = "lazy_pages")]
-    pub address: String,
-    /// Shared key file for the page connection; by default a fresh key is
-    /// written next to the images (lazy-pages.key) and travels with them
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// How long to wait for the destination before giving the task back
     #[arg(long = "lazy-wait", value_name = "SECONDS", default_value_t = 600)]
     pub lazy_wait: u64,
+}
+
+/// Where pages go over the network (shared by dump and pre-dump).
+#[derive(Args, Debug)]
+pub struct NetArgs {
+    /// Send the images to `ferry page-server` at --address:--port instead
+    /// of keeping the page data here (only metadata stays in -D)
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// The page server to send to, or (with --lazy-pages) the address to serve on
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Shared key file. With --lazy-pages a fresh key is written next to
+    /// the images by default (lazy-pages.key, it travels with them); for
+    /// the page server the default is /etc/ferry/auth.key
+    #[arg(long = "auth-key", value_name = "FILE")]
+    pub auth_key: Option<PathBuf>,
+}
+
+impl NetArgs {
+    fn port(&self, what: &str) -> Result<u16> {
+        self.port.ok_or_else(|| anyhow::anyhow!("{what} needs --port"))
+    }
+
+    /// After a successful dump: ship it to the page server if asked.
+    fn upload(&self, dir: &std::path::Path) -> Result<()> {
+        if !self.page_server {
+            return Ok(());
+        }
+        let port = self.port("--page-server")?;
+        let address = self
+            .address
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--page-server needs --address (the page server)"))?;
+        let key = crate::cli::migrate::load_key(&self.auth_key)?;
+        let bytes = crate::lazy::upload::send(dir, &format!("{address}:{port}"), &key)?;
+        tracing::info!(bytes, "images sent to the page server");
+        Ok(())
+    }
 }
 
 /// Options shared by dump and pre-dump for iterative (incremental) rounds.
@@ -72,6 +128,8 @@ pub struct PreDumpArgs {
     pub images_dir: PathBuf,
     #[command(flatten)]
     pub chain: ChainArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 fn options(pid: i32, dir: PathBuf, chain: &ChainArgs) -> crate::dump::DumpOptions {
@@ -98,19 +156,19 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
     if a.lazy_pages {
-        let port =
-            a.port.ok_or_else(|| anyhow::anyhow!("--lazy-pages needs --port (where the destination fetches pages)"))?;
+        let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {
             anyhow::bail!("--lazy-pages moves the task away: it cannot also --leave-running");
         }
         o.lazy = Some(crate::dump::LazyServe::Listen {
-            address: a.address,
+            address: a.net.address.clone().unwrap_or_else(|| "0.0.0.0".into()),
             port,
-            key: a.auth_key,
+            key: a.net.auth_key.clone(),
             wait: std::time::Duration::from_secs(a.lazy_wait),
         });
     }
     report(&crate::dump::dump(&o)?);
+    a.net.upload(&o.dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -120,5 +178,6 @@ pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
     o.leave_running = true;
     o.shell_job = true;
     report(&crate::dump::dump(&o)?);
+    a.net.upload(&o.dir)?;
     Ok(ExitCode::SUCCESS)
 }

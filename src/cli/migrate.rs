@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Where both ends look for the shared key when none is given.
 pub const DEFAULT_KEY: &str = "/etc/ferry/auth.key";
 
-fn load_key(given: &Option<PathBuf>) -> Result<Key> {
+pub fn load_key(given: &Option<PathBuf>) -> Result<Key> {
     match given {
         Some(p) => Key::load(p),
         None if Path::new(DEFAULT_KEY).exists() => Key::load(Path::new(DEFAULT_KEY)),

@@ -59,6 +59,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Serve a lazily restored task's missing pages from the source
     LazyPages(lazy::LazyPagesArgs),
+    /// Receive a dump's images over the network (see dump --page-server)
+    PageServer(dump::PageServerArgs),
     /// Move a running task to another machine (where `ferry receive` listens)
     Migrate(migrate::MigrateArgs),
     /// Take in a task that `ferry migrate` sends, and run it here
@@ -75,6 +77,7 @@ impl Command {
             Command::PreDump(_) => "pre-dump",
             Command::Restore(_) => "restore",
             Command::LazyPages(_) => "lazy-pages",
+            Command::PageServer(_) => "page-server",
             Command::Migrate(_) => "migrate",
             Command::Receive(_) => "receive",
             Command::Show(_) => "show",
@@ -87,6 +90,7 @@ impl Command {
             Command::PreDump(a) => Some(&a.images_dir),
             Command::Restore(a) => Some(&a.images_dir),
             Command::LazyPages(a) => Some(&a.images_dir),
+            Command::PageServer(a) => Some(&a.images_dir),
             Command::Receive(a) => Some(&a.images_dir),
             Command::Check(_) | Command::Show(_) | Command::Migrate(_) => None,
         }
@@ -103,6 +107,7 @@ impl Cli {
             Command::PreDump(a) => dump::run_pre(a),
             Command::Restore(a) => restore::run(a),
             Command::LazyPages(a) => lazy::run(a),
+            Command::PageServer(a) => dump::run_page_server(a),
             Command::Migrate(a) => migrate::run_migrate(a),
             Command::Receive(a) => migrate::run_receive(a),
             Command::Show(a) => show::run(a),

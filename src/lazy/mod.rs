@@ -10,6 +10,7 @@ pub mod guard;
 pub mod handoff;
 pub mod ranges;
 pub mod serve;
+pub mod upload;
 pub mod wire;
 
 use ranges::RangeSet;

@@ -35,7 +35,8 @@ pub fn send_image(w: &mut impl Write, dir: &Path, prefix: &str) -> Result<u64> {
     for name in names {
         let path = dir.join(&name);
         let mut f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        write_frame(w, &Frame::new(Kind::File, format!("{prefix}/{name}").into_bytes()))?;
+        let full = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        write_frame(w, &Frame::new(Kind::File, full.into_bytes()))?;
         loop {
             let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {

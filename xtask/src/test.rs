@@ -19,7 +19,7 @@ impl Test {
         require_root("the test suite")?;
         // python3 and setpriv (util-linux) run as test targets; mount makes a
         // small tmpfs for the disk-full test.
-        apt::ensure(sh, &["python3", "util-linux", "mount", "coreutils"])?;
+        apt::ensure(sh, &["python3", "util-linux", "mount", "coreutils", "iproute2"])?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
         if !self.no_lint {
             if cmd!(sh, "cargo fmt --version").quiet().ignore_stdout().run().is_err() {

@@ -1,0 +1,81 @@
+//! `ferry page-server` and `dump --page-server`: a dump's images sent over
+//! an authenticated connection into the server's directory instead of
+//! local files. The dumping side keeps only the small metadata files (the
+//! next round's `--prev-images-dir` needs them), never the page data.
+
+use super::auth::{self, Key};
+use super::serve::tune;
+use super::wire::{read_frame, Kind};
+use crate::image::show::human_bytes;
+use crate::migrate::{end_round, receive_round, send_image, status};
+use anyhow::{bail, Context, Result};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+use tracing::{info, warn};
+
+const UPLOAD: &str = "upload";
+const STORED: &str = "stored";
+
+/// Receive one image into `dir`, then return. Strangers are refused (and
+/// logged); the listener keeps waiting for the right peer.
+pub fn receive(listen: &str, dir: &Path, key: &Key) -> Result<u64> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    info!("page server listening on {listen}");
+    for conn in listener.incoming() {
+        let mut s = conn?;
+        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        tune(&s);
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        if let Err(e) = auth::accept(&mut s, key) {
+            warn!("refused peer {peer}: {e:#}");
+            eprintln!("page-server: refused peer {peer}: {e:#}");
+            continue;
+        }
+        match read_frame(&mut s) {
+            Ok(f) if f.kind == Kind::Status && f.text() == UPLOAD => {}
+            _ => continue,
+        }
+        s.set_read_timeout(None)?;
+        let (_, _, bytes) = receive_round(&mut s, dir)?;
+        crate::image::ImageDir::open(dir).context("the received image does not check out")?;
+        status(&mut s, STORED)?;
+        info!("stored {} from {peer} in {}", human_bytes(bytes), dir.display());
+        return Ok(bytes);
+    }
+    bail!("stopped listening")
+}
+
+/// Send the image in `dir` to a page server, then drop its page data here.
+pub fn send(dir: &Path, to: &str, key: &Key) -> Result<u64> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(to)
+        .with_context(|| format!("resolving {to}"))?
+        .next()
+        .context("no address")?;
+    // The page server may still be starting: retry for a few seconds.
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to the page server {to}")),
+        }
+    };
+    tune(&s);
+    auth::connect(&mut s, key).with_context(|| format!("authenticating with the page server {to}"))?;
+    status(&mut s, UPLOAD)?;
+    let bytes = send_image(&mut s, dir, "")?;
+    end_round(&mut s, "image", true)?;
+    let reply = read_frame(&mut s).context("waiting for the page server")?;
+    if reply.kind != Kind::Status || reply.text() != STORED {
+        bail!("the page server did not store the image: {}", reply.text());
+    }
+    let inv = crate::image::ImageDir::open(dir)?;
+    for f in inv.inventory.files.iter().filter(|f| f.name.ends_with(".img") && f.name.starts_with("pages-")) {
+        std::fs::remove_file(dir.join(&f.name)).with_context(|| format!("removing {}", f.name))?;
+    }
+    Ok(bytes)
+}
