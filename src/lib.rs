@@ -11,6 +11,7 @@ pub mod dump;
 pub mod image;
 pub mod lazy;
 pub mod migrate;
+pub mod net;
 pub mod pidfd;
 pub mod probe;
 pub mod proc;

@@ -359,3 +359,73 @@ fn lazy_daemon_crash_is_reported() {
     let _ = src.wait();
     let _ = t.wait_exit(T);
 }
+
+/// `ferry migrate --tls` with certificates only (no shared key): an
+/// impostor whose certificate another CA signed is refused, its task runs
+/// on untouched, and the right peer is still served.
+#[test]
+fn migrate_over_tls_refuses_a_foreign_certificate() {
+    let w = workdir();
+    let net = Net::new();
+    let good = common::pki::Pki::new(w.path(), "good");
+    let evil = common::pki::Pki::new(w.path(), "evil");
+    let dst = good.issue("dst", &[&net.dst_ip]).flags();
+    let src = good.issue("src", &[]).flags();
+    let impostor = common::pki::Identity { ca: good.ca(), ..evil.issue("src", &[]) }.flags();
+    let ns = PidNs::new(Some(&net.dst));
+    let listen = format!("{}:7002", net.dst_ip);
+    let dst_dir = w.path().join("dst").display().to_string();
+    let mut args = vec!["receive", "--listen", &listen, "-D", &dst_dir];
+    args.extend(dst.iter().map(String::as_str));
+    let recv = bg(ns.ferry(&args));
+    let mut t = spawn_src(&net, "tp-churn", &["64", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = t.pid.to_string();
+    let migrate = |id: &[String]| {
+        let mut a = vec!["migrate", "-t", &pid, "--to", &listen];
+        a.extend(id.iter().map(String::as_str));
+        ferry_in_src(&net, &a)
+    };
+    let out = migrate(&impostor).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused our certificate"), "{err}");
+    t.assert_running_untraced();
+    let m = finish(bg(migrate(&src)), "migrate");
+    assert!(String::from_utf8_lossy(&m.stdout).contains("downtime"));
+    let r = finish(recv, "receive");
+    let r_err = String::from_utf8_lossy(&r.stderr);
+    assert!(r_err.contains("refused peer") && r_err.contains("not signed by our CA"), "{r_err}");
+    t.reap_killed();
+    check_restored(&ns, t.pid, &t);
+}
+
+/// The CRIU-style lazy flow with `--tls` on both ends (and the dump's
+/// generated key inside the TLS connection).
+#[test]
+fn lazy_pages_over_tls() {
+    let w = workdir();
+    let net = Net::new();
+    let pki = common::pki::Pki::new(w.path(), "good");
+    let src_id = pki.issue("src", &[&net.src_ip]).flags();
+    let dst_id = pki.issue("dst", &[]).flags();
+    let mut t = spawn_src(&net, "tp-churn", &["64", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs").display().to_string();
+    let mut args = vec!["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "28", "--address", &net.src_ip];
+    args.extend(src_id.iter().map(String::as_str));
+    let src = bg(ferry_in_src(&net, &args));
+    until("the lazy dump's images", || w.path().join("imgs/inventory.json").exists());
+    let ns = PidNs::new(Some(&net.dst));
+    let mut args = vec!["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "28", "-D", &imgs];
+    args.extend(dst_id.iter().map(String::as_str));
+    let daemon = bg(ns.ferry(&args));
+    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    finish(daemon, "lazy-pages");
+    finish(src, "lazy dump");
+    t.reap_killed();
+    check_restored(&ns, t.pid, &t);
+}

@@ -1,5 +1,6 @@
 //! `ferry dump` and `ferry pre-dump`.
 
+use super::security::{KeyDefault, SecurityArgs};
 use crate::image::inventory::ImageKind;
 use crate::track;
 use anyhow::Result;
@@ -15,14 +16,13 @@ pub struct PageServerArgs {
     /// Where to store the images
     #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
     pub images_dir: PathBuf,
-    /// Shared key file (default /etc/ferry/auth.key)
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 pub fn run_page_server(a: PageServerArgs) -> Result<ExitCode> {
-    let key = crate::cli::migrate::load_key(&a.auth_key)?;
-    crate::lazy::upload::receive(&format!("{}:{}", a.address, a.port), &a.images_dir, &key)?;
+    let creds = a.security.credentials(KeyDefault::System)?;
+    crate::lazy::upload::receive(&format!("{}:{}", a.address, a.port), &a.images_dir, &creds)?;
     Ok(ExitCode::SUCCESS)
 }
 use clap::Args;
@@ -70,11 +70,8 @@ pub struct NetArgs {
     pub address: Option<String>,
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Shared key file. With --lazy-pages a fresh key is written next to
-    /// the images by default (lazy-pages.key, it travels with them); for
-    /// the page server the default is /etc/ferry/auth.key
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl NetArgs {
@@ -92,8 +89,8 @@ impl NetArgs {
             .address
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("--page-server needs --address (the page server)"))?;
-        let key = crate::cli::migrate::load_key(&self.auth_key)?;
-        let bytes = crate::lazy::upload::send(dir, &format!("{address}:{port}"), &key)?;
+        let creds = self.security.credentials(KeyDefault::System)?;
+        let bytes = crate::lazy::upload::send(dir, &format!("{address}:{port}"), &creds)?;
         tracing::info!(bytes, "images sent to the page server");
         Ok(())
     }
@@ -163,7 +160,8 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         o.lazy = Some(crate::dump::LazyServe::Listen {
             address: a.net.address.clone().unwrap_or_else(|| "0.0.0.0".into()),
             port,
-            key: a.net.auth_key.clone(),
+            key: a.net.security.auth_key.clone(),
+            tls: a.net.security.tls()?,
             wait: std::time::Duration::from_secs(a.lazy_wait),
         });
     }

@@ -1,13 +1,13 @@
 //! `ferry lazy-pages`: the destination's userfaultfd daemon.
 
+use super::security::{KeyDefault, SecurityArgs};
 use crate::image::pagemap::PagemapImage;
 use crate::image::{pagemap_file, ImageDir};
-use crate::lazy::auth::{self, Key};
-use crate::lazy::wire::{read_frame, write_frame, Frame, Kind};
-use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve, KEY_FILE};
+use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
+use crate::net::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::{Credentials, Link};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,9 +27,8 @@ pub struct LazyPagesArgs {
     /// The images of the lazy dump (as given to `ferry restore --lazy-pages`)
     #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
     pub images_dir: PathBuf,
-    /// Shared key file; by default the one the lazy dump wrote next to its images
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// How long to keep trying when the source cannot be reached, before
     /// giving up (and killing the restored task, whose pages are lost)
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
@@ -37,17 +36,11 @@ pub struct LazyPagesArgs {
 }
 
 /// Connect to `addr:port` and authenticate, for (re)connections.
-pub fn connector(addr: String, port: u16, key: Key) -> crate::lazy::client::Connector {
+pub fn connector(addr: String, port: u16, creds: Credentials) -> crate::lazy::client::Connector {
     Box::new(move || {
-        let target = format!("{addr}:{port}");
-        let sock = std::net::ToSocketAddrs::to_socket_addrs(&target)
-            .with_context(|| format!("resolving {target}"))?
-            .next()
-            .with_context(|| format!("no address for {target}"))?;
-        let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-            .with_context(|| format!("connecting to {target}"))?;
+        let target = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+        let mut s = Link::connect(&target, &creds, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        auth::connect(&mut s, &key).with_context(|| format!("authenticating with {target}"))?;
         // The task may only run here once the source can never run it again.
         write_frame(&mut s, &Frame::new(Kind::Status, serve::ARM.as_bytes().to_vec()))?;
         let armed = read_frame(&mut s).with_context(|| format!("waiting for {target} to hand over the task"))?;
@@ -67,7 +60,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     if ranges.is_empty() {
         bail!("{}: the image has no lazy pages (it was not made with --lazy-pages)", a.images_dir.display());
     }
-    let key = Key::load(&a.auth_key.clone().unwrap_or_else(|| a.images_dir.join(KEY_FILE)))?;
+    let creds = a.security.credentials(KeyDefault::Images(&a.images_dir))?;
     let sock = handoff::socket_path(&a.images_dir);
     let _ = std::fs::remove_file(&sock);
     let listener =
@@ -76,7 +69,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let (task, uffd, answer) = handoff::receive(&listener)?;
     let _ = std::fs::remove_file(&sock);
     let client = match PageClient::connect(
-        connector(a.address.clone(), a.port, key),
+        connector(a.address.clone(), a.port, creds),
         Duration::from_secs(a.reconnect_timeout),
     ) {
         Ok(c) => c,

@@ -1,27 +1,13 @@
 //! `ferry migrate` and `ferry receive`.
 
-use crate::lazy::auth::Key;
+use super::security::{KeyDefault, SecurityArgs};
 use crate::migrate::{dest, source};
 use crate::track;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// Where both ends look for the shared key when none is given.
-pub const DEFAULT_KEY: &str = "/etc/ferry/auth.key";
-
-pub fn load_key(given: &Option<PathBuf>) -> Result<Key> {
-    match given {
-        Some(p) => Key::load(p),
-        None if Path::new(DEFAULT_KEY).exists() => Key::load(Path::new(DEFAULT_KEY)),
-        None => bail!(
-            "no shared key: give --auth-key FILE (the same file on both machines, at least 16 bytes, \
-             e.g. `head -c 32 /dev/urandom | xxd -p > key`), or create {DEFAULT_KEY}"
-        ),
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
@@ -31,9 +17,8 @@ pub struct MigrateArgs {
     /// Destination, where `ferry receive` listens
     #[arg(long, value_name = "HOST:PORT")]
     pub to: String,
-    /// Shared key file (default /etc/ferry/auth.key)
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// Stop pre-copy once a round finds at most this many dirty pages
     #[arg(long, value_name = "PAGES", default_value_t = 2048)]
     pub converge_pages: u64,
@@ -65,9 +50,8 @@ pub struct ReceiveArgs {
     /// Where to keep the images that arrive
     #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
     pub images_dir: PathBuf,
-    /// Shared key file (default /etc/ferry/auth.key)
-    #[arg(long = "auth-key", value_name = "FILE")]
-    pub auth_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The task is a shell job: it joins our session and terminal
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
@@ -84,7 +68,7 @@ pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
     source::run(&source::MigrateOptions {
         pid: a.tree,
         to: a.to,
-        key: load_key(&a.auth_key)?,
+        creds: a.security.credentials(KeyDefault::System)?,
         converge_pages: a.converge_pages,
         shrink: a.min_shrink,
         max_rounds: a.max_rounds.max(1),
@@ -100,7 +84,7 @@ pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
     dest::run(&dest::ReceiveOptions {
         listen: a.listen,
         dir: a.images_dir,
-        key: load_key(&a.auth_key)?,
+        creds: a.security.credentials(KeyDefault::System)?,
         shell_job: a.shell_job,
         pidfile: a.pidfile,
         reconnect: Duration::from_secs(a.reconnect_timeout),

@@ -6,6 +6,7 @@ pub mod lazy;
 pub mod logging;
 pub mod migrate;
 pub mod restore;
+pub mod security;
 pub mod show;
 
 use anyhow::Result;

@@ -23,6 +23,7 @@ use crate::image::inventory::{ImageKind, Inventory};
 use crate::image::stats::DumpStats;
 use crate::image::task::{Creds, FsState, Ids, MmState, PendingSignal, Rseq, Signals, TaskImage};
 use crate::image::{pagemap_file, task_file, ImageDir, ImageWriter, STATS};
+use crate::net::auth::Key;
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
 use crate::ptrace::{OnDrop, RseqConfig, Tracee, O_TRACESYSGOOD};
@@ -65,6 +66,8 @@ pub enum LazyServe {
         port: u16,
         /// Shared key; without one a fresh key is written next to the images.
         key: Option<PathBuf>,
+        /// TLS certificates, if asked for.
+        tls: Option<std::sync::Arc<crate::net::tls::Tls>>,
         /// How long to wait for a destination before giving the task back.
         wait: Duration,
     },
@@ -136,8 +139,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         _ => None,
     };
     let d = dump_frozen(opts)?;
-    if let (Some(LazyServe::Listen { key, wait, .. }), Some(listener), Some(f)) = (&opts.lazy, listener, d.frozen) {
-        serve_lazy(&f.tracee, key.as_deref(), *wait, listener, &opts.dir, &f.pagemap)?;
+    if let (Some(LazyServe::Listen { key, tls, wait, .. }), Some(listener), Some(f)) = (&opts.lazy, listener, d.frozen)
+    {
+        let key = match key {
+            Some(p) => Key::load(p)?,
+            None => Key::generate(&opts.dir.join(crate::lazy::KEY_FILE))?,
+        };
+        let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
+        serve_lazy(&f.tracee, &creds, *wait, listener, &opts.dir, &f.pagemap)?;
     }
     Ok(d.stats)
 }
@@ -295,23 +304,19 @@ fn eager_ranges(regs: &NativeState, planned: &[memory::PlannedVma]) -> Vec<(u64,
 /// the images unusable (they would be a second, stale copy).
 fn serve_lazy(
     tracee: &Tracee,
-    key: Option<&std::path::Path>,
+    creds: &crate::net::Credentials,
     wait: Duration,
     listener: std::net::TcpListener,
     dir: &std::path::Path,
     pagemap: &crate::image::pagemap::PagemapImage,
 ) -> Result<()> {
-    use crate::lazy::{self, auth::Key, serve};
+    use crate::lazy::{self, serve};
     let pid = tracee.pid;
-    let key = match key {
-        Some(p) => Key::load(p)?,
-        None => Key::generate(&dir.join(lazy::KEY_FILE))?,
-    };
     let store =
         std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
     info!(pid, bytes = store.allowed.bytes(), "serving lazy pages");
     testhook::stage("serve");
-    let (served, stats) = serve::serve(listener, &key, store, wait, || {
+    let (served, stats) = serve::serve(listener, creds, store, wait, || {
         // From the first peer on, the task lives on the destination: it
         // must never run here again, even if ferry dies.
         tracee.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL)

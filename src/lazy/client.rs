@@ -3,17 +3,16 @@
 //! connection is re-established with backoff and unanswered requests are
 //! sent again; only after `give_up` without a connection do fetches fail.
 
-use super::serve::tune;
-use super::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::Link;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How to (re)open the connection: connect and authenticate.
-pub type Connector = Box<dyn Fn() -> Result<TcpStream> + Send + Sync>;
+pub type Connector = Box<dyn Fn() -> Result<Link> + Send + Sync>;
 
 struct Pending {
     frame: Frame,
@@ -21,7 +20,7 @@ struct Pending {
 }
 
 struct State {
-    writer: Option<TcpStream>,
+    writer: Option<Link>,
     /// Bumped on every reconnect, so a dying reader does not clobber a new one.
     generation: u64,
     next_id: u32,
@@ -47,7 +46,7 @@ impl PageClient {
     }
 
     /// Start on an established, authenticated stream.
-    pub fn with_stream(stream: TcpStream, connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
+    pub fn with_stream(stream: Link, connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
         let c = Arc::new(PageClient {
             shared: Arc::new((
                 Mutex::new(State {
@@ -70,8 +69,7 @@ impl PageClient {
     }
 
     /// Use `stream` from now on: re-send what is unanswered, start its reader.
-    fn attach(self: &Arc<Self>, stream: TcpStream) -> Result<()> {
-        tune(&stream);
+    fn attach(self: &Arc<Self>, stream: Link) -> Result<()> {
         let reader = stream.try_clone()?;
         let (lock, cv) = &*self.shared;
         let mut st = lock.lock().unwrap();
@@ -90,7 +88,7 @@ impl PageClient {
         Ok(())
     }
 
-    fn read_loop(self: Arc<Self>, mut r: TcpStream, generation: u64) {
+    fn read_loop(self: Arc<Self>, mut r: Link, generation: u64) {
         let (lock, cv) = &*self.shared;
         loop {
             match read_frame(&mut r) {

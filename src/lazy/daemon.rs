@@ -6,7 +6,7 @@
 
 use super::client::PageClient;
 use super::ranges::RangeSet;
-use super::wire::{BULK, URGENT};
+use crate::net::wire::{BULK, URGENT};
 use crate::uffd::{Copied, Event, Uffd};
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

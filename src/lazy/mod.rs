@@ -3,7 +3,6 @@
 //! destination ([`daemon`]), which feeds them to the restored task through
 //! its userfaultfd ([`handoff`] brings the fd over from `ferry restore`).
 
-pub mod auth;
 pub mod client;
 pub mod daemon;
 pub mod guard;
@@ -11,7 +10,6 @@ pub mod handoff;
 pub mod ranges;
 pub mod serve;
 pub mod upload;
-pub mod wire;
 
 use ranges::RangeSet;
 

@@ -1,15 +1,15 @@
 //! The source side: serve the pages a lazy dump left behind, from the
 //! frozen task's memory, to authenticated peers only, and only those pages.
 
-use super::auth::{self, Key};
 use super::ranges::RangeSet;
-use super::wire::{read_frame, write_data, write_frame, Frame, Kind, URGENT};
+use crate::net::wire::{read_frame, write_data, write_frame, Frame, Kind, URGENT};
+use crate::net::{Credentials, Link};
 use crate::ptrace::remote::RemoteMem;
 use anyhow::{bail, Result};
 use nix::sys::uio::RemoteIoVec;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -49,13 +49,6 @@ pub struct ServeStats {
     pub bytes: AtomicU64,
 }
 
-/// Set socket options for page traffic: no Nagle delay, and a bounded
-/// time for unacknowledged data so a dead link is noticed.
-pub fn tune(s: &TcpStream) {
-    let _ = s.set_nodelay(true);
-    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::TcpUserTimeout, &2000);
-}
-
 /// How one connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -74,7 +67,7 @@ pub const ARM: &str = "arm";
 pub const ARMED: &str = "armed";
 
 /// Serve one authenticated connection until Done or disconnect.
-pub fn serve_conn(stream: TcpStream, store: &dyn PageStore, stats: &ServeStats) -> Ended {
+pub fn serve_conn(stream: Link, store: &dyn PageStore, stats: &ServeStats) -> Ended {
     let reader = match stream.try_clone() {
         Ok(r) => r,
         Err(_) => return Ended::Disconnected,
@@ -154,7 +147,7 @@ pub fn serve_conn(stream: TcpStream, store: &dyn PageStore, stats: &ServeStats) 
 /// peer authenticated within `wait`.
 pub fn serve(
     listener: TcpListener,
-    key: &Key,
+    creds: &Credentials,
     store: Arc<dyn PageStore>,
     wait: Duration,
     mut arm: impl FnMut() -> Result<()>,
@@ -174,17 +167,19 @@ pub fn serve(
             let _ = reply.send(armed);
         }
         match listener.accept() {
-            Ok((mut s, peer)) => {
-                let _ = s.set_nonblocking(false);
-                tune(&s);
-                let (key, store, stats, done, anyone, arm_tx) =
-                    (key.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone(), arm_tx.clone());
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nonblocking(false);
+                let (creds, store, stats, done, anyone, arm_tx) =
+                    (creds.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone(), arm_tx.clone());
                 std::thread::spawn(move || {
+                    let mut s = match Link::accept(tcp, &creds) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!("refused peer {peer}: {e:#}");
+                            return;
+                        }
+                    };
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    if let Err(e) = auth::accept(&mut s, &key) {
-                        warn!("refused peer {peer}: {e:#}");
-                        return;
-                    }
                     match read_frame(&mut s) {
                         Ok(f) if f.kind == Kind::Status && f.text() == ARM => {
                             let (tx, rx) = std::sync::mpsc::channel();

@@ -3,13 +3,12 @@
 //! local files. The dumping side keeps only the small metadata files (the
 //! next round's `--prev-images-dir` needs them), never the page data.
 
-use super::auth::{self, Key};
-use super::serve::tune;
-use super::wire::{read_frame, Kind};
 use crate::image::show::human_bytes;
 use crate::migrate::{end_round, receive_round, send_image, status};
+use crate::net::wire::{read_frame, Kind};
+use crate::net::{dial, Credentials, Link};
 use anyhow::{bail, Context, Result};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -19,19 +18,21 @@ const STORED: &str = "stored";
 
 /// Receive one image into `dir`, then return. Strangers are refused (and
 /// logged); the listener keeps waiting for the right peer.
-pub fn receive(listen: &str, dir: &Path, key: &Key) -> Result<u64> {
+pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     info!("page server listening on {listen}");
     for conn in listener.incoming() {
-        let mut s = conn?;
-        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        tune(&s);
+        let tcp = conn?;
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut s = match Link::accept(tcp, creds) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("refused peer {peer}: {e:#}");
+                eprintln!("page-server: refused peer {peer}: {e:#}");
+                continue;
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        if let Err(e) = auth::accept(&mut s, key) {
-            warn!("refused peer {peer}: {e:#}");
-            eprintln!("page-server: refused peer {peer}: {e:#}");
-            continue;
-        }
         match read_frame(&mut s) {
             Ok(f) if f.kind == Kind::Status && f.text() == UPLOAD => {}
             _ => continue,
@@ -47,25 +48,17 @@ pub fn receive(listen: &str, dir: &Path, key: &Key) -> Result<u64> {
 }
 
 /// Send the image in `dir` to a page server, then drop its page data here.
-pub fn send(dir: &Path, to: &str, key: &Key) -> Result<u64> {
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(to)
-        .with_context(|| format!("resolving {to}"))?
-        .next()
-        .context("no address")?;
+pub fn send(dir: &Path, to: &str, creds: &Credentials) -> Result<u64> {
     // The page server may still be starting: retry for a few seconds.
     let start = std::time::Instant::now();
-    let mut s = loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+    let tcp = loop {
+        match dial(to, Duration::from_secs(5)) {
             Ok(s) => break s,
-            Err(e) if start.elapsed() < Duration::from_secs(5) => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to the page server {to}")),
+            Err(_) if start.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e).context("reaching the page server"),
         }
     };
-    tune(&s);
-    auth::connect(&mut s, key).with_context(|| format!("authenticating with the page server {to}"))?;
+    let mut s = Link::client(tcp, to, creds)?;
     status(&mut s, UPLOAD)?;
     let bytes = send_image(&mut s, dir, "")?;
     end_round(&mut s, "image", true)?;

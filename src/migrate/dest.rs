@@ -5,13 +5,13 @@ use super::{receive_round, status, GO, RESUME, START};
 use crate::image::pagemap::PagemapImage;
 use crate::image::show::human_bytes;
 use crate::image::{pagemap_file, ImageDir};
-use crate::lazy::auth::{self, Key};
 use crate::lazy::client::PageClient;
-use crate::lazy::wire::{read_frame, Kind};
-use crate::lazy::{daemon, guard::Guard, lazy_ranges, serve};
+use crate::lazy::{daemon, guard::Guard, lazy_ranges};
+use crate::net::wire::{read_frame, Kind};
+use crate::net::{Credentials, Link};
 use crate::restore::{self, LazyRestore, RestoreOptions};
 use anyhow::{anyhow, bail, Context, Result};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use tracing::warn;
 pub struct ReceiveOptions {
     pub listen: String,
     pub dir: PathBuf,
-    pub key: Key,
+    pub creds: Credentials,
     pub shell_job: bool,
     pub pidfile: Option<PathBuf>,
     /// How long to wait for the source to come back after a cut.
@@ -34,18 +34,20 @@ fn say(msg: &str) {
 
 /// Accept authenticated peers; the first migration goes to `first`, later
 /// reconnections to `resumed`. Strangers are refused and logged.
-fn accept_loop(listener: TcpListener, key: Key, first: mpsc::Sender<TcpStream>, resumed: mpsc::Sender<TcpStream>) {
+fn accept_loop(listener: TcpListener, creds: Credentials, first: mpsc::Sender<Link>, resumed: mpsc::Sender<Link>) {
     let mut started = false;
     for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
-        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        serve::tune(&s);
+        let Ok(tcp) = conn else { continue };
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut s = match Link::accept(tcp, &creds) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("refused peer {peer}: {e:#}");
+                eprintln!("receive: refused peer {peer}: {e:#}");
+                continue;
+            }
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        if let Err(e) = auth::accept(&mut s, &key) {
-            warn!("refused peer {peer}: {e:#}");
-            eprintln!("receive: refused peer {peer}: {e:#}");
-            continue;
-        }
         let hello = match read_frame(&mut s) {
             Ok(f) if f.kind == Kind::Status => f.text(),
             _ => continue,
@@ -70,11 +72,11 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     say(&format!("listening on {}", o.listen));
     let (first_tx, first_rx) = mpsc::channel();
     let (resume_tx, resume_rx) = mpsc::channel();
-    let key = o.key.clone();
-    std::thread::spawn(move || accept_loop(listener, key, first_tx, resume_tx));
-    let mut stream: TcpStream = first_rx.recv().map_err(|_| anyhow!("stopped listening"))?;
+    let creds = o.creds.clone();
+    std::thread::spawn(move || accept_loop(listener, creds, first_tx, resume_tx));
+    let mut stream: Link = first_rx.recv().map_err(|_| anyhow!("stopped listening"))?;
     let t0 = Instant::now();
-    say(&format!("migration from {} started", stream.peer_addr().map(|a| a.to_string()).unwrap_or_default()));
+    say(&format!("migration from {} started", stream.peer()));
 
     let mut total = 0;
     let final_dir = loop {
@@ -116,7 +118,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     }
     let Some(uffd) = restored.uffd else {
         status(&mut stream, &format!("running {pid}"))?;
-        crate::lazy::wire::write_frame(&mut stream, &crate::lazy::wire::Frame::new(Kind::Done, Vec::new()))?;
+        crate::net::wire::write_frame(&mut stream, &crate::net::wire::Frame::new(Kind::Done, Vec::new()))?;
         say(&format!("task {pid} running; nothing left to fetch"));
         return Ok(());
     };

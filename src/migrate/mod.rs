@@ -9,7 +9,7 @@ pub mod source;
 
 use crate::image::inventory::Inventory;
 use crate::image::INVENTORY;
-use crate::lazy::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -6,13 +6,12 @@ use crate::dump::{self, DumpOptions, LazyServe};
 use crate::image::inventory::ImageKind;
 use crate::image::pages_file;
 use crate::image::show::human_bytes;
-use crate::lazy::auth::{self, Key};
 use crate::lazy::serve::{self, Ended, TaskPages};
-use crate::lazy::wire::{read_frame, Kind};
+use crate::net::wire::{read_frame, Kind};
+use crate::net::{Credentials, Link};
 use crate::ptrace::{O_EXITKILL, O_TRACESYSGOOD};
 use crate::track;
 use anyhow::{bail, Context, Result};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 pub struct MigrateOptions {
     pub pid: i32,
     pub to: String,
-    pub key: Key,
+    pub creds: Credentials,
     /// Stop pre-copy when a round copies at most this many pages…
     pub converge_pages: u64,
     /// …or copies more than this fraction of the round before (not shrinking)…
@@ -34,17 +33,8 @@ pub struct MigrateOptions {
     pub reconnect: Duration,
 }
 
-fn connect(to: &str, key: &Key, hello: &str) -> Result<TcpStream> {
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(to)
-        .with_context(|| format!("resolving {to}"))?
-        .next()
-        .with_context(|| format!("no address for {to}"))?;
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| format!("connecting to {to}"))?;
-    serve::tune(&s);
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    auth::connect(&mut s, key).with_context(|| format!("authenticating with {to}"))?;
-    s.set_read_timeout(None)?;
+fn connect(to: &str, creds: &Credentials, hello: &str) -> Result<Link> {
+    let mut s = Link::connect(to, creds, Duration::from_secs(3))?;
     status(&mut s, hello)?;
     Ok(s)
 }
@@ -57,7 +47,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
     crate::dump::scope::inspect(&crate::proc::ProcDir::new(pid), o.shell_job, false)?;
-    let mut stream = connect(&o.to, &o.key, START)?;
+    let mut stream = connect(&o.to, &o.creds, START)?;
     say(&format!("connected to {}", o.to));
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
     let work = tempfile::Builder::new().prefix("ferry-migrate-").tempdir_in(&o.work_dir)?;
@@ -172,7 +162,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
                 say("connection lost during post-copy; reconnecting");
                 let start = Instant::now();
                 stream = loop {
-                    match connect(&o.to, &o.key, RESUME) {
+                    match connect(&o.to, &o.creds, RESUME) {
                         Ok(s) => break s,
                         Err(e) if start.elapsed() > o.reconnect => {
                             frozen.tracee.kill()?;

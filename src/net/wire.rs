@@ -112,10 +112,16 @@ pub fn write_data(w: &mut impl Write, id: u32, addr: u64, bytes: &[u8]) -> Resul
 
 pub fn read_frame(r: &mut impl Read) -> Result<Frame> {
     let mut h = [0u8; 16];
-    r.read_exact(&mut h).context("receiving")?;
+    // The magic alone first: a TLS alert is shorter than a header.
+    r.read_exact(&mut h[..2]).context("receiving")?;
     if u16::from_le_bytes([h[0], h[1]]) != MAGIC {
+        // A TLS record: handshake (22) or alert (21), version 3.x.
+        if matches!(h, [21 | 22, 3, ..]) {
+            bail!("the peer speaks TLS: give this end --tls too");
+        }
         bail!("not a ferry peer (bad frame magic)");
     }
+    r.read_exact(&mut h[2..]).context("receiving")?;
     let kind = Kind::from_u8(h[2]).with_context(|| format!("unknown frame kind {}", h[2]))?;
     let len = u64::from_le_bytes(h[8..16].try_into().unwrap());
     if len > MAX_PAYLOAD {
@@ -142,5 +148,7 @@ mod tests {
         assert_eq!(d.kind, Kind::Data);
         assert_eq!(&d.payload[8..], &[1, 2, 3]);
         assert!(read_frame(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).unwrap_err().to_string().contains("not a ferry peer"));
+        let client_hello = [22u8, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3];
+        assert!(read_frame(&mut &client_hello[..]).unwrap_err().to_string().contains("speaks TLS"));
     }
 }

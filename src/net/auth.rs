@@ -1,8 +1,10 @@
 //! Peer authentication before any page moves: both ends prove they hold
 //! the same key (HMAC-SHA256 over fresh nonces from each side), so neither
-//! a stranger nor a replayed session gets or gives a byte of memory.
+//! a stranger nor a replayed session gets or gives a byte of memory. Over
+//! TLS with client certificates the key may be left out; both ends must
+//! agree on that, and say so clearly when they do not.
 
-use super::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -75,12 +77,34 @@ fn expect(f: Frame, kind: Kind) -> Result<Frame> {
     }
 }
 
+/// The Hello payload: protocol name, then whether the client brings a key.
+fn hello(with_key: bool) -> Vec<u8> {
+    let mut p = PROTOCOL.to_vec();
+    p.push(with_key as u8);
+    p
+}
+
+fn deny(s: &mut impl Write, why: &str) -> Result<()> {
+    let _ = write_frame(s, &Frame::new(Kind::Denied, why.as_bytes().to_vec()));
+    bail!("{why}")
+}
+
 /// Server side: returns once the client proved the key (and got our proof).
-pub fn accept(s: &mut (impl Read + Write), key: &Key) -> Result<()> {
-    let hello = expect(read_frame(s)?, Kind::Hello)?;
-    if hello.payload != PROTOCOL {
-        bail!("not a ferry peer (protocol {:?})", hello.text());
-    }
+/// `None`: TLS client certificates already authenticated the peer.
+pub fn accept(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
+    let h = expect(read_frame(s)?, Kind::Hello)?;
+    let with_key = match h.payload.strip_prefix(PROTOCOL) {
+        Some([k]) => *k == 1,
+        _ => bail!("not a ferry peer (protocol {:?})", h.text()),
+    };
+    let key = match (key, with_key) {
+        (Some(k), true) => k,
+        (None, false) => return write_frame(s, &Frame::new(Kind::Proof, Vec::new())),
+        (Some(_), false) => return deny(s, "authentication failed: this endpoint needs the shared key (--auth-key)"),
+        (None, true) => {
+            return deny(s, "authentication failed: this endpoint has no shared key (it uses TLS certificates only)")
+        }
+    };
     let ns = nonce()?;
     write_frame(s, &Frame::new(Kind::Challenge, ns.to_vec()))?;
     let r = expect(read_frame(s)?, Kind::Response)?;
@@ -97,9 +121,14 @@ pub fn accept(s: &mut (impl Read + Write), key: &Key) -> Result<()> {
     Ok(())
 }
 
-/// Client side: returns once the server proved the key.
-pub fn connect(s: &mut (impl Read + Write), key: &Key) -> Result<()> {
-    write_frame(s, &Frame::new(Kind::Hello, PROTOCOL.to_vec()))?;
+/// Client side: returns once the server proved the key (or, without a
+/// key, accepted us on our TLS certificate).
+pub fn connect(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
+    write_frame(s, &Frame::new(Kind::Hello, hello(key.is_some())))?;
+    let Some(key) = key else {
+        expect(read_frame(s)?, Kind::Proof)?;
+        return Ok(());
+    };
     let ch = expect(read_frame(s)?, Kind::Challenge)?;
     if ch.payload.len() != 32 {
         bail!("malformed authentication challenge");
@@ -125,20 +154,33 @@ mod tests {
         Key(s.as_bytes().to_vec())
     }
 
+    fn run(ks: Option<&str>, kc: Option<&str>) -> (Result<()>, Result<()>) {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let ks = ks.map(key);
+        let kc = kc.map(key);
+        let server = std::thread::spawn(move || accept(&mut a, ks.as_ref()));
+        let client = connect(&mut b, kc.as_ref());
+        (server.join().unwrap(), client)
+    }
+
     #[test]
     fn same_key_passes_other_key_is_refused_both_ways() {
-        for (ks, kc, ok) in
-            [("0123456789abcdef-a", "0123456789abcdef-a", true), ("0123456789abcdef-a", "0123456789abcdef-b", false)]
-        {
-            let (mut a, mut b) = UnixStream::pair().unwrap();
-            let server = std::thread::spawn(move || accept(&mut a, &key(ks)));
-            let client = connect(&mut b, &key(kc));
-            let server = server.join().unwrap();
-            assert_eq!(server.is_ok(), ok, "{server:?}");
-            assert_eq!(client.is_ok(), ok, "{client:?}");
-            if !ok {
-                assert!(client.unwrap_err().to_string().contains("wrong key"));
-            }
-        }
+        let (s, c) = run(Some("0123456789abcdef-a"), Some("0123456789abcdef-a"));
+        assert!(s.is_ok() && c.is_ok(), "{s:?} {c:?}");
+        let (s, c) = run(Some("0123456789abcdef-a"), Some("0123456789abcdef-b"));
+        assert!(s.unwrap_err().to_string().contains("does not have our key"));
+        assert!(c.unwrap_err().to_string().contains("wrong key"));
+    }
+
+    #[test]
+    fn key_presence_must_match() {
+        let (s, c) = run(None, None);
+        assert!(s.is_ok() && c.is_ok(), "{s:?} {c:?}");
+        let (s, c) = run(Some("0123456789abcdef-a"), None);
+        assert!(s.is_err());
+        assert!(c.unwrap_err().to_string().contains("needs the shared key"));
+        let (s, c) = run(None, Some("0123456789abcdef-a"));
+        assert!(s.is_err());
+        assert!(c.unwrap_err().to_string().contains("has no shared key"));
     }
 }

@@ -1,0 +1,169 @@
+//! Connections between ferry endpoints. A [`Link`] is one authenticated
+//! connection: TCP with the shared-key handshake ([`auth`]), optionally
+//! inside TLS with certificates on both sides ([`tls`]); [`wire`] is the
+//! framing on top. Nothing is sent or accepted before the peer is proven.
+
+pub mod auth;
+pub mod tls;
+pub mod wire;
+
+use anyhow::{bail, Context, Result};
+use auth::Key;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How this endpoint proves itself and checks its peer: a shared key, TLS
+/// certificates, or both (never neither).
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    key: Option<Key>,
+    tls: Option<Arc<tls::Tls>>,
+}
+
+impl Credentials {
+    pub fn new(key: Option<Key>, tls: Option<Arc<tls::Tls>>) -> Result<Credentials> {
+        if key.is_none() && tls.is_none() {
+            bail!("no way to authenticate the peer: give a shared key (--auth-key) or TLS certificates (--tls)");
+        }
+        Ok(Credentials { key, tls })
+    }
+
+    pub fn key(key: Key) -> Credentials {
+        Credentials { key: Some(key), tls: None }
+    }
+}
+
+/// How long a peer may take to authenticate.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// One authenticated connection.
+#[derive(Debug)]
+pub enum Link {
+    Tcp(TcpStream),
+    /// TLS: the plaintext side of the pump (see [`tls`]).
+    Tls {
+        app: tls::TlsStream,
+        peer: SocketAddr,
+    },
+}
+
+/// Set socket options for page traffic: no Nagle delay, and a bounded
+/// time for unacknowledged data so a dead link is noticed.
+fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::TcpUserTimeout, &2000);
+}
+
+/// Open a TCP connection to `target` (HOST:PORT).
+pub fn dial(target: &str, timeout: Duration) -> Result<TcpStream> {
+    let addr = target
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {target}"))?
+        .next()
+        .with_context(|| format!("no address for {target}"))?;
+    TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {target}"))
+}
+
+/// The host part of HOST:PORT (brackets of an IPv6 literal removed).
+fn host_of(target: &str) -> &str {
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl Link {
+    /// Dial `target` and authenticate as the client.
+    pub fn connect(target: &str, creds: &Credentials, timeout: Duration) -> Result<Link> {
+        Link::client(dial(target, timeout)?, target, creds)
+    }
+
+    /// Authenticate as the client on a connection made to `target`.
+    pub fn client(tcp: TcpStream, target: &str, creds: &Credentials) -> Result<Link> {
+        let handshake = || -> Result<Link> {
+            tune(&tcp);
+            let mut link = match &creds.tls {
+                Some(t) => Link::Tls { peer: tcp.peer_addr()?, app: t.client(tcp.try_clone()?, host_of(target))? },
+                None => Link::Tcp(tcp.try_clone()?),
+            };
+            link.set_read_timeout(Some(HANDSHAKE))?;
+            auth::connect(&mut link, creds.key.as_ref())?;
+            link.set_read_timeout(None)?;
+            Ok(link)
+        };
+        handshake().with_context(|| format!("authenticating with {target}"))
+    }
+
+    /// Authenticate an accepted connection as the server.
+    pub fn accept(tcp: TcpStream, creds: &Credentials) -> Result<Link> {
+        tune(&tcp);
+        let mut link = match &creds.tls {
+            Some(t) => Link::Tls { peer: tcp.peer_addr()?, app: t.server(tcp)? },
+            None => Link::Tcp(tcp),
+        };
+        link.set_read_timeout(Some(HANDSHAKE))?;
+        auth::accept(&mut link, creds.key.as_ref())?;
+        link.set_read_timeout(None)?;
+        Ok(link)
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<Link> {
+        Ok(match self {
+            Link::Tcp(s) => Link::Tcp(s.try_clone()?),
+            Link::Tls { app, peer } => Link::Tls { app: app.try_clone()?, peer: *peer },
+        })
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Link::Tcp(s) => s.set_read_timeout(t),
+            Link::Tls { app, .. } => app.set_read_timeout(t),
+        }
+    }
+
+    pub fn peer(&self) -> String {
+        match self {
+            Link::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Link::Tls { peer, .. } => format!("{peer} (TLS)"),
+        }
+    }
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.read(buf),
+            Link::Tls { app, .. } => app.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.write(buf),
+            Link::Tls { app, .. } => app.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.write_vectored(bufs),
+            Link::Tls { app, .. } => app.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(super::host_of("10.0.0.2:7000"), "10.0.0.2");
+        assert_eq!(super::host_of("[::1]:7000"), "::1");
+        assert_eq!(super::host_of("dest.example:1"), "dest.example");
+    }
+}
