@@ -2,7 +2,7 @@
 
 use super::security::{KeyDefault, SecurityArgs};
 use crate::image::pagemap::PagemapImage;
-use crate::image::{pagemap_file, ImageDir};
+use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
 use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
 use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use crate::net::{Credentials, Link};
@@ -83,10 +83,20 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     match daemon::run(crate::uffd::Uffd::from_fd(uffd), task, ranges, client) {
         Ok(r) => {
             guard.release();
-            let mut lat = r.fault_latencies.clone();
-            lat.sort();
-            let p50 = lat.get(lat.len() / 2).map(|d| d.as_micros()).unwrap_or(0);
-            info!(task, faults = r.faults, p50_us = p50 as u64, pushed = r.pushed_bytes, "done");
+            let st = r.stats();
+            info!(
+                task,
+                faults = st.faults,
+                p50_us = st.fault_p50_us,
+                p99_us = st.fault_p99_us,
+                pushed = st.pushed_bytes,
+                "done"
+            );
+            // Statistics are a report, not part of the restore: a read-only
+            // images directory must not fail a migration that worked.
+            if let Err(e) = st.save(&a.images_dir) {
+                tracing::warn!("could not write {LAZY_STATS}: {e:#}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

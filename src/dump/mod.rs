@@ -130,12 +130,11 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
 
 /// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
-    // Bind first: a busy port must fail before the task is touched.
+    // Bind first: a busy port must fail before the task is touched. Listen
+    // only once the images are complete, so that a listening port means
+    // "images ready, waiting for lazy-pages", as with CRIU.
     let listener = match &opts.lazy {
-        Some(LazyServe::Listen { address, port, .. }) => Some(
-            std::net::TcpListener::bind((address.as_str(), *port))
-                .with_context(|| format!("listening on {address}:{port}"))?,
-        ),
+        Some(LazyServe::Listen { address, port, .. }) => Some(crate::net::Reserved::bind(address, *port)?),
         _ => None,
     };
     let d = dump_frozen(opts)?;
@@ -146,7 +145,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             None => Key::generate(&opts.dir.join(crate::lazy::KEY_FILE))?,
         };
         let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
-        serve_lazy(&f.tracee, &creds, *wait, listener, &opts.dir, &f.pagemap)?;
+        serve_lazy(&f.tracee, &creds, *wait, listener.listen()?, &opts.dir, &f.pagemap)?;
     }
     Ok(d.stats)
 }

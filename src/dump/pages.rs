@@ -11,7 +11,7 @@ use crate::image::ImageWriter;
 use crate::proc::pagemap::{self, PageEntry};
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
-use crate::track::{frame_id, Method, Written};
+use crate::track::{frame_id, in_ranges, Method, Written};
 use anyhow::{Context, Result};
 use nix::sys::uio::RemoteIoVec;
 use std::fs::File;
@@ -146,7 +146,7 @@ pub fn write(
 fn fate(p: &Page, id: u64, sel: &Selection) -> Fate {
     let written = match (sel.method, &sel.written) {
         (Method::UffdWp, Some(w)) => match &w[p.vma] {
-            Some(ranges) => ranges.iter().any(|&(s, e)| s <= p.addr && p.addr < e),
+            Some(ranges) => in_ranges(ranges, p.addr),
             None => true,
         },
         (Method::UffdWp, None) => true,

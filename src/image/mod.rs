@@ -9,6 +9,7 @@
 //! pagemap-PID.json    extents of dumped pages (address, page count, flags)
 //! pages-PID.img       the raw page contents, extents back to back
 //! stats.json          freeze time, dump time, bytes written
+//! lazy-stats.json     written by lazy-pages: faults, their latency, bytes pushed
 //! ```
 //!
 //! Every file is mode 0600. Readers check the inventory's own checksum, its
@@ -32,6 +33,7 @@ use std::sync::Mutex;
 
 pub const INVENTORY: &str = "inventory.json";
 pub const STATS: &str = "stats.json";
+pub const LAZY_STATS: &str = "lazy-stats.json";
 
 pub fn task_file(pid: i32) -> String {
     format!("task-{pid}.json")

@@ -1,9 +1,12 @@
-//! The destination side of a page connection: fetch pages by address, from
-//! several threads at once (faults urgent, background pushes bulk). A lost
-//! connection is re-established with backoff and unanswered requests are
-//! sent again; only after `give_up` without a connection do fetches fail.
+//! The destination side of the page connections: fetch pages by address,
+//! from several threads at once. Faults (urgent) and background pushes
+//! (bulk) travel on separate connections ("lanes") where the source allows
+//! it, so a fault's page is never stuck in a socket buffer behind bulk
+//! data. A lost connection is re-established with backoff and unanswered
+//! requests are sent again; only after `give_up` without a connection do
+//! fetches fail.
 
-use crate::net::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::wire::{read_frame, write_frame, Frame, Kind, URGENT};
 use crate::net::Link;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
@@ -16,7 +19,19 @@ pub type Connector = Box<dyn Fn() -> Result<Link> + Send + Sync>;
 
 struct Pending {
     frame: Frame,
-    reply: Option<Result<Vec<u8>, String>>,
+    reply: Option<Result<Fetched, String>>,
+}
+
+/// Bytes fetched from the source (kept in the received frame, unsliced, to
+/// save a copy).
+pub struct Fetched(Vec<u8>);
+
+impl std::ops::Deref for Fetched {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // The payload starts with the address it answers.
+        &self.0[8..]
+    }
 }
 
 struct State {
@@ -31,23 +46,83 @@ struct State {
     bye: bool,
 }
 
+/// Pages from the source over one or two lanes.
 pub struct PageClient {
-    shared: Arc<(Mutex<State>, Condvar)>,
-    connector: Arc<Connector>,
-    give_up: Duration,
-    pub reconnects: Mutex<u32>,
+    urgent: Arc<Lane>,
+    /// None: bulk requests share the urgent lane.
+    bulk: Option<Arc<Lane>>,
 }
 
 impl PageClient {
-    /// Connect now (failing fast if that does not work at all).
+    /// Connect both lanes now (failing fast if that does not work at all).
     pub fn connect(connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
-        let stream = connector()?;
-        Self::with_stream(stream, connector, give_up)
+        let connector = Arc::new(connector);
+        let urgent = Lane::start(connector(), connector.clone(), give_up, false)?;
+        let bulk = Lane::start(connector(), connector, give_up, true)?;
+        Ok(Arc::new(PageClient { urgent, bulk: Some(bulk) }))
     }
 
-    /// Start on an established, authenticated stream.
+    /// One lane on an established, authenticated stream.
     pub fn with_stream(stream: Link, connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
-        let c = Arc::new(PageClient {
+        Ok(Arc::new(PageClient { urgent: Lane::start(Ok(stream), Arc::new(connector), give_up, false)?, bulk: None }))
+    }
+
+    fn lane(&self, prio: u8) -> &Arc<Lane> {
+        match &self.bulk {
+            Some(b) if prio != URGENT => b,
+            _ => &self.urgent,
+        }
+    }
+
+    /// Fetch `len` bytes at `addr` (the source's address).
+    pub fn fetch(&self, addr: u64, len: u64, prio: u8) -> Result<Fetched> {
+        self.fetch_many(&[(addr, len)], prio)
+    }
+
+    /// Fetch several (addr, len) pieces in one request: scattered pages cost
+    /// one round trip and one reply, not one each. The bytes come back
+    /// concatenated, in order.
+    pub fn fetch_many(&self, pieces: &[(u64, u64)], prio: u8) -> Result<Fetched> {
+        let lane = self.lane(prio);
+        let id = lane.send(pieces, prio)?;
+        let total: u64 = pieces.iter().map(|p| p.1).sum();
+        let got = lane.wait(id, pieces[0].0, total)?;
+        if got.len() as u64 != total {
+            return Err(anyhow!("the source sent {} bytes for a request of {total}", got.len()));
+        }
+        Ok(got)
+    }
+
+    /// Times a lane had to reconnect.
+    pub fn reconnects(&self) -> u32 {
+        *self.urgent.reconnects.lock().unwrap() + self.bulk.as_ref().map_or(0, |b| *b.reconnects.lock().unwrap())
+    }
+
+    /// Tell the source everything arrived (closing the bulk lane first, so
+    /// its end is not taken for a cut); wait briefly for its goodbye.
+    pub fn done(&self) -> Result<()> {
+        if let Some(b) = &self.bulk {
+            b.close();
+        }
+        self.urgent.done()
+    }
+}
+
+/// One connection to the source, re-established when it breaks.
+struct Lane {
+    shared: Arc<(Mutex<State>, Condvar)>,
+    connector: Arc<Connector>,
+    give_up: Duration,
+    reconnects: Mutex<u32>,
+    /// Its reader runs at background priority (a bulk lane).
+    background: bool,
+}
+
+impl Lane {
+    /// Start on an established stream.
+    fn start(first: Result<Link>, connector: Arc<Connector>, give_up: Duration, background: bool) -> Result<Arc<Lane>> {
+        let stream = first?;
+        let c = Arc::new(Lane {
             shared: Arc::new((
                 Mutex::new(State {
                     writer: None,
@@ -60,9 +135,10 @@ impl PageClient {
                 }),
                 Condvar::new(),
             )),
-            connector: Arc::new(connector),
+            connector,
             give_up,
             reconnects: Mutex::new(0),
+            background,
         });
         c.attach(stream)?;
         Ok(c)
@@ -89,6 +165,7 @@ impl PageClient {
     }
 
     fn read_loop(self: Arc<Self>, mut r: Link, generation: u64) {
+        super::background_thread(self.background);
         let (lock, cv) = &*self.shared;
         loop {
             match read_frame(&mut r) {
@@ -97,8 +174,8 @@ impl PageClient {
                     match f.kind {
                         Kind::Data | Kind::Error => {
                             if let Some(p) = st.pending.get_mut(&f.id) {
-                                p.reply = Some(if f.kind == Kind::Data {
-                                    Ok(f.payload[8..].to_vec())
+                                p.reply = Some(if f.kind == Kind::Data && f.payload.len() >= 8 {
+                                    Ok(Fetched(f.payload))
                                 } else {
                                     Err(f.text())
                                 });
@@ -152,21 +229,27 @@ impl PageClient {
         }
     }
 
-    /// Fetch `len` bytes at `addr` (the source's address).
-    pub fn fetch(&self, addr: u64, len: u64, prio: u8) -> Result<Vec<u8>> {
-        let (lock, cv) = &*self.shared;
+    /// Send a request; a failed send is retried by the reconnect.
+    fn send(&self, pieces: &[(u64, u64)], prio: u8) -> Result<u32> {
+        let (lock, _) = &*self.shared;
         let mut st = lock.lock().unwrap();
         if let Some(f) = &st.failed {
             return Err(anyhow!("{f}"));
         }
         let id = st.next_id;
         st.next_id = st.next_id.wrapping_add(1).max(1);
-        let frame = Frame::get(id, prio, addr, len);
+        let frame = Frame::get_many(id, prio, pieces);
         if let Some(w) = st.writer.as_mut() {
-            // A failed send is retried by the reconnect.
             let _ = write_frame(w, &frame);
         }
         st.pending.insert(id, Pending { frame, reply: None });
+        Ok(id)
+    }
+
+    /// Wait for the reply to request `id`.
+    fn wait(&self, id: u32, addr: u64, len: u64) -> Result<Fetched> {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
         loop {
             if let Some(r) = st.pending.get_mut(&id).and_then(|p| p.reply.take()) {
                 st.pending.remove(&id);
@@ -178,6 +261,17 @@ impl PageClient {
             }
             st = cv.wait(st).unwrap();
         }
+    }
+
+    /// Stop using this lane: its end is expected, not a cut.
+    fn close(&self) {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock().unwrap();
+        st.bye = true;
+        if let Some(w) = st.writer.take() {
+            w.shutdown();
+        }
+        cv.notify_all();
     }
 
     /// Tell the source everything arrived; wait (briefly) for its goodbye.

@@ -46,7 +46,15 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+impl Report {
+    pub fn stats(&self) -> crate::image::stats::LazyStats {
+        crate::image::stats::LazyStats::new(self.faults, &self.fault_latencies, self.pushed_bytes, self.elapsed)
+    }
+}
+
 const CHUNK: u64 = 256 << 10;
+/// Scattered pages: at most this many separate pieces per bulk job.
+const MAX_PIECES: usize = super::serve::MAX_PIECES;
 const PUSHERS: usize = 2;
 
 struct Shared {
@@ -61,8 +69,7 @@ struct Shared {
 /// is changing and the caller must let the event reader run, then retry.
 fn place(sp: &mut Space, dst: u64, data: &[u8], page: u64) -> Result<bool> {
     let end = dst + data.len() as u64;
-    let wanted: Vec<(u64, u64)> =
-        sp.inflight.iter().filter(|(s, e, _)| *s < end && *e > dst).map(|(s, e, _)| (s.max(dst), e.min(end))).collect();
+    let wanted: Vec<(u64, u64)> = sp.inflight.overlapping(dst, end).into_iter().map(|(s, e, _)| (s, e)).collect();
     for (s, e) in wanted {
         let mut at = s;
         while at < e {
@@ -86,13 +93,11 @@ fn place(sp: &mut Space, dst: u64, data: &[u8], page: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// Fetch `[dst, dst + len)` (source `src`) and place it, retrying while
-/// the layout changes.
-fn fetch_and_place(sh: &Shared, space: usize, dst: u64, len: u64, src: u64, prio: u8) -> Result<()> {
-    let data = sh.client.fetch(src, len, prio)?;
+/// Place fetched data at `dst`, retrying while the layout changes.
+fn place_when_settled(sh: &Shared, space: usize, dst: u64, data: &[u8]) -> Result<()> {
     loop {
         let mut spaces = sh.spaces.lock().unwrap();
-        if place(&mut spaces[space], dst, &data, sh.page)? {
+        if place(&mut spaces[space], dst, data, sh.page)? {
             return Ok(());
         }
         drop(spaces);
@@ -100,28 +105,50 @@ fn fetch_and_place(sh: &Shared, space: usize, dst: u64, len: u64, src: u64, prio
     }
 }
 
+/// One background job: a space and pieces `(dst, end, src)` of it,
+/// together at most CHUNK bytes, fetched in one round trip.
+type PushJob = (usize, Vec<(u64, u64, u64)>);
+
+/// The next job; Some(None) while the last fetches are still landing, None
+/// when every space is finished.
+fn next_push(sh: &Shared) -> Option<Option<PushJob>> {
+    let mut spaces = sh.spaces.lock().unwrap();
+    if spaces.iter().all(Space::finished) {
+        return None;
+    }
+    Some(spaces.iter_mut().enumerate().find_map(|(i, sp)| {
+        let mut pieces = Vec::new();
+        let mut left = CHUNK;
+        while left > 0 && pieces.len() < MAX_PIECES {
+            let Some((s, e, src)) = sp.pending.take_first(left) else { break };
+            sp.inflight.insert(s, e, src);
+            left -= e - s;
+            pieces.push((s, e, src));
+        }
+        (!pieces.is_empty()).then_some((i, pieces))
+    }))
+}
+
 fn push_loop(sh: Arc<Shared>) -> Result<()> {
-    loop {
-        let job = {
-            let mut spaces = sh.spaces.lock().unwrap();
-            if spaces.iter().all(Space::finished) {
-                return Ok(());
-            }
-            spaces.iter_mut().enumerate().find_map(|(i, sp)| {
-                let (s, e, src) = sp.pending.take_first(CHUNK)?;
-                sp.inflight.insert(s, e, src);
-                Some((i, s, e, src))
-            })
-        };
+    super::background_thread(true);
+    while let Some(job) = next_push(&sh) {
         match job {
-            Some((i, s, e, src)) => {
-                fetch_and_place(&sh, i, s, e - s, src, BULK)?;
-                sh.pushed.fetch_add(e - s, Ordering::Relaxed);
+            Some((i, pieces)) => {
+                let wanted: Vec<(u64, u64)> = pieces.iter().map(|&(s, e, src)| (src, e - s)).collect();
+                let got = sh.client.fetch_many(&wanted, BULK)?;
+                let mut at = 0;
+                for &(s, e, _) in &pieces {
+                    let len = (e - s) as usize;
+                    place_when_settled(&sh, i, s, &got[at..at + len])?;
+                    at += len;
+                    sh.pushed.fetch_add(e - s, Ordering::Relaxed);
+                }
             }
             // Everything is requested; wait for the last fetches to land.
             None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
+    Ok(())
 }
 
 /// Handle one fault in space `i` at `addr`.
@@ -152,7 +179,8 @@ fn fault(sh: &Shared, i: usize, addr: u64, report: &mut Report) -> Result<()> {
         }
     };
     if let Some(src) = action {
-        fetch_and_place(sh, i, page, sh.page, src, URGENT)?;
+        let data = sh.client.fetch(src, sh.page, URGENT)?;
+        place_when_settled(sh, i, page, &data)?;
         report.faults += 1;
         report.fault_latencies.push(t.elapsed());
     }

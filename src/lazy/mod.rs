@@ -16,6 +16,15 @@ use ranges::RangeSet;
 /// Name of the key a lazy dump generates next to its images.
 pub const KEY_FILE: &str = "lazy-pages.key";
 
+/// Niceness of threads doing background transfers: on a busy machine the
+/// scheduler then runs a fault's threads first, so bulk work does not add
+/// to the latency of a fault. Failure only costs latency, so it is ignored.
+pub fn background_thread(background: bool) {
+    let nice = if background { 10 } else { 0 };
+    // SAFETY: setpriority on the calling thread (who 0 = this thread on Linux).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
 /// The lazy pages of an image (task address = source address at first).
 pub fn lazy_ranges(pm: &crate::image::pagemap::PagemapImage) -> RangeSet {
     let mut r = RangeSet::default();

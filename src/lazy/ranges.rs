@@ -25,10 +25,33 @@ impl RangeSet {
         self.map.insert(start, (end, src));
     }
 
+    /// Starts of the ranges overlapping `[start, end)`, highest first.
+    fn overlapping_starts(&self, start: u64, end: u64) -> Vec<u64> {
+        // Ranges are disjoint, so their ends grow with their starts: the ones
+        // reaching past `start` are the last few below `end`. Walking down
+        // from `end` keeps a scattered set (one range per page) fast.
+        self.map.range(..end).rev().take_while(|(_, (e, _))| *e > start).map(|(s, _)| *s).collect()
+    }
+
+    /// The parts of `[start, end)` the set holds, as (start, end, src), in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, u64, u64)> {
+        let mut out: Vec<(u64, u64, u64)> = self
+            .overlapping_starts(start, end)
+            .into_iter()
+            .map(|s| {
+                let (e, src) = self.map[&s];
+                let (a, b) = (s.max(start), e.min(end));
+                (a, b, src + (a - s))
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Drop `[start, end)`, returning the pieces removed (start, end, src).
     pub fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64, u64)> {
         let mut out = Vec::new();
-        let keys: Vec<u64> = self.map.range(..end).filter(|(_, (e, _))| *e > start).map(|(s, _)| *s).collect();
+        let keys = self.overlapping_starts(start, end);
         for s in keys {
             let (e, src) = self.map.remove(&s).unwrap();
             if s < start {
@@ -88,6 +111,7 @@ mod tests {
         assert_eq!(r.source_of(0x20000), Some(0x3000));
         assert_eq!(r.source_of(0x21fff), Some(0x4fff));
         assert!(!r.contains(0x3000));
+        assert_eq!(r.overlapping(0x1000, 0x8800), vec![(0x1800, 0x2000, 0x1800), (0x8000, 0x8800, 0x8000)]);
         let all: Vec<_> = r.iter().collect();
         assert_eq!(all, vec![(0x1800, 0x2000, 0x1800), (0x8000, 0x9000, 0x8000), (0x20000, 0x22000, 0x3000)]);
     }

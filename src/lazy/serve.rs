@@ -17,8 +17,9 @@ use tracing::{info, warn};
 
 /// Where served pages come from.
 pub trait PageStore: Send + Sync {
-    /// Fill `buf` with the bytes at `addr`; refuse anything not servable.
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Fill `buf` with the bytes of each (addr, len) piece in turn; refuse
+    /// anything not servable.
+    fn read(&self, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()>;
 }
 
 /// The lazy pages of a frozen task: nothing else of its memory is served.
@@ -28,18 +29,24 @@ pub struct TaskPages {
 }
 
 impl PageStore for TaskPages {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let end = addr + buf.len() as u64;
-        let mut at = addr;
-        while at < end {
-            if !self.allowed.contains(at) {
-                bail!("{at:#x} is not a lazy page of this dump");
+    fn read(&self, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()> {
+        for &(addr, len) in pieces {
+            let mut at = addr;
+            while at < addr + len {
+                if !self.allowed.contains(at) {
+                    bail!("{at:#x} is not a lazy page of this dump");
+                }
+                at += 4096;
             }
-            at += 4096;
         }
-        self.mem.readv(&[RemoteIoVec { base: addr as usize, len: buf.len() }], buf)
+        let iovs: Vec<RemoteIoVec> =
+            pieces.iter().map(|&(addr, len)| RemoteIoVec { base: addr as usize, len: len as usize }).collect();
+        self.mem.readv(&iovs, buf)
     }
 }
+
+/// Most pieces one request may ask for (one readv).
+pub const MAX_PIECES: usize = 1024;
 
 /// Counters for the report at the end.
 #[derive(Default)]
@@ -57,8 +64,33 @@ pub enum Ended {
     Disconnected,
 }
 
-/// Requests waiting to be answered (urgent, bulk) and how the reader ended.
-type Queue = Arc<(Mutex<(VecDeque<Frame>, VecDeque<Frame>, Option<Ended>)>, Condvar)>;
+/// Bulk requests waiting to be answered, and how the reader ended.
+type Queue = (Mutex<(VecDeque<Frame>, Option<Ended>)>, Condvar);
+
+/// Answer one request on `out`; false if the connection is unusable.
+fn answer(req: &Frame, store: &dyn PageStore, stats: &ServeStats, out: &Mutex<Link>, buf: &mut Vec<u8>) -> bool {
+    let Ok(pieces) = req.pieces() else { return false };
+    let len: u64 = pieces.iter().map(|p| p.1).sum();
+    if len > 16 << 20 || pieces.len() > MAX_PIECES {
+        return false;
+    }
+    buf.resize(len as usize, 0);
+    let mut out = out.lock().unwrap();
+    let sent = match store.read(&pieces, buf) {
+        Ok(()) => {
+            let c = if req.prio == URGENT { &stats.urgent } else { &stats.bulk };
+            c.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(len, Ordering::Relaxed);
+            write_data(&mut *out, req.id, pieces[0].0, buf)
+        }
+        Err(e) => {
+            let mut f = Frame::new(Kind::Error, format!("{e:#}").into_bytes());
+            f.id = req.id;
+            write_frame(&mut *out, &f)
+        }
+    };
+    sent.and_then(|_| out.flush().map_err(Into::into)).is_ok()
+}
 
 /// What a page client asks right after authenticating, and the answer: the
 /// source has made sure its task can never run again (it dies with ferry),
@@ -66,27 +98,54 @@ type Queue = Arc<(Mutex<(VecDeque<Frame>, VecDeque<Frame>, Option<Ended>)>, Cond
 pub const ARM: &str = "arm";
 pub const ARMED: &str = "armed";
 
-/// Serve one authenticated connection until Done or disconnect.
+/// Serve one authenticated connection until Done or disconnect. A fault's
+/// request is answered by the reading thread at once; bulk requests queue
+/// for a writer thread at background priority, so a fault never waits for
+/// bulk work that has not started yet.
 pub fn serve_conn(stream: Link, store: &dyn PageStore, stats: &ServeStats) -> Ended {
-    let reader = match stream.try_clone() {
-        Ok(r) => r,
-        Err(_) => return Ended::Disconnected,
+    let Ok(mut reader) = stream.try_clone() else { return Ended::Disconnected };
+    let out = Mutex::new(stream);
+    let queue: Queue = (Mutex::new((VecDeque::new(), None)), Condvar::new());
+    let finish = |end: Ended| {
+        let (lock, cv) = &queue;
+        let mut g = lock.lock().unwrap();
+        g.1.get_or_insert(end);
+        cv.notify_one();
     };
-    // Requests wait here, urgent ones first.
-    let queue: Queue = Arc::new((Mutex::new((VecDeque::new(), VecDeque::new(), None)), Condvar::new()));
-    let q = queue.clone();
-    std::thread::spawn(move || {
-        let mut r = reader;
-        let end = loop {
-            match read_frame(&mut r) {
-                Ok(f) if f.kind == Kind::Get => {
-                    let (lock, cv) = &*q;
-                    let mut g = lock.lock().unwrap();
-                    if f.prio == URGENT {
-                        g.0.push_back(f);
-                    } else {
-                        g.1.push_back(f);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            super::background_thread(true);
+            let mut buf = Vec::new();
+            let (lock, cv) = &queue;
+            loop {
+                let mut g = lock.lock().unwrap();
+                let req = loop {
+                    if let Some(f) = g.0.pop_front() {
+                        break f;
                     }
+                    if g.1.is_some() {
+                        return;
+                    }
+                    g = cv.wait(g).unwrap();
+                };
+                drop(g);
+                if !answer(&req, store, stats, &out, &mut buf) {
+                    finish(Ended::Disconnected);
+                    return;
+                }
+            }
+        });
+        let mut buf = Vec::new();
+        let end = loop {
+            match read_frame(&mut reader) {
+                Ok(f) if f.kind == Kind::Get && f.prio == URGENT => {
+                    if !answer(&f, store, stats, &out, &mut buf) {
+                        break Ended::Disconnected;
+                    }
+                }
+                Ok(f) if f.kind == Kind::Get => {
+                    let (lock, cv) = &queue;
+                    lock.lock().unwrap().0.push_back(f);
                     cv.notify_one();
                 }
                 Ok(f) if f.kind == Kind::Done => break Ended::Done,
@@ -94,50 +153,14 @@ pub fn serve_conn(stream: Link, store: &dyn PageStore, stats: &ServeStats) -> En
                 Err(_) => break Ended::Disconnected,
             }
         };
-        let (lock, cv) = &*q;
-        lock.lock().unwrap().2 = Some(end);
-        cv.notify_one();
+        finish(end);
     });
-    let mut out = stream;
-    let mut buf = Vec::new();
-    loop {
-        let (lock, cv) = &*queue;
-        let mut g = lock.lock().unwrap();
-        let req = loop {
-            if let Some(f) = g.0.pop_front().or_else(|| g.1.pop_front()) {
-                break f;
-            }
-            if let Some(end) = g.2.take() {
-                if end == Ended::Done {
-                    let _ = write_frame(&mut out, &Frame::new(Kind::Bye, Vec::new()));
-                }
-                return end;
-            }
-            g = cv.wait(g).unwrap();
-        };
-        drop(g);
-        let Ok((addr, len)) = req.words() else { return Ended::Disconnected };
-        if len > 16 << 20 {
-            return Ended::Disconnected;
-        }
-        buf.resize(len as usize, 0);
-        let sent = match store.read(addr, &mut buf) {
-            Ok(()) => {
-                let c = if req.prio == URGENT { &stats.urgent } else { &stats.bulk };
-                c.fetch_add(1, Ordering::Relaxed);
-                stats.bytes.fetch_add(len, Ordering::Relaxed);
-                write_data(&mut out, req.id, addr, &buf)
-            }
-            Err(e) => {
-                let mut f = Frame::new(Kind::Error, format!("{e:#}").into_bytes());
-                f.id = req.id;
-                write_frame(&mut out, &f)
-            }
-        };
-        if sent.and_then(|_| out.flush().map_err(Into::into)).is_err() {
-            return Ended::Disconnected;
-        }
+    // The writer is gone: every request read was answered (or the line is dead).
+    let end = queue.0.lock().unwrap().1.take().unwrap_or(Ended::Disconnected);
+    if end == Ended::Done {
+        let _ = write_frame(&mut *out.lock().unwrap(), &Frame::new(Kind::Bye, Vec::new()));
     }
+    end
 }
 
 /// Accept peers on `listener` until one reports Done. Peers that fail

@@ -4,7 +4,7 @@
 use super::{receive_round, status, GO, RESUME, START};
 use crate::image::pagemap::PagemapImage;
 use crate::image::show::human_bytes;
-use crate::image::{pagemap_file, ImageDir};
+use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
 use crate::lazy::client::PageClient;
 use crate::lazy::{daemon, guard::Guard, lazy_ranges};
 use crate::net::wire::{read_frame, Kind};
@@ -138,15 +138,18 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     match daemon::run(uffd, pid, lazy_ranges(&pagemap), client) {
         Ok(r) => {
             guard.release();
-            let mut lat = r.fault_latencies.clone();
-            lat.sort();
-            let p50 = lat.get(lat.len() / 2).map_or(0, |d| d.as_micros());
+            let st = r.stats();
             say(&format!(
-                "all pages in place after {:.2} s: {} faults (median {p50} µs), {} pushed",
+                "all pages in place after {:.2} s: {} faults (median {} µs, p99 {} µs), {} pushed",
                 t0.elapsed().as_secs_f64(),
-                r.faults,
-                human_bytes(r.pushed_bytes)
+                st.faults,
+                st.fault_p50_us,
+                st.fault_p99_us,
+                human_bytes(st.pushed_bytes)
             ));
+            if let Err(e) = st.save(&final_dir) {
+                tracing::warn!("could not write {LAZY_STATS}: {e:#}");
+            }
             Ok(())
         }
         Err(e) => {

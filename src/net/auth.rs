@@ -11,7 +11,8 @@ use sha2::Sha256;
 use std::io::{Read, Write};
 use std::path::Path;
 
-const PROTOCOL: &[u8] = b"ferry-pages/1";
+// Version 2: a Get may ask for several pieces at once.
+const PROTOCOL: &[u8] = b"ferry-pages/2";
 
 /// A shared secret.
 #[derive(Clone)]

@@ -67,6 +67,39 @@ pub fn dial(target: &str, timeout: Duration) -> Result<TcpStream> {
 }
 
 /// The host part of HOST:PORT (brackets of an IPv6 literal removed).
+/// A TCP port bound but not yet listening: taking the port early makes a
+/// busy port fail before anything else happens, while peers are refused
+/// (not queued) until [`Reserved::listen`] says the service is ready.
+pub struct Reserved {
+    fd: std::os::fd::OwnedFd,
+    addr: SocketAddr,
+}
+
+impl Reserved {
+    pub fn bind(address: &str, port: u16) -> Result<Reserved> {
+        use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+        let addr = (address, port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {address}"))?
+            .next()
+            .with_context(|| format!("{address} has no address"))?;
+        let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).context("socket")?;
+        // As std's TcpListener does: a restarted server may reuse the port
+        // while old connections linger in TIME_WAIT.
+        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))
+            .with_context(|| format!("listening on {addr}"))?;
+        Ok(Reserved { fd, addr })
+    }
+
+    pub fn listen(self) -> Result<std::net::TcpListener> {
+        nix::sys::socket::listen(&self.fd, nix::sys::socket::Backlog::new(64)?)
+            .with_context(|| format!("listening on {}", self.addr))?;
+        Ok(std::net::TcpListener::from(self.fd))
+    }
+}
+
 fn host_of(target: &str) -> &str {
     let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
@@ -119,6 +152,14 @@ impl Link {
             Link::Tcp(s) => s.set_read_timeout(t),
             Link::Tls { app, .. } => app.set_read_timeout(t),
         }
+    }
+
+    /// Close both directions (a reader on a clone sees the end).
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Link::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Link::Tls { app, .. } => app.shutdown(),
+        };
     }
 
     pub fn peer(&self) -> String {

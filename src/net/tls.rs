@@ -193,6 +193,10 @@ impl TlsStream {
         self.app.set_read_timeout(t)
     }
 
+    pub fn shutdown(&self) -> std::io::Result<()> {
+        self.app.shutdown(std::net::Shutdown::Both)
+    }
+
     fn failed(&self) -> Option<std::io::Error> {
         let why = self.fate.lock().unwrap().clone()?;
         Some(std::io::Error::new(ErrorKind::ConnectionAborted, format!("TLS: {why}")))

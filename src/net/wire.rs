@@ -16,9 +16,10 @@ pub enum Kind {
     Response,
     Proof,
     Denied,
-    /// Page request: addr u64, len u64.
+    /// Page request: one or more (addr u64, len u64) pieces.
     Get,
-    /// Page data: addr u64, then the bytes.
+    /// Page data: the first piece's addr u64, then the bytes of every piece
+    /// of the request, in order.
     Data,
     Error,
     /// All pages arrived: the source may let the task go.
@@ -65,9 +66,22 @@ impl Frame {
     }
 
     pub fn get(id: u32, prio: u8, addr: u64, len: u64) -> Frame {
-        let mut p = addr.to_le_bytes().to_vec();
-        p.extend_from_slice(&len.to_le_bytes());
-        Frame { kind: Kind::Get, prio, id, payload: p }
+        Frame::get_many(id, prio, &[(addr, len)])
+    }
+
+    /// A request for several pieces, answered by one Data frame.
+    pub fn get_many(id: u32, prio: u8, pieces: &[(u64, u64)]) -> Frame {
+        let payload = pieces.iter().flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+        Frame { kind: Kind::Get, prio, id, payload }
+    }
+
+    /// The (addr, len) pieces of a Get.
+    pub fn pieces(&self) -> Result<Vec<(u64, u64)>> {
+        if self.payload.is_empty() || self.payload.len() % 16 != 0 {
+            bail!("malformed {:?} frame of {} bytes", self.kind, self.payload.len());
+        }
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap());
+        Ok(self.payload.chunks(16).map(|c| (word(&c[..8]), word(&c[8..]))).collect())
     }
 
     /// addr and len of a Get, or addr of a Data frame.
@@ -144,6 +158,9 @@ mod tests {
         let mut r = &buf[..];
         let g = read_frame(&mut r).unwrap();
         assert_eq!((g.kind, g.prio, g.id, g.words().unwrap()), (Kind::Get, URGENT, 7, (0x7f00_0000_1000, 4096)));
+        let m = Frame::get_many(8, BULK, &[(0x1000, 4096), (0x9000, 8192)]);
+        assert_eq!(m.pieces().unwrap(), vec![(0x1000, 4096), (0x9000, 8192)]);
+        assert!(Frame::new(Kind::Get, vec![0; 12]).pieces().is_err());
         let d = read_frame(&mut r).unwrap();
         assert_eq!(d.kind, Kind::Data);
         assert_eq!(&d.payload[8..], &[1, 2, 3]);

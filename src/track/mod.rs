@@ -100,9 +100,30 @@ pub const TRACK_FILE: &str = "track.json";
 /// when the area is not tracked (all of it counts as written).
 pub type Written = Vec<Option<Vec<(u64, u64)>>>;
 
+/// Whether `addr` lies in one of `ranges` (sorted, not overlapping): a
+/// binary search, since a scattered dirty set has one range per page.
+pub fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
+    let i = ranges.partition_point(|&(_, e)| e <= addr);
+    ranges.get(i).is_some_and(|&(s, _)| s <= addr)
+}
+
 /// The page identity used for `uffd-wp` and `soft-dirty`: frame number (or
 /// swap entry) plus the present/swapped bits, without the tracking bits.
 pub fn frame_id(entry: crate::proc::pagemap::PageEntry) -> u64 {
     let raw = entry.0;
     (raw & ((1 << 55) - 1)) | (raw & (3 << 62))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_ranges;
+
+    #[test]
+    fn range_lookup_finds_edges_and_gaps() {
+        let r = [(0x1000, 0x2000), (0x5000, 0x8000)];
+        let hits: Vec<bool> =
+            [0x0, 0x1000, 0x1fff, 0x2000, 0x4fff, 0x5000, 0x7fff, 0x8000].iter().map(|&a| in_ranges(&r, a)).collect();
+        assert_eq!(hits, [false, true, true, false, false, true, true, false]);
+        assert!(!in_ranges(&[], 0x1000));
+    }
 }

@@ -34,7 +34,11 @@ pub fn arm(uffd: &Uffd, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 /// registered: everything in it must be treated as written.
 pub fn written(pagemap_file: &File, start: u64, end: u64) -> Result<Option<Vec<(u64, u64)>>> {
     match pagemap::scan(pagemap_file, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category::WRITTEN) {
-        Ok(r) => Ok(Some(r)),
+        Ok(mut r) => {
+            // The scan walks upwards; sorted order is what lookups rely on.
+            r.sort_unstable();
+            Ok(Some(r))
+        }
         Err(nix::errno::Errno::EPERM) => Ok(None),
         Err(e) => Err(anyhow::anyhow!("PAGEMAP_SCAN {start:#x}-{end:#x}: {}", e.desc())),
     }
