@@ -3,7 +3,7 @@
 use super::security::{KeyDefault, SecurityArgs};
 use crate::image::inventory::ImageKind;
 use crate::track;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// `ferry page-server`: receive one dump's images over the network.
 #[derive(Args, Debug)]
@@ -79,10 +79,11 @@ impl NetArgs {
         self.port.ok_or_else(|| anyhow::anyhow!("{what} needs --port"))
     }
 
-    /// After a successful dump: ship it to the page server if asked.
-    fn upload(&self, dir: &std::path::Path) -> Result<()> {
+    /// Before the dump: reach the page server if asked, so that a missing
+    /// or refusing server fails the command before the task is touched.
+    fn page_server(&self) -> Result<Option<crate::net::Link>> {
         if !self.page_server {
-            return Ok(());
+            return Ok(None);
         }
         let port = self.port("--page-server")?;
         let address = self
@@ -90,10 +91,17 @@ impl NetArgs {
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("--page-server needs --address (the page server)"))?;
         let creds = self.security.credentials(KeyDefault::System)?;
-        let bytes = crate::lazy::upload::send(dir, &format!("{address}:{port}"), &creds)?;
-        tracing::info!(bytes, "images sent to the page server");
-        Ok(())
+        Ok(Some(crate::lazy::upload::connect(&format!("{address}:{port}"), &creds)?))
     }
+}
+
+/// After a successful dump: ship it to the page server, if connected.
+fn upload(server: Option<crate::net::Link>, dir: &std::path::Path) -> Result<()> {
+    let Some(link) = server else { return Ok(()) };
+    let bytes = crate::lazy::upload::send(link, dir)
+        .with_context(|| format!("sending the images to the page server (they stay complete in {})", dir.display()))?;
+    tracing::info!(bytes, "images sent to the page server");
+    Ok(())
 }
 
 /// Options shared by dump and pre-dump for iterative (incremental) rounds.
@@ -165,8 +173,9 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
             wait: std::time::Duration::from_secs(a.lazy_wait),
         });
     }
+    let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
-    a.net.upload(&o.dir)?;
+    upload(server, &o.dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -175,7 +184,8 @@ pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
     o.kind = ImageKind::PreDump;
     o.leave_running = true;
     o.shell_job = true;
+    let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
-    a.net.upload(&o.dir)?;
+    upload(server, &o.dir)?;
     Ok(ExitCode::SUCCESS)
 }

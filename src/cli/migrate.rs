@@ -14,8 +14,8 @@ pub struct MigrateArgs {
     /// PID of the task to move
     #[arg(short = 't', long = "tree", value_name = "PID")]
     pub tree: i32,
-    /// Destination, where `ferry receive` listens
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Destination, where `ferry receive` listens (port 2727 if not given)
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub to: String,
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -44,8 +44,8 @@ pub struct MigrateArgs {
 
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
-    /// Address and port to listen on (this address only)
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Address and port to listen on, this address only (port 2727 if not given)
+    #[arg(long, value_name = "ADDR[:PORT]")]
     pub listen: String,
     /// Where to keep the images that arrive
     #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
@@ -67,7 +67,7 @@ pub struct ReceiveArgs {
 pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
     source::run(&source::MigrateOptions {
         pid: a.tree,
-        to: a.to,
+        to: with_default_port(&a.to),
         creds: a.security.credentials(KeyDefault::System)?,
         converge_pages: a.converge_pages,
         shrink: a.min_shrink,
@@ -82,7 +82,7 @@ pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
 
 pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
     dest::run(&dest::ReceiveOptions {
-        listen: a.listen,
+        listen: with_default_port(&a.listen),
         dir: a.images_dir,
         creds: a.security.credentials(KeyDefault::System)?,
         shell_job: a.shell_job,
@@ -90,4 +90,38 @@ pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
         reconnect: Duration::from_secs(a.reconnect_timeout),
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Port of `ferry receive` when none is given.
+pub const DEFAULT_PORT: u16 = 2727;
+
+/// "host" -> "host:2727", "::1" / "[::1]" -> "[::1]:2727"; with a port, as is.
+fn with_default_port(target: &str) -> String {
+    if target.starts_with('[') {
+        // "[v6]" or "[v6]:port"
+        return if target.ends_with(']') { format!("{target}:{DEFAULT_PORT}") } else { target.to_string() };
+    }
+    if target.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{target}]:{DEFAULT_PORT}");
+    }
+    if target.contains(':') {
+        return target.to_string();
+    }
+    format!("{target}:{DEFAULT_PORT}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_default_port;
+
+    #[test]
+    fn port_defaults_only_when_missing() {
+        let got: Vec<String> = ["dst", "dst:7000", "10.0.0.2", "10.0.0.2:7000", "::1", "[::1]", "[::1]:7000"]
+            .map(with_default_port)
+            .into();
+        assert_eq!(
+            got,
+            ["dst:2727", "dst:7000", "10.0.0.2:2727", "10.0.0.2:7000", "[::1]:2727", "[::1]:2727", "[::1]:7000"]
+        );
+    }
 }

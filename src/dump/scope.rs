@@ -31,7 +31,11 @@ pub fn inspect(proc: &ProcDir, shell_job: bool, frozen: bool) -> Result<Inspecti
     }
     if let Err(e) = std::fs::read_link(proc.path("ns/pid")) {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
-            bail!("task {pid}: not permitted to inspect it: ferry must run as root (it uses ptrace and CAP_CHECKPOINT_RESTORE)");
+            // SAFETY: geteuid has no side effects.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("task {pid}: not permitted to inspect it: ferry must run as root (it uses ptrace and CAP_CHECKPOINT_RESTORE)");
+            }
+            bail!("task {pid}: not permitted to inspect it, even as root (the kernel or a security module protects it from ptrace)");
         }
     }
     let status = proc.status()?;

@@ -141,6 +141,13 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
             st.vmas,
             st.total_us as f64 / 1e3
         )?;
+        if st.pages_in_parent + st.pages_lazy > 0 {
+            writeln!(
+                out,
+                "               {} pages unchanged since the parent image, {} left on the source for lazy transfer",
+                st.pages_in_parent, st.pages_lazy
+            )?;
+        }
     }
     for &pid in &inv.tasks {
         match (img.read_json::<TaskImage>(&task_file(pid)), img.read_json::<PagemapImage>(&pagemap_file(pid))) {

@@ -28,17 +28,26 @@ pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
             Ok(s) => s,
             Err(e) => {
                 warn!("refused peer {peer}: {e:#}");
-                eprintln!("page-server: refused peer {peer}: {e:#}");
                 continue;
             }
         };
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // The dumper connects before it freezes its task and sends once the
+        // dump is written: allow for a big dump in between.
+        s.set_read_timeout(Some(Duration::from_secs(3600)))?;
         match read_frame(&mut s) {
             Ok(f) if f.kind == Kind::Status && f.text() == UPLOAD => {}
             _ => continue,
         }
         s.set_read_timeout(None)?;
-        let (_, _, bytes) = receive_round(&mut s, dir)?;
+        // A dumper that fails (or is killed) after connecting sends nothing
+        // usable: keep waiting for the next one.
+        let bytes = match receive_round(&mut s, dir) {
+            Ok((_, _, bytes)) => bytes,
+            Err(e) => {
+                warn!("no image from {peer}: {e:#}; waiting for another dump");
+                continue;
+            }
+        };
         crate::image::ImageDir::open(dir).context("the received image does not check out")?;
         status(&mut s, STORED)?;
         info!("stored {} from {peer} in {}", human_bytes(bytes), dir.display());
@@ -47,8 +56,9 @@ pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
     bail!("stopped listening")
 }
 
-/// Send the image in `dir` to a page server, then drop its page data here.
-pub fn send(dir: &Path, to: &str, creds: &Credentials) -> Result<u64> {
+/// Reach and authenticate with the page server at `to`: done before the
+/// task is touched, so that an absent or wrong server costs nothing.
+pub fn connect(to: &str, creds: &Credentials) -> Result<Link> {
     // The page server may still be starting: retry for a few seconds.
     let start = std::time::Instant::now();
     let tcp = loop {
@@ -60,6 +70,12 @@ pub fn send(dir: &Path, to: &str, creds: &Credentials) -> Result<u64> {
     };
     let mut s = Link::client(tcp, to, creds)?;
     status(&mut s, UPLOAD)?;
+    Ok(s)
+}
+
+/// Send the image in `dir` over `s` (from [`connect`]), then drop its page
+/// data here.
+pub fn send(mut s: Link, dir: &Path) -> Result<u64> {
     let bytes = send_image(&mut s, dir, "")?;
     end_round(&mut s, "image", true)?;
     let reply = read_frame(&mut s).context("waiting for the page server")?;

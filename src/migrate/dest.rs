@@ -43,7 +43,6 @@ fn accept_loop(listener: TcpListener, creds: Credentials, first: mpsc::Sender<Li
             Ok(s) => s,
             Err(e) => {
                 warn!("refused peer {peer}: {e:#}");
-                eprintln!("receive: refused peer {peer}: {e:#}");
                 continue;
             }
         };
