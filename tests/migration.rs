@@ -168,26 +168,43 @@ fn wrong_key_is_refused_and_the_right_peer_still_served() {
     check_restored(&ns, t.pid, &t);
 }
 
-/// The lazy flow with post-copy held up while the link is down for 3 s:
-/// the daemon reconnects and the task gets all its pages.
-#[test]
-fn network_cut_during_postcopy() {
+/// A tp-bigmem of `mib` MiB lazily dumped on the source (port `port`), and
+/// restored in a PID namespace of the destination with its lazy-pages
+/// daemon (extra flags `daemon`) held at post-copy by `hold`.
+struct HeldPostcopy {
+    _w: tempfile::TempDir,
+    net: Net,
+    t: Target,
+    src: Child,
+    ns: PidNs,
+    daemon: Child,
+}
+
+fn held_postcopy(mib: &str, port: &str, daemon: &[&str], hold: &str) -> HeldPostcopy {
     let w = workdir();
     let net = Net::new();
-    let mut t = spawn_src(&net, "tp-bigmem", &["256"], &w.path().join("out"));
+    let t = spawn_src(&net, "tp-bigmem", &[mib], &w.path().join("out"));
     t.wait_output("ready", T);
     let pid = t.pid.to_string();
     let imgs = w.path().join("imgs").display().to_string();
     let src = bg(ferry_in_src(
         &net,
-        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "28", "--address", &net.src_ip],
+        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", port, "--address", &net.src_ip],
     ));
     until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
     let ns = PidNs::new(Some(&net.dst));
-    let mut c = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "28", "-D", &imgs]);
-    c.env("FERRY_TEST_HOLD_AT", "postcopy:200");
+    let mut c = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", port, "-D", &imgs]);
+    c.args(daemon).env("FERRY_TEST_HOLD_AT", hold);
     let daemon = bg(c);
     assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    HeldPostcopy { _w: w, net, t, src, ns, daemon }
+}
+
+/// The lazy flow with post-copy held up while the link is down for 3 s:
+/// the daemon reconnects and the task gets all its pages.
+#[test]
+fn network_cut_during_postcopy() {
+    let HeldPostcopy { _w, net, mut t, src, ns, daemon } = held_postcopy("256", "28", &[], "postcopy:200");
     net.link(false);
     std::thread::sleep(Duration::from_secs(3));
     net.link(true);
@@ -206,23 +223,8 @@ fn network_cut_during_postcopy() {
 /// clear message (its memory cannot be completed), nothing else is harmed.
 #[test]
 fn source_killed_during_postcopy() {
-    let w = workdir();
-    let net = Net::new();
-    let mut t = spawn_src(&net, "tp-bigmem", &["64"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let pid = t.pid.to_string();
-    let imgs = w.path().join("imgs").display().to_string();
-    let mut src = bg(ferry_in_src(
-        &net,
-        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "29", "--address", &net.src_ip],
-    ));
-    until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
-    let ns = PidNs::new(Some(&net.dst));
-    let mut c =
-        ns.ferry(&["lazy-pages", "--address", &net.src_ip, "--port", "29", "-D", &imgs, "--reconnect-timeout", "2"]);
-    c.env("FERRY_TEST_HOLD_AT", "postcopy:1500");
-    let daemon = bg(c);
-    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    let HeldPostcopy { _w, net: _net, mut t, mut src, ns, daemon } =
+        held_postcopy("64", "29", &["--reconnect-timeout", "2"], "postcopy:1500");
     let restored = ns.host_pid(t.pid).unwrap();
     // The source goes away for good (and its frozen task with it).
     src.kill().unwrap();
@@ -336,22 +338,7 @@ fn page_server_receives_the_chain() {
 /// says so.
 #[test]
 fn lazy_daemon_crash_is_reported() {
-    let w = workdir();
-    let net = Net::new();
-    let mut t = spawn_src(&net, "tp-bigmem", &["64"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let pid = t.pid.to_string();
-    let imgs = w.path().join("imgs").display().to_string();
-    let mut src = bg(ferry_in_src(
-        &net,
-        &["dump", "-t", &pid, "-D", &imgs, "--lazy-pages", "--port", "31", "--address", &net.src_ip],
-    ));
-    until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
-    let ns = PidNs::new(Some(&net.dst));
-    let mut c = ns.ferry(&["lazy-pages", "--address", &net.src_ip, "--port", "31", "-D", &imgs]);
-    c.env("FERRY_TEST_HOLD_AT", "postcopy");
-    let mut daemon = bg(c);
-    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    let HeldPostcopy { _w, net: _net, mut t, mut src, ns, mut daemon } = held_postcopy("64", "31", &[], "postcopy");
     let restored = ns.host_pid(t.pid).unwrap();
     // nsenter forks for the PID namespace: the daemon is its child.
     let daemon_pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", daemon.id())).unwrap();

@@ -66,21 +66,37 @@ pub fn host_mirror() -> Result<String> {
 /// list, lists and cache, so the host's apt state never changes.
 pub struct PrivateApt {
     dir: PathBuf,
+    /// Debian architectures the indexes cover (empty: the host's).
+    archs: Vec<String>,
 }
 
 impl PrivateApt {
     pub fn new(sh: &Shell, dir: &Path, suite: &str, types: &str) -> Result<PrivateApt> {
+        Self::with_archs(sh, dir, suite, types, &[])
+    }
+
+    /// As [`PrivateApt::new`], with binary indexes for `archs` (foreign
+    /// packages are only downloaded and unpacked, never installed).
+    pub fn with_archs(sh: &Shell, dir: &Path, suite: &str, types: &str, archs: &[&str]) -> Result<PrivateApt> {
         std::fs::create_dir_all(dir.join("lists/partial"))?;
         std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let mirror = host_mirror()?;
         let list =
             format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n");
         std::fs::write(dir.join("sources.list"), list)?;
-        let apt = PrivateApt { dir: dir.to_path_buf() };
+        let apt = PrivateApt { dir: dir.to_path_buf(), archs: archs.iter().map(|a| a.to_string()).collect() };
         let stamp = dir.join("updated");
         if !stamp.exists() {
-            let o = apt.opts();
-            cmd!(sh, "apt-get {o...} update").run().context("apt-get update (private configuration)")?;
+            let o = &apt.opts();
+            // Mirrors mid-sync serve indexes of the wrong size now and then.
+            let mut tries = 0;
+            while let Err(e) = cmd!(sh, "apt-get {o...} update").run() {
+                tries += 1;
+                if tries == 3 {
+                    return Err(e).context("apt-get update (private configuration)");
+                }
+                std::thread::sleep(std::time::Duration::from_secs(5 * tries));
+            }
             std::fs::write(stamp, "")?;
         }
         Ok(apt)
@@ -88,12 +104,33 @@ impl PrivateApt {
 
     pub fn opts(&self) -> Vec<String> {
         let d = self.dir.display();
-        vec![
+        let mut o = vec![
             format!("-o=Dir::Etc::SourceList={d}/sources.list"),
             "-o=Dir::Etc::SourceParts=/dev/null".into(),
             format!("-o=Dir::State::Lists={d}/lists"),
             format!("-o=Dir::Cache={d}/cache"),
             "-o=Debug::NoLocking=1".into(),
-        ]
+        ];
+        o.extend(self.archs.iter().map(|a| format!("-o=APT::Architectures::={a}")));
+        o
+    }
+
+    /// Download `pkgs` (NAME:ARCH allowed) into `into` and unpack each with
+    /// dpkg-deb into `root`. Downloads are kept, so this runs once.
+    pub fn fetch_and_unpack(&self, sh: &Shell, pkgs: &[String], into: &Path, root: &Path) -> Result<()> {
+        std::fs::create_dir_all(into)?;
+        std::fs::create_dir_all(root)?;
+        let o = self.opts();
+        {
+            let _d = sh.push_dir(into);
+            cmd!(sh, "apt-get {o...} download {pkgs...}").run().context("apt-get download (private configuration)")?;
+        }
+        for e in std::fs::read_dir(into)?.flatten() {
+            let deb = e.path();
+            if deb.extension().is_some_and(|x| x == "deb") {
+                cmd!(sh, "dpkg-deb -x {deb} {root}").run()?;
+            }
+        }
+        Ok(())
     }
 }

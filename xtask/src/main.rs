@@ -2,8 +2,11 @@
 //! dispatches; each command lives in its own module.
 
 mod apt;
+mod arch;
 mod bench;
+mod build;
 mod criu;
+mod cross;
 mod demo;
 mod test;
 
@@ -25,6 +28,8 @@ enum Cmd {
     Test(test::Test),
     /// Dump and restore a large process with ferry and with CRIU 4.1.1
     Bench(bench::Bench),
+    /// Static ferry and test programs for x86_64, aarch64, ppc64le, s390x
+    Build(build::Build),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo(c) => c.run(&sh),
         Cmd::Test(c) => c.run(&sh),
         Cmd::Bench(c) => c.run(&sh),
+        Cmd::Build(c) => c.run(&sh),
     }
 }
 
