@@ -35,6 +35,12 @@ pub fn ensure(sh: &Shell, pkgs: &[&str]) -> Result<()> {
 /// The Debian mirror the host uses (from /etc/apt/sources.list.d or
 /// sources.list), so nothing here names a registry host.
 pub fn host_mirror() -> Result<String> {
+    host_uri("/debian")
+}
+
+/// The host's mirror URI whose path ends in `suffix` ("/debian",
+/// "/debian-security").
+fn host_uri(suffix: &str) -> Result<String> {
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         for e in dir.flatten() {
@@ -48,18 +54,18 @@ pub fn host_mirror() -> Result<String> {
         for line in text.lines() {
             let line = line.trim();
             if let Some(uris) = line.strip_prefix("URIs:") {
-                if let Some(u) = uris.split_whitespace().find(|u| u.ends_with("/debian")) {
+                if let Some(u) = uris.split_whitespace().find(|u| u.ends_with(suffix)) {
                     return Ok(u.to_string());
                 }
             }
             if line.starts_with("deb ") {
-                if let Some(u) = line.split_whitespace().find(|u| u.contains("://") && u.ends_with("/debian")) {
+                if let Some(u) = line.split_whitespace().find(|u| u.contains("://") && u.ends_with(suffix)) {
                     return Ok(u.to_string());
                 }
             }
         }
     }
-    bail!("no Debian mirror found in the host's apt sources")
+    bail!("no Debian mirror ending in {suffix} found in the host's apt sources")
 }
 
 /// A private apt configuration under `dir` for one suite: its own sources
@@ -80,20 +86,30 @@ impl PrivateApt {
     pub fn with_archs(sh: &Shell, dir: &Path, suite: &str, types: &str, archs: &[&str]) -> Result<PrivateApt> {
         std::fs::create_dir_all(dir.join("lists/partial"))?;
         std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let mirror = host_mirror()?;
-        let list =
-            format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n");
+        let line = |uri: &str, suite: &str| {
+            format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n")
+        };
+        let mut list = line(&host_mirror()?, suite);
+        // The security suite too, when the host uses one: it carries the
+        // newest kernels and toolchains, and a second place to find a
+        // package when one index is broken on the mirror.
+        if let Ok(security) = host_uri("/debian-security") {
+            list += &line(&security, &format!("{suite}-security"));
+        }
         std::fs::write(dir.join("sources.list"), list)?;
         let apt = PrivateApt { dir: dir.to_path_buf(), archs: archs.iter().map(|a| a.to_string()).collect() };
         let stamp = dir.join("updated");
         if !stamp.exists() {
             let o = &apt.opts();
-            // Mirrors mid-sync serve indexes of the wrong size now and then.
+            // Mirrors mid-sync serve indexes of the wrong size now and then:
+            // retry, then go on with the indexes that did arrive (a missing
+            // package is reported by the download that needs it).
             let mut tries = 0;
-            while let Err(e) = cmd!(sh, "apt-get {o...} update").run() {
+            while cmd!(sh, "apt-get {o...} update").run().is_err() {
                 tries += 1;
                 if tries == 3 {
-                    return Err(e).context("apt-get update (private configuration)");
+                    eprintln!("xtask: some package indexes did not download; going on with the others");
+                    break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs(5 * tries));
             }

@@ -19,6 +19,8 @@ pub struct Cross {
     pub arch: Arch,
     cargo: PathBuf,
     env: Vec<(String, String)>,
+    /// Compile the standard library from rust-web-src (-Zbuild-std).
+    build_std: bool,
     pub target_dir: PathBuf,
 }
 
@@ -43,20 +45,29 @@ fn foreign_sysroot(sh: &Shell, arch: Arch) -> Result<PathBuf> {
     let sysroot = base.join("root/usr");
     let rustlib = sysroot.join("lib/rustlib").join(arch.triple());
     if !rustlib.join("lib").exists() {
-        // One index per architecture: a foreign index that fails to
-        // download makes apt refuse everything else.
-        let private = apt::PrivateApt::with_archs(
-            sh,
-            &xtask_dir().join("apt-trixie").join(arch.debian()),
-            "trixie",
-            "deb",
-            &[arch.debian()],
-        )?;
+        // bookworm-security's build matches the host's rustc exactly;
+        // trixie has the same release where bookworm lacks one (s390x).
+        // One index per architecture and suite: a foreign index that fails
+        // to download makes apt refuse everything else.
         let pkgs: Vec<String> =
             ["libstd-rust-web-dev", "libstd-rust-web-1.96"].iter().map(|p| format!("{p}:{}", arch.debian())).collect();
-        private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &base.join("root"))?;
+        let mut errors = Vec::new();
+        for suite in ["bookworm", "trixie"] {
+            let dir = xtask_dir().join(format!("apt-{suite}")).join(arch.debian());
+            let got = apt::PrivateApt::with_archs(sh, &dir, suite, "deb", &[arch.debian()])
+                .and_then(|private| private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &base.join("root")));
+            match got {
+                Ok(()) => break,
+                Err(e) => errors.push(format!("{suite}: {e:#}")),
+            }
+        }
         if !rustlib.join("lib").exists() {
-            bail!("the {} standard library did not unpack to {}", arch.name(), rustlib.display());
+            bail!(
+                "the {} standard library did not unpack to {} ({})",
+                arch.name(),
+                rustlib.display(),
+                errors.join("; ")
+            );
         }
     }
     // Build scripts and proc macros run on the host: the sysroot must have
@@ -106,13 +117,31 @@ impl Cross {
         let triple_env = arch.triple().to_uppercase().replace('-', "_");
         let mut flags = "-C target-feature=+crt-static".to_string();
         let mut env = Vec::new();
+        let mut build_std = false;
         let cargo = if arch.is_host() {
+            // rustup's x86_64 target would make a static-pie: the plain
+            // static executable is what the other three produce.
+            flags += " -C relocation-model=static";
             PathBuf::from("cargo")
         } else {
             ensure_debian_rustc(sh)?;
-            let sysroot = foreign_sysroot(sh, arch)?;
-            check_std(&sysroot, arch)?;
-            flags += &format!(" --sysroot {}", sysroot.display());
+            match foreign_sysroot(sh, arch).and_then(|s| check_std(&s, arch).map(|_| s)) {
+                Ok(sysroot) => flags += &format!(" --sysroot {}", sysroot.display()),
+                Err(e) => {
+                    // The mirror's index for this architecture can be broken
+                    // (mid-sync) for days: compile the standard library from
+                    // Debian's own source package instead (arch: all).
+                    eprintln!(
+                        "xtask: no prebuilt {} standard library ({e:#}); building it from rust-web-src",
+                        arch.name()
+                    );
+                    apt::ensure(sh, &["rust-web-src"])?;
+                    build_std = true;
+                    // -Zbuild-std on a stable compiler, as Debian's own
+                    // cross builds of Rust packages do.
+                    env.push(("RUSTC_BOOTSTRAP".into(), "1".into()));
+                }
+            }
             // ~/.cargo/bin comes first in PATH: without RUSTC, Debian's
             // cargo would run rustup's rustc, which cannot use this std.
             env.push(("RUSTC".into(), DEBIAN_RUSTC.into()));
@@ -123,7 +152,7 @@ impl Cross {
         // One target dir per architecture: host artifacts of two compilers
         // would otherwise invalidate each other on every switch.
         let target_dir = project_root().join("target/cross").join(arch.name());
-        Ok(Cross { arch, cargo, env, target_dir })
+        Ok(Cross { arch, cargo, env, build_std, target_dir })
     }
 
     /// `cargo build` of `packages` for this architecture.
@@ -140,6 +169,9 @@ impl Cross {
         }
         if release {
             args.push("--release".into());
+        }
+        if self.build_std {
+            args.push("-Zbuild-std=std,panic_abort".into());
         }
         let mut c = cmd!(sh, "{cargo} {args...}");
         for (k, v) in &self.env {

@@ -9,6 +9,7 @@ mod criu;
 mod cross;
 mod demo;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use xshell::Shell;
@@ -30,6 +31,8 @@ enum Cmd {
     Bench(bench::Bench),
     /// Static ferry and test programs for x86_64, aarch64, ppc64le, s390x
     Build(build::Build),
+    /// Boot a QEMU guest per architecture and run the migration scenarios in it
+    VmTest(vm::VmTest),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test(c) => c.run(&sh),
         Cmd::Bench(c) => c.run(&sh),
         Cmd::Build(c) => c.run(&sh),
+        Cmd::VmTest(c) => c.run(&sh),
     }
 }
 

@@ -1,0 +1,141 @@
+#!/bin/busybox sh
+# Runs as the guest's init (busybox sh): the migration scenarios of
+# `cargo xtask vm-test`. Each scenario prints "VMTEST PASS name" or
+# "VMTEST FAIL name: why"; the host reads these lines and the summary keys
+# (KERNEL, PAGE, TRACKER), and powers off with "VMTEST DONE".
+
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+
+echo "VMTEST KERNEL $(uname -r)"
+
+pass() { echo "VMTEST PASS $1"; }
+fail() { echo "VMTEST FAIL $1: $2"; }
+
+# wait_line FILE PREFIX [TENTHS]: until FILE has a line starting with PREFIX.
+wait_line() {
+    n=0
+    while ! grep -q "^$2" "$1" 2>/dev/null; do
+        n=$((n + 1))
+        [ "$n" -gt "${3:-1200}" ] && return 1
+        sleep 0.1
+    done
+}
+
+# start OUT PROG ARGS...: a test program in its own session; sets $pid.
+start() {
+    out=$1
+    shift
+    setsid "$@" > "$out" 2>&1 < /dev/null &
+    pid=$!
+    wait_line "$out" ready || { echo "no ready line from $*: $(cat "$out")"; return 1; }
+}
+
+# last lines of a file on one line, for a FAIL reason
+tail1() { tail -n 3 "$1" 2>/dev/null | tr '\n' ' '; }
+
+check_feature() {
+    ferry check > /tmp/check.out 2>&1
+    cat /tmp/check.out
+    echo "VMTEST PAGE $(awk '$1 == "page-size" { print $3 }' /tmp/check.out)"
+    echo "VMTEST TRACKER $(awk '$1 == "dirty-tracking" { sub(/.*track with /, ""); sub(/.*fall back to /, ""); print }' /tmp/check.out)"
+    if grep -q "Looks good" /tmp/check.out; then pass check; else fail check "$(tail1 /tmp/check.out)"; fi
+}
+
+# dump_restore NAME SETTLE USR1 PROG ARGS...: dump mid-run, restore (ferry
+# stays the parent and exits with the task's status), send SIGUSR1 ("check
+# yourself") if USR1 is yes (other programs finish by themselves), and want
+# status 0.
+dump_restore() {
+    name=$1 settle=$2 usr1=$3
+    shift 3
+    img=/tmp/img-$name out=/tmp/$name.out
+    start "$out" "$@" || { fail "$name" "did not start"; return; }
+    sleep "$settle"
+    if ! ferry dump -t "$pid" -D "$img" > /tmp/$name.dump 2>&1; then
+        fail "$name" "dump: $(tail1 /tmp/$name.dump)"
+        kill -9 "$pid"
+        return
+    fi
+    wait "$pid" 2>/dev/null
+    ferry restore -D "$img" > /tmp/$name.restore 2>&1 &
+    r=$!
+    if [ "$usr1" = yes ]; then sleep 0.5; kill -USR1 "$pid" 2>/dev/null; fi
+    if wait "$r"; then pass "$name"; else fail "$name" "status $?: $(tail1 "$out") $(tail1 /tmp/$name.restore)"; fi
+}
+
+# pre-dump, dirty some pages, a second pre-dump, dirty more, the final dump
+# with the parent chain; restore and let the task check every page.
+precopy_chain() {
+    name=precopy-chain out=/tmp/$name.out
+    rm -rf /tmp/pc
+    start "$out" tp-dirty 32 512 || { fail $name "did not start"; return; }
+    ok=1
+    ferry pre-dump -t "$pid" -D /tmp/pc/1 > /tmp/$name.log 2>&1 || ok=0
+    kill -USR2 "$pid"; wait_line "$out" "dirtied 512" || ok=0
+    ferry pre-dump -t "$pid" -D /tmp/pc/2 --prev-images-dir ../1 --track-mem >> /tmp/$name.log 2>&1 || ok=0
+    kill -USR2 "$pid"; wait_line "$out" "dirtied 1024" || ok=0
+    ferry dump -t "$pid" -D /tmp/pc/3 --prev-images-dir ../2 --track-mem >> /tmp/$name.log 2>&1 || ok=0
+    if [ $ok = 0 ]; then fail $name "$(tail1 /tmp/$name.log)"; kill -9 "$pid"; return; fi
+    # Only the dirtied pages (plus a few the program touches) in the last round.
+    pages=$(ferry show /tmp/pc/3 | awk '/^  stats/ && !n { for (i = 1; i <= NF; i++) if ($i == "pages") { print $(i - 1); n = 1; break } }')
+    wait "$pid" 2>/dev/null
+    ferry restore -D /tmp/pc/3 >> /tmp/$name.log 2>&1 &
+    r=$!
+    sleep 0.5
+    kill -USR1 "$pid"
+    if ! wait "$r"; then fail $name "restored task: $(tail1 "$out") $(tail1 /tmp/$name.log)"; return; fi
+    if [ -z "$pages" ] || [ "$pages" -lt 512 ] || [ "$pages" -gt 2048 ]; then
+        fail $name "the final round wrote ${pages:-?} pages for 512 dirtied"
+        return
+    fi
+    pass $name
+}
+
+# Lazy migration over loopback: the source's lazy dump serves pages on
+# 127.0.0.1; the destination (a PID namespace, so the PID is free there)
+# runs lazy-pages and restore --lazy-pages; the task checks its memory.
+lazy_migration() {
+    name=lazy-migration out=/tmp/$name.out
+    rm -rf /tmp/lz
+    if ! unshare -p -f -m --mount-proc true 2>/dev/null; then
+        fail $name "busybox unshare cannot make a PID namespace here"
+        return
+    fi
+    start "$out" tp-bigmem 48 || { fail $name "did not start"; return; }
+    ferry pre-dump -t "$pid" -D /tmp/lz/1 > /tmp/$name.log 2>&1
+    ferry dump -t "$pid" -D /tmp/lz/2 --prev-images-dir ../1 --track-mem --lazy-pages --port 27 --address 127.0.0.1 >> /tmp/$name.log 2>&1 &
+    src=$!
+    n=0
+    while [ ! -e /tmp/lz/2/inventory.json ] && [ $n -lt 600 ]; do n=$((n + 1)); sleep 0.1; done
+    unshare -p -f -m --mount-proc sh -c '
+        ferry lazy-pages --page-server --address 127.0.0.1 --port 27 -D /tmp/lz/2 > /tmp/lz.daemon 2>&1 &
+        d=$!
+        ferry restore --lazy-pages -D /tmp/lz/2 > /tmp/lz.restore 2>&1 &
+        r=$!
+        wait $d || echo "daemon failed" >> /tmp/lz.daemon
+        sleep 0.5
+        kill -USR1 '"$pid"'
+        wait $r
+    '
+    st=$?
+    wait "$src"; s=$?
+    wait "$pid" 2>/dev/null
+    if [ $st = 0 ] && [ $s = 0 ]; then pass $name; else
+        fail $name "restore $st, source $s: $(tail1 /tmp/lz.daemon) $(tail1 /tmp/lz.restore) $(tail1 /tmp/$name.log) $(tail1 "$out")"
+    fi
+}
+
+check_feature
+dump_restore bigmem 0.3 yes tp-bigmem 32
+dump_restore signals 0.3 yes tp-signals
+dump_restore nanosleep 1 no tp-sleeper 3
+dump_restore fpu 0.5 no tp-fpu 400000000
+precopy_chain
+lazy_migration
+echo "VMTEST DONE"
+poweroff -f

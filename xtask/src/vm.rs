@@ -1,0 +1,243 @@
+//! `cargo xtask vm-test --arch ARCH|all`: boot a QEMU guest of each
+//! architecture (TCG) with Debian trixie's 6.12 kernel and an initramfs of
+//! busybox-static, static ferry and the static test programs, run the
+//! migration scenarios inside (guest/scenarios.sh), stream the guest's
+//! console, and fail unless every scenario passed.
+
+use crate::arch::Arch;
+use crate::{apt, build, project_root};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use xshell::{cmd, Shell};
+
+#[derive(clap::Args)]
+pub struct VmTest {
+    /// x86_64, aarch64, ppc64le, s390x, or all
+    #[arg(long, default_value = "all")]
+    arch: String,
+    /// Give up on a guest after this many seconds
+    #[arg(long, default_value_t = 1500)]
+    timeout: u64,
+}
+
+/// The guest's side: run by its /init.
+const SCENARIOS: &str = include_str!("guest/scenarios.sh");
+
+fn vm_dir() -> PathBuf {
+    project_root().join("target/xtask/vm")
+}
+
+/// Debian's kernel flavour and QEMU invocation for each architecture.
+fn kernel_flavour(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "amd64",
+        Arch::Aarch64 => "arm64",
+        Arch::Ppc64le => "powerpc64le",
+        Arch::S390x => "s390x",
+    }
+}
+
+fn qemu(arch: Arch, kernel: &Path, initrd: &Path) -> Command {
+    let (bin, machine, cpu, console) = match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "q35", "max", "ttyS0"),
+        // pauth-impdef: TCG's default pointer authentication is slow.
+        Arch::Aarch64 => ("qemu-system-aarch64", "virt", "max,pauth-impdef=on", "ttyAMA0"),
+        // x-vof: QEMU's own firmware instead of SLOF boots in seconds.
+        Arch::Ppc64le => ("qemu-system-ppc64", "pseries,x-vof=on", "POWER9", "hvc0"),
+        Arch::S390x => ("qemu-system-s390x", "s390-ccw-virtio", "max", "ttysclp0"),
+    };
+    let mut c = Command::new(bin);
+    c.args(["-M", machine, "-cpu", cpu, "-smp", "2", "-m", "2048", "-nodefaults", "-display", "none"]);
+    c.arg("-no-reboot");
+    if arch == Arch::S390x {
+        // The SCLP console is s390x's serial line.
+        c.args(["-chardev", "stdio,id=s0", "-device", "sclpconsole,chardev=s0"]);
+    } else {
+        c.args(["-serial", "stdio"]);
+    }
+    c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+    c.args(["-append", &format!("console={console} quiet panic=-1")]);
+    c
+}
+
+fn host_packages() -> &'static [&'static str] {
+    &["qemu-system-x86", "qemu-system-arm", "qemu-system-ppc", "qemu-system-misc", "cpio", "gzip"]
+}
+
+/// Kernel image and busybox of `arch`, from trixie, unpacked once.
+fn guest_parts(sh: &Shell, arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    let base = vm_dir().join(arch.name());
+    let root = base.join("root");
+    let find_kernel = || -> Option<PathBuf> {
+        std::fs::read_dir(root.join("boot")).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-") || n.starts_with("vmlinux-"))
+        })
+    };
+    let busybox = root.join("usr/bin/busybox");
+    if find_kernel().is_none() || !busybox.exists() {
+        let private = apt::PrivateApt::with_archs(
+            sh,
+            &project_root().join("target/xtask/apt-trixie").join(arch.debian()),
+            "trixie",
+            "deb",
+            &[arch.debian()],
+        )?;
+        let meta = format!("linux-image-{}:{}", kernel_flavour(arch), arch.debian());
+        let o = private.opts();
+        let deps = cmd!(sh, "apt-cache {o...} depends {meta}").read()?;
+        let image = deps
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .find(|d| d.starts_with("linux-image-6"))
+            .with_context(|| format!("{meta} names no kernel image:\n{deps}"))?
+            .to_string();
+        let pkgs = vec![image, format!("busybox-static:{}", arch.debian())];
+        private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)?;
+        // The modules are not needed: keep the cache small.
+        let _ = std::fs::remove_dir_all(root.join("lib/modules"));
+        let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
+    }
+    let kernel = find_kernel().context("the kernel package has no /boot/vmlinu*")?;
+    Ok((kernel, busybox))
+}
+
+/// An initramfs: busybox, ferry, the test programs, the scenarios, /init.
+fn initramfs(sh: &Shell, arch: Arch, bins: &Path, busybox: &Path) -> Result<PathBuf> {
+    let dir = vm_dir().join(arch.name()).join("initramfs");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    // Stripped: the guest's memory holds the whole initramfs.
+    let strip = format!("{}-strip", arch.gnu());
+    for bin in std::iter::once("ferry".to_string()).chain(build::testprogs()?) {
+        let (from, to) = (bins.join(&bin), dir.join("bin").join(&bin));
+        cmd!(sh, "{strip} -o {to} {from}").run()?;
+    }
+    let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\nexec sh /scenarios.sh\n";
+    write_exec(&dir.join("init"), init)?;
+    write_exec(&dir.join("scenarios.sh"), SCENARIOS)?;
+    let out = vm_dir().join(arch.name()).join("initramfs.cpio.gz");
+    let _d = sh.push_dir(&dir);
+    let pack = format!("find . | cpio -o -H newc --quiet | gzip -1 > {}", out.display());
+    cmd!(sh, "sh -c {pack}").run()?;
+    Ok(out)
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// What one guest reported.
+#[derive(Default)]
+struct Report {
+    kernel: String,
+    page_size: String,
+    tracker: String,
+    passed: Vec<String>,
+    failed: Vec<String>,
+    done: bool,
+    wall: Duration,
+}
+
+/// Boot the guest and read its console until it powers off.
+fn boot(arch: Arch, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Report> {
+    let mut c = qemu(arch, kernel, initrd);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let start = Instant::now();
+    let mut child = c.spawn().with_context(|| format!("starting {:?}", c.get_program()))?;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Report::default();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                println!("[{}] {line}", arch.name());
+                let Some(rest) = line.strip_prefix("VMTEST ") else { continue };
+                let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                match key {
+                    "KERNEL" => r.kernel = value.to_string(),
+                    "PAGE" => r.page_size = value.to_string(),
+                    "TRACKER" => r.tracker = value.to_string(),
+                    "PASS" => r.passed.push(value.to_string()),
+                    "FAIL" => r.failed.push(value.to_string()),
+                    "DONE" => r.done = true,
+                    _ => {}
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                r.failed.push(format!("the guest did not finish within {} s", timeout.as_secs()));
+                break;
+            }
+        }
+    }
+    let _ = child.wait();
+    r.wall = start.elapsed();
+    if !r.done && r.failed.is_empty() {
+        r.failed.push("the guest stopped before running every scenario".into());
+    }
+    Ok(r)
+}
+
+impl VmTest {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        crate::require_root("the VM tests (they build initramfs images with root-owned files)")?;
+        apt::ensure(sh, host_packages())?;
+        let archs = Arch::parse_list(&self.arch)?;
+        let mut reports = Vec::new();
+        for arch in archs {
+            // The dev profile is optimized too, and shared with `xtask build`.
+            let bins = build::build_arch(sh, arch, false)?;
+            let (kernel, busybox) = guest_parts(sh, arch)?;
+            let initrd = initramfs(sh, arch, &bins, &busybox)?;
+            eprintln!("xtask: booting the {} guest ({})", arch.name(), kernel.display());
+            let r = boot(arch, &kernel, &initrd, Duration::from_secs(self.timeout))?;
+            reports.push((arch, r));
+        }
+        println!(
+            "\n{:<8} {:<24} {:>6} {:<22} {:>9} {:>8}",
+            "arch", "kernel", "page", "dirty tracker", "scenarios", "wall"
+        );
+        let mut bad = Vec::new();
+        for (arch, r) in &reports {
+            println!(
+                "{:<8} {:<24} {:>6} {:<22} {:>4}/{:<4} {:>7.1}s",
+                arch.name(),
+                r.kernel,
+                r.page_size,
+                r.tracker,
+                r.passed.len(),
+                r.passed.len() + r.failed.len(),
+                r.wall.as_secs_f64()
+            );
+            for f in &r.failed {
+                println!("         FAILED {f}");
+                bad.push(format!("{}: {f}", arch.name()));
+            }
+        }
+        if !bad.is_empty() {
+            bail!("{} scenario(s) failed in the guests", bad.len());
+        }
+        Ok(())
+    }
+}
