@@ -426,3 +426,46 @@ fn lazy_pages_over_tls() {
     t.reap_killed();
     check_restored(&ns, t.pid, &t);
 }
+
+/// The kernel writes a task's rseq area as it resumes, without asking the
+/// userfaultfd: a lazy rseq page would be filled with zeros first and the
+/// lazy copy refused (a static binary's TLS, stack canary included, shares
+/// that page). So a lazy dump copies it eagerly. With nobody coming for the
+/// pages, the task is given back.
+#[test]
+fn lazy_dump_copies_the_rseq_page() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs");
+    let d = imgs.display().to_string();
+    let args = ["dump", "-t", &pid, "-D", &d, "--lazy-pages", "--port", "27111", "--address", "127.0.0.1"];
+    let src = bg({
+        let mut c = Command::new(ferry());
+        c.args(args).args(["--lazy-wait", "2"]);
+        c
+    });
+    until("the lazy dump's images", || imgs.join("inventory.json").exists());
+    let json = |name: String| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(imgs.join(name)).unwrap()).unwrap()
+    };
+    let hex = |v: &serde_json::Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let task = json(format!("task-{pid}.json"));
+    let rseq = hex(&task["rseq"]["addr"]);
+    assert_ne!(rseq, 0, "tp-bigmem registers rseq (glibc does)");
+    let pm = json(format!("pagemap-{pid}.json"));
+    let page = pm["page_size"].as_u64().unwrap();
+    let at = rseq & !(page - 1);
+    let flags: Vec<&str> = pm["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| hex(&e["vaddr"]) <= at && at < hex(&e["vaddr"]) + e["nr_pages"].as_u64().unwrap() * page)
+        .map(|e| e["flags"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags, ["present"], "the rseq page at {at:#x}");
+    let out = src.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no lazy-pages daemon connected"));
+    t.assert_running_untraced();
+}

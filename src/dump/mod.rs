@@ -228,7 +228,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         method,
         parent: parent.as_ref().map(|p| &p.view),
         written,
-        eager: opts.lazy.as_ref().map(|_| eager_ranges(&regs, &insp.planned)),
+        eager: opts.lazy.as_ref().map(|_| eager_ranges(&regs, rseq.map(|r| (r.addr, u64::from(r.len))), &insp.planned)),
         running: pre,
     };
     let md = pages::write(&mem, &collected, &sel, &mut writer, pid)?;
@@ -287,15 +287,23 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
 }
 
 /// Pages restored eagerly in a lazy dump: those around the stack pointer,
-/// which the task touches the moment it runs.
-fn eager_ranges(regs: &NativeState, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
+/// which the task touches the moment it runs, and its rseq area, which the
+/// kernel itself writes as the task resumes: such a write does not go
+/// through the userfaultfd, it fills the page with zeros first, and the
+/// lazy copy would then find the page taken.
+fn eager_ranges(regs: &NativeState, rseq: Option<(u64, u64)>, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
     const AROUND: u64 = 64 << 10;
+    let page = crate::page_size();
     let sp = Native::sp(regs);
-    planned
+    let mut out: Vec<(u64, u64)> = planned
         .iter()
         .filter(|p| p.vma.start <= sp && sp < p.vma.end)
         .map(|p| (sp.saturating_sub(AROUND).max(p.vma.start), (sp + AROUND).min(p.vma.end)))
-        .collect()
+        .collect();
+    if let Some((addr, len)) = rseq.filter(|&(a, l)| a != 0 && l != 0) {
+        out.push((addr & !(page - 1), (addr + len).div_ceil(page) * page));
+    }
+    out
 }
 
 /// Keep the task frozen and serve its lazy pages until the destination has
