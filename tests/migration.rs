@@ -435,7 +435,7 @@ fn lazy_pages_over_tls() {
 #[test]
 fn lazy_dump_copies_the_rseq_page() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
     t.wait_output("ready", T);
     let pid = t.pid.to_string();
     let imgs = w.path().join("imgs");
