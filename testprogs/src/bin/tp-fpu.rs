@@ -6,11 +6,15 @@
 //! FPCR; ppc64le: v0-v3, v9 (VMX), FPSCR; s390x: v0-v3, v9, FPC.
 use ferry_testprogs::{check, say};
 
+/// Start values of the four 64-bit lanes, what each adds per iteration,
+/// and the pair of words swapped every iteration.
+const INIT: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
+const INC: [u64; 4] = [3, 5, 7, 0x11];
+const XINIT: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+
 #[cfg(target_arch = "x86_64")]
 fn run(iters: u64) -> ([u64; 4], [u64; 2], u32) {
-    let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
-    let inc: [u64; 4] = [3, 5, 7, 0x11];
-    let xinit: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+    let (init, inc, xinit) = (INIT, INC, XINIT);
     let mut out = [0u64; 4];
     let mut xout = [0u64; 2];
     let mut mxcsr: u32 = 0;
@@ -57,9 +61,7 @@ const CTL: (u32, u32) = (0x00c0_0000, 0x00c0_0000);
 
 #[cfg(target_arch = "aarch64")]
 fn run(iters: u64) -> ([u64; 4], [u64; 2], u32) {
-    let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
-    let inc: [u64; 4] = [3, 5, 7, 0x11];
-    let xinit: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+    let (init, inc, xinit) = (INIT, INC, XINIT);
     let mut out = [0u64; 4];
     let mut xout = [0u64; 2];
     let fpcr: u64;
@@ -90,9 +92,7 @@ const CTL: (u32, u32) = (0x3, 0x1);
 /// lane-wise adds and a doubleword swap do not notice.
 #[cfg(target_arch = "powerpc64")]
 fn run(iters: u64) -> ([u64; 4], [u64; 2], u32) {
-    let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
-    let inc: [u64; 4] = [3, 5, 7, 0x11];
-    let xinit: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+    let (init, inc, xinit) = (INIT, INC, XINIT);
     let mut out = [0u64; 4];
     let mut xout = [0u64; 2];
     let mut fpscr = [0u64; 1];
@@ -124,9 +124,7 @@ const CTL: (u32, u32) = (0x7, 0x1);
 /// requires it now).
 #[cfg(target_arch = "s390x")]
 fn run(iters: u64) -> ([u64; 4], [u64; 2], u32) {
-    let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
-    let inc: [u64; 4] = [3, 5, 7, 0x11];
-    let xinit: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+    let (init, inc, xinit) = (INIT, INC, XINIT);
     let mut out = [0u64; 4];
     let mut xout = [0u64; 2];
     let fpc: u64;
@@ -154,8 +152,7 @@ fn main() {
     let iters: u64 = ferry_testprogs::arg(1).parse().unwrap();
     say("ready");
     let (out, xout, mxcsr) = run(iters);
-    let init: [u64; 4] = [1, 0x1000_0000_0000, 3, 0x7777_0000_0000_0000];
-    let inc: [u64; 4] = [3, 5, 7, 0x11];
+    let (init, inc) = (INIT, INC);
     for i in 0..4 {
         check(
             out[i] == init[i].wrapping_add(inc[i].wrapping_mul(iters)),

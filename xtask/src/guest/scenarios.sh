@@ -112,7 +112,8 @@ lazy_migration() {
     src=$!
     n=0
     while [ ! -e /tmp/lz/2/inventory.json ] && [ $n -lt 600 ]; do n=$((n + 1)); sleep 0.1; done
-    unshare -p -f -m --mount-proc sh -c '
+    # A hang becomes a failure with what the programs said, not a stuck guest.
+    timeout 180 unshare -p -f -m --mount-proc sh -c '
         ferry lazy-pages --page-server --address 127.0.0.1 --port 27 -D /tmp/lz/2 > /tmp/lz.daemon 2>&1 &
         d=$!
         ferry restore --lazy-pages -D /tmp/lz/2 > /tmp/lz.restore 2>&1 &
@@ -123,6 +124,7 @@ lazy_migration() {
         wait $r
     '
     st=$?
+    [ $st = 0 ] || kill -9 "$src" 2>/dev/null
     wait "$src"; s=$?
     wait "$pid" 2>/dev/null
     if [ $st = 0 ] && [ $s = 0 ]; then pass $name; else
