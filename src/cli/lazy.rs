@@ -6,7 +6,7 @@ use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
 use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
 use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use crate::net::{Credentials, Link};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,7 +58,10 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
     let ranges = lazy_ranges(&pagemap);
     if ranges.is_empty() {
-        bail!("{}: the image has no lazy pages (it was not made with --lazy-pages)", a.images_dir.display());
+        // A lazy dump that found nothing to leave behind is a plain image:
+        // `restore --lazy-pages` restores it without us.
+        eprintln!("lazy-pages: {}: no lazy pages, nothing to serve", a.images_dir.display());
+        return Ok(ExitCode::SUCCESS);
     }
     let creds = a.security.credentials(KeyDefault::Images(&a.images_dir))?;
     let sock = handoff::socket_path(&a.images_dir);

@@ -144,6 +144,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             Some(p) => Key::load(p)?,
             None => Key::generate(&opts.dir.join(crate::lazy::KEY_FILE))?,
         };
+        if crate::lazy::lazy_ranges(&f.pagemap).is_empty() {
+            // Nothing changed since the last round (or nothing is lazy-able):
+            // the images hold everything, so this is a plain dump.
+            info!(pid = f.tracee.pid, "no page was left lazy: the images hold the whole task");
+            f.tracee.kill()?;
+            return Ok(d.stats);
+        }
         let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
         serve_lazy(&f.tracee, &creds, *wait, listener.listen()?, &opts.dir, &f.pagemap)?;
     }

@@ -108,15 +108,15 @@ lazy_migration() {
     fi
     start "$out" tp-bigmem 48 || { fail $name "did not start"; return; }
     ferry pre-dump -t "$pid" -D /tmp/lz/1 > /tmp/$name.log 2>&1
-    ferry dump -t "$pid" -D /tmp/lz/2 --prev-images-dir ../1 --track-mem --lazy-pages --port 27 --address 127.0.0.1 >> /tmp/$name.log 2>&1 &
+    ferry -v3 dump -t "$pid" -D /tmp/lz/2 --prev-images-dir ../1 --track-mem --lazy-pages --port 27 --address 127.0.0.1 >> /tmp/$name.log 2>&1 &
     src=$!
     n=0
     while [ ! -e /tmp/lz/2/inventory.json ] && [ $n -lt 600 ]; do n=$((n + 1)); sleep 0.1; done
     # A hang becomes a failure with what the programs said, not a stuck guest.
     timeout 180 unshare -p -f -m --mount-proc sh -c '
-        ferry lazy-pages --page-server --address 127.0.0.1 --port 27 -D /tmp/lz/2 > /tmp/lz.daemon 2>&1 &
+        ferry -v3 lazy-pages --page-server --address 127.0.0.1 --port 27 -D /tmp/lz/2 > /tmp/lz.daemon 2>&1 &
         d=$!
-        ferry restore --lazy-pages -D /tmp/lz/2 > /tmp/lz.restore 2>&1 &
+        ferry -v3 restore --lazy-pages -D /tmp/lz/2 > /tmp/lz.restore 2>&1 &
         r=$!
         wait $d || echo "daemon failed" >> /tmp/lz.daemon
         sleep 0.5
@@ -124,11 +124,13 @@ lazy_migration() {
         wait $r
     '
     st=$?
+    # Whatever happened, nothing of this scenario may outlive it.
     [ $st = 0 ] || kill -9 "$src" 2>/dev/null
     wait "$src"; s=$?
+    kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     if [ $st = 0 ] && [ $s = 0 ]; then pass $name; else
-        fail $name "restore $st, source $s: $(tail1 /tmp/lz.daemon) $(tail1 /tmp/lz.restore) $(tail1 /tmp/$name.log) $(tail1 "$out")"
+        fail $name "restore $st, source $s; daemon: $(tail1 /tmp/lz.daemon); restore: $(tail1 /tmp/lz.restore); source: $(tail1 /tmp/$name.log); task: $(tail1 "$out")"
     fi
 }
 
