@@ -105,7 +105,13 @@ impl PrivateApt {
             // retry, then go on with the indexes that did arrive (a missing
             // package is reported by the download that needs it).
             let mut tries = 0;
-            while cmd!(sh, "apt-get {o...} update").run().is_err() {
+            loop {
+                if cmd!(sh, "apt-get {o...} update").run().is_ok() {
+                    // Only a complete update is final; otherwise the next
+                    // run tries again.
+                    std::fs::write(&stamp, "")?;
+                    break;
+                }
                 tries += 1;
                 if tries == 3 {
                     eprintln!("xtask: some package indexes did not download; going on with the others");
@@ -113,7 +119,6 @@ impl PrivateApt {
                 }
                 std::thread::sleep(std::time::Duration::from_secs(5 * tries));
             }
-            std::fs::write(stamp, "")?;
         }
         Ok(apt)
     }
