@@ -190,18 +190,12 @@ pub fn serve(
             let _ = reply.send(armed);
         }
         match listener.accept() {
-            Ok((tcp, peer)) => {
+            Ok((tcp, _)) => {
                 let _ = tcp.set_nonblocking(false);
                 let (creds, store, stats, done, anyone, arm_tx) =
                     (creds.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone(), arm_tx.clone());
                 std::thread::spawn(move || {
-                    let mut s = match Link::accept(tcp, &creds) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!("refused peer {peer}: {e:#}");
-                            return;
-                        }
-                    };
+                    let Some((mut s, peer)) = Link::admit(tcp, &creds) else { return };
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                     match read_frame(&mut s) {
                         Ok(f) if f.kind == Kind::Status && f.text() == ARM => {

@@ -22,15 +22,7 @@ pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     info!("page server listening on {listen}");
     for conn in listener.incoming() {
-        let tcp = conn?;
-        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let mut s = match Link::accept(tcp, creds) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("refused peer {peer}: {e:#}");
-                continue;
-            }
-        };
+        let Some((mut s, peer)) = Link::admit(conn?, creds) else { continue };
         // The dumper connects before it freezes its task and sends once the
         // dump is written: allow for a big dump in between.
         s.set_read_timeout(Some(Duration::from_secs(3600)))?;

@@ -15,7 +15,6 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tracing::warn;
 
 #[derive(Clone, Debug)]
 pub struct ReceiveOptions {
@@ -38,14 +37,7 @@ fn accept_loop(listener: TcpListener, creds: Credentials, first: mpsc::Sender<Li
     let mut started = false;
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
-        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let mut s = match Link::accept(tcp, &creds) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("refused peer {peer}: {e:#}");
-                continue;
-            }
-        };
+        let Some((mut s, _)) = Link::admit(tcp, &creds) else { continue };
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let hello = match read_frame(&mut s) {
             Ok(f) if f.kind == Kind::Status => f.text(),

@@ -127,6 +127,20 @@ impl Link {
         handshake().with_context(|| format!("authenticating with {target}"))
     }
 
+    /// Authenticate an accepted connection as the server; a peer that
+    /// fails is refused with a log line, so the listener can go on waiting
+    /// for the right one. Returns the link and the peer's address.
+    pub fn admit(tcp: TcpStream, creds: &Credentials) -> Option<(Link, String)> {
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        match Link::accept(tcp, creds) {
+            Ok(s) => Some((s, peer)),
+            Err(e) => {
+                tracing::warn!("refused peer {peer}: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Authenticate an accepted connection as the server.
     pub fn accept(tcp: TcpStream, creds: &Credentials) -> Result<Link> {
         tune(&tcp);
