@@ -1,40 +1,35 @@
-//! The four architectures ferry is built and tested for, and what each
-//! needs from Debian.
+//! The four architectures (ferry-arch's `Arch`), and what each needs from
+//! Debian and the toolchains to be built and booted here.
 
 use anyhow::{bail, Result};
+pub use ferry_arch::Arch;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-    Ppc64le,
-    S390x,
+/// `--arch NAME|all` as a list; Debian's names and Rust triples work too.
+pub fn parse_list(s: &str) -> Result<Vec<Arch>> {
+    if s == "all" {
+        return Ok(Arch::ALL.to_vec());
+    }
+    match Arch::ALL.iter().find(|a| a.name() == s || a.debian() == s || a.triple() == s) {
+        Some(a) => Ok(vec![*a]),
+        None => bail!("unknown architecture {s:?}: use x86_64, aarch64, ppc64le, s390x or all"),
+    }
 }
 
-pub const ALL: [Arch; 4] = [Arch::X86_64, Arch::Aarch64, Arch::Ppc64le, Arch::S390x];
+/// Build and packaging names of an architecture.
+pub trait BuildNames {
+    fn triple(self) -> &'static str;
+    /// Debian's name of the architecture.
+    fn debian(self) -> &'static str;
+    /// GNU triple of Debian's cross tools (gcc, libc6-dev-*-cross).
+    fn gnu(self) -> &'static str;
+    /// The host's own architecture (built with rustup, not cross).
+    fn runs_here(self) -> bool;
+    /// What `file` says about a binary of this machine.
+    fn file_machine(self) -> &'static str;
+}
 
-impl Arch {
-    /// `--arch NAME|all` as a list.
-    pub fn parse_list(s: &str) -> Result<Vec<Arch>> {
-        if s == "all" {
-            return Ok(ALL.to_vec());
-        }
-        match ALL.iter().find(|a| a.name() == s || a.debian() == s || a.triple() == s) {
-            Some(a) => Ok(vec![*a]),
-            None => bail!("unknown architecture {s:?}: use x86_64, aarch64, ppc64le, s390x or all"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-            Arch::Ppc64le => "ppc64le",
-            Arch::S390x => "s390x",
-        }
-    }
-
-    pub fn triple(self) -> &'static str {
+impl BuildNames for Arch {
+    fn triple(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-unknown-linux-gnu",
             Arch::Aarch64 => "aarch64-unknown-linux-gnu",
@@ -43,8 +38,7 @@ impl Arch {
         }
     }
 
-    /// Debian's name of the architecture.
-    pub fn debian(self) -> &'static str {
+    fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Aarch64 => "arm64",
@@ -53,8 +47,7 @@ impl Arch {
         }
     }
 
-    /// GNU triple of Debian's cross tools (gcc, libc6-dev-*-cross).
-    pub fn gnu(self) -> &'static str {
+    fn gnu(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-linux-gnu",
             Arch::Aarch64 => "aarch64-linux-gnu",
@@ -63,12 +56,11 @@ impl Arch {
         }
     }
 
-    pub fn is_host(self) -> bool {
+    fn runs_here(self) -> bool {
         self == Arch::X86_64
     }
 
-    /// What `file` says about a binary of this machine.
-    pub fn file_machine(self) -> &'static str {
+    fn file_machine(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86-64",
             Arch::Aarch64 => "ARM aarch64",

@@ -1,7 +1,7 @@
 //! `cargo xtask build --arch ARCH|all [--release]`: static ferry and test
 //! programs for each architecture, checked with `file`.
 
-use crate::arch::Arch;
+use crate::arch::{Arch, BuildNames};
 use crate::cross::Cross;
 use crate::project_root;
 use anyhow::{bail, Result};
@@ -43,7 +43,7 @@ pub fn build_arch(sh: &Shell, arch: Arch, release: bool) -> Result<PathBuf> {
 
 impl Build {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let archs = Arch::parse_list(&self.arch)?;
+        let archs = crate::arch::parse_list(&self.arch)?;
         let mut built = Vec::new();
         for arch in archs {
             let dir = build_arch(sh, arch, self.release)?;

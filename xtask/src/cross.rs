@@ -5,7 +5,7 @@
 //! package), and Debian's cross gcc as linker. x86_64 uses rustup's
 //! toolchain. Every binary is static (+crt-static).
 
-use crate::arch::Arch;
+use crate::arch::{Arch, BuildNames};
 use crate::{apt, project_root};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ fn xtask_dir() -> PathBuf {
 /// The Debian packages a cross build of `arch` needs on the host.
 fn host_packages(arch: Arch) -> Vec<String> {
     let mut p = vec!["file".to_string()];
-    if !arch.is_host() {
+    if !arch.runs_here() {
         p.extend(["rustc-web", "cargo-web", "dpkg-dev"].map(String::from));
         p.push(format!("gcc-{}", arch.gnu()));
         p.push(format!("libc6-dev-{}-cross", arch.debian()));
@@ -118,7 +118,7 @@ impl Cross {
         let mut flags = "-C target-feature=+crt-static".to_string();
         let mut env = Vec::new();
         let mut build_std = false;
-        let cargo = if arch.is_host() {
+        let cargo = if arch.runs_here() {
             // rustup's x86_64 target would make a static-pie: the plain
             // static executable is what the other three produce.
             flags += " -C relocation-model=static";

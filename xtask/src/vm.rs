@@ -4,7 +4,7 @@
 //! migration scenarios inside (guest/scenarios.sh), stream the guest's
 //! console, and fail unless every scenario passed.
 
-use crate::arch::Arch;
+use crate::arch::{Arch, BuildNames};
 use crate::{apt, build, project_root};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -203,7 +203,7 @@ impl VmTest {
     pub fn run(self, sh: &Shell) -> Result<()> {
         crate::require_root("the VM tests (they build initramfs images with root-owned files)")?;
         apt::ensure(sh, host_packages())?;
-        let archs = Arch::parse_list(&self.arch)?;
+        let archs = crate::arch::parse_list(&self.arch)?;
         let mut reports = Vec::new();
         for arch in archs {
             // The dev profile is optimized too, and shared with `xtask build`.
