@@ -30,13 +30,14 @@ pub struct TaskPages {
 
 impl PageStore for TaskPages {
     fn read(&self, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()> {
+        let page = crate::page_size();
         for &(addr, len) in pieces {
             let mut at = addr;
             while at < addr + len {
                 if !self.allowed.contains(at) {
                     bail!("{at:#x} is not a lazy page of this dump");
                 }
-                at += 4096;
+                at += page;
             }
         }
         let iovs: Vec<RemoteIoVec> =

@@ -117,7 +117,8 @@ pub fn clear<'t>(inj: &mut Injector<'t>, mem: &RemoteMem, plan: &Plan, child_map
 
     let dumped: Vec<(u64, u64)> = plan.task.vmas.iter().map(|v| (v.start, v.end)).collect();
     let mine: Vec<(u64, u64)> = child_maps.iter().map(|m| (m.start, m.end)).collect();
-    let len = page + SCRATCH_DATA;
+    // Whole pages: munmap and mmap of the range refuse a partial one (64K pages).
+    let len = page + SCRATCH_DATA.next_multiple_of(page);
     let base = find_hole(&[dumped.clone(), mine.clone()], len, page)
         .context("no address range is free in both the dumped and the current layout")?;
     let sp = Native::sp(inj.base());
