@@ -235,6 +235,23 @@ fn corrupt_metadata_and_wrong_version() {
     assert!(err.contains("inventory.json: invalid JSON"), "{err}");
 }
 
+/// An image records the architecture it was dumped on; ferry of another
+/// architecture refuses it before creating anything.
+#[test]
+fn image_of_another_architecture_is_refused() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let inv = img.join("inventory.json");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let host = std::env::consts::ARCH;
+    let other = if host == "s390x" { "aarch64" } else { "s390x" };
+    let edited = text.replace(&format!("\"arch\": \"{host}\""), &format!("\"arch\": \"{other}\""));
+    assert_ne!(edited, text, "the inventory names its architecture");
+    std::fs::write(&inv, edited).unwrap();
+    let err = restore_err(&img, pid);
+    assert_eq!(err, format!("ferry: restore: {}: the image is for {other}, this machine is {host}", inv.display()));
+}
+
 #[test]
 fn pid_in_use_is_reported() {
     let w = workdir();
