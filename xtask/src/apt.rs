@@ -74,6 +74,8 @@ pub struct PrivateApt {
     dir: PathBuf,
     /// Debian architectures the indexes cover (empty: the host's).
     archs: Vec<String>,
+    /// The suite whose packages win over the others' (apt's default release).
+    prefer: Option<String>,
 }
 
 impl PrivateApt {
@@ -84,20 +86,34 @@ impl PrivateApt {
     /// As [`PrivateApt::new`], with binary indexes for `archs` (foreign
     /// packages are only downloaded and unpacked, never installed).
     pub fn with_archs(sh: &Shell, dir: &Path, suite: &str, types: &str, archs: &[&str]) -> Result<PrivateApt> {
+        Self::with_suites(sh, dir, &[suite], types, archs)
+    }
+
+    /// As [`PrivateApt::with_archs`] over several suites; when there are
+    /// several, the first is preferred (apt's default release), so
+    /// `["bookworm-backports", "bookworm"]` takes backports' kernel and
+    /// bookworm's everything else.
+    pub fn with_suites(sh: &Shell, dir: &Path, suites: &[&str], types: &str, archs: &[&str]) -> Result<PrivateApt> {
         std::fs::create_dir_all(dir.join("lists/partial"))?;
         std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let line = |uri: &str, suite: &str| {
             format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n")
         };
-        let mut list = line(&host_mirror()?, suite);
-        // The security suite too, when the host uses one: it carries the
-        // newest kernels and toolchains, and a second place to find a
-        // package when one index is broken on the mirror.
-        if let Ok(security) = host_uri("/debian-security") {
-            list += &line(&security, &format!("{suite}-security"));
+        let mirror = host_mirror()?;
+        let security = host_uri("/debian-security").ok();
+        let mut list = String::new();
+        for suite in suites {
+            list += &line(&mirror, suite);
+            // The security suite too, when the host uses one: it carries
+            // the newest kernels and toolchains, and a second place to find
+            // a package when one index is broken on the mirror.
+            if let (Some(security), false) = (&security, suite.contains('-')) {
+                list += &line(security, &format!("{suite}-security"));
+            }
         }
         std::fs::write(dir.join("sources.list"), list)?;
-        let apt = PrivateApt { dir: dir.to_path_buf(), archs: archs.iter().map(|a| a.to_string()).collect() };
+        let prefer = (suites.len() > 1).then(|| suites[0].to_string());
+        let apt = PrivateApt { dir: dir.to_path_buf(), archs: archs.iter().map(|a| a.to_string()).collect(), prefer };
         let stamp = dir.join("updated");
         if !stamp.exists() {
             let o = &apt.opts();
@@ -133,6 +149,7 @@ impl PrivateApt {
             "-o=Debug::NoLocking=1".into(),
         ];
         o.extend(self.archs.iter().map(|a| format!("-o=APT::Architectures::={a}")));
+        o.extend(self.prefer.iter().map(|s| format!("-o=APT::Default-Release={s}")));
         o
     }
 

@@ -4,15 +4,17 @@
 use anyhow::{bail, Result};
 pub use ferry_arch::Arch;
 
-/// `--arch NAME|all` as a list; Debian's names and Rust triples work too.
+/// `--arch NAME[,NAME...]|all` as a list; Debian's names and Rust triples work too.
 pub fn parse_list(s: &str) -> Result<Vec<Arch>> {
     if s == "all" {
         return Ok(Arch::ALL.to_vec());
     }
-    match Arch::ALL.iter().find(|a| a.name() == s || a.debian() == s || a.triple() == s) {
-        Some(a) => Ok(vec![*a]),
-        None => bail!("unknown architecture {s:?}: use x86_64, aarch64, ppc64le, s390x or all"),
-    }
+    s.split(',')
+        .map(|one| match Arch::ALL.iter().find(|a| a.name() == one || a.debian() == one || a.triple() == one) {
+            Some(a) => Ok(*a),
+            None => bail!("unknown architecture {one:?}: use x86_64, aarch64, ppc64le, s390x (comma-separated) or all"),
+        })
+        .collect()
 }
 
 /// Build and packaging names of an architecture.

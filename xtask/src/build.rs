@@ -10,7 +10,7 @@ use xshell::{cmd, Shell};
 
 #[derive(clap::Args)]
 pub struct Build {
-    /// x86_64, aarch64, ppc64le, s390x, or all
+    /// x86_64, aarch64, ppc64le, s390x (comma-separated), or all
     #[arg(long, default_value = "all")]
     arch: String,
     #[arg(long)]

@@ -1,6 +1,7 @@
-//! `cargo xtask vm-test --arch ARCH|all`: boot a QEMU guest of each
-//! architecture (TCG) with Debian trixie's 6.12 kernel and an initramfs of
-//! busybox-static, static ferry and the static test programs, run the
+//! `cargo xtask vm-test --arch ARCH|all`: boot QEMU guests of each
+//! architecture (TCG) with Debian's 6.12 kernels (each page size Debian
+//! ships) and an initramfs of busybox-static, static ferry and the static
+//! test programs, run the
 //! migration scenarios inside (guest/scenarios.sh), stream the guest's
 //! console, and fail unless every scenario passed.
 
@@ -15,7 +16,7 @@ use xshell::{cmd, Shell};
 
 #[derive(clap::Args)]
 pub struct VmTest {
-    /// x86_64, aarch64, ppc64le, s390x, or all
+    /// x86_64, aarch64, ppc64le, s390x (comma-separated), or all
     #[arg(long, default_value = "all")]
     arch: String,
     /// Give up on a guest after this many seconds
@@ -30,15 +31,33 @@ fn vm_dir() -> PathBuf {
     project_root().join("target/xtask/vm")
 }
 
-/// Debian's kernel flavour and QEMU invocation for each architecture.
-fn kernel_flavour(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "amd64",
-        Arch::Aarch64 => "arm64",
-        Arch::Ppc64le => "powerpc64le",
-        Arch::S390x => "s390x",
-    }
+/// One guest: an architecture booted with one of Debian's kernel flavours.
+#[derive(Copy, Clone)]
+struct Guest {
+    arch: Arch,
+    /// Debian's kernel flavour (linux-image-FLAVOUR).
+    flavour: &'static str,
+    /// What the summary calls it: the arch, plus the page size when it is
+    /// not the arch's usual one.
+    name: &'static str,
 }
+
+/// Every guest `vm-test` boots: each architecture's standard kernel, and
+/// the other page sizes Debian ships (aarch64 16K, ppc64le 64K), since
+/// page size is a runtime fact the backends must not assume.
+const GUESTS: [Guest; 6] = [
+    Guest { arch: Arch::X86_64, flavour: "amd64", name: "x86_64" },
+    Guest { arch: Arch::Aarch64, flavour: "arm64", name: "aarch64" },
+    Guest { arch: Arch::Aarch64, flavour: "arm64-16k", name: "aarch64-16k" },
+    Guest { arch: Arch::Ppc64le, flavour: "powerpc64le", name: "ppc64le" },
+    Guest { arch: Arch::Ppc64le, flavour: "powerpc64le-64k", name: "ppc64le-64k" },
+    Guest { arch: Arch::S390x, flavour: "s390x", name: "s390x" },
+];
+
+/// Where a guest's kernel may come from, in order: trixie's 6.12, then
+/// bookworm-backports' 6.12 (with bookworm for busybox) when this mirror's
+/// trixie index for the architecture is broken.
+const KERNEL_SUITES: [&[&str]; 2] = [&["trixie"], &["bookworm-backports", "bookworm"]];
 
 fn qemu(arch: Arch, kernel: &Path, initrd: &Path) -> Command {
     let (bin, machine, cpu, console) = match arch {
@@ -67,9 +86,9 @@ fn host_packages() -> &'static [&'static str] {
     &["qemu-system-x86", "qemu-system-arm", "qemu-system-ppc", "qemu-system-misc", "cpio", "gzip"]
 }
 
-/// Kernel image and busybox of `arch`, from trixie, unpacked once.
-fn guest_parts(sh: &Shell, arch: Arch) -> Result<(PathBuf, PathBuf)> {
-    let base = vm_dir().join(arch.name());
+/// Kernel image and busybox of `guest`, unpacked once.
+fn guest_parts(sh: &Shell, guest: Guest) -> Result<(PathBuf, PathBuf)> {
+    let base = vm_dir().join(guest.name);
     let root = base.join("root");
     let find_kernel = || -> Option<PathBuf> {
         std::fs::read_dir(root.join("boot")).ok()?.flatten().map(|e| e.path()).find(|p| {
@@ -78,52 +97,81 @@ fn guest_parts(sh: &Shell, arch: Arch) -> Result<(PathBuf, PathBuf)> {
                 .is_some_and(|n| n.starts_with("vmlinuz-") || n.starts_with("vmlinux-"))
         })
     };
-    let busybox = root.join("usr/bin/busybox");
-    if find_kernel().is_none() || !busybox.exists() {
-        let private = apt::PrivateApt::with_archs(
-            sh,
-            &project_root().join("target/xtask/apt-trixie").join(arch.debian()),
-            "trixie",
-            "deb",
-            &[arch.debian()],
-        )?;
-        let meta = format!("linux-image-{}:{}", kernel_flavour(arch), arch.debian());
-        let o = private.opts();
-        let deps = cmd!(sh, "apt-cache {o...} depends {meta}").read()?;
-        let image = deps
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|d| d.starts_with("linux-image-6"))
-            .with_context(|| format!("{meta} names no kernel image:\n{deps}"))?
-            .to_string();
-        let pkgs = vec![image, format!("busybox-static:{}", arch.debian())];
-        private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)?;
+    // trixie installs it in /usr/bin, bookworm in /bin.
+    let find_busybox = || ["usr/bin/busybox", "bin/busybox"].into_iter().map(|p| root.join(p)).find(|p| p.exists());
+    if find_kernel().is_none() || find_busybox().is_none() {
+        let debarch = guest.arch.debian();
+        let mut errors = Vec::new();
+        for suites in KERNEL_SUITES {
+            let dir = project_root().join(format!("target/xtask/apt-{}", suites[0])).join(debarch);
+            let fetched = apt::PrivateApt::with_suites(sh, &dir, suites, "deb", &[debarch]).and_then(|private| {
+                let image = kernel_package(sh, &private, guest)?;
+                let pkgs = vec![image, format!("busybox-static:{debarch}")];
+                let _ = std::fs::remove_dir_all(&base);
+                private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)
+            });
+            match fetched {
+                Ok(()) => break,
+                Err(e) => {
+                    eprintln!("xtask: no {} kernel from {}: {e:#}", guest.name, suites[0]);
+                    errors.push(format!("{}: {e:#}", suites[0]));
+                }
+            }
+        }
+        if find_kernel().is_none() {
+            bail!("no kernel for the {} guest ({})", guest.name, errors.join("; "));
+        }
         // The modules are not needed: keep the cache small.
         let _ = std::fs::remove_dir_all(root.join("lib/modules"));
         let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
     }
     let kernel = find_kernel().context("the kernel package has no /boot/vmlinu*")?;
+    let busybox = find_busybox().context("busybox-static has no busybox binary")?;
     Ok((kernel, busybox))
 }
 
+/// The versioned kernel package the flavour's metapackage points at.
+fn kernel_package(sh: &Shell, private: &apt::PrivateApt, guest: Guest) -> Result<String> {
+    let meta = format!("linux-image-{}:{}", guest.flavour, guest.arch.debian());
+    let o = private.opts();
+    let deps = cmd!(sh, "apt-cache {o...} depends {meta}").read()?;
+    let image = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-6"))
+        .with_context(|| format!("{meta} names no kernel image:\n{deps}"))?;
+    Ok(image.to_string())
+}
+
+/// The ferry binaries the guests of `arch` last ran (those whose initramfs
+/// exists), with the guest's name.
+pub fn guest_binaries(arch: Arch) -> Vec<(&'static str, PathBuf)> {
+    GUESTS
+        .into_iter()
+        .filter(|g| g.arch == arch)
+        .map(|g| (g.name, vm_dir().join(g.name).join("initramfs/bin/ferry")))
+        .filter(|(_, p)| p.exists())
+        .collect()
+}
+
 /// An initramfs: busybox, ferry, the test programs, the scenarios, /init.
-fn initramfs(sh: &Shell, arch: Arch, bins: &Path, busybox: &Path) -> Result<PathBuf> {
-    let dir = vm_dir().join(arch.name()).join("initramfs");
+fn initramfs(sh: &Shell, guest: Guest, bins: &Path, busybox: &Path) -> Result<PathBuf> {
+    let dir = vm_dir().join(guest.name).join("initramfs");
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["bin", "proc", "sys", "dev", "tmp", "run"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
-    // Stripped: the guest's memory holds the whole initramfs.
-    let strip = format!("{}-strip", arch.gnu());
+    // Stripped: the guest's memory holds the whole initramfs. ferry is
+    // stripped as the packages strip it, so they ship what ran here.
     for bin in std::iter::once("ferry".to_string()).chain(build::testprogs()?) {
         let (from, to) = (bins.join(&bin), dir.join("bin").join(&bin));
-        cmd!(sh, "{strip} -o {to} {from}").run()?;
+        crate::package::strip(sh, guest.arch, &from, &to)?;
     }
     let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\nexec sh /scenarios.sh\n";
     write_exec(&dir.join("init"), init)?;
     write_exec(&dir.join("scenarios.sh"), SCENARIOS)?;
-    let out = vm_dir().join(arch.name()).join("initramfs.cpio.gz");
+    let out = vm_dir().join(guest.name).join("initramfs.cpio.gz");
     let _d = sh.push_dir(&dir);
     let pack = format!("find . | cpio -o -H newc --quiet | gzip -1 > {}", out.display());
     cmd!(sh, "sh -c {pack}").run()?;
@@ -150,8 +198,8 @@ struct Report {
 }
 
 /// Boot the guest and read its console until it powers off.
-fn boot(arch: Arch, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Report> {
-    let mut c = qemu(arch, kernel, initrd);
+fn boot(guest: Guest, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Report> {
+    let mut c = qemu(guest.arch, kernel, initrd);
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let start = Instant::now();
     let mut child = c.spawn().with_context(|| format!("starting {:?}", c.get_program()))?;
@@ -170,7 +218,7 @@ fn boot(arch: Arch, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<R
         match rx.recv_timeout(left.max(Duration::from_millis(1))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                println!("[{}] {line}", arch.name());
+                println!("[{}] {line}", guest.name);
                 let Some(rest) = line.strip_prefix("VMTEST ") else { continue };
                 let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
                 match key {
@@ -200,29 +248,36 @@ fn boot(arch: Arch, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<R
 }
 
 impl VmTest {
+    /// Every guest, with the default time limit (what `cargo xtask test` runs).
+    pub fn all() -> VmTest {
+        VmTest { arch: "all".into(), timeout: 1500 }
+    }
+
     pub fn run(self, sh: &Shell) -> Result<()> {
         crate::require_root("the VM tests (they build initramfs images with root-owned files)")?;
         apt::ensure(sh, host_packages())?;
         let archs = crate::arch::parse_list(&self.arch)?;
         let mut reports = Vec::new();
         for arch in archs {
-            // The dev profile is optimized too, and shared with `xtask build`.
-            let bins = build::build_arch(sh, arch, false)?;
-            let (kernel, busybox) = guest_parts(sh, arch)?;
-            let initrd = initramfs(sh, arch, &bins, &busybox)?;
-            eprintln!("xtask: booting the {} guest ({})", arch.name(), kernel.display());
-            let r = boot(arch, &kernel, &initrd, Duration::from_secs(self.timeout))?;
-            reports.push((arch, r));
+            // Release: the binaries the packages ship are the ones tested here.
+            let bins = build::build_arch(sh, arch, true)?;
+            for guest in GUESTS.into_iter().filter(|g| g.arch == arch) {
+                let (kernel, busybox) = guest_parts(sh, guest)?;
+                let initrd = initramfs(sh, guest, &bins, &busybox)?;
+                eprintln!("xtask: booting the {} guest ({})", guest.name, kernel.display());
+                let r = boot(guest, &kernel, &initrd, Duration::from_secs(self.timeout))?;
+                reports.push((guest, r));
+            }
         }
         println!(
-            "\n{:<8} {:<24} {:>6} {:<22} {:>9} {:>8}",
+            "\n{:<12} {:<30} {:>6} {:<32} {:>9} {:>8}",
             "arch", "kernel", "page", "dirty tracker", "scenarios", "wall"
         );
         let mut bad = Vec::new();
-        for (arch, r) in &reports {
+        for (guest, r) in &reports {
             println!(
-                "{:<8} {:<24} {:>6} {:<22} {:>4}/{:<4} {:>7.1}s",
-                arch.name(),
+                "{:<12} {:<30} {:>6} {:<32} {:>4}/{:<4} {:>7.1}s",
+                guest.name,
                 r.kernel,
                 r.page_size,
                 r.tracker,
@@ -232,7 +287,7 @@ impl VmTest {
             );
             for f in &r.failed {
                 println!("         FAILED {f}");
-                bad.push(format!("{}: {f}", arch.name()));
+                bad.push(format!("{}: {f}", guest.name));
             }
         }
         if !bad.is_empty() {
