@@ -15,6 +15,7 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 
 /// How to run cargo for one architecture.
+#[derive(Clone)]
 pub struct Cross {
     pub arch: Arch,
     cargo: PathBuf,
@@ -81,7 +82,7 @@ fn foreign_sysroot(sh: &Shell, arch: Arch) -> Result<PathBuf> {
 
 /// Debian's rustc must be the release of the foreign std (1.96, from
 /// bookworm-security); stale package lists on a fresh machine offer 1.85.
-fn ensure_debian_rustc(sh: &Shell) -> Result<()> {
+pub fn ensure_debian_rustc(sh: &Shell) -> Result<()> {
     let version = || cmd!(sh, "{DEBIAN_RUSTC} --version").quiet().read().unwrap_or_default();
     if version().contains(" 1.96") {
         return Ok(());
@@ -108,9 +109,23 @@ fn check_std(sysroot: &Path, arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// What `Cross::ensure` found, per architecture, for this xtask run: one
+/// `cargo xtask test` builds each architecture for the guests and again
+/// for the packages, and need not look for a standard library twice.
+static ENSURED: std::sync::Mutex<Vec<Cross>> = std::sync::Mutex::new(Vec::new());
+
 impl Cross {
     /// Install (idempotently) what building for `arch` needs.
     pub fn ensure(sh: &Shell, arch: Arch) -> Result<Cross> {
+        if let Some(c) = ENSURED.lock().unwrap().iter().find(|c| c.arch == arch) {
+            return Ok(c.clone());
+        }
+        let c = Self::find(sh, arch)?;
+        ENSURED.lock().unwrap().push(c.clone());
+        Ok(c)
+    }
+
+    fn find(sh: &Shell, arch: Arch) -> Result<Cross> {
         let pkgs = host_packages(arch);
         let pkgs: Vec<&str> = pkgs.iter().map(String::as_str).collect();
         apt::ensure(sh, &pkgs)?;
