@@ -8,6 +8,8 @@ mod build;
 mod criu;
 mod cross;
 mod demo;
+mod dist;
+mod package;
 mod test;
 mod vm;
 
@@ -33,6 +35,10 @@ enum Cmd {
     Build(build::Build),
     /// Boot a QEMU guest per architecture and run the migration scenarios in it
     VmTest(vm::VmTest),
+    /// .deb and .rpm per architecture, dnf and apt repositories, in target/dist
+    Package(package::Package),
+    /// Source and vendored-crates tarballs for distribution packagers
+    Dist(dist::Dist),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(c) => c.run(&sh),
         Cmd::Build(c) => c.run(&sh),
         Cmd::VmTest(c) => c.run(&sh),
+        Cmd::Package(c) => c.run(&sh),
+        Cmd::Dist(c) => c.run(&sh),
     }
 }
 

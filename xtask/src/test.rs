@@ -9,6 +9,12 @@ pub struct Test {
     /// Skip `cargo fmt --check` and clippy
     #[arg(long)]
     no_lint: bool,
+    /// Skip the QEMU guests of the four architectures (`cargo xtask vm-test`)
+    #[arg(long)]
+    no_vm: bool,
+    /// Skip building and checking the packages (`cargo xtask package --check`)
+    #[arg(long)]
+    no_package: bool,
     /// Passed on to `cargo test` (e.g. a test name filter)
     #[arg(trailing_var_arg = true)]
     args: Vec<String>,
@@ -30,7 +36,16 @@ impl Test {
         }
         cmd!(sh, "cargo build --release -p ferry-testprogs").run()?;
         let args = self.args;
+        // A filter asks for some tests only: not the guests and packages.
+        let filtered = !args.is_empty();
         cmd!(sh, "cargo test --workspace {args...}").run()?;
+        if !self.no_vm && !filtered {
+            crate::vm::VmTest::all().run(sh)?;
+        }
+        if !self.no_package && !filtered {
+            // After the guests: the packages must hold the binaries they ran.
+            crate::package::check::run(sh, &ferry_arch::Arch::ALL)?;
+        }
         Ok(())
     }
 }
