@@ -94,8 +94,6 @@ impl PrivateApt {
     /// `["bookworm-backports", "bookworm"]` takes backports' kernel and
     /// bookworm's everything else.
     pub fn with_suites(sh: &Shell, dir: &Path, suites: &[&str], types: &str, archs: &[&str]) -> Result<PrivateApt> {
-        std::fs::create_dir_all(dir.join("lists/partial"))?;
-        std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let line = |uri: &str, suite: &str| {
             format!("{types} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n")
         };
@@ -111,9 +109,9 @@ impl PrivateApt {
                 list += &line(security, &format!("{suite}-security"));
             }
         }
-        std::fs::write(dir.join("sources.list"), list)?;
-        let prefer = (suites.len() > 1).then(|| suites[0].to_string());
-        let apt = PrivateApt { dir: dir.to_path_buf(), archs: archs.iter().map(|a| a.to_string()).collect(), prefer };
+        let mut apt = PrivateApt::with_list(dir, &list)?;
+        apt.archs = archs.iter().map(|a| a.to_string()).collect();
+        apt.prefer = (suites.len() > 1).then(|| suites[0].to_string());
         let stamp = dir.join("updated");
         if !stamp.exists() {
             let o = &apt.opts();
@@ -139,15 +137,31 @@ impl PrivateApt {
         Ok(apt)
     }
 
-    pub fn opts(&self) -> Vec<String> {
+    /// Private lists and cache under `dir` for the sources in `list`
+    /// (one-line-style), with no update run yet.
+    pub fn with_list(dir: &Path, list: &str) -> Result<PrivateApt> {
+        std::fs::create_dir_all(dir.join("lists/partial"))?;
+        std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        std::fs::write(dir.join("sources.list"), list)?;
+        Ok(PrivateApt { dir: dir.to_path_buf(), archs: Vec::new(), prefer: None })
+    }
+
+    /// Options that point apt at this configuration's sources, lists and
+    /// cache; the dpkg database stays the host's.
+    pub fn state_opts(&self) -> Vec<String> {
         let d = self.dir.display();
-        let mut o = vec![
+        vec![
             format!("-o=Dir::Etc::SourceList={d}/sources.list"),
             "-o=Dir::Etc::SourceParts=/dev/null".into(),
             format!("-o=Dir::State::Lists={d}/lists"),
             format!("-o=Dir::Cache={d}/cache"),
-            "-o=Debug::NoLocking=1".into(),
-        ];
+        ]
+    }
+
+    /// `state_opts` for fetching only (nothing is installed, so no lock).
+    pub fn opts(&self) -> Vec<String> {
+        let mut o = self.state_opts();
+        o.push("-o=Debug::NoLocking=1".into());
         o.extend(self.archs.iter().map(|a| format!("-o=APT::Architectures::={a}")));
         o.extend(self.prefer.iter().map(|s| format!("-o=APT::Default-Release={s}")));
         o
@@ -171,4 +185,27 @@ impl PrivateApt {
         }
         Ok(())
     }
+}
+
+/// Try each set of suites in turn (one private configuration per first
+/// suite and architecture, under target/xtask) until `fetch` succeeds;
+/// otherwise the error of each, joined.
+pub fn try_suites(
+    sh: &Shell,
+    candidates: &[&[&str]],
+    debarch: &str,
+    mut fetch: impl FnMut(&PrivateApt) -> Result<()>,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    for suites in candidates {
+        let dir = crate::project_root().join(format!("target/xtask/apt-{}", suites[0])).join(debarch);
+        match PrivateApt::with_suites(sh, &dir, suites, "deb", &[debarch]).and_then(|p| fetch(&p)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!("xtask: {debarch}: not from {}: {e:#}", suites[0]);
+                errors.push(format!("{}: {e:#}", suites[0]));
+            }
+        }
+    }
+    bail!("{}", errors.join("; "))
 }

@@ -52,23 +52,12 @@ fn foreign_sysroot(sh: &Shell, arch: Arch) -> Result<PathBuf> {
         // to download makes apt refuse everything else.
         let pkgs: Vec<String> =
             ["libstd-rust-web-dev", "libstd-rust-web-1.96"].iter().map(|p| format!("{p}:{}", arch.debian())).collect();
-        let mut errors = Vec::new();
-        for suite in ["bookworm", "trixie"] {
-            let dir = xtask_dir().join(format!("apt-{suite}")).join(arch.debian());
-            let got = apt::PrivateApt::with_archs(sh, &dir, suite, "deb", &[arch.debian()])
-                .and_then(|private| private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &base.join("root")));
-            match got {
-                Ok(()) => break,
-                Err(e) => errors.push(format!("{suite}: {e:#}")),
-            }
-        }
+        let got = apt::try_suites(sh, &[&["bookworm"], &["trixie"]], arch.debian(), |private| {
+            private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &base.join("root"))
+        });
         if !rustlib.join("lib").exists() {
-            bail!(
-                "the {} standard library did not unpack to {} ({})",
-                arch.name(),
-                rustlib.display(),
-                errors.join("; ")
-            );
+            let why = got.err().map(|e| format!("{e:#}")).unwrap_or_default();
+            bail!("the {} standard library did not unpack to {} ({why})", arch.name(), rustlib.display());
         }
     }
     // Build scripts and proc macros run on the host: the sysroot must have

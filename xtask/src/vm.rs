@@ -101,25 +101,15 @@ fn guest_parts(sh: &Shell, guest: Guest) -> Result<(PathBuf, PathBuf)> {
     let find_busybox = || ["usr/bin/busybox", "bin/busybox"].into_iter().map(|p| root.join(p)).find(|p| p.exists());
     if find_kernel().is_none() || find_busybox().is_none() {
         let debarch = guest.arch.debian();
-        let mut errors = Vec::new();
-        for suites in KERNEL_SUITES {
-            let dir = project_root().join(format!("target/xtask/apt-{}", suites[0])).join(debarch);
-            let fetched = apt::PrivateApt::with_suites(sh, &dir, suites, "deb", &[debarch]).and_then(|private| {
-                let image = kernel_package(sh, &private, guest)?;
-                let pkgs = vec![image, format!("busybox-static:{debarch}")];
-                let _ = std::fs::remove_dir_all(&base);
-                private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)
-            });
-            match fetched {
-                Ok(()) => break,
-                Err(e) => {
-                    eprintln!("xtask: no {} kernel from {}: {e:#}", guest.name, suites[0]);
-                    errors.push(format!("{}: {e:#}", suites[0]));
-                }
-            }
-        }
+        let got = apt::try_suites(sh, &KERNEL_SUITES, debarch, |private| {
+            let image = kernel_package(sh, private, guest)?;
+            let pkgs = vec![image, format!("busybox-static:{debarch}")];
+            let _ = std::fs::remove_dir_all(&base);
+            private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)
+        });
         if find_kernel().is_none() {
-            bail!("no kernel for the {} guest ({})", guest.name, errors.join("; "));
+            let why = got.err().map(|e| format!("{e:#}")).unwrap_or_default();
+            bail!("no kernel for the {} guest ({why})", guest.name);
         }
         // The modules are not needed: keep the cache small.
         let _ = std::fs::remove_dir_all(root.join("lib/modules"));
