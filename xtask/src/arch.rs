@@ -22,6 +22,8 @@ pub trait BuildNames {
     fn triple(self) -> &'static str;
     /// Debian's name of the architecture.
     fn debian(self) -> &'static str;
+    /// rpm's name of the architecture (%{ARCH}).
+    fn rpm(self) -> &'static str;
     /// GNU triple of Debian's cross tools (gcc, libc6-dev-*-cross).
     fn gnu(self) -> &'static str;
     /// The host's own architecture (built with rustup, not cross).
@@ -47,6 +49,11 @@ impl BuildNames for Arch {
             Arch::Ppc64le => "ppc64el",
             Arch::S390x => "s390x",
         }
+    }
+
+    fn rpm(self) -> &'static str {
+        // rpm names all four as ferry does.
+        self.name()
     }
 
     fn gnu(self) -> &'static str {

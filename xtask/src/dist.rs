@@ -17,6 +17,8 @@ pub struct Dist {}
 /// What `dist` made.
 pub struct Tarballs {
     pub version: String,
+    /// The last commit's time, every mtime inside.
+    pub source_date: u64,
     pub source: PathBuf,
     pub vendor: PathBuf,
 }
@@ -32,7 +34,7 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// ferry's version, from its Cargo.toml.
-pub fn version(sh: &Shell) -> Result<String> {
+fn version(sh: &Shell) -> Result<String> {
     let meta = cmd!(sh, "cargo metadata --no-deps --format-version 1 --offline").quiet().read()?;
     let meta: serde_json::Value = serde_json::from_str(&meta)?;
     meta["packages"]
@@ -44,7 +46,7 @@ pub fn version(sh: &Shell) -> Result<String> {
 }
 
 /// The last commit's time: tarball mtimes, so two runs give the same bytes.
-pub fn source_date(sh: &Shell) -> Result<u64> {
+fn source_date(sh: &Shell) -> Result<u64> {
     let t = cmd!(sh, "git log -1 --format=%ct").quiet().read()?;
     Ok(t.trim().parse()?)
 }
@@ -133,7 +135,7 @@ pub fn make(sh: &Shell) -> Result<Tarballs> {
     tarball(sh, &stage, &top, &source, mtime)?;
     // Unpacked inside the source tree (rpm's `%autosetup -a 1`).
     tarball(sh, &tree, &["vendor", ".cargo"], &vendor, mtime)?;
-    Ok(Tarballs { version, source, vendor })
+    Ok(Tarballs { version, source_date: mtime, source, vendor })
 }
 
 impl Dist {

@@ -5,7 +5,6 @@
 //! ran, dnf into an empty root, apt install and purge on this host, and the
 //! packagers' builds (rpmbuild, dpkg-buildpackage) offline.
 
-use super::rpm::rpm_arch;
 use super::{make, Made};
 use crate::arch::{Arch, BuildNames};
 use crate::dist::dist_dir;
@@ -53,18 +52,23 @@ fn lintian(sh: &Shell, made: &Made) -> Result<()> {
     Ok(())
 }
 
-fn rpmlint(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
-    let config = project_root().join("packaging/rpmlint.toml");
-    let rpms: Vec<&PathBuf> = made.rpms.iter().map(|(_, p)| p).collect();
-    // rpmlint checks signatures against the default rpm database, which
-    // Debian's rpm keeps in ~/.rpmdb: a private HOME with the key in it.
-    let home = work.join("rpmlint-home");
+/// A HOME whose rpm database (Debian's rpm keeps it in ~/.rpmdb) trusts the
+/// repository's key: rpmkeys uses it by path, rpmlint (which checks
+/// signatures against the default database) by HOME.
+fn rpm_keyring(sh: &Shell, work: &Path) -> Result<PathBuf> {
+    let home = work.join("rpm-home");
     let db = home.join(".rpmdb");
     std::fs::create_dir_all(&db)?;
     let public = dist_dir().join("rpm/RPM-GPG-KEY-ferry");
     cmd!(sh, "rpmkeys --dbpath {db} --import {public}").run()?;
+    Ok(home)
+}
+
+fn rpmlint(sh: &Shell, made: &Made, keyring: &Path) -> Result<()> {
+    let config = project_root().join("packaging/rpmlint.toml");
+    let rpms: Vec<&PathBuf> = made.rpms.iter().map(|(_, p)| p).collect();
     let spec = project_root().join("packaging/ferry.spec");
-    let out = cmd!(sh, "rpmlint --config {config} {rpms...} {spec}").env("HOME", &home).ignore_status().output()?;
+    let out = cmd!(sh, "rpmlint --config {config} {rpms...} {spec}").env("HOME", keyring).ignore_status().output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     println!("rpmlint:\n{}", indent(&text));
     ensure!(out.status.success(), "rpmlint found errors (status {:?})", out.status.code());
@@ -78,11 +82,8 @@ fn indent(text: &str) -> String {
 }
 
 /// Every rpm verifies against the key; a changed byte does not.
-fn signatures(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
-    let db = work.join("rpmdb");
-    std::fs::create_dir_all(&db)?;
-    let public = dist_dir().join("rpm/RPM-GPG-KEY-ferry");
-    cmd!(sh, "rpmkeys --dbpath {db} --import {public}").run()?;
+fn signatures(sh: &Shell, made: &Made, keyring: &Path, work: &Path) -> Result<()> {
+    let db = keyring.join(".rpmdb");
     for (_, rpm) in &made.rpms {
         let out = cmd!(sh, "rpmkeys --dbpath {db} --checksig -v {rpm}").read()?;
         println!("{}", out.trim_end());
@@ -127,7 +128,7 @@ fn architectures(sh: &Shell, made: &Made) -> Result<()> {
         let fmt = "%{ARCH}";
         let r = cmd!(sh, "rpm -qp --qf {fmt} {rpm}").quiet().ignore_stderr().read()?;
         let d = cmd!(sh, "dpkg-deb -f {deb} Architecture").quiet().read()?;
-        ensure!(r == rpm_arch(arch), "{}: ARCH is {r}, not {}", rpm.display(), rpm_arch(arch));
+        ensure!(r == arch.rpm(), "{}: ARCH is {r}, not {}", rpm.display(), arch.rpm());
         ensure!(d == arch.debian(), "{}: Architecture is {d}, not {}", deb.display(), arch.debian());
         let from_rpm = rpm_binary(sh, rpm)?;
         ensure!(from_rpm == deb_binary(sh, deb)?, "{arch}: the rpm and the deb hold different binaries");
@@ -154,7 +155,7 @@ fn dnf_install_root(sh: &Shell, work: &Path) -> Result<()> {
     let repo = dist_dir().join("rpm");
     let url = format!("ferry,file://{}", repo.display());
     let key = format!("ferry.gpgkey=file://{}/RPM-GPG-KEY-ferry", repo.display());
-    let arch = format!("--forcearch={}", rpm_arch(Arch::X86_64));
+    let arch = format!("--forcearch={}", Arch::X86_64.rpm());
     cmd!(
         sh,
         "dnf -y -q --installroot={root} --releasever=40 {arch} --setopt=reposdir=/dev/null --setopt=cachedir={work}/dnf-cache
@@ -184,17 +185,9 @@ fn apt_install_purge(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
     }
     let (_, deb) = made.debs.iter().find(|(a, _)| *a == Arch::X86_64).context("no x86_64 deb")?;
     let repo = dist_dir().join("apt");
-    let list = work.join("ferry.list");
-    std::fs::write(&list, format!("deb [signed-by={0}/ferry-archive-key.asc] file:{0} ./\n", repo.display()))?;
-    let state = work.join("apt");
-    std::fs::create_dir_all(state.join("lists/partial"))?;
-    std::fs::create_dir_all(state.join("cache/archives/partial"))?;
-    let o = &[
-        format!("-o=Dir::Etc::SourceList={}", list.display()),
-        "-o=Dir::Etc::SourceParts=/dev/null".into(),
-        format!("-o=Dir::State::Lists={}/lists", state.display()),
-        format!("-o=Dir::Cache={}/cache", state.display()),
-    ];
+    let list = format!("deb [signed-by={0}/ferry-archive-key.asc] file:{0} ./\n", repo.display());
+    // Its own sources, lists and cache; installing goes to the host's dpkg.
+    let o = &apt::PrivateApt::with_list(&work.join("apt"), &list)?.state_opts();
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     cmd!(sh, "apt-get {o...} -q update").run()?;
     cmd!(sh, "apt-get {o...} -y install ferry").run()?;
@@ -273,10 +266,11 @@ pub fn run(sh: &Shell, archs: &[Arch]) -> Result<()> {
     eprintln!("xtask: packages built in {:.0} s", t.elapsed().as_secs_f64());
     step("lintian");
     lintian(sh, &made)?;
+    let keyring = rpm_keyring(sh, work)?;
     step("rpmlint");
-    rpmlint(sh, &made, work)?;
+    rpmlint(sh, &made, &keyring)?;
     step("signatures");
-    signatures(sh, &made, work)?;
+    signatures(sh, &made, &keyring, work)?;
     step("architectures");
     architectures(sh, &made)?;
     if archs.contains(&Arch::X86_64) {

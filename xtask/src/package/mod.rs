@@ -103,13 +103,13 @@ pub struct Made {
 
 pub fn make(sh: &Shell, archs: &[Arch], sign_key: Option<&Path>) -> Result<Made> {
     apt::ensure(sh, host_packages())?;
-    let version = dist::version(sh)?;
-    let source_date = dist::source_date(sh)?;
     let out = dist_dir();
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let (man_pages_gz, completions) = docs(sh)?;
-    let mut made = Made { debs: Vec::new(), rpms: Vec::new(), tarballs: dist::make(sh)? };
+    let tarballs = dist::make(sh)?;
+    let (version, source_date) = (tarballs.version.clone(), tarballs.source_date);
+    let mut made = Made { debs: Vec::new(), rpms: Vec::new(), tarballs };
     for &arch in archs {
         let built = build::build_arch(sh, arch, true)?;
         let (binary, target_dir) = staged_binary(sh, arch, &built)?;
@@ -130,8 +130,9 @@ pub fn make(sh: &Shell, archs: &[Arch], sign_key: Option<&Path>) -> Result<Made>
     }
     let debs: Vec<&Path> = made.debs.iter().map(|(_, p)| p.as_path()).collect();
     let rpms: Vec<&Path> = made.rpms.iter().map(|(_, p)| p.as_path()).collect();
-    repo::rpm_repo(sh, &rpms, &out.join("rpm"), sign_key)?;
-    repo::apt_repo(sh, &debs, &out.join("apt"), sign_key)?;
+    let gpg = sign_key.map(|key| repo::Gpg::with_key(sh, key)).transpose()?;
+    repo::rpm_repo(sh, &rpms, &out.join("rpm"), gpg.as_ref())?;
+    repo::apt_repo(sh, &debs, &out.join("apt"), gpg.as_ref())?;
     Ok(made)
 }
 

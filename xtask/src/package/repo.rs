@@ -58,11 +58,10 @@ impl Gpg {
 }
 
 /// `createrepo_c` over a copy of the rpms in `dir`; repomd.xml.asc when signed.
-pub fn rpm_repo(sh: &Shell, rpms: &[&Path], dir: &Path, sign_key: Option<&Path>) -> Result<()> {
+pub fn rpm_repo(sh: &Shell, rpms: &[&Path], dir: &Path, gpg: Option<&Gpg>) -> Result<()> {
     copy_into(rpms, dir)?;
     cmd!(sh, "createrepo_c --quiet {dir}").run()?;
-    if let Some(key) = sign_key {
-        let gpg = Gpg::with_key(sh, key)?;
+    if let Some(gpg) = gpg {
         gpg.detach_sign(sh, &dir.join("repodata/repomd.xml"))?;
         gpg.export_public(sh, &dir.join("RPM-GPG-KEY-ferry"))?;
     }
@@ -70,7 +69,7 @@ pub fn rpm_repo(sh: &Shell, rpms: &[&Path], dir: &Path, sign_key: Option<&Path>)
 }
 
 /// A flat apt repository: `deb [signed-by=…] file:DIR ./` finds the debs.
-pub fn apt_repo(sh: &Shell, debs: &[&Path], dir: &Path, sign_key: Option<&Path>) -> Result<()> {
+pub fn apt_repo(sh: &Shell, debs: &[&Path], dir: &Path, gpg: Option<&Gpg>) -> Result<()> {
     copy_into(debs, dir)?;
     let _d = sh.push_dir(dir);
     let packages = cmd!(sh, "dpkg-scanpackages --multiversion .").quiet().ignore_stderr().read()?;
@@ -83,8 +82,7 @@ pub fn apt_repo(sh: &Shell, debs: &[&Path], dir: &Path, sign_key: Option<&Path>)
     .quiet()
     .read()?;
     std::fs::write(dir.join("Release"), release + "\n")?;
-    if let Some(key) = sign_key {
-        let gpg = Gpg::with_key(sh, key)?;
+    if let Some(gpg) = gpg {
         gpg.clear_sign(sh, &dir.join("Release"), &dir.join("InRelease"))?;
         gpg.export_public(sh, &dir.join("ferry-archive-key.asc"))?;
     }

@@ -3,7 +3,7 @@
 //! when a key is given.
 
 use super::Payload;
-use crate::arch::Arch;
+use crate::arch::BuildNames;
 use anyhow::{Context, Result};
 use rpm::{FileOptions, PackageBuilder};
 use std::path::{Path, PathBuf};
@@ -17,23 +17,13 @@ copies memory while the process runs, then lets the restored process fault
 its remaining pages in from the source over userfaultfd. Its commands and
 flags follow CRIU's.";
 
-/// rpm's name for the architecture.
-pub fn rpm_arch(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "x86_64",
-        Arch::Aarch64 => "aarch64",
-        Arch::Ppc64le => "ppc64le",
-        Arch::S390x => "s390x",
-    }
-}
-
 /// Build the rpm of `p` into `out`; returns its path.
 pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf> {
     let config = rpm::BuildConfig::v4()
         .compression(rpm::CompressionType::Zstd)
         // The last commit's time: two builds of one commit are identical.
         .source_date(p.source_date as u32);
-    let mut b = PackageBuilder::new("ferry", &p.version, "MIT OR Apache-2.0", rpm_arch(p.arch), SUMMARY);
+    let mut b = PackageBuilder::new("ferry", &p.version, "MIT OR Apache-2.0", p.arch.rpm(), SUMMARY);
     b.using_config(config)
         .release("1")
         .description(DESCRIPTION)
@@ -80,7 +70,7 @@ pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf
         None => b.build()?,
     };
     std::fs::create_dir_all(out)?;
-    let path = out.join(format!("ferry-{}-1.{}.rpm", p.version, rpm_arch(p.arch)));
+    let path = out.join(format!("ferry-{}-1.{}.rpm", p.version, p.arch.rpm()));
     pkg.write_file(&path).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
