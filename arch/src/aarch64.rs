@@ -81,7 +81,7 @@ impl Backend for Aarch64 {
     type State = State;
 
     fn sysno(call: Syscall) -> u64 {
-        sysno_table!(syscalls::aarch64::Sysno, call)
+        sysno_table!(syscall_numbers::aarch64, call)
     }
 
     fn load_regset(state: &mut State, nt: u32, bytes: &[u8]) -> Result<(), ArchError> {

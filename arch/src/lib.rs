@@ -53,9 +53,21 @@ impl std::str::FromStr for Arch {
     }
 }
 
-/// The syscalls ferry injects into a stopped task, independent of numbering.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Syscall {
+/// Declares [`Syscall`] and its list of every variant.
+macro_rules! syscall_list {
+    ($($name:ident,)*) => {
+        /// The syscalls ferry injects into a stopped task, independent of numbering.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+        pub enum Syscall { $($name,)* }
+
+        impl Syscall {
+            /// Every syscall ferry may inject (each backend numbers all of them).
+            pub const ALL: &'static [Syscall] = &[$(Syscall::$name,)*];
+        }
+    };
+}
+
+syscall_list! {
     Brk,
     Close,
     CloseRange,
@@ -230,32 +242,32 @@ macro_rules! sysno_table {
         use $crate::Syscall as S;
         use $table as T;
         (match $call {
-            S::Brk => T::brk,
-            S::Close => T::close,
-            S::CloseRange => T::close_range,
-            S::Getitimer => T::getitimer,
-            S::Madvise => T::madvise,
-            S::Mmap => T::mmap,
-            S::Mprotect => T::mprotect,
-            S::Mremap => T::mremap,
-            S::Mseal => T::mseal,
-            S::Munmap => T::munmap,
-            S::Prctl => T::prctl,
-            S::Preadv => T::preadv,
-            S::Rseq => T::rseq,
-            S::RtSigaction => T::rt_sigaction,
-            S::RtSigqueueinfo => T::rt_sigqueueinfo,
-            S::RtTgsigqueueinfo => T::rt_tgsigqueueinfo,
-            S::Setitimer => T::setitimer,
-            S::Setfsgid => T::setfsgid,
-            S::Setfsuid => T::setfsuid,
-            S::Setgroups => T::setgroups,
-            S::Setresgid => T::setresgid,
-            S::Setresuid => T::setresuid,
-            S::Capset => T::capset,
-            S::Sigaltstack => T::sigaltstack,
-            S::Userfaultfd => T::userfaultfd,
-            S::Ioctl => T::ioctl,
+            S::Brk => T::SYS_brk,
+            S::Close => T::SYS_close,
+            S::CloseRange => T::SYS_close_range,
+            S::Getitimer => T::SYS_getitimer,
+            S::Madvise => T::SYS_madvise,
+            S::Mmap => T::SYS_mmap,
+            S::Mprotect => T::SYS_mprotect,
+            S::Mremap => T::SYS_mremap,
+            S::Mseal => T::SYS_mseal,
+            S::Munmap => T::SYS_munmap,
+            S::Prctl => T::SYS_prctl,
+            S::Preadv => T::SYS_preadv,
+            S::Rseq => T::SYS_rseq,
+            S::RtSigaction => T::SYS_rt_sigaction,
+            S::RtSigqueueinfo => T::SYS_rt_sigqueueinfo,
+            S::RtTgsigqueueinfo => T::SYS_rt_tgsigqueueinfo,
+            S::Setitimer => T::SYS_setitimer,
+            S::Setfsgid => T::SYS_setfsgid,
+            S::Setfsuid => T::SYS_setfsuid,
+            S::Setgroups => T::SYS_setgroups,
+            S::Setresgid => T::SYS_setresgid,
+            S::Setresuid => T::SYS_setresuid,
+            S::Capset => T::SYS_capset,
+            S::Sigaltstack => T::SYS_sigaltstack,
+            S::Userfaultfd => T::SYS_userfaultfd,
+            S::Ioctl => T::SYS_ioctl,
         }) as u64
     }};
 }
@@ -334,7 +346,7 @@ mod tests {
 
     #[test]
     fn native_numbers_match_libc_headers() {
-        // The tables come from the `syscalls` crate; the host's own C headers
+        // The tables come from the `syscall-numbers` crate; the host's own C headers
         // must agree for the backend ferry runs on.
         let pairs: &[(Syscall, libc::c_long)] = &[
             (Syscall::Mmap, libc::SYS_mmap),

@@ -120,7 +120,7 @@ impl Backend for Ppc64le {
     type State = State;
 
     fn sysno(call: Syscall) -> u64 {
-        sysno_table!(syscalls::powerpc64::Sysno, call)
+        sysno_table!(syscall_numbers::powerpc64, call)
     }
 
     fn load_regset(state: &mut State, nt: u32, bytes: &[u8]) -> Result<(), ArchError> {

@@ -103,7 +103,7 @@ impl Backend for S390x {
     type State = State;
 
     fn sysno(call: Syscall) -> u64 {
-        sysno_table!(syscalls::s390x::Sysno, call)
+        sysno_table!(syscall_numbers::s390x, call)
     }
 
     fn load_regset(state: &mut State, nt: u32, bytes: &[u8]) -> Result<(), ArchError> {

@@ -49,7 +49,7 @@ impl Backend for X86_64 {
     type State = State;
 
     fn sysno(call: Syscall) -> u64 {
-        sysno_table!(syscalls::x86_64::Sysno, call)
+        sysno_table!(syscall_numbers::x86_64, call)
     }
 
     fn load_regset(state: &mut State, nt: u32, bytes: &[u8]) -> Result<(), ArchError> {
