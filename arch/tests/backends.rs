@@ -229,7 +229,8 @@ macro_rules! backend_tests {
                 // Reviewed once against a second table generated from the
                 // kernel's (the `syscalls` crate's): every entry agreed. A
                 // change here is a change of numbering.
-                let table: Vec<String> = Syscall::ALL.iter().map(|c| format!("{c:?} {}", <$backend>::sysno(*c))).collect();
+                let table: Vec<String> =
+                    Syscall::ALL.iter().map(|c| format!("{c:?} {}", <$backend>::sysno(*c))).collect();
                 insta::assert_yaml_snapshot!(table);
             }
 

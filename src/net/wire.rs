@@ -77,7 +77,7 @@ impl Frame {
 
     /// The (addr, len) pieces of a Get.
     pub fn pieces(&self) -> Result<Vec<(u64, u64)>> {
-        if self.payload.is_empty() || self.payload.len() % 16 != 0 {
+        if self.payload.is_empty() || !self.payload.len().is_multiple_of(16) {
             bail!("malformed {:?} frame of {} bytes", self.kind, self.payload.len());
         }
         let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap());

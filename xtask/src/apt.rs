@@ -32,6 +32,24 @@ pub fn ensure(sh: &Shell, pkgs: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Run an apt command with its output held back. On failure the error is
+/// one line: what apt said after `E:` (the first such line, and how many
+/// more), or its last line when it said no `E:`.
+fn run_quiet(c: xshell::Cmd<'_>) -> Result<()> {
+    let out = c.quiet().ignore_status().output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let errors: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("E: ")).collect();
+    let why = match errors.as_slice() {
+        [] => text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+    };
+    bail!("{why}")
+}
+
 /// The Debian mirror the host uses (from /etc/apt/sources.list.d or
 /// sources.list), so nothing here names a registry host.
 pub fn host_mirror() -> Result<String> {
@@ -115,23 +133,31 @@ impl PrivateApt {
         let stamp = dir.join("updated");
         if !stamp.exists() {
             let o = &apt.opts();
+            let what =
+                format!("{} ({})", suites.join(" + "), if archs.is_empty() { "host".into() } else { archs.join(" ") });
+            eprintln!("xtask: updating the private package index of {what}");
             // Mirrors mid-sync serve indexes of the wrong size now and then:
             // retry, then go on with the indexes that did arrive (a missing
             // package is reported by the download that needs it).
             let mut tries = 0;
             loop {
-                if cmd!(sh, "apt-get {o...} update").run().is_ok() {
-                    // Only a complete update is final; otherwise the next
-                    // run tries again.
-                    std::fs::write(&stamp, "")?;
-                    break;
+                match run_quiet(cmd!(sh, "apt-get {o...} update")) {
+                    Ok(()) => {
+                        // Only a complete update is final; otherwise the
+                        // next run tries again.
+                        std::fs::write(&stamp, "")?;
+                        break;
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        if tries == 3 {
+                            eprintln!("xtask: {what}: index incomplete ({e:#}); going on with what arrived");
+                            break;
+                        }
+                        eprintln!("xtask: {what}: index update failed ({e:#}); retrying in {} s", 5 * tries);
+                        std::thread::sleep(std::time::Duration::from_secs(5 * tries));
+                    }
                 }
-                tries += 1;
-                if tries == 3 {
-                    eprintln!("xtask: some package indexes did not download; going on with the others");
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_secs(5 * tries));
             }
         }
         Ok(apt)
@@ -162,6 +188,9 @@ impl PrivateApt {
     pub fn opts(&self) -> Vec<String> {
         let mut o = self.state_opts();
         o.push("-o=Debug::NoLocking=1".into());
+        // Downloads go to directories under target/ that apt's `_apt` user
+        // cannot enter; fetching as root is intended, not worth a warning.
+        o.push("-o=APT::Sandbox::User=root".into());
         o.extend(self.archs.iter().map(|a| format!("-o=APT::Architectures::={a}")));
         o.extend(self.prefer.iter().map(|s| format!("-o=APT::Default-Release={s}")));
         o
@@ -175,12 +204,12 @@ impl PrivateApt {
         let o = self.opts();
         {
             let _d = sh.push_dir(into);
-            cmd!(sh, "apt-get {o...} download {pkgs...}").run().context("apt-get download (private configuration)")?;
+            run_quiet(cmd!(sh, "apt-get {o...} download {pkgs...}")).context("apt-get download")?;
         }
         for e in std::fs::read_dir(into)?.flatten() {
             let deb = e.path();
             if deb.extension().is_some_and(|x| x == "deb") {
-                cmd!(sh, "dpkg-deb -x {deb} {root}").run()?;
+                cmd!(sh, "dpkg-deb -x {deb} {root}").quiet().run()?;
             }
         }
         Ok(())
@@ -203,7 +232,7 @@ pub fn try_suites(
             Ok(()) => return Ok(()),
             Err(e) => {
                 eprintln!("xtask: {debarch}: not from {}: {e:#}", suites[0]);
-                errors.push(format!("{}: {e:#}", suites[0]));
+                errors.push(format!("not from {}: {e:#}", suites[0]));
             }
         }
     }

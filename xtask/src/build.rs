@@ -1,8 +1,8 @@
-//! `cargo xtask build --arch ARCH|all [--release]`: static ferry and test
+//! `cargo xtask build --arch ARCH|all [--release] [--std auto|prebuilt|source]`: static ferry and test
 //! programs for each architecture, checked with `file`.
 
 use crate::arch::{Arch, BuildNames};
-use crate::cross::Cross;
+use crate::cross::{Cross, StdRoute};
 use crate::project_root;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -15,6 +15,9 @@ pub struct Build {
     arch: String,
     #[arg(long)]
     release: bool,
+    /// Where the standard library of aarch64, ppc64le and s390x comes from
+    #[arg(long, value_enum, default_value_t)]
+    std: StdRoute,
 }
 
 /// The test programs (every file in testprogs/src/bin).
@@ -28,8 +31,8 @@ pub fn testprogs() -> Result<Vec<String>> {
 }
 
 /// Build ferry and the test programs for `arch`; returns their directory.
-pub fn build_arch(sh: &Shell, arch: Arch, release: bool) -> Result<PathBuf> {
-    let cross = Cross::ensure(sh, arch)?;
+pub fn build_arch(sh: &Shell, arch: Arch, release: bool, std: StdRoute) -> Result<PathBuf> {
+    let cross = Cross::ensure(sh, arch, std)?;
     let dir = cross.build(sh, &["ferry", "ferry-testprogs"], release)?;
     for bin in std::iter::once("ferry".to_string()).chain(testprogs()?) {
         let path = dir.join(&bin);
@@ -46,7 +49,7 @@ impl Build {
         let archs = crate::arch::parse_list(&self.arch)?;
         let mut built = Vec::new();
         for arch in archs {
-            let dir = build_arch(sh, arch, self.release)?;
+            let dir = build_arch(sh, arch, self.release, self.std)?;
             built.push((arch, dir));
         }
         println!();

@@ -98,23 +98,35 @@ fn check_std(sysroot: &Path, arch: Arch) -> Result<()> {
     Ok(())
 }
 
-/// What `Cross::ensure` found, per architecture, for this xtask run: one
-/// `cargo xtask test` builds each architecture for the guests and again
-/// for the packages, and need not look for a standard library twice.
-static ENSURED: std::sync::Mutex<Vec<Cross>> = std::sync::Mutex::new(Vec::new());
+/// Where a foreign architecture's standard library comes from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StdRoute {
+    /// Prebuilt if the archive has it today, otherwise compiled from source
+    #[default]
+    Auto,
+    /// Debian's prebuilt libstd-rust-web-dev:ARCH (bookworm-security, then trixie)
+    Prebuilt,
+    /// Compiled from Debian's rust-web-src with -Zbuild-std
+    Source,
+}
+
+/// What `Cross::ensure` found, per architecture and route, for this xtask
+/// run: one `cargo xtask test` builds each architecture for the guests and
+/// again for the packages, and need not look for a standard library twice.
+static ENSURED: std::sync::Mutex<Vec<(StdRoute, Cross)>> = std::sync::Mutex::new(Vec::new());
 
 impl Cross {
-    /// Install (idempotently) what building for `arch` needs.
-    pub fn ensure(sh: &Shell, arch: Arch) -> Result<Cross> {
-        if let Some(c) = ENSURED.lock().unwrap().iter().find(|c| c.arch == arch) {
+    /// Install (idempotently) what building for `arch` by `route` needs.
+    pub fn ensure(sh: &Shell, arch: Arch, route: StdRoute) -> Result<Cross> {
+        if let Some((_, c)) = ENSURED.lock().unwrap().iter().find(|(r, c)| c.arch == arch && *r == route) {
             return Ok(c.clone());
         }
-        let c = Self::find(sh, arch)?;
-        ENSURED.lock().unwrap().push(c.clone());
+        let c = Self::find(sh, arch, route)?;
+        ENSURED.lock().unwrap().push((route, c.clone()));
         Ok(c)
     }
 
-    fn find(sh: &Shell, arch: Arch) -> Result<Cross> {
+    fn find(sh: &Shell, arch: Arch, route: StdRoute) -> Result<Cross> {
         let pkgs = host_packages(arch);
         let pkgs: Vec<&str> = pkgs.iter().map(String::as_str).collect();
         apt::ensure(sh, &pkgs)?;
@@ -123,26 +135,42 @@ impl Cross {
         let mut env = Vec::new();
         let mut build_std = false;
         let cargo = if arch.runs_here() {
+            if route != StdRoute::Auto {
+                eprintln!("xtask: x86_64 builds with rustup's own standard library; --std applies to the other three");
+            }
             // rustup's x86_64 target would make a static-pie: the plain
             // static executable is what the other three produce.
             flags += " -C relocation-model=static";
             PathBuf::from("cargo")
         } else {
             ensure_debian_rustc(sh)?;
-            match foreign_sysroot(sh, arch).and_then(|s| check_std(&s, arch).map(|_| s)) {
-                Ok(sysroot) => flags += &format!(" --sysroot {}", sysroot.display()),
-                Err(e) => {
-                    // The mirror's index for this architecture can be broken
-                    // (mid-sync) for days: compile the standard library from
-                    // Debian's own source package instead (arch: all).
-                    eprintln!(
-                        "xtask: no prebuilt {} standard library ({e:#}); building it from rust-web-src",
+            let prebuilt = match route {
+                StdRoute::Source => None,
+                _ => Some(foreign_sysroot(sh, arch).and_then(|s| check_std(&s, arch).map(|_| s))),
+            };
+            match prebuilt {
+                Some(Ok(sysroot)) => {
+                    eprintln!("xtask: {}: prebuilt standard library from {}", arch.name(), sysroot.display());
+                    flags += &format!(" --sysroot {}", sysroot.display());
+                }
+                Some(Err(e)) if route == StdRoute::Prebuilt => {
+                    bail!(
+                        "{}: no prebuilt standard library: {e:#} (--std source compiles it from rust-web-src)",
                         arch.name()
                     );
+                }
+                failed => {
+                    if let Some(Err(e)) = failed {
+                        // The mirror's index for this architecture can be
+                        // broken (mid-sync) for days.
+                        eprintln!("xtask: {}: no prebuilt standard library: {e:#}", arch.name());
+                    }
+                    eprintln!("xtask: {}: compiling the standard library from rust-web-src (-Zbuild-std)", arch.name());
                     apt::ensure(sh, &["rust-web-src"])?;
                     build_std = true;
                     // -Zbuild-std on a stable compiler, as Debian's own
-                    // cross builds of Rust packages do.
+                    // cross builds of Rust packages do; the only use of
+                    // RUSTC_BOOTSTRAP in the project.
                     env.push(("RUSTC_BOOTSTRAP".into(), "1".into()));
                 }
             }
@@ -153,9 +181,11 @@ impl Cross {
             PathBuf::from(DEBIAN_CARGO)
         };
         env.push((format!("CARGO_TARGET_{triple_env}_RUSTFLAGS"), flags));
-        // One target dir per architecture: host artifacts of two compilers
-        // would otherwise invalidate each other on every switch.
-        let target_dir = project_root().join("target/cross").join(arch.name());
+        // One target dir per architecture and standard library: host
+        // artifacts of two compilers, or crates built against two std
+        // builds, would otherwise invalidate each other on every switch.
+        let dir = if build_std { format!("{}-std-source", arch.name()) } else { arch.name().to_string() };
+        let target_dir = project_root().join("target/cross").join(dir);
         Ok(Cross { arch, cargo, env, build_std, target_dir })
     }
 

@@ -41,8 +41,16 @@ enum Cmd {
     Dist(dist::Dist),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One line per failure, its causes joined: a backtrace (RUST_BACKTRACE
+    // is often set) would bury what went wrong.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     match cli.cmd {

@@ -2,10 +2,12 @@
 //! architecture (TCG) with Debian's 6.12 kernels (each page size Debian
 //! ships) and an initramfs of busybox-static, static ferry and the static
 //! test programs, run the
-//! migration scenarios inside (guest/scenarios.sh), stream the guest's
-//! console, and fail unless every scenario passed.
+//! migration scenarios inside, stream the guest's console, and fail unless
+//! every scenario passed. What a guest runs lives in vm-tests/ (its /init
+//! and scenarios.sh); this module is the machinery around it.
 
 use crate::arch::{Arch, BuildNames};
+use crate::cross::StdRoute;
 use crate::{apt, build, project_root};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -22,10 +24,16 @@ pub struct VmTest {
     /// Give up on a guest after this many seconds
     #[arg(long, default_value_t = 1500)]
     timeout: u64,
+    /// Where the standard library of aarch64, ppc64le and s390x comes from
+    #[arg(long, value_enum, default_value_t)]
+    std: StdRoute,
 }
 
-/// The guest's side: run by its /init.
-const SCENARIOS: &str = include_str!("guest/scenarios.sh");
+/// The guest's side: every file of vm-tests/ (but its README) goes to the
+/// initramfs root, executable; `init` is what the kernel starts.
+fn guest_side() -> PathBuf {
+    project_root().join("vm-tests")
+}
 
 fn vm_dir() -> PathBuf {
     project_root().join("target/xtask/vm")
@@ -158,9 +166,16 @@ fn initramfs(sh: &Shell, guest: Guest, bins: &Path, busybox: &Path) -> Result<Pa
         let (from, to) = (bins.join(&bin), dir.join("bin").join(&bin));
         crate::package::strip(sh, guest.arch, &from, &to)?;
     }
-    let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\nexec sh /scenarios.sh\n";
-    write_exec(&dir.join("init"), init)?;
-    write_exec(&dir.join("scenarios.sh"), SCENARIOS)?;
+    for e in std::fs::read_dir(guest_side())?.flatten() {
+        let name = e.file_name();
+        if name != "README.md" && e.path().is_file() {
+            let text = std::fs::read_to_string(e.path()).with_context(|| format!("{}", e.path().display()))?;
+            write_exec(&dir.join(&name), &text)?;
+        }
+    }
+    if !dir.join("init").exists() {
+        bail!("{} has no init", guest_side().display());
+    }
     let out = vm_dir().join(guest.name).join("initramfs.cpio.gz");
     let _d = sh.push_dir(&dir);
     let pack = format!("find . | cpio -o -H newc --quiet | gzip -1 > {}", out.display());
@@ -240,7 +255,7 @@ fn boot(guest: Guest, kernel: &Path, initrd: &Path, timeout: Duration) -> Result
 impl VmTest {
     /// Every guest, with the default time limit (what `cargo xtask test` runs).
     pub fn all() -> VmTest {
-        VmTest { arch: "all".into(), timeout: 1500 }
+        VmTest { arch: "all".into(), timeout: 1500, std: StdRoute::Auto }
     }
 
     pub fn run(self, sh: &Shell) -> Result<()> {
@@ -250,7 +265,7 @@ impl VmTest {
         let mut reports = Vec::new();
         for arch in archs {
             // Release: the binaries the packages ship are the ones tested here.
-            let bins = build::build_arch(sh, arch, true)?;
+            let bins = build::build_arch(sh, arch, true, self.std)?;
             for guest in GUESTS.into_iter().filter(|g| g.arch == arch) {
                 let (kernel, busybox) = guest_parts(sh, guest)?;
                 let initrd = initramfs(sh, guest, &bins, &busybox)?;

@@ -111,7 +111,7 @@ pub fn make(sh: &Shell, archs: &[Arch], sign_key: Option<&Path>) -> Result<Made>
     let (version, source_date) = (tarballs.version.clone(), tarballs.source_date);
     let mut made = Made { debs: Vec::new(), rpms: Vec::new(), tarballs };
     for &arch in archs {
-        let built = build::build_arch(sh, arch, true)?;
+        let built = build::build_arch(sh, arch, true, crate::cross::StdRoute::Auto)?;
         let (binary, target_dir) = staged_binary(sh, arch, &built)?;
         let p = Payload {
             arch,
