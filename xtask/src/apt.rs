@@ -90,6 +90,8 @@ fn host_uri(suffix: &str) -> Result<String> {
 /// list, lists and cache, so the host's apt state never changes.
 pub struct PrivateApt {
     dir: PathBuf,
+    /// The suites its sources list names, preferred first.
+    suites: Vec<String>,
     /// Debian architectures the indexes cover (empty: the host's).
     archs: Vec<String>,
     /// The suite whose packages win over the others' (apt's default release).
@@ -128,6 +130,7 @@ impl PrivateApt {
             }
         }
         let mut apt = PrivateApt::with_list(dir, &list)?;
+        apt.suites = suites.iter().map(|s| s.to_string()).collect();
         apt.archs = archs.iter().map(|a| a.to_string()).collect();
         apt.prefer = (suites.len() > 1).then(|| suites[0].to_string());
         let stamp = dir.join("updated");
@@ -169,7 +172,12 @@ impl PrivateApt {
         std::fs::create_dir_all(dir.join("lists/partial"))?;
         std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
         std::fs::write(dir.join("sources.list"), list)?;
-        Ok(PrivateApt { dir: dir.to_path_buf(), archs: Vec::new(), prefer: None })
+        Ok(PrivateApt { dir: dir.to_path_buf(), suites: Vec::new(), archs: Vec::new(), prefer: None })
+    }
+
+    /// The suites this configuration fetches from, preferred first.
+    pub fn suites(&self) -> Vec<&str> {
+        self.suites.iter().map(String::as_str).collect()
     }
 
     /// Options that point apt at this configuration's sources, lists and

@@ -27,6 +27,35 @@ pub struct VmTest {
     /// Where the standard library of aarch64, ppc64le and s390x comes from
     #[arg(long, value_enum, default_value_t)]
     std: StdRoute,
+    /// Which suite the guests' kernels and busybox come from
+    #[arg(long, value_enum, default_value_t)]
+    kernel_from: KernelRoute,
+}
+
+/// Where a guest's kernel (and busybox) comes from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelRoute {
+    /// trixie's, or bookworm-backports' when this mirror's trixie index
+    /// for the architecture is broken
+    #[default]
+    Auto,
+    /// trixie's 6.12
+    Trixie,
+    /// bookworm-backports' 6.12 (with bookworm's busybox)
+    BookwormBackports,
+}
+
+impl KernelRoute {
+    /// The suite lists to try, in order (each list: preferred suite first).
+    fn suites(self) -> &'static [&'static [&'static str]] {
+        const TRIXIE: &[&str] = &["trixie"];
+        const BACKPORTS: &[&str] = &["bookworm-backports", "bookworm"];
+        match self {
+            KernelRoute::Auto => &[TRIXIE, BACKPORTS],
+            KernelRoute::Trixie => &[TRIXIE],
+            KernelRoute::BookwormBackports => &[BACKPORTS],
+        }
+    }
 }
 
 /// The guest's side: every file of vm-tests/ (but its README) goes to the
@@ -62,11 +91,6 @@ const GUESTS: [Guest; 6] = [
     Guest { arch: Arch::S390x, flavour: "s390x", name: "s390x" },
 ];
 
-/// Where a guest's kernel may come from, in order: trixie's 6.12, then
-/// bookworm-backports' 6.12 (with bookworm for busybox) when this mirror's
-/// trixie index for the architecture is broken.
-const KERNEL_SUITES: [&[&str]; 2] = [&["trixie"], &["bookworm-backports", "bookworm"]];
-
 fn qemu(arch: Arch, kernel: &Path, initrd: &Path) -> Command {
     let (bin, machine, cpu, console) = match arch {
         Arch::X86_64 => ("qemu-system-x86_64", "q35", "max", "ttyS0"),
@@ -94,38 +118,46 @@ fn host_packages() -> &'static [&'static str] {
     &["qemu-system-x86", "qemu-system-arm", "qemu-system-ppc", "qemu-system-misc", "cpio", "gzip"]
 }
 
-/// Kernel image and busybox of `guest`, unpacked once.
-fn guest_parts(sh: &Shell, guest: Guest) -> Result<(PathBuf, PathBuf)> {
-    let base = vm_dir().join(guest.name);
-    let root = base.join("root");
-    let find_kernel = || -> Option<PathBuf> {
-        std::fs::read_dir(root.join("boot")).ok()?.flatten().map(|e| e.path()).find(|p| {
+/// Kernel image and busybox of `guest`, unpacked once per suite (under
+/// target/xtask/vm/GUEST/SUITE/), from the first suite of `route` that has
+/// them; a suite already unpacked is taken without asking the archive.
+fn guest_parts(sh: &Shell, guest: Guest, route: KernelRoute) -> Result<(PathBuf, PathBuf)> {
+    let found = |root: &Path| -> Option<(PathBuf, PathBuf)> {
+        let kernel = std::fs::read_dir(root.join("boot")).ok()?.flatten().map(|e| e.path()).find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("vmlinuz-") || n.starts_with("vmlinux-"))
-        })
+        })?;
+        // trixie installs it in /usr/bin, bookworm in /bin.
+        let busybox = ["usr/bin/busybox", "bin/busybox"].into_iter().map(|p| root.join(p)).find(|p| p.exists())?;
+        Some((kernel, busybox))
     };
-    // trixie installs it in /usr/bin, bookworm in /bin.
-    let find_busybox = || ["usr/bin/busybox", "bin/busybox"].into_iter().map(|p| root.join(p)).find(|p| p.exists());
-    if find_kernel().is_none() || find_busybox().is_none() {
-        let debarch = guest.arch.debian();
-        let got = apt::try_suites(sh, &KERNEL_SUITES, debarch, |private| {
-            let image = kernel_package(sh, private, guest)?;
-            let pkgs = vec![image, format!("busybox-static:{debarch}")];
-            let _ = std::fs::remove_dir_all(&base);
-            private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)
-        });
-        if find_kernel().is_none() {
-            let why = got.err().map(|e| format!("{e:#}")).unwrap_or_default();
-            bail!("no kernel for the {} guest ({why})", guest.name);
-        }
+    let base = |suites: &[&str]| vm_dir().join(guest.name).join(suites[0]);
+    if let Some(parts) = route.suites().iter().find_map(|suites| found(&base(suites).join("root"))) {
+        return Ok(parts);
+    }
+    let debarch = guest.arch.debian();
+    let mut unpacked = None;
+    let got = apt::try_suites(sh, route.suites(), debarch, |private| {
+        let base = base(&private.suites());
+        let root = base.join("root");
+        let image = kernel_package(sh, private, guest)?;
+        let pkgs = vec![image, format!("busybox-static:{debarch}")];
+        let _ = std::fs::remove_dir_all(&base);
+        private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)?;
         // The modules are not needed: keep the cache small.
         let _ = std::fs::remove_dir_all(root.join("lib/modules"));
         let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
+        unpacked = Some(found(&root).context("the packages hold no /boot/vmlinu* or busybox")?);
+        eprintln!("xtask: {}: kernel and busybox from {}", guest.name, private.suites().join(" + "));
+        Ok(())
+    });
+    match (got, unpacked) {
+        (Ok(()), Some(parts)) => Ok(parts),
+        (got, _) => {
+            bail!("no kernel for the {} guest: {}", guest.name, got.err().map(|e| format!("{e:#}")).unwrap_or_default())
+        }
     }
-    let kernel = find_kernel().context("the kernel package has no /boot/vmlinu*")?;
-    let busybox = find_busybox().context("busybox-static has no busybox binary")?;
-    Ok((kernel, busybox))
 }
 
 /// The versioned kernel package the flavour's metapackage points at.
@@ -255,7 +287,7 @@ fn boot(guest: Guest, kernel: &Path, initrd: &Path, timeout: Duration) -> Result
 impl VmTest {
     /// Every guest, with the default time limit (what `cargo xtask test` runs).
     pub fn all() -> VmTest {
-        VmTest { arch: "all".into(), timeout: 1500, std: StdRoute::Auto }
+        VmTest { arch: "all".into(), timeout: 1500, std: StdRoute::Auto, kernel_from: KernelRoute::Auto }
     }
 
     pub fn run(self, sh: &Shell) -> Result<()> {
@@ -267,7 +299,7 @@ impl VmTest {
             // Release: the binaries the packages ship are the ones tested here.
             let bins = build::build_arch(sh, arch, true, self.std)?;
             for guest in GUESTS.into_iter().filter(|g| g.arch == arch) {
-                let (kernel, busybox) = guest_parts(sh, guest)?;
+                let (kernel, busybox) = guest_parts(sh, guest, self.kernel_from)?;
                 let initrd = initramfs(sh, guest, &bins, &busybox)?;
                 eprintln!("xtask: booting the {} guest ({})", guest.name, kernel.display());
                 let r = boot(guest, &kernel, &initrd, Duration::from_secs(self.timeout))?;
