@@ -1,7 +1,9 @@
 //! ferry: checkpoint, restore and live-migrate Linux processes.
 //!
-//! - [`dump`] freezes a task and writes its image; [`restore`] rebuilds it at
-//!   its PID by injecting syscalls into a fresh child.
+//! - [`dump`] freezes a process tree and writes its image; [`restore`]
+//!   rebuilds it at its PIDs by injecting syscalls into fresh children.
+//! - [`objects`] holds one module per kind of object processes share
+//!   (open files, shared memory), each behind one trait.
 //! - [`image`] is the image directory format, [`proc`] the /proc parsers,
 //!   [`ptrace`] the tracing and injection engine, [`probe`] the kernel
 //!   feature probes behind `ferry check`.
@@ -12,6 +14,7 @@ pub mod image;
 pub mod lazy;
 pub mod migrate;
 pub mod net;
+pub mod objects;
 pub mod pidfd;
 pub mod probe;
 pub mod proc;

@@ -80,8 +80,11 @@ fn unraisable_hard_limit_is_reported() {
     assert!(out.status.success(), "{err}");
     assert_eq!(
         err.trim(),
-        "ferry: warning: cannot restore RLIMIT_NOFILE hard limit 400 (raising it needs CAP_SYS_RESOURCE, \
-         which ferry lacks here); keeping 128"
+        format!(
+            "ferry: warning: task {}: cannot restore RLIMIT_NOFILE hard limit 400 (raising it needs \
+             CAP_SYS_RESOURCE, which ferry lacks here); keeping 128",
+            t.pid
+        )
     );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", t.pid)).unwrap();
     assert!(

@@ -68,7 +68,7 @@ fn blocking_waits_resume() {
         dump_and_restore(&mut t, &img, &[]);
         let task: serde_json::Value =
             serde_json::from_slice(&std::fs::read(img.join(format!("task-{}.json", t.pid))).unwrap()).unwrap();
-        assert_ne!(task["restart"], "not_in_syscall", "{mode}: not dumped inside the wait");
+        assert_ne!(task["threads"][0]["restart"], "not_in_syscall", "{mode}: not dumped inside the wait");
         // Still waiting after the restore.
         std::thread::sleep(Duration::from_millis(200));
         assert!(!t.output().contains("ok"), "{mode}: woke up by itself: {}", t.output());
@@ -86,7 +86,7 @@ fn log_file_goes_to_the_images_dir() {
     let out = dump(t.pid, &img, &["-R", "-v4", "-o", "dump.log"]);
     assert!(out.stderr.is_empty(), "with -o nothing goes to stderr: {}", String::from_utf8_lossy(&out.stderr));
     let log = std::fs::read_to_string(img.join("dump.log")).unwrap();
-    assert!(log.contains("task frozen") && log.contains("DEBUG"), "{log}");
+    assert!(log.contains("tree frozen") && log.contains("DEBUG"), "{log}");
     t.assert_running_untraced();
 }
 
@@ -128,7 +128,7 @@ fn live_vector_registers_survive() {
     // It was dumped mid-loop, in user space.
     let task: serde_json::Value =
         serde_json::from_slice(&std::fs::read(img.join(format!("task-{}.json", t.pid))).unwrap()).unwrap();
-    assert_eq!(task["restart"], "not_in_syscall", "dumped outside the loop?");
+    assert_eq!(task["threads"][0]["restart"], "not_in_syscall", "dumped outside the loop?");
     assert_eq!(t.wait_exit(Duration::from_secs(120)), WaitResult::Exited(0), "output: {}", t.output());
 }
 
@@ -286,13 +286,14 @@ fn show_prints_every_part() {
     let out = ferry_ok(&["show", img.to_str().unwrap()]);
     let s = String::from_utf8(out.stdout).unwrap();
     for part in [
-        "format       ferry-images v1",
+        "format       ferry-images v2",
         "task-",
         "pages-",
         "[stack]",
         "[heap]",
         "SIGUSR1",
-        "SIGUSR2 (process)",
+        "pending for the process: SIGUSR2",
+        "thread ",
         "rip=",
         "ok",
     ] {

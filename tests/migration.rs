@@ -452,7 +452,7 @@ fn lazy_dump_copies_the_rseq_page() {
     };
     let hex = |v: &serde_json::Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
     let task = json(format!("task-{pid}.json"));
-    let rseq = hex(&task["rseq"]["addr"]);
+    let rseq = hex(&task["threads"][0]["rseq"]["addr"]);
     assert_ne!(rseq, 0, "tp-bigmem registers rseq (glibc does)");
     let pm = json(format!("pagemap-{pid}.json"));
     let page = pm["page_size"].as_u64().unwrap();

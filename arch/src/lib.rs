@@ -94,6 +94,16 @@ syscall_list! {
     Sigaltstack,
     Userfaultfd,
     Ioctl,
+    Clone3,
+    SetRobustList,
+    SetTidAddress,
+    SchedSetattr,
+    Setpgid,
+    RtSigtimedwait,
+    ExitGroup,
+    Mlock2,
+    Shmat,
+    Wait4,
 }
 
 /// ELF note types naming the ptrace register sets (PTRACE_GETREGSET).
@@ -268,6 +278,16 @@ macro_rules! sysno_table {
             S::Sigaltstack => T::SYS_sigaltstack,
             S::Userfaultfd => T::SYS_userfaultfd,
             S::Ioctl => T::SYS_ioctl,
+            S::Clone3 => T::SYS_clone3,
+            S::SetRobustList => T::SYS_set_robust_list,
+            S::SetTidAddress => T::SYS_set_tid_address,
+            S::SchedSetattr => T::SYS_sched_setattr,
+            S::Setpgid => T::SYS_setpgid,
+            S::RtSigtimedwait => T::SYS_rt_sigtimedwait,
+            S::ExitGroup => T::SYS_exit_group,
+            S::Mlock2 => T::SYS_mlock2,
+            S::Shmat => T::SYS_shmat,
+            S::Wait4 => T::SYS_wait4,
         }) as u64
     }};
 }

@@ -1,7 +1,8 @@
 //! Task state that only the task itself can report: signal handlers, brk,
-//! the alternate signal stack, interval timers and a few prctl values. Read
-//! by injecting the syscalls that return them, with a scratch buffer below
-//! the task's stack pointer, then putting everything back.
+//! interval timers and a few prctl values per process; the alternate
+//! signal stack, clear_child_tid, parent-death signal and securebits per
+//! thread. Read by injecting the syscalls that return them, with a scratch
+//! buffer below the thread's stack pointer, then putting everything back.
 
 use crate::image::task::{AltStack, ITimers, PrctlState, SigAction};
 use crate::proc::maps::Mapping;
@@ -11,12 +12,19 @@ use crate::ptrace::Tracee;
 use anyhow::{Context, Result};
 use ferry_arch::{Backend, Native, NativeState, Syscall};
 
-pub struct InjectedState {
+/// What one process reports of itself (asked through its main thread).
+pub struct ProcessState {
     pub brk: u64,
     pub actions: Vec<SigAction>,
-    pub altstack: AltStack,
     pub itimers: ITimers,
     pub prctl: PrctlState,
+}
+
+/// What one thread reports of itself.
+pub struct ThreadState {
+    pub altstack: AltStack,
+    pub clear_child_tid: u64,
+    pub pdeathsig: i32,
     pub securebits: u32,
     /// SIGSTOP-like signals that arrived meanwhile, to re-send on release.
     pub deferred_signals: Vec<i32>,
@@ -25,11 +33,22 @@ pub struct InjectedState {
 /// Bytes of scratch: one reply at a time, the largest is a sigaction.
 const SCRATCH: u64 = 256;
 
-/// Ask the task, then return it to exactly the stop it was in.
-pub fn collect(tracee: &Tracee, maps: &[Mapping], original: &NativeState, mask: u64) -> Result<InjectedState> {
-    let (mut state, deferred) = with_injector(tracee, maps, original, mask, ask)?;
-    state.deferred_signals = deferred;
-    Ok(state)
+/// Ask one thread (and, for the main thread, its process), then return it
+/// to exactly the stop it was in.
+pub fn collect(
+    tracee: &Tracee,
+    maps: &[Mapping],
+    original: &NativeState,
+    mask: u64,
+    main: bool,
+) -> Result<(ThreadState, Option<ProcessState>)> {
+    let ((mut thread, process), deferred) = with_injector(tracee, maps, original, mask, |inj, mem, scratch| {
+        let thread = ask_thread(inj, mem, scratch)?;
+        let process = if main { Some(ask_process(inj, mem, scratch)?) } else { None };
+        Ok((thread, process))
+    })?;
+    thread.deferred_signals = deferred;
+    Ok((thread, process))
 }
 
 /// Run `f` with an injector on the frozen task and a scratch buffer below
@@ -85,7 +104,26 @@ pub fn return_to_interrupt_stop(tracee: &Tracee, original: &NativeState, mask: u
     Ok(())
 }
 
-fn ask(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<InjectedState> {
+fn ask_thread(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<ThreadState> {
+    inj.call(Syscall::Sigaltstack, &[0, scratch], || "sigaltstack".into())?;
+    let v = mem.read_u64s(scratch, 3)?;
+    let altstack = AltStack { sp: v[0], flags: v[1] as u32 as i32, size: v[2] };
+    let prctl_word = |inj: &mut Injector, option: i32, what: &str| -> Result<u64> {
+        mem.write(scratch, &[0u8; 8])?;
+        inj.call(Syscall::Prctl, &[option as u64, scratch], || format!("prctl({what})"))?;
+        Ok(mem.read_u64s(scratch, 1)?[0])
+    };
+    let pdeathsig = prctl_word(inj, libc::PR_GET_PDEATHSIG, "PR_GET_PDEATHSIG")? as u32 as i32;
+    let clear_child_tid = prctl_word(inj, PR_GET_TID_ADDRESS, "PR_GET_TID_ADDRESS")?;
+    let securebits =
+        inj.call(Syscall::Prctl, &[libc::PR_GET_SECUREBITS as u64], || "prctl(PR_GET_SECUREBITS)".into())? as u32;
+    Ok(ThreadState { altstack, clear_child_tid, pdeathsig, securebits, deferred_signals: Vec::new() })
+}
+
+/// prctl(PR_GET_TID_ADDRESS, &addr): the thread's clear_child_tid.
+const PR_GET_TID_ADDRESS: i32 = 40;
+
+fn ask_process(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<ProcessState> {
     let brk = inj.call(Syscall::Brk, &[0], || "brk(0)".into())?;
 
     let mut actions = Vec::new();
@@ -98,10 +136,6 @@ fn ask(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<InjectedStat
         let v = mem.read_u64s(scratch, 4)?;
         actions.push(SigAction { signo, handler: v[0], flags: v[1], restorer: v[2], mask: v[3] });
     }
-
-    inj.call(Syscall::Sigaltstack, &[0, scratch], || "sigaltstack".into())?;
-    let v = mem.read_u64s(scratch, 3)?;
-    let altstack = AltStack { sp: v[0], flags: v[1] as u32 as i32, size: v[2] };
 
     let mut timers = [[0u64; 2]; 3];
     for (which, t) in timers.iter_mut().enumerate() {
@@ -116,22 +150,10 @@ fn ask(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<InjectedStat
         inj.call(Syscall::Prctl, &[option as u64, scratch], || format!("prctl({what})"))?;
         Ok(mem.read_u64s(scratch, 1)?[0] as u32 as i32)
     };
-    let pdeathsig = prctl_int(inj, libc::PR_GET_PDEATHSIG, "PR_GET_PDEATHSIG")?;
     let child_subreaper = prctl_int(inj, libc::PR_GET_CHILD_SUBREAPER, "PR_GET_CHILD_SUBREAPER")? != 0;
     let dumpable =
         inj.call(Syscall::Prctl, &[libc::PR_GET_DUMPABLE as u64], || "prctl(PR_GET_DUMPABLE)".into())? as i32;
     let thp_disable =
         inj.call(Syscall::Prctl, &[libc::PR_GET_THP_DISABLE as u64], || "prctl(PR_GET_THP_DISABLE)".into())? != 0;
-    let securebits =
-        inj.call(Syscall::Prctl, &[libc::PR_GET_SECUREBITS as u64], || "prctl(PR_GET_SECUREBITS)".into())? as u32;
-
-    Ok(InjectedState {
-        brk,
-        actions,
-        altstack,
-        itimers,
-        prctl: PrctlState { pdeathsig, dumpable, thp_disable, child_subreaper },
-        securebits,
-        deferred_signals: Vec::new(),
-    })
+    Ok(ProcessState { brk, actions, itimers, prctl: PrctlState { dumpable, thp_disable, child_subreaper } })
 }

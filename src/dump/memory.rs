@@ -1,8 +1,9 @@
 //! The address space: classify every mapping (what it is, how to recreate
 //! it, whether ferry can).
 
-use super::files::file_id;
+use super::objects::ObjectTable;
 use crate::image::task::{Advice, Vma, VmaKind};
+use crate::objects::regular::file_id;
 use crate::proc::maps::Mapping;
 use crate::proc::pagemap;
 use crate::proc::ProcDir;
@@ -18,53 +19,62 @@ pub struct PlannedVma {
 }
 
 /// Classify the task's mappings; the first unsupported one is an error.
-pub fn plan(proc: &ProcDir, maps: &[Mapping]) -> Result<Vec<PlannedVma>> {
-    let pid = proc.pid;
+/// Memory objects (shared memory, memfd, System V segments) go into
+/// `table`. `pid` is the process's PID in the tree's namespace.
+pub fn plan(proc: &ProcDir, pid: i32, maps: &[Mapping], table: &mut ObjectTable) -> Result<Vec<PlannedVma>> {
     let mut out = Vec::new();
     for m in maps {
         let unsupported = |what: &str| -> anyhow::Error {
             anyhow::anyhow!("task {pid}: mapping {:#x}-{:#x} ({what}) is not supported yet", m.start, m.end)
         };
         let mut name = None;
-        let kind = match m.special() {
-            Some("[vsyscall]") => continue,
-            Some("[vdso]") => VmaKind::Vdso,
-            Some("[vvar]") => VmaKind::Vvar,
-            Some("[vvar_vclock]") => VmaKind::VvarVclock,
-            Some(n @ ("[heap]" | "[stack]")) => {
-                name = Some(n.to_string());
-                VmaKind::Anon
+        if m.path.starts_with("[anon_shmem:") {
+            name = Some(m.path.clone());
+        }
+        let object = match table.mapping(proc, m) {
+            Ok(o) => o,
+            // Unmapped since maps was read (only while the task still runs).
+            Err(e) if !proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end)).exists() => {
+                tracing::debug!("task {pid}: mapping {:#x}-{:#x} went away: {e:#}", m.start, m.end);
+                continue;
             }
-            Some(n) if n.starts_with("[anon:") => {
-                name = Some(n.to_string());
-                VmaKind::Anon
-            }
-            Some(n) if n.starts_with("[anon_shmem:") => {
-                name = Some(n.to_string());
-                VmaKind::SharedAnon
-            }
-            Some(n) => return Err(unsupported(n)),
-            None if m.path.is_empty() && m.shared => VmaKind::SharedAnon,
-            None if m.path.is_empty() => VmaKind::Anon,
-            None if m.shared && m.path == "/dev/zero (deleted)" => VmaKind::SharedAnon,
-            None if m.path.starts_with("/SYSV") => return Err(unsupported("System V shared memory")),
-            None if m.path.starts_with("/memfd:") => return Err(unsupported(&format!("memfd {}", m.path))),
-            None if m.is_deleted() => {
-                return Err(unsupported(&format!("{}: mappings of deleted files", m.path)));
-            }
-            None => {
-                let mf = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
-                let meta = match std::fs::metadata(&mf) {
-                    Ok(meta) => meta,
-                    // Unmapped since smaps was read (only while the task still runs).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e).with_context(|| format!("task {pid}: stat {}", mf.display())),
-                };
-                if !meta.file_type().is_file() {
-                    let what = if meta.file_type().is_char_device() { "device" } else { "special file" };
-                    return Err(unsupported(&format!("{what} {}", m.path)));
+            Err(e) => return Err(e.context(format!("task {pid}: mapping {:#x}-{:#x} {}", m.start, m.end, m.path))),
+        };
+        let kind = if let Some((object, offset)) = object {
+            VmaKind::Object { object, offset }
+        } else {
+            match m.special() {
+                Some("[vsyscall]") => continue,
+                Some("[vdso]") => VmaKind::Vdso,
+                Some("[vvar]") => VmaKind::Vvar,
+                Some("[vvar_vclock]") => VmaKind::VvarVclock,
+                Some(n @ ("[heap]" | "[stack]")) => {
+                    name = Some(n.to_string());
+                    VmaKind::Anon
                 }
-                VmaKind::File { file: file_id(&PathBuf::from(&m.path), &meta), offset: m.offset }
+                Some(n) if n.starts_with("[anon:") => {
+                    name = Some(n.to_string());
+                    VmaKind::Anon
+                }
+                Some(n) => return Err(unsupported(n)),
+                None if m.path.is_empty() => VmaKind::Anon,
+                None if m.is_deleted() => {
+                    return Err(unsupported(&format!("{}: mappings of deleted files", m.path)));
+                }
+                None => {
+                    let mf = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
+                    let meta = match std::fs::metadata(&mf) {
+                        Ok(meta) => meta,
+                        // Unmapped since smaps was read (only while the task still runs).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e).with_context(|| format!("task {pid}: stat {}", mf.display())),
+                    };
+                    if !meta.file_type().is_file() {
+                        let what = if meta.file_type().is_char_device() { "device" } else { "special file" };
+                        return Err(unsupported(&format!("{what} {}", m.path)));
+                    }
+                    VmaKind::File { file: file_id(&PathBuf::from(&m.path), &meta), offset: m.offset }
+                }
             }
         };
         if (m.has_flag("io") || m.has_flag("pf"))
@@ -86,6 +96,7 @@ pub fn plan(proc: &ProcDir, maps: &[Mapping]) -> Result<Vec<PlannedVma>> {
                 may_write: m.has_flag("mw"),
                 advice,
                 locked: m.has_flag("lo"),
+                lock_on_fault: m.has_flag("lf"),
                 sealed: m.has_flag("sl"),
             },
         });
@@ -137,7 +148,7 @@ mod tests {
         // The test binary's own address space is a realistic sample.
         let proc = ProcDir::current();
         let maps = proc.smaps().unwrap();
-        let planned = plan(&proc, &maps).unwrap();
+        let planned = plan(&proc, proc.pid, &maps, &mut ObjectTable::default()).unwrap();
         check_layout(&planned).unwrap();
         assert!(planned.iter().any(|p| p.vma.kind == VmaKind::Vdso));
         assert!(planned.iter().any(|p| p.vma.name.as_deref() == Some("[stack]") && p.vma.growsdown));

@@ -14,23 +14,29 @@
 pub mod files;
 pub mod injected;
 pub mod memory;
+pub mod objects;
 pub mod pages;
 pub mod scope;
+pub mod thread;
 pub mod tracking;
+pub mod tree;
 
 use crate::image::chain::MemoryView;
 use crate::image::inventory::{ImageKind, Inventory};
+use crate::image::objects::OBJECTS;
 use crate::image::stats::DumpStats;
-use crate::image::task::{Creds, FsState, Ids, MmState, PendingSignal, Rseq, Signals, TaskImage};
+use crate::image::task::{FsState, Ids, MmState, PendingSignal, TaskImage, ThreadImage};
+use crate::image::tree::{ProcessEntry, ProcessState, TreeImage, TREE};
 use crate::image::{pagemap_file, task_file, ImageDir, ImageWriter, STATS};
 use crate::net::auth::Key;
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
-use crate::ptrace::{OnDrop, RseqConfig, Tracee, O_TRACESYSGOOD};
+use crate::ptrace::O_TRACESYSGOOD;
 use crate::testhook;
 use crate::track::{self, TrackRecord, TRACK_FILE};
 use anyhow::{bail, Context, Result};
 use ferry_arch::{Backend, Native, NativeState};
+use objects::ObjectTable;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
@@ -77,10 +83,25 @@ pub enum LazyServe {
 
 /// A lazy dump's task, still frozen, and the pages it has to serve.
 pub struct Frozen {
-    pub tracee: Tracee,
+    pub tree: tree::FrozenTree,
+    /// ferry's PID of the task.
+    pub pid: i32,
     pub pagemap: crate::image::pagemap::PagemapImage,
     /// When the task stopped running (for the downtime).
     pub since: Instant,
+}
+
+impl Frozen {
+    /// Let the task run on here.
+    pub fn release(&self) {
+        self.tree.release(|_| {});
+    }
+    pub fn kill(&self) -> Result<()> {
+        self.tree.kill()
+    }
+    pub fn set_options(&self, options: u64) -> Result<()> {
+        self.tree.set_options(options)
+    }
 }
 
 pub struct Dumped {
@@ -120,12 +141,14 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
     let dir = opts.dir.join(rel);
     let images = ImageDir::open(&dir).with_context(|| format!("--prev-images-dir {}", rel.display()))?;
-    if images.inventory.root_pid != opts.pid {
+    // Images name processes by their PID in the tree's namespace.
+    let vpid = ProcDir::new(opts.pid).status().map(|s| s.vpid()).unwrap_or(opts.pid);
+    if images.inventory.root_pid != vpid {
         bail!("{}: the previous images are of task {}, not {}", dir.display(), images.inventory.root_pid, opts.pid);
     }
     let track =
         if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
-    Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images)?, track }))
+    Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images, vpid)?, track }))
 }
 
 /// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
@@ -147,12 +170,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
         if crate::lazy::lazy_ranges(&f.pagemap).is_empty() {
             // Nothing changed since the last round (or nothing is lazy-able):
             // the images hold everything, so this is a plain dump.
-            info!(pid = f.tracee.pid, "no page was left lazy: the images hold the whole task");
-            f.tracee.kill()?;
+            info!(pid = f.pid, "no page was left lazy: the images hold the whole task");
+            f.kill()?;
             return Ok(d.stats);
         }
         let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
-        serve_lazy(&f.tracee, &creds, *wait, listener.listen()?, &opts.dir, &f.pagemap)?;
+        serve_lazy(&f, &creds, *wait, listener.listen()?, &opts.dir, &f.pagemap)?;
     }
     Ok(d.stats)
 }
@@ -160,7 +183,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// Dump; a lazy dump returns with the task still frozen.
 pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let t0 = Instant::now();
-    let pid = opts.pid;
     let pre = opts.kind == ImageKind::PreDump;
     if !pre && opts.track_mem && opts.prev.is_none() && !opts.leave_running {
         bail!(
@@ -168,9 +190,8 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
              add --leave-running, or use pre-dump"
         );
     }
-    let proc = ProcDir::new(pid);
     // Refuse what cannot be dumped before anything is changed.
-    scope::inspect(&proc, opts.shell_job, false)?;
+    check(opts)?;
     let parent = open_parent(opts)?;
     let method = match parent.as_ref().and_then(|p| p.track.as_ref()) {
         Some(t) if opts.tracker != track::Choice::Auto && track::choose(opts.tracker)? != t.method => {
@@ -187,128 +208,299 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     }
     let mut writer = ImageWriter::create(&opts.dir)?;
 
-    let tracee = Tracee::seize(pid, O_TRACESYSGOOD, OnDrop::Detach)?;
     let frozen_at = Instant::now();
-    tracee.interrupt()?;
-    let stopped = tracee.wait_interrupted().with_context(|| format!("task {pid}: freezing"))?;
-    info!(pid, "task frozen");
+    let frozen = tree::freeze(opts.pid, O_TRACESYSGOOD)?;
+    info!(pid = opts.pid, processes = frozen.processes.len(), "tree frozen");
     testhook::stage("freeze");
 
-    // The task may have changed between the first look and the freeze.
-    let insp = scope::inspect(&proc, opts.shell_job, true)?;
-    let regs = tracee.cpu_state()?;
-    let mask = tracee.sigmask()?;
-    let rseq = tracee.rseq_config()?;
-    let injected = if pre { None } else { Some(injected::collect(&tracee, &insp.maps, &regs, mask)?) };
-    debug!(pid, "registers and injected queries done");
-
-    let mem_start = Instant::now();
-    let written = tracking::written(method, holder.as_ref(), &proc, &insp.planned)?;
-    let collected = pages::collect(&proc, &insp.planned)?;
-    debug!(pid, pages = collected.len(), tracker = method.name(), "page tables read");
-    let record = if keep_tracking {
-        Some(tracking::arm(
-            method,
-            holder.clone(),
-            &written,
-            &tracee,
-            &insp.maps,
-            &insp.planned,
-            &regs,
-            mask,
-            opts.track_idle,
-            opts.track_owner,
-        )?)
-    } else {
-        None
-    };
-    let mut released_at = None;
-    if pre {
-        // A pre-dump copies while the task runs: tracking catches what it
-        // changes meanwhile for the next round.
-        tracee.detach(0)?;
-        released_at = Some(frozen_at.elapsed());
-        resend(pid, &[], stopped);
+    // The tree may have changed between the first look and the freeze:
+    // this look is the one that counts.
+    let mut table = ObjectTable::new(frozen.processes.iter().map(|p| (p.pid, p.vpid)).collect());
+    let (tree_image, inspections) = look(&frozen.processes, opts, Some(&mut table))?;
+    if pre || opts.lazy.is_some() || keep_tracking || opts.prev.is_some() {
+        // One process (checked above), possibly with threads.
+        if frozen.processes.len() != 1 {
+            bail!("task {}: a child process appeared while it was being frozen", opts.pid);
+        }
     }
-    let mem = RemoteMem::open(pid)?;
-    let sel = pages::Selection {
-        method,
-        parent: parent.as_ref().map(|p| &p.view),
-        written,
-        eager: opts.lazy.as_ref().map(|_| eager_ranges(&regs, rseq.map(|r| (r.addr, u64::from(r.len))), &insp.planned)),
-        running: pre,
-    };
-    let md = pages::write(&mem, &collected, &sel, &mut writer, pid)?;
+
+    let mut processes = Vec::new();
+    for (p, insp) in frozen.alive().zip(&inspections) {
+        processes.push(dump_process(&frozen, p, insp, pre)?);
+    }
+    debug!("registers and injected queries done");
+
+    // Memory: each process's private pages (the tracked, incremental and
+    // lazy machinery works on the one process such dumps allow).
+    let mem_start = Instant::now();
+    let mut mem_stats = Vec::new();
+    let mut record = None;
+    let mut released_at = None;
+    let mut pagemaps = Vec::new();
+    let single_proc = frozen.processes.len() == 1;
+    for (i, (p, insp)) in frozen.alive().zip(&inspections).enumerate() {
+        let proc = ProcDir::new(p.pid);
+        let main = frozen.tracee(p.pid);
+        let pd = &processes[i];
+        let written =
+            if single_proc { tracking::written(method, holder.as_ref(), &proc, &insp.planned)? } else { None };
+        let collected = pages::collect(&proc, &insp.planned)?;
+        debug!(pid = p.vpid, pages = collected.len(), tracker = method.name(), "page tables read");
+        if keep_tracking {
+            record = Some(tracking::arm(
+                method,
+                holder.clone(),
+                &written,
+                main,
+                &insp.maps,
+                &insp.planned,
+                &pd.main_regs,
+                pd.main_mask,
+                opts.track_idle,
+                opts.track_owner,
+            )?);
+        }
+        if pre {
+            // A pre-dump copies while the task runs: tracking catches what
+            // it changes meanwhile for the next round.
+            frozen.release(|q| resend(q.pid, &[], frozen.was_stopped(q.pid)));
+            released_at = Some(frozen_at.elapsed());
+        }
+        let mem = RemoteMem::open(p.pid)?;
+        let sel = pages::Selection {
+            method: if single_proc { method } else { track::Method::Hashing },
+            parent: parent.as_ref().map(|p| &p.view),
+            written,
+            eager: opts.lazy.as_ref().map(|_| eager_ranges(&pd.thread_regs, pd.image.as_ref(), &insp.planned)),
+            running: pre,
+        };
+        let md = pages::write(&mem, &collected, &sel, &mut writer, p.vpid)?;
+        info!(pid = p.vpid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
+        mem_stats.push((md.pages_scanned, md.pages_written, md.pages_in_parent, md.pages_lazy));
+        pagemaps.push((p.vpid, md.pagemap));
+    }
     let memdump_us = mem_start.elapsed().as_micros() as u64;
-    info!(pid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
 
     let write_start = Instant::now();
-    if let Some(inj) = &injected {
-        let pending = pending_signals(&tracee)?;
-        let task = assemble(&proc, &insp, &regs, mask, rseq, inj, pending, stopped)?;
-        writer.write_json(&task_file(pid), &task)?;
+    if !pre {
+        writer.write_json(TREE, &tree_image)?;
+        let objects = table.write(&mut writer)?;
+        writer.write_json(OBJECTS, &objects)?;
+        for image in processes.iter().filter_map(|pd| pd.image.as_ref()) {
+            writer.write_json(&task_file(image.pid), image)?;
+        }
     }
-    writer.write_json(&pagemap_file(pid), &md.pagemap)?;
+    for (vpid, pm) in &pagemaps {
+        writer.write_json(&pagemap_file(*vpid), pm)?;
+    }
     if let Some(r) = &record {
         writer.write_json(TRACK_FILE, r)?;
     }
     testhook::stage("write");
 
     let page = crate::page_size();
+    let sum = |f: fn(&(u64, u64, u64, u64)) -> u64| mem_stats.iter().map(f).sum::<u64>();
     let stats = DumpStats {
         frozen_us: released_at.unwrap_or_else(|| frozen_at.elapsed()).as_micros() as u64,
         memdump_us,
         write_us: write_start.elapsed().as_micros() as u64,
         total_us: t0.elapsed().as_micros() as u64,
-        vmas: insp.planned.len() as u64,
-        pages_scanned: md.pages_scanned,
-        pages_written: md.pages_written,
-        pages_in_parent: md.pages_in_parent,
-        pages_lazy: md.pages_lazy,
-        bytes_written: md.pages_written * page,
+        vmas: inspections.iter().map(|i| i.planned.len() as u64).sum(),
+        pages_scanned: sum(|s| s.0),
+        pages_written: sum(|s| s.1),
+        pages_in_parent: sum(|s| s.2),
+        pages_lazy: sum(|s| s.3),
+        bytes_written: sum(|s| s.1) * page,
     };
     writer.write_json(STATS, &stats)?;
-    let mut inventory = Inventory::new(opts.kind.clone(), pid, page);
+    let root_vpid = frozen.processes[0].vpid;
+    let mut inventory = Inventory::new(opts.kind.clone(), root_vpid, page);
+    inventory.tasks = frozen.alive().map(|p| p.vpid).collect();
     inventory.parent = parent.as_ref().map(|p| p.rel.to_string_lossy().into_owned());
     writer.commit(inventory)?;
 
     if !keep_tracking {
         if let Some(h) = &holder {
             h.stop();
-            debug!(pid, holder = h.pid, "dirty tracking ended");
+            debug!(pid = opts.pid, holder = h.pid, "dirty tracking ended");
         }
     }
     if opts.lazy.is_some() {
-        return Ok(Dumped { stats, frozen: Some(Frozen { tracee, pagemap: md.pagemap, since: frozen_at }) });
+        let pagemap = pagemaps.pop().expect("one process").1;
+        return Ok(Dumped { stats, frozen: Some(Frozen { tree: frozen, pid: opts.pid, pagemap, since: frozen_at }) });
     } else if pre {
-        info!(pid, "pre-dump complete");
+        info!(pid = opts.pid, "pre-dump complete");
     } else if opts.leave_running {
-        tracee.detach(0)?;
-        resend(pid, &injected.as_ref().map(|i| i.deferred_signals.clone()).unwrap_or_default(), stopped);
-        info!(pid, "task released");
+        frozen.release(|q| {
+            let deferred = processes
+                .iter()
+                .find(|d| d.image.as_ref().is_some_and(|i| i.pid == q.vpid))
+                .map(|d| d.deferred.clone());
+            resend(q.pid, &deferred.unwrap_or_default(), frozen.was_stopped(q.pid))
+        });
+        info!(pid = opts.pid, "tree released");
     } else {
-        tracee.kill()?;
-        info!(pid, "task killed after dump");
+        frozen.kill()?;
+        info!(pid = opts.pid, "tree killed after dump");
     }
     Ok(Dumped { stats, frozen: None })
 }
 
-/// Pages restored eagerly in a lazy dump: those around the stack pointer,
-/// which the task touches the moment it runs, and its rseq area, which the
-/// kernel itself writes as the task resumes: such a write does not go
-/// through the userfaultfd, it fills the page with zeros first, and the
-/// lazy copy would then find the page taken.
-fn eager_ranges(regs: &NativeState, rseq: Option<(u64, u64)>, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
+/// The first look: refuse what cannot be dumped while the tree runs on
+/// untouched.
+pub fn check(opts: &DumpOptions) -> Result<()> {
+    let live = tree::discover(opts.pid)?;
+    if live[0].zombie {
+        bail!("task {} is a zombie (it has exited; its parent has not collected it)", opts.pid);
+    }
+    look(&live, opts, None)?;
+    let pre = opts.kind == ImageKind::PreDump;
+    if live.len() > 1 && (pre || opts.lazy.is_some() || opts.track_mem || opts.prev.is_some()) {
+        bail!(
+            "task {} has child processes ({}): pre-dump, --track-mem, --prev-images-dir and --lazy-pages \
+             handle a single process for now; a plain dump takes the whole tree",
+            opts.pid,
+            live.iter().skip(1).map(|p| p.pid.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Look at the whole tree: every process's own checks, then the tree's.
+/// With a table (the second look, frozen) the fd tables and memory
+/// objects go into it and the tree's image is returned; the first look
+/// (tasks still running) only checks.
+fn look(
+    live: &[tree::LiveProcess],
+    opts: &DumpOptions,
+    table: Option<&mut ObjectTable>,
+) -> Result<(TreeImage, Vec<scope::Inspection>)> {
+    let frozen = table.is_some();
+    let mut scratch = ObjectTable::new(live.iter().map(|p| (p.pid, p.vpid)).collect());
+    let table = table.unwrap_or(&mut scratch);
+    let pid_ns = scope::check_pid_namespaces(live)?;
+    tree::check_sharing(live)?;
+    let mut ids = Vec::new();
+    let mut entries = Vec::new();
+    let mut inspections = Vec::new();
+    for (i, p) in live.iter().enumerate() {
+        let proc = ProcDir::new(p.pid);
+        let status = proc.status().with_context(|| format!("task {}", p.vpid))?;
+        let stat = proc.stat().with_context(|| format!("task {}", p.vpid))?;
+        let vsid = status.nssid.last().copied().unwrap_or(stat.session);
+        let vpgid = status.nspgid.last().copied().unwrap_or(stat.pgrp);
+        ids.push((vsid, vpgid));
+        let vppid = live.iter().find(|q| q.pid == p.ppid).map(|q| q.vpid).unwrap_or(0);
+        let state = if p.zombie {
+            ProcessState::Zombie { status: stat.exit_code }
+        } else {
+            let pidfd = if frozen { Some(crate::pidfd::open(p.pid)?) } else { None };
+            let at = scope::Place { vpid: p.vpid, root: i == 0, shell_job: opts.shell_job, frozen };
+            inspections.push(scope::inspect(&proc, &at, table, pidfd.as_ref())?);
+            ProcessState::Alive
+        };
+        let threads = if p.zombie {
+            Vec::new()
+        } else {
+            p.threads
+                .iter()
+                .map(|&t| {
+                    proc.thread(t).status().map(|s| s.vpid()).with_context(|| format!("thread {t} of task {}", p.vpid))
+                })
+                .collect::<Result<_>>()?
+        };
+        entries.push(ProcessEntry {
+            pid: p.vpid,
+            ppid: vppid,
+            pgid: vpgid,
+            sid: vsid,
+            exit_signal: stat.exit_signal,
+            threads,
+            state,
+        });
+    }
+    scope::check_tree(live, &ids, opts.shell_job)?;
+    table.check_users()?;
+    Ok((TreeImage { root: live[0].vpid, pid_ns, processes: entries }, inspections))
+}
+
+/// One process's state (not its memory), read while the tree is frozen.
+struct ProcessDump {
+    /// None for a pre-dump, which saves memory only.
+    image: Option<TaskImage>,
+    main_regs: NativeState,
+    main_mask: u64,
+    /// Every thread's registers, for the lazy dump's eager pages.
+    thread_regs: Vec<NativeState>,
+    deferred: Vec<i32>,
+}
+
+fn dump_process(
+    frozen: &tree::FrozenTree,
+    p: &tree::LiveProcess,
+    insp: &scope::Inspection,
+    pre: bool,
+) -> Result<ProcessDump> {
+    let proc = ProcDir::new(p.pid);
+    let main = frozen.tracee(p.pid);
+    if pre {
+        // A pre-dump needs only what tracking and eager pages use.
+        let regs = main.cpu_state()?;
+        let thread_regs = p.threads.iter().map(|&t| frozen.tracee(t).cpu_state()).collect::<Result<_>>()?;
+        return Ok(ProcessDump {
+            image: None,
+            main_mask: main.sigmask()?,
+            main_regs: regs,
+            thread_regs,
+            deferred: Vec::new(),
+        });
+    }
+    let mut threads = Vec::new();
+    let mut thread_regs = Vec::new();
+    let mut deferred = Vec::new();
+    let mut process = None;
+    for (k, &tid) in p.threads.iter().enumerate() {
+        let tp = proc.thread(tid);
+        let vtid = tp.status()?.vpid();
+        let (t, ps) = thread::collect(frozen.tracee(tid), &tp, vtid, &insp.maps, k == 0)
+            .with_context(|| format!("task {} thread {vtid}", p.vpid))?;
+        if k == 0 {
+            process = ps;
+        }
+        thread_regs.push(t.regs);
+        deferred.extend(t.deferred_signals);
+        threads.push(t.image);
+    }
+    let process = process.expect("the main thread answers for the process");
+    let shared_pending = thread::pending_signals(main, true)?;
+    let main_mask = threads[0].blocked;
+    let image = assemble(&proc, p, insp, process, shared_pending, threads, frozen.was_stopped(p.pid))?;
+    Ok(ProcessDump { main_regs: thread_regs[0].clone(), main_mask, image: Some(image), thread_regs, deferred })
+}
+
+/// Pages restored eagerly in a lazy dump: those around every thread's
+/// stack pointer, which the threads touch the moment they run, and each
+/// thread's rseq area, which the kernel itself writes as the thread
+/// resumes: such a write does not go through the userfaultfd, it fills
+/// the page with zeros first, and the lazy copy would then find the page
+/// taken.
+fn eager_ranges(regs: &[NativeState], image: Option<&TaskImage>, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
     const AROUND: u64 = 64 << 10;
     let page = crate::page_size();
-    let sp = Native::sp(regs);
-    let mut out: Vec<(u64, u64)> = planned
-        .iter()
-        .filter(|p| p.vma.start <= sp && sp < p.vma.end)
-        .map(|p| (sp.saturating_sub(AROUND).max(p.vma.start), (sp + AROUND).min(p.vma.end)))
-        .collect();
-    if let Some((addr, len)) = rseq.filter(|&(a, l)| a != 0 && l != 0) {
-        out.push((addr & !(page - 1), (addr + len).div_ceil(page) * page));
+    let mut out = Vec::new();
+    for r in regs {
+        let sp = Native::sp(r);
+        out.extend(
+            planned
+                .iter()
+                .filter(|p| p.vma.start <= sp && sp < p.vma.end)
+                .map(|p| (sp.saturating_sub(AROUND).max(p.vma.start), (sp + AROUND).min(p.vma.end))),
+        );
+    }
+    for t in image.map(|i| i.threads.as_slice()).unwrap_or_default() {
+        if let Some(r) = t.rseq.as_ref().filter(|r| r.addr != 0 && r.len != 0) {
+            out.push((r.addr & !(page - 1), (r.addr + u64::from(r.len)).div_ceil(page) * page));
+        }
     }
     out
 }
@@ -317,7 +509,7 @@ fn eager_ranges(regs: &NativeState, rseq: Option<(u64, u64)>, planned: &[memory:
 /// them all; then kill it. If nobody comes, give the task back and make
 /// the images unusable (they would be a second, stale copy).
 fn serve_lazy(
-    tracee: &Tracee,
+    frozen: &Frozen,
     creds: &crate::net::Credentials,
     wait: Duration,
     listener: std::net::TcpListener,
@@ -325,7 +517,7 @@ fn serve_lazy(
     pagemap: &crate::image::pagemap::PagemapImage,
 ) -> Result<()> {
     use crate::lazy::{self, serve};
-    let pid = tracee.pid;
+    let pid = frozen.pid;
     let store =
         std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
     info!(pid, bytes = store.allowed.bytes(), "serving lazy pages");
@@ -333,18 +525,18 @@ fn serve_lazy(
     let (served, stats) = serve::serve(listener, creds, store, wait, || {
         // From the first peer on, the task lives on the destination: it
         // must never run here again, even if ferry dies.
-        tracee.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL)
+        frozen.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL)
     })?;
     if !served {
         let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
-        tracee.detach(0)?;
+        frozen.release();
         bail!(
             "no lazy-pages daemon connected within {} s: task {pid} runs on here, and {} is no longer a usable image",
             wait.as_secs(),
             dir.display()
         );
     }
-    tracee.kill()?;
+    frozen.kill()?;
     info!(
         pid,
         faults = stats.urgent.load(std::sync::atomic::Ordering::Relaxed),
@@ -366,52 +558,33 @@ fn resend(pid: i32, deferred: &[i32], stopped: bool) {
     }
 }
 
-fn pending_signals(tracee: &Tracee) -> Result<Vec<PendingSignal>> {
-    let mut out = Vec::new();
-    for shared in [false, true] {
-        for info in tracee.pending_signals(shared)? {
-            let signo = i32::from_ne_bytes(info[..4].try_into().unwrap());
-            out.push(PendingSignal { shared, signo, siginfo: info });
-        }
-    }
-    Ok(out)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     proc: &ProcDir,
+    p: &tree::LiveProcess,
     insp: &scope::Inspection,
-    regs: &NativeState,
-    mask: u64,
-    rseq: Option<RseqConfig>,
-    inj: &injected::InjectedState,
-    pending: Vec<PendingSignal>,
+    process: injected::ProcessState,
+    shared_pending: Vec<PendingSignal>,
+    threads: Vec<ThreadImage>,
     stopped: bool,
 ) -> Result<TaskImage> {
-    let pid = proc.pid;
+    let pid = p.vpid;
     let (status, stat) = (&insp.status, &insp.stat);
     let exe_path = proc.read_link("exe")?;
     let exe_meta = std::fs::metadata(proc.path("exe")).with_context(|| format!("task {pid}: stat exe"))?;
     let auxv = proc.read_bytes("auxv")?;
     let personality = proc.read("personality")?;
-    let mut cpu = regs.clone();
-    let restart = Native::restart_fixup(&mut cpu);
+    let last = |v: &[i32], or: i32| v.last().copied().unwrap_or(or);
     Ok(TaskImage {
         pid,
         comm: proc.read("comm")?.trim_end_matches('\n').to_string(),
         stopped,
-        ids: Ids { ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, tty_nr: stat.tty_nr, tpgid: stat.tpgid },
-        creds: Creds {
-            uid: status.uid,
-            gid: status.gid,
-            groups: status.groups.clone(),
-            cap_inh: status.cap_inh,
-            cap_prm: status.cap_prm,
-            cap_eff: status.cap_eff,
-            cap_bnd: status.cap_bnd,
-            cap_amb: status.cap_amb,
-            securebits: inj.securebits,
-            no_new_privs: status.no_new_privs,
+        ids: Ids {
+            ppid: stat.ppid,
+            pgid: last(&status.nspgid, stat.pgrp),
+            sid: last(&status.nssid, stat.session),
+            tty_nr: stat.tty_nr,
+            tpgid: stat.tpgid,
         },
         fs: FsState {
             cwd: proc.read_link("cwd")?,
@@ -421,28 +594,27 @@ fn assemble(
         personality: u32::from_str_radix(personality.trim(), 16)
             .with_context(|| format!("task {pid}: bad personality {personality:?}"))?,
         rlimits: proc.limits()?,
-        signals: Signals { blocked: mask, actions: inj.actions.clone(), pending, altstack: inj.altstack.clone() },
-        itimers: inj.itimers.clone(),
-        prctl: inj.prctl.clone(),
-        rseq: rseq.map(|r| Rseq { addr: r.addr, len: r.len, sig: r.sig }),
+        sigactions: process.actions,
+        shared_pending,
+        itimers: process.itimers,
+        prctl: process.prctl,
         mm: MmState {
             start_code: stat.start_code,
             end_code: stat.end_code,
             start_data: stat.start_data,
             end_data: stat.end_data,
             start_brk: stat.start_brk,
-            brk: inj.brk,
+            brk: process.brk,
             start_stack: stat.start_stack,
             arg_start: stat.arg_start,
             arg_end: stat.arg_end,
             env_start: stat.env_start,
             env_end: stat.env_end,
             auxv: auxv.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect(),
-            exe: files::file_id(&exe_path, &exe_meta),
+            exe: crate::objects::regular::file_id(&exe_path, &exe_meta),
         },
         vmas: insp.planned.iter().map(|p| p.vma.clone()).collect(),
         fds: insp.fds.clone(),
-        cpu: Native::wrap(cpu),
-        restart,
+        threads,
     })
 }

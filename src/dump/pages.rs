@@ -175,17 +175,10 @@ fn collect_pages(proc: &ProcDir, planned: &[PlannedVma], page: u64) -> Result<(u
         let m = &pv.map;
         let keep: fn(PageEntry, Option<u64>) -> bool = match &pv.vma.kind {
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => continue,
-            VmaKind::File { .. } if m.shared => continue,
-            VmaKind::SharedAnon => {
-                scanned += m.len() / page;
-                for addr in shared_anon_pages(proc, m, page)? {
-                    let entry = pagemap::read_range(&pm, addr, addr + page, page)?[0];
-                    out.push(Page { addr, entry, readable: m.read, vma: vi, anon: false });
-                }
-                continue;
-            }
+            // Shared memory is saved with its object (objects.json), once.
+            VmaKind::File { .. } | VmaKind::Object { .. } if m.shared => continue,
             // Private file pages never written still come from the file.
-            VmaKind::File { .. } => {
+            VmaKind::File { .. } | VmaKind::Object { .. } => {
                 |e, zero| e.swapped_data() || (e.present() && !e.file_or_shared() && Some(e.pfn()) != zero)
             }
             VmaKind::Anon => |e, zero| e.swapped_data() || (e.present() && Some(e.pfn()) != zero),
@@ -201,32 +194,6 @@ fn collect_pages(proc: &ProcDir, planned: &[PlannedVma], page: u64) -> Result<(u
         }
     }
     Ok((scanned, out))
-}
-
-/// Shared anonymous memory lives in a shmem file: ask it where its data is,
-/// which also finds pages this task has not mapped in its page tables.
-fn shared_anon_pages(proc: &ProcDir, m: &crate::proc::maps::Mapping, page: u64) -> Result<Vec<u64>> {
-    use nix::unistd::{lseek, Whence};
-    let path = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
-    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let (base, len) = (m.offset, m.len());
-    let mut out = Vec::new();
-    let mut pos = base;
-    while pos < base + len {
-        let data = match lseek(&f, pos as i64, Whence::SeekData) {
-            Ok(d) => d as u64,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e).with_context(|| format!("SEEK_DATA in {}", path.display())),
-        };
-        if data >= base + len {
-            break;
-        }
-        let hole = lseek(&f, data as i64, Whence::SeekHole).map(|h| h as u64).unwrap_or(base + len).min(base + len);
-        let (start, end) = (data / page * page, hole.div_ceil(page) * page);
-        out.extend((start..end).step_by(page as usize).map(|a| m.start + (a - base)));
-        pos = end;
-    }
-    Ok(out)
 }
 
 /// Read the pages at `idx` (in order) into `buf`, page after page: one

@@ -19,8 +19,8 @@ use tracing::{debug, info};
 /// Areas whose pages the trackers follow (others are copied in full or not at all).
 fn trackable(pv: &PlannedVma) -> bool {
     match pv.vma.kind {
-        VmaKind::Anon | VmaKind::SharedAnon => true,
-        VmaKind::File { .. } => !pv.map.shared,
+        VmaKind::Anon => true,
+        VmaKind::File { .. } | VmaKind::Object { .. } => !pv.map.shared,
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => false,
     }
 }

@@ -26,8 +26,8 @@ pub struct MemoryView {
 }
 
 impl MemoryView {
-    pub fn load(images: ImageDir) -> Result<MemoryView> {
-        let pid = images.inventory.root_pid;
+    /// Process `pid`'s memory as this image recorded it.
+    pub fn load(images: ImageDir, pid: i32) -> Result<MemoryView> {
         let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
         let raw = images.read_verified(&pageids_file(pid))?;
         let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
@@ -82,10 +82,10 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Follow `parent` links from `dir` (the images of the final dump).
-    pub fn open(first: ImageDir) -> Result<Chain> {
-        let pid = first.inventory.root_pid;
-        let mut views = vec![MemoryView::load(first)?];
+    /// Follow `parent` links from `first` (the images of the final dump)
+    /// for process `pid`.
+    pub fn open(first: ImageDir, pid: i32) -> Result<Chain> {
+        let mut views = vec![MemoryView::load(first, pid)?];
         let mut seen: Vec<PathBuf> = Vec::new();
         while let Some(rel) = views.last().unwrap().images.inventory.parent.clone() {
             let here = views.last().unwrap().images.dir.clone();
@@ -96,10 +96,10 @@ impl Chain {
             }
             seen.push(canon);
             let parent = ImageDir::open(&dir).with_context(|| format!("{}: parent image", here.display()))?;
-            if parent.inventory.root_pid != pid {
+            if !parent.inventory.tasks.contains(&pid) {
                 bail!("{}: parent image is of task {}, not {pid}", dir.display(), parent.inventory.root_pid);
             }
-            views.push(MemoryView::load(parent)?);
+            views.push(MemoryView::load(parent, pid)?);
         }
         Ok(Chain { views })
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const FORMAT: &str = "ferry-images";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -147,11 +147,11 @@ mod tests {
         let err = Inventory::from_bytes(p, tampered.as_bytes()).unwrap_err();
         assert!(err.to_string().starts_with("/x/inventory.json: checksum mismatch"), "{err}");
 
-        let newer = String::from_utf8(bytes).unwrap().replace("\"version\": 1", "\"version\": 7");
+        let newer = String::from_utf8(bytes).unwrap().replace("\"version\": 2", "\"version\": 7");
         let err = Inventory::from_bytes(p, newer.as_bytes()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/x/inventory.json: image format version 7 is not supported (this ferry reads version 1)"
+            "/x/inventory.json: image format version 7 is not supported (this ferry reads version 2)"
         );
 
         let err = Inventory::from_bytes(p, b"{\"format\": \"criu\"}").unwrap_err();

@@ -18,10 +18,12 @@
 pub mod chain;
 pub mod digest;
 pub mod inventory;
+pub mod objects;
 pub mod pagemap;
 pub mod show;
 pub mod stats;
 pub mod task;
+pub mod tree;
 
 use inventory::{FileEntry, Inventory};
 use serde::{de::DeserializeOwned, Serialize};

@@ -1,9 +1,11 @@
 //! `ferry show`: an image directory in readable form (what CRIU's crit does).
 
 use super::inventory::Inventory;
+use super::objects::{ObjectsImage, OBJECTS};
 use super::pagemap::{PageFlags, PagemapImage};
 use super::stats::DumpStats;
-use super::task::{FdKind, TaskImage, VmaKind};
+use super::task::{TaskImage, ThreadImage, VmaKind};
+use super::tree::{ProcessState, TreeImage, TREE};
 use super::{pagemap_file, task_file, ImageDir, INVENTORY, STATS};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,24 +63,24 @@ fn open_flags(flags: u32) -> String {
 }
 
 /// Registers as `name value` pairs; long blobs (x86 xstate) by size only.
-fn cpu_summary(task: &TaskImage, out: &mut dyn Write) -> Result<()> {
-    let v = serde_json::to_value(&task.cpu)?;
+fn cpu_summary(t: &ThreadImage, out: &mut dyn Write) -> Result<()> {
+    let v = serde_json::to_value(&t.cpu)?;
     let obj = v.as_object().context("cpu record is not an object")?;
     writeln!(
         out,
-        "  cpu          {} (restart: {:?})",
+        "    cpu        {} (restart: {:?})",
         obj.get("arch").and_then(|a| a.as_str()).unwrap_or("?"),
-        task.restart
+        t.restart
     )?;
     for (group, val) in obj.iter().filter(|(k, _)| *k != "arch") {
         match val {
             serde_json::Value::Object(regs) => {
                 let cells: Vec<String> = regs.iter().map(|(k, v)| format!("{k}={}", compact(v))).collect();
                 for chunk in cells.chunks(4) {
-                    writeln!(out, "    {group:<8} {}", chunk.join(" "))?;
+                    writeln!(out, "      {group:<8} {}", chunk.join(" "))?;
                 }
             }
-            other => writeln!(out, "    {group:<8} {}", compact(other))?,
+            other => writeln!(out, "      {group:<8} {}", compact(other))?,
         }
     }
     Ok(())
@@ -149,10 +151,31 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
             )?;
         }
     }
+    let objects = img.read_json::<ObjectsImage>(OBJECTS).ok();
+    match img.read_json::<TreeImage>(TREE) {
+        Ok(tree) => show_tree(&tree, out)?,
+        Err(e) if img.entry(TREE).is_ok() => writeln!(out, "\ntree: cannot show: {e}")?,
+        Err(_) => {}
+    }
+    if let Some(o) = &objects {
+        show_objects(o, out)?;
+    }
     for &pid in &inv.tasks {
-        match (img.read_json::<TaskImage>(&task_file(pid)), img.read_json::<PagemapImage>(&pagemap_file(pid))) {
-            (Ok(t), Ok(pm)) => task(&t, &pm, out)?,
-            (Err(e), _) | (_, Err(e)) => writeln!(out, "\ntask {pid}: cannot show: {e}")?,
+        let pm = img.read_json::<PagemapImage>(&pagemap_file(pid));
+        match (img.entry(&task_file(pid)).is_ok(), pm) {
+            // A pre-dump holds memory only.
+            (false, Ok(pm)) => writeln!(
+                out,
+                "\ntask {pid}: memory only, {} saved in {} extents ({})",
+                human_bytes(pm.present_bytes()),
+                pm.entries.len(),
+                pm.pages_file
+            )?,
+            (true, Ok(pm)) => match img.read_json::<TaskImage>(&task_file(pid)) {
+                Ok(t) => task(&t, &pm, objects.as_ref(), out)?,
+                Err(e) => writeln!(out, "\ntask {pid}: cannot show: {e}")?,
+            },
+            (_, Err(e)) => writeln!(out, "\ntask {pid}: cannot show: {e}")?,
         }
     }
     if !bad.is_empty() {
@@ -161,7 +184,50 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
+fn show_tree(tree: &TreeImage, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "\ntree         {} process(es), root {}{}",
+        tree.processes.len(),
+        tree.root,
+        if tree.pid_ns { ", init of its own PID namespace" } else { "" }
+    )?;
+    for p in &tree.processes {
+        let depth = std::iter::successors(Some(p), |q| tree.get(q.ppid).filter(|r| r.pid != q.pid)).count() - 1;
+        let state = match p.state {
+            ProcessState::Alive => format!("{} thread(s)", p.threads.len()),
+            ProcessState::Zombie { status } => format!("zombie, wait status {status:#x}"),
+        };
+        writeln!(out, "  {:indent$}{} (session {}, group {}): {state}", "", p.pid, p.sid, p.pgid, indent = depth * 2)?;
+    }
+    Ok(())
+}
+
+fn show_objects(o: &ObjectsImage, out: &mut dyn Write) -> Result<()> {
+    if o.files.is_empty() && o.memory.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nobjects")?;
+    for f in &o.files {
+        let what = crate::objects::file_kind(&f.kind).map(|k| k.describe(f)).unwrap_or_else(|e| format!("{e:#}"));
+        let owner = f.owner.as_ref().map(|o| format!(", SIGIO to {:?} {}", o.kind, o.pid)).unwrap_or_default();
+        writeln!(out, "  file {:<4} {:<12} {what}, {}{owner}", f.id, f.kind, open_flags(f.flags))?;
+    }
+    for m in &o.memory {
+        let what = crate::objects::memory_kind(&m.kind).map(|k| k.describe(m)).unwrap_or_else(|e| format!("{e:#}"));
+        writeln!(
+            out,
+            "  memory {:<2} {:<12} {what}, {}, {} saved",
+            m.id,
+            m.kind,
+            human_bytes(m.size),
+            human_bytes(m.contents.bytes())
+        )?;
+    }
+    Ok(())
+}
+
+fn task(t: &TaskImage, pm: &PagemapImage, objects: Option<&ObjectsImage>, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "\ntask {} \"{}\"{}", t.pid, t.comm, if t.stopped { " (stopped)" } else { "" })?;
     writeln!(
         out,
@@ -171,30 +237,15 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
         t.ids.ppid,
         if t.ids.tty_nr == 0 { "no controlling terminal".to_string() } else { format!("terminal {:#x}", t.ids.tty_nr) }
     )?;
-    let c = &t.creds;
-    writeln!(out, "  creds        uid {:?} gid {:?} groups {:?}", c.uid, c.gid, c.groups)?;
-    writeln!(
-        out,
-        "               caps eff {:016x} prm {:016x} inh {:016x} bnd {:016x} amb {:016x}{}",
-        c.cap_eff,
-        c.cap_prm,
-        c.cap_inh,
-        c.cap_bnd,
-        c.cap_amb,
-        if c.no_new_privs { ", no_new_privs" } else { "" }
-    )?;
     writeln!(out, "  fs           cwd {}, root {}, umask {:04o}", t.fs.cwd.display(), t.fs.root.display(), t.fs.umask)?;
     writeln!(out, "  personality  {:#x}", t.personality)?;
-    cpu_summary(t, out)?;
-    let s = &t.signals;
-    writeln!(out, "  signals      blocked: {}", signal_set(s.blocked))?;
-    let pending: Vec<String> = s
-        .pending
-        .iter()
-        .map(|p| format!("{}{}", signal_name(p.signo), if p.shared { " (process)" } else { "" }))
-        .collect();
-    writeln!(out, "               pending: {}", if pending.is_empty() { "none".into() } else { pending.join(" ") })?;
-    for a in s.actions.iter().filter(|a| a.handler != 0) {
+    let pending: Vec<String> = t.shared_pending.iter().map(|p| signal_name(p.signo)).collect();
+    writeln!(
+        out,
+        "  signals      pending for the process: {}",
+        if pending.is_empty() { "none".into() } else { pending.join(" ") }
+    )?;
+    for a in t.sigactions.iter().filter(|a| a.handler != 0) {
         let h = if a.handler == 1 { "ignored".to_string() } else { format!("handler {:#x}", a.handler) };
         writeln!(
             out,
@@ -204,9 +255,6 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
             signal_set(a.mask)
         )?;
     }
-    if let Some(r) = &t.rseq {
-        writeln!(out, "  rseq         {:#x}, {} bytes, signature {:#x}", r.addr, r.len, r.sig)?;
-    }
     let limited: Vec<String> = t
         .rlimits
         .iter()
@@ -214,6 +262,9 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
         .map(|l| format!("{}={}/{}", l.name.trim_start_matches("RLIMIT_"), fmt_lim(l.soft), fmt_lim(l.hard)))
         .collect();
     writeln!(out, "  rlimits      {}", limited.join(" "))?;
+    for th in &t.threads {
+        thread(th, out)?;
+    }
     let mapped: u64 = t.vmas.iter().map(|v| v.len()).sum();
     writeln!(
         out,
@@ -242,31 +293,60 @@ fn task(t: &TaskImage, pm: &PagemapImage, out: &mut dyn Write) -> Result<()> {
         let what = match &v.kind {
             VmaKind::File { file, offset } => format!("{} @{offset:#x}", file.path.display()),
             VmaKind::Anon => v.name.clone().unwrap_or_else(|| "anonymous".into()),
-            VmaKind::SharedAnon => v.name.clone().unwrap_or_else(|| "shared anonymous".into()),
+            VmaKind::Object { object, offset } => {
+                let kind = objects.and_then(|o| o.memory(*object)).map(|m| m.kind.as_str()).unwrap_or("?");
+                format!("memory object {object} ({kind}) @{offset:#x}")
+            }
             VmaKind::Vdso => "[vdso]".into(),
             VmaKind::Vvar => "[vvar]".into(),
             VmaKind::VvarVclock => "[vvar_vclock]".into(),
         };
         let pages = if saved > 0 { format!(", {saved} pages saved") } else { String::new() };
-        writeln!(out, "    {:012x}-{:012x} {} {what}{pages}", v.start, v.end, v.prot)?;
+        let locked = if v.locked { ", locked" } else { "" };
+        writeln!(out, "    {:012x}-{:012x} {} {what}{pages}{locked}", v.start, v.end, v.prot)?;
     }
     writeln!(out, "  files")?;
     for fd in &t.fds {
-        let (what, path) = match &fd.kind {
-            FdKind::File { file, pos } => (format!("file at offset {pos}"), file.path.display().to_string()),
-            FdKind::Directory { path, .. } => ("directory".into(), path.display().to_string()),
-            FdKind::CharDevice { path, .. } => ("character device".into(), path.display().to_string()),
-            FdKind::Tty { path, .. } => ("terminal".into(), path.display().to_string()),
+        let what = match objects.and_then(|o| o.file(fd.file)) {
+            Some(f) => crate::objects::file_kind(&f.kind).map(|k| k.describe(f)).unwrap_or_else(|e| format!("{e:#}")),
+            None => "?".into(),
         };
         writeln!(
             out,
-            "    {:>4} {path}  {what}, {}{}",
+            "    {:>4} file object {}: {what}{}",
             fd.fd,
-            open_flags(fd.flags),
+            fd.file,
             if fd.cloexec { ", close-on-exec" } else { "" }
         )?;
     }
     Ok(())
+}
+
+fn thread(t: &ThreadImage, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "  thread {} \"{}\"", t.tid, t.comm)?;
+    let c = &t.creds;
+    writeln!(out, "    creds      uid {:?} gid {:?} groups {:?}", c.uid, c.gid, c.groups)?;
+    writeln!(
+        out,
+        "               caps eff {:016x} prm {:016x} inh {:016x} bnd {:016x} amb {:016x}{}",
+        c.cap_eff,
+        c.cap_prm,
+        c.cap_inh,
+        c.cap_bnd,
+        c.cap_amb,
+        if c.no_new_privs { ", no_new_privs" } else { "" }
+    )?;
+    writeln!(out, "    signals    blocked: {}", signal_set(t.blocked))?;
+    let pending: Vec<String> = t.pending.iter().map(|p| signal_name(p.signo)).collect();
+    writeln!(out, "               pending: {}", if pending.is_empty() { "none".into() } else { pending.join(" ") })?;
+    if let Some(r) = &t.rseq {
+        writeln!(out, "    rseq       {:#x}, {} bytes, signature {:#x}", r.addr, r.len, r.sig)?;
+    }
+    if t.robust_list != 0 {
+        writeln!(out, "    robust     {:#x} ({} bytes)", t.robust_list, t.robust_list_len)?;
+    }
+    writeln!(out, "    sched      policy {}, nice {}, priority {}", t.sched.policy, t.sched.nice, t.sched.priority)?;
+    cpu_summary(t, out)
 }
 
 fn fmt_lim(v: u64) -> String {

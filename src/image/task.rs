@@ -5,27 +5,75 @@ use ferry_arch::{hex, CpuRecord, Restart};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// One process: what its threads share (memory, files, signal handlers,
+/// limits...) and, in `threads`, what each thread has of its own. File
+/// descriptors and shared memory refer to objects of objects.json by id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskImage {
+    /// The PID in the tree's own PID namespace (the image's key).
     pub pid: i32,
     pub comm: String,
     /// The task was stopped (SIGSTOP) when dumped and is stopped again after restore.
     pub stopped: bool,
     pub ids: Ids,
-    pub creds: Creds,
     pub fs: FsState,
     pub personality: u32,
     pub rlimits: Vec<Limit>,
-    pub signals: Signals,
+    /// Every signal but SIGKILL and SIGSTOP, in number order.
+    pub sigactions: Vec<SigAction>,
+    /// Signals queued for the whole process (kill), not one thread.
+    pub shared_pending: Vec<PendingSignal>,
     pub itimers: ITimers,
     pub prctl: PrctlState,
-    pub rseq: Option<Rseq>,
     pub mm: MmState,
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
+    /// The main thread first (its TID is the PID).
+    pub threads: Vec<ThreadImage>,
+}
+
+impl TaskImage {
+    pub fn main_thread(&self) -> &ThreadImage {
+        &self.threads[0]
+    }
+}
+
+/// What one thread has of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub comm: String,
+    pub creds: Creds,
+    #[serde(with = "hex::u64")]
+    pub blocked: u64,
+    /// Signals queued for this thread (tgkill).
+    pub pending: Vec<PendingSignal>,
+    pub altstack: AltStack,
+    pub rseq: Option<Rseq>,
+    /// set_robust_list: the list head and its size (0 when never set).
+    #[serde(with = "hex::u64")]
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// set_tid_address / CLONE_CHILD_CLEARTID: cleared and woken at exit.
+    #[serde(with = "hex::u64")]
+    pub clear_child_tid: u64,
+    pub pdeathsig: i32,
+    pub sched: Sched,
     pub cpu: CpuRecord,
     /// What the restart fix-up did to the registers (informational).
     pub restart: Restart,
+}
+
+/// Scheduling policy and parameters (sched_getattr).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sched {
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,16 +112,6 @@ pub struct FsState {
     pub cwd: PathBuf,
     pub root: PathBuf,
     pub umask: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signals {
-    #[serde(with = "hex::u64")]
-    pub blocked: u64,
-    /// Every signal but SIGKILL and SIGSTOP, in number order.
-    pub actions: Vec<SigAction>,
-    pub pending: Vec<PendingSignal>,
-    pub altstack: AltStack,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +157,6 @@ pub struct ITimers {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrctlState {
-    pub pdeathsig: i32,
     pub dumpable: i32,
     pub thp_disable: bool,
     pub child_subreaper: bool,
@@ -194,7 +231,11 @@ pub struct Vma {
     /// madvise() state: dontdump, dontfork, wipeonfork, hugepage, nohugepage, mergeable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub advice: Vec<Advice>,
+    /// mlock'ed or MAP_LOCKED (VM_LOCKED).
     pub locked: bool,
+    /// Locked with MLOCK_ONFAULT (pages are locked as they are touched).
+    #[serde(default)]
+    pub lock_on_fault: bool,
     pub sealed: bool,
 }
 
@@ -224,8 +265,13 @@ impl Vma {
 pub enum VmaKind {
     /// Private anonymous memory (heap, stacks, malloc arenas, guards).
     Anon,
-    /// MAP_SHARED|MAP_ANONYMOUS memory, owned by this task alone.
-    SharedAnon,
+    /// A mapping of a memory object of objects.json (shared anonymous
+    /// memory, a memfd, a System V segment), shared or private.
+    Object {
+        object: u32,
+        #[serde(with = "hex::u64")]
+        offset: u64,
+    },
     /// A file mapping, private or shared.
     File {
         file: FileId,
@@ -272,36 +318,12 @@ impl Advice {
     }
 }
 
+/// One entry of the fd table: its number, its close-on-exec flag (the
+/// only per-fd state) and the open file description it refers to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fd {
     pub fd: i32,
     pub cloexec: bool,
-    /// open(2) flags without O_CLOEXEC (access mode, O_APPEND, O_NONBLOCK…).
-    #[serde(with = "hex::u32")]
-    pub flags: u32,
-    pub kind: FdKind,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum FdKind {
-    /// A regular file, reopened by path at its offset.
-    File {
-        file: FileId,
-        pos: u64,
-    },
-    Directory {
-        path: PathBuf,
-        pos: u64,
-    },
-    /// A character device (/dev/null, /dev/urandom…), reopened by path.
-    CharDevice {
-        path: PathBuf,
-        rdev: u64,
-    },
-    /// A terminal; restoring it needs --shell-job.
-    Tty {
-        path: PathBuf,
-        rdev: u64,
-    },
+    /// Id of the file description in objects.json.
+    pub file: u32,
 }

@@ -46,7 +46,10 @@ fn say(msg: &str) {
 pub fn run(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
-    crate::dump::scope::inspect(&crate::proc::ProcDir::new(pid), o.shell_job, false)?;
+    let mut first = DumpOptions::new(pid, o.work_dir.clone());
+    first.shell_job = o.shell_job;
+    first.lazy = Some(LazyServe::Caller);
+    dump::check(&first)?;
     let mut stream = connect(&o.to, &o.creds, START)?;
     say(&format!("connected to {}", o.to));
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
@@ -128,18 +131,18 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         Ok(r) if r.kind == Kind::Status && r.text().starts_with("ready") => {}
         other => {
             // The destination never ran the task: it goes on here.
-            frozen.tracee.detach(0)?;
+            frozen.release();
             let why = other.map(|f| f.text()).unwrap_or_else(|e| format!("{e:#}"));
             bail!("the destination could not restore the task ({why}); it runs on here");
         }
     }
     // From now on the task must never run here again, even if ferry dies;
     // then the destination may let its copy run.
-    frozen.tracee.set_options(O_TRACESYSGOOD | O_EXITKILL)?;
+    frozen.set_options(O_TRACESYSGOOD | O_EXITKILL)?;
     status(&mut stream, GO)?;
     let reply = read_frame(&mut stream).context("waiting for the destination to run the task")?;
     if reply.kind != Kind::Status || !reply.text().starts_with("running") {
-        frozen.tracee.kill()?;
+        frozen.kill()?;
         bail!("the destination failed after taking over the task ({}); both copies are gone", reply.text());
     }
     let downtime = frozen.since.elapsed();
@@ -165,7 +168,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
                     match connect(&o.to, &o.creds, RESUME) {
                         Ok(s) => break s,
                         Err(e) if start.elapsed() > o.reconnect => {
-                            frozen.tracee.kill()?;
+                            frozen.kill()?;
                             bail!(
                                 "the destination is unreachable ({e:#}) for {} s during post-copy: \
                                  the source copy of task {pid} was killed",
@@ -178,7 +181,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
             }
         }
     }
-    frozen.tracee.kill()?;
+    frozen.kill()?;
     let lazy_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);
     say(&format!(
         "done in {:.2} s: downtime {:.1} ms; sent {} pre-copy ({rounds} rounds), {} final images, {} post-copy ({} faults)",

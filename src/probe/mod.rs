@@ -138,7 +138,7 @@ fn clone3_set_tid() -> Outcome {
     let Some(want) = (last + 50..max).find(|p| !ProcDir::new(*p).exists()) else {
         return no("no free PID to try");
     };
-    match crate::restore::fork::fork_at(want, std::time::Duration::ZERO) {
+    match crate::restore::fork::fork_at(want, false, std::time::Duration::ZERO) {
         // SAFETY: the child exits at once.
         Ok(None) => unsafe { libc::_exit(0) },
         Ok(Some(f)) => {

@@ -102,6 +102,43 @@ impl ProcDir {
         let text = self.read(&format!("task/{}/children", self.pid))?;
         Ok(text.split_whitespace().filter_map(|s| s.parse().ok()).collect())
     }
+
+    /// The process's threads (TIDs), ascending; empty once it is gone.
+    pub fn threads(&self) -> Result<Vec<i32>> {
+        let dir = self.path("task");
+        let mut tids = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(tids),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for e in entries.flatten() {
+            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                tids.push(n);
+            }
+        }
+        tids.sort_unstable();
+        Ok(tids)
+    }
+
+    /// Children of every thread (a child belongs to the thread that forked it).
+    pub fn all_children(&self) -> Result<Vec<i32>> {
+        let mut out = Vec::new();
+        for tid in self.threads()? {
+            // A thread that exited since the listing has no children left.
+            if let Ok(text) = self.read(&format!("task/{tid}/children")) {
+                out.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// `/proc/PID/task/TID`: one thread's own files.
+    pub fn thread(&self, tid: i32) -> ProcDir {
+        ProcDir { pid: tid, root: self.root.join("task").join(tid.to_string()) }
+    }
 }
 
 /// Parse a `key:\tvalue` file (status, fdinfo) into ordered pairs.

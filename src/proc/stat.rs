@@ -25,6 +25,8 @@ pub struct Stat {
     pub env_start: u64,
     pub env_end: u64,
     pub exit_signal: i32,
+    /// The wait(2) status of a zombie (field 52).
+    pub exit_code: i32,
 }
 
 impl Stat {
@@ -64,6 +66,7 @@ impl Stat {
             arg_end: num(49)? as u64,
             env_start: num(50)? as u64,
             env_end: num(51)? as u64,
+            exit_code: num(52).unwrap_or(0) as i32,
         })
     }
 }

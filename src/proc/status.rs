@@ -31,6 +31,17 @@ pub struct Status {
     pub sig_blk: u64,
     pub sig_ign: u64,
     pub sig_cgt: u64,
+    /// The PID in each nested PID namespace, ferry's first, the task's own last.
+    pub nspid: Vec<i32>,
+    pub nspgid: Vec<i32>,
+    pub nssid: Vec<i32>,
+}
+
+impl Status {
+    /// The PID in the task's own PID namespace.
+    pub fn vpid(&self) -> i32 {
+        self.nspid.last().copied().unwrap_or(self.pid)
+    }
 }
 
 impl Status {
@@ -46,6 +57,9 @@ impl Status {
         let hex = |k: &str| -> Result<u64> {
             let v = get(k)?;
             u64::from_str_radix(v, 16).with_context(|| format!("{k}: bad hex {v:?}"))
+        };
+        let list = |k: &str| -> Option<Vec<i32>> {
+            get(k).ok().map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         };
         let ids = |k: &str| -> Result<[u32; 4]> {
             let v: Vec<u32> = get(k)?
@@ -83,6 +97,9 @@ impl Status {
             sig_blk: hex("SigBlk")?,
             sig_ign: hex("SigIgn")?,
             sig_cgt: hex("SigCgt")?,
+            nspid: list("NSpid").unwrap_or_else(|| vec![num("Pid").unwrap_or(0) as i32]),
+            nspgid: list("NSpgid").unwrap_or_default(),
+            nssid: list("NSsid").unwrap_or_default(),
         })
     }
 }

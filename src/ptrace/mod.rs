@@ -21,6 +21,7 @@ const PTRACE_EVENT_STOP: i32 = 128;
 
 pub const O_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 pub const O_EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
+pub const O_TRACECLONE: u64 = libc::PTRACE_O_TRACECLONE as u64;
 
 /// Size of the kernel's siginfo_t.
 pub const SIGINFO_SIZE: usize = 128;
@@ -97,6 +98,12 @@ impl Tracee {
             }
             Err(e) => bail!("task {pid}: cannot attach: {}", e.desc()),
         }
+    }
+
+    /// A task ferry already traces: a thread or child attached by
+    /// PTRACE_O_TRACECLONE (its first stop is a PTRACE_EVENT_STOP).
+    pub fn attached(pid: i32, on_drop: OnDrop) -> Tracee {
+        Tracee { pid, attached: Cell::new(true), on_drop }
     }
 
     fn check(&self, what: &str, r: Result<libc::c_long, Errno>) -> Result<libc::c_long> {

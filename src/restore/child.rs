@@ -1,12 +1,15 @@
-//! What the freshly forked child does by itself before ferry takes over:
-//! session, file descriptors at their numbers, cwd/root, umask,
-//! personality, rlimits, signal handlers, name. Then it waits to be
-//! interrupted.
+//! What the freshly forked processes do by themselves before ferry takes
+//! over. ferry forks the tree's root; each process (a copy of ferry) first
+//! leads its session if it should, then forks its own children at their
+//! PIDs (so parents, sessions and every fd ferry opened are inherited),
+//! then sets up what is easy from inside: file descriptors at their
+//! numbers, cwd/root, umask, personality, rlimits, signal handlers, name.
+//! Then it waits to be interrupted.
 //!
-//! The child is a copy of ferry, made by clone3 from a process that may have
-//! had other threads: it must not allocate, lock or print. Everything it
-//! needs is prepared in [`ChildSetup`] beforehand and it only makes raw
-//! syscalls; failures are reported as (step, errno) on a pipe.
+//! Each process is a copy of ferry, made by clone3 from a process that may
+//! have had other threads: it must not allocate, lock or print. Everything
+//! it needs is prepared in [`TreeSetup`] beforehand and it only makes raw
+//! syscalls; each reports (process, step, errno) on one shared pipe.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -40,12 +43,15 @@ pub enum Step {
     Sigaction,
     Name,
     Report,
+    Fork,
 }
 
-/// The child's report on the pipe: the step, its detail index and errno.
+/// A process's report on the pipe: which process, the step, its detail
+/// index and errno.
 #[derive(Clone, Copy, Debug, bytemuck::NoUninit, bytemuck::CheckedBitPattern)]
 #[repr(C)]
 pub struct Report {
+    pub process: u32,
     pub step: Step,
     pub index: u32,
     pub errno: i32,
@@ -60,17 +66,33 @@ impl Report {
     }
 }
 
-/// Everything the child needs, computed by the parent.
-pub struct ChildSetup {
+/// Everything the tree's processes need, computed by ferry.
+pub struct TreeSetup {
+    /// The write end of the report pipe (ferry's fd, inherited by all).
     pub report_fd: RawFd,
+    /// First fd number above every fd ferry opened and every dumped one.
+    pub stage_base: RawFd,
+    /// ferry's hard RLIMIT_NOFILE, which the processes raise their soft one to.
+    pub nofile_hard: u64,
+    /// Every process, the root first, parents before children.
+    pub processes: Vec<ChildSetup>,
+}
+
+/// What one process of the tree needs.
+pub struct ChildSetup {
+    /// Its PID in the tree's namespace (set_tid of clone3).
+    pub pid: i32,
+    pub exit_signal: i32,
+    /// Indexes of the processes it forks.
+    pub children: Vec<usize>,
+    /// A zombie to be: it keeps no fds and waits for ferry to end it.
+    pub zombie: bool,
     pub setsid: bool,
     /// Parent fds the child ends up with, in order: dumped fds first
     /// (`targets` gives their numbers), then helpers (mapped files, exe)
     /// that stay at `stage_base + index` until ferry closes them.
     pub sources: Vec<RawFd>,
     pub targets: Vec<(RawFd, bool)>,
-    /// First fd number above every source, every target and the report pipe.
-    pub stage_base: RawFd,
     /// Index into `targets` of the terminal to make controlling.
     pub ctty: Option<usize>,
     pub cwd: CString,
@@ -78,51 +100,75 @@ pub struct ChildSetup {
     pub umask: u32,
     pub personality: u32,
     pub rlimits: Vec<(u32, libc::rlimit64)>,
-    /// ferry's hard RLIMIT_NOFILE, which the child raises its soft one to.
-    pub nofile_hard: u64,
     pub sigactions: Vec<(i32, KernelSigaction)>,
     pub name: [u8; 16],
 }
 
 impl ChildSetup {
-    /// Where helper `i` (0-based, after the dumped fds) sits in the child.
-    pub fn helper_fd(&self, i: usize) -> RawFd {
-        self.stage_base + (self.targets.len() + i) as RawFd
-    }
-
-    /// What a failed step was about, for the error message.
-    pub fn describe(&self, r: &Report) -> String {
-        let i = r.index as usize;
-        match r.step {
-            Step::Setsid => "setsid".into(),
-            Step::StageFd | Step::PlaceFd => match self.targets.get(i) {
-                Some((fd, _)) => format!("placing fd {fd}"),
-                None => format!(
-                    "passing ferry's helper file {} as fd {}",
-                    i - self.targets.len(),
-                    self.stage_base + i as RawFd
-                ),
-            },
-            Step::ControllingTty => "making the terminal the controlling one (TIOCSCTTY)".into(),
-            Step::Chdir => format!("chdir {}", self.cwd.to_string_lossy()),
-            Step::Chroot => format!("chroot {}", self.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
-            Step::Personality => format!("personality({:#x})", self.personality),
-            Step::Rlimit => match self.rlimits.get(i) {
-                Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),
-                None => format!("raising the open-files limit to {}", self.nofile_hard),
-            },
-            Step::Sigaction => match self.sigactions.get(i) {
-                Some((sig, _)) => format!("installing the handler of signal {sig}"),
-                None => "installing a signal handler".into(),
-            },
-            s => format!("{s:?}"),
+    /// A process that will end as a zombie: it only needs its place.
+    pub fn zombie(pid: i32, exit_signal: i32, children: Vec<usize>, setsid: bool) -> ChildSetup {
+        ChildSetup {
+            pid,
+            exit_signal,
+            children,
+            zombie: true,
+            setsid,
+            sources: Vec::new(),
+            targets: Vec::new(),
+            ctty: None,
+            cwd: CString::new("/").expect("no NUL"),
+            root: None,
+            umask: 0o22,
+            personality: 0,
+            rlimits: Vec::new(),
+            sigactions: Vec::new(),
+            name: [0; 16],
         }
     }
 }
 
+impl TreeSetup {
+    /// What a failed step was about, for the error message.
+    pub fn describe(&self, r: &Report) -> String {
+        let Some(s) = self.processes.get(r.process as usize) else {
+            return format!("process #{} (unknown)", r.process);
+        };
+        let i = r.index as usize;
+        let what = match r.step {
+            Step::Setsid => "setsid".into(),
+            Step::Fork => match s.children.get(i).and_then(|&c| self.processes.get(c)) {
+                Some(c) => format!("forking its child {} (clone3 with set_tid)", c.pid),
+                None => "forking a child".into(),
+            },
+            Step::StageFd | Step::PlaceFd => match s.targets.get(i) {
+                Some((fd, _)) => format!("placing fd {fd}"),
+                None => format!(
+                    "passing ferry's helper file {} as fd {}",
+                    i - s.targets.len(),
+                    self.stage_base + i as RawFd
+                ),
+            },
+            Step::ControllingTty => "making the terminal the controlling one (TIOCSCTTY)".into(),
+            Step::Chdir => format!("chdir {}", s.cwd.to_string_lossy()),
+            Step::Chroot => format!("chroot {}", s.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
+            Step::Personality => format!("personality({:#x})", s.personality),
+            Step::Rlimit => match s.rlimits.get(i) {
+                Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),
+                None => format!("raising the open-files limit to {}", self.nofile_hard),
+            },
+            Step::Sigaction => match s.sigactions.get(i) {
+                Some((sig, _)) => format!("installing the handler of signal {sig}"),
+                None => "installing a signal handler".into(),
+            },
+            step => format!("{step:?}"),
+        };
+        format!("task {}: {what}", s.pid)
+    }
+}
+
 /// Report a failed step on `fd` and exit.
-fn fail(fd: RawFd, step: Step, index: usize) -> ! {
-    let r = Report { step, index: index as u32, errno: nix::errno::Errno::last_raw() };
+fn fail(fd: RawFd, process: usize, step: Step, index: usize) -> ! {
+    let r = Report { process: process as u32, step, index: index as u32, errno: nix::errno::Errno::last_raw() };
     // SAFETY: raw write of a plain struct, then _exit; no allocation.
     unsafe {
         libc::write(fd, bytemuck::bytes_of(&r).as_ptr().cast(), Report::SIZE);
@@ -130,93 +176,177 @@ fn fail(fd: RawFd, step: Step, index: usize) -> ! {
     }
 }
 
-/// Runs in the child; never returns.
-pub fn run(s: &ChildSetup) -> ! {
-    let rfd = s.report_fd_staged();
-    // SAFETY: every call below is a plain syscall on data prepared by the
-    // parent; nothing allocates or takes a lock.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 with one PID asked for (in the caller's PID namespace), raw:
+/// 0 in the child, the PID in the parent, -errno on failure.
+fn clone_at(pid: i32, exit_signal: i32) -> i64 {
+    let set_tid = [pid];
+    let args = CloneArgs {
+        exit_signal: exit_signal as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM the child gets a copy of our memory and
+    // continues here like after fork(); args and set_tid outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r < 0 {
+        -(nix::errno::Errno::last_raw() as i64)
+    } else {
+        r
+    }
+}
+
+/// Runs in the tree's root, forked by ferry; never returns. Every other
+/// process of the tree is forked from here, down the tree, and runs this
+/// too from the start of its own setup.
+pub fn run(t: &TreeSetup) -> ! {
+    let rfd = t.report_fd;
+    // SAFETY: every call below is a plain syscall on data prepared by ferry;
+    // nothing allocates or takes a lock.
     unsafe {
-        // The report pipe goes first, so every later failure can be told.
-        if libc::dup2(s.report_fd, rfd) < 0 {
-            fail(s.report_fd, Step::StageFd, s.sources.len());
-        }
-        // Die with ferry until it has seized us (then PTRACE_O_EXITKILL takes over).
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            fail(rfd, Step::BlockSignals, 0);
-        }
         // Staged fd numbers may exceed ferry's soft open-files limit; the
-        // hard one is checked by the parent. The dumped limits come later.
-        let nofile = libc::rlimit64 { rlim_cur: s.nofile_hard, rlim_max: s.nofile_hard };
+        // hard one is checked by ferry. The dumped limits come later. Both
+        // this and the signal mask are inherited by the whole tree.
+        let nofile = libc::rlimit64 { rlim_cur: t.nofile_hard, rlim_max: t.nofile_hard };
         if libc::prlimit64(0, libc::RLIMIT_NOFILE, &nofile, std::ptr::null_mut()) != 0 {
-            fail(rfd, Step::Rlimit, usize::MAX);
+            fail(rfd, 0, Step::Rlimit, usize::MAX);
         }
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         if libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) != 0 {
-            fail(rfd, Step::BlockSignals, 0);
+            fail(rfd, 0, Step::BlockSignals, 0);
         }
-        // Move every fd we keep above anything inherited.
-        for (i, &src) in s.sources.iter().enumerate() {
-            if libc::dup2(src, s.stage_base + i as RawFd) < 0 {
-                fail(rfd, Step::StageFd, i);
+        let mut me = 0usize;
+        'process: loop {
+            let s = &t.processes[me];
+            // Die with our parent (ferry, or the parent process of the
+            // tree) until ferry has seized us (then PTRACE_O_EXITKILL).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                fail(rfd, me, Step::BlockSignals, 0);
             }
-        }
-        if libc::syscall(libc::SYS_close_range, 0u32, (s.stage_base - 1) as u32, 0u32) != 0 {
-            fail(rfd, Step::CloseInherited, 0);
-        }
-        if s.setsid && libc::setsid() < 0 {
-            fail(rfd, Step::Setsid, 0);
-        }
-        for (i, &(target, cloexec)) in s.targets.iter().enumerate() {
-            let staged = s.stage_base + i as RawFd;
-            if libc::dup3(staged, target, if cloexec { libc::O_CLOEXEC } else { 0 }) < 0 {
-                fail(rfd, Step::PlaceFd, i);
+            if s.setsid && libc::setsid() < 0 {
+                fail(rfd, me, Step::Setsid, 0);
             }
-            libc::close(staged);
-        }
-        if let Some(i) = s.ctty {
-            if libc::ioctl(s.targets[i].0, libc::TIOCSCTTY, 0) != 0 {
-                fail(rfd, Step::ControllingTty, i);
+            for (k, &c) in s.children.iter().enumerate() {
+                let child = &t.processes[c];
+                match clone_at(child.pid, child.exit_signal) {
+                    0 => {
+                        me = c;
+                        continue 'process;
+                    }
+                    r if r < 0 => {
+                        *libc::__errno_location() = (-r) as i32;
+                        fail(rfd, me, Step::Fork, k);
+                    }
+                    _ => {}
+                }
             }
-        }
-        if libc::chdir(s.cwd.as_ptr()) != 0 {
-            fail(rfd, Step::Chdir, 0);
-        }
-        if let Some(root) = &s.root {
-            if libc::chroot(root.as_ptr()) != 0 {
-                fail(rfd, Step::Chroot, 0);
+            if s.zombie {
+                zombie(t, me);
             }
-        }
-        libc::umask(s.umask as libc::mode_t);
-        if libc::personality(s.personality as libc::c_ulong) < 0 {
-            fail(rfd, Step::Personality, 0);
-        }
-        for (i, (res, lim)) in s.rlimits.iter().enumerate() {
-            if libc::prlimit64(0, *res as _, lim, std::ptr::null_mut()) != 0 {
-                fail(rfd, Step::Rlimit, i);
-            }
-        }
-        for (i, (sig, act)) in s.sigactions.iter().enumerate() {
-            if libc::syscall(libc::SYS_rt_sigaction, *sig, act as *const KernelSigaction, 0usize, 8usize) != 0 {
-                fail(rfd, Step::Sigaction, i);
-            }
-        }
-        if libc::prctl(libc::PR_SET_NAME, s.name.as_ptr()) != 0 {
-            fail(rfd, Step::Name, 0);
-        }
-        let ok = Report { step: Step::Ok, index: 0, errno: 0 };
-        if libc::write(rfd, bytemuck::bytes_of(&ok).as_ptr().cast(), Report::SIZE) < 0 {
-            fail(rfd, Step::Report, 0);
-        }
-        libc::close(rfd);
-        loop {
-            libc::pause();
+            setup(t, me);
         }
     }
 }
 
-impl ChildSetup {
-    fn report_fd_staged(&self) -> RawFd {
-        self.stage_base + self.sources.len() as RawFd
+/// A zombie to be: default handlers (it may have to die of a signal ferry
+/// sends), no fds of ferry's, report, wait for ferry.
+unsafe fn zombie(t: &TreeSetup, me: usize) -> ! {
+    let rfd = t.report_fd;
+    for sig in 1..=64 {
+        libc::signal(sig, libc::SIG_DFL);
     }
+    let staged = t.stage_base;
+    if libc::dup2(rfd, staged) < 0 {
+        fail(rfd, me, Step::StageFd, 0);
+    }
+    if libc::syscall(libc::SYS_close_range, 0u32, (staged - 1) as u32, 0u32) != 0 {
+        fail(staged, me, Step::CloseInherited, 0);
+    }
+    report_ok(staged, me)
+}
+
+unsafe fn report_ok(rfd: RawFd, me: usize) -> ! {
+    let ok = Report { process: me as u32, step: Step::Ok, index: 0, errno: 0 };
+    if libc::write(rfd, bytemuck::bytes_of(&ok).as_ptr().cast(), Report::SIZE) < 0 {
+        fail(rfd, me, Step::Report, 0);
+    }
+    libc::close(rfd);
+    loop {
+        libc::pause();
+    }
+}
+
+/// One live process's own setup, after its children are forked.
+unsafe fn setup(t: &TreeSetup, me: usize) -> ! {
+    let s = &t.processes[me];
+    let report = t.report_fd;
+    let rfd = t.stage_base + s.sources.len() as RawFd;
+    // The report pipe goes first, so every later failure can be told.
+    if libc::dup2(report, rfd) < 0 {
+        fail(report, me, Step::StageFd, s.sources.len());
+    }
+    // Move every fd we keep above anything inherited.
+    for (i, &src) in s.sources.iter().enumerate() {
+        if libc::dup2(src, t.stage_base + i as RawFd) < 0 {
+            fail(rfd, me, Step::StageFd, i);
+        }
+    }
+    if libc::syscall(libc::SYS_close_range, 0u32, (t.stage_base - 1) as u32, 0u32) != 0 {
+        fail(rfd, me, Step::CloseInherited, 0);
+    }
+    for (i, &(target, cloexec)) in s.targets.iter().enumerate() {
+        let staged = t.stage_base + i as RawFd;
+        if libc::dup3(staged, target, if cloexec { libc::O_CLOEXEC } else { 0 }) < 0 {
+            fail(rfd, me, Step::PlaceFd, i);
+        }
+        libc::close(staged);
+    }
+    if let Some(i) = s.ctty {
+        if libc::ioctl(s.targets[i].0, libc::TIOCSCTTY, 0) != 0 {
+            fail(rfd, me, Step::ControllingTty, i);
+        }
+    }
+    if libc::chdir(s.cwd.as_ptr()) != 0 {
+        fail(rfd, me, Step::Chdir, 0);
+    }
+    if let Some(root) = &s.root {
+        if libc::chroot(root.as_ptr()) != 0 {
+            fail(rfd, me, Step::Chroot, 0);
+        }
+    }
+    libc::umask(s.umask as libc::mode_t);
+    if libc::personality(s.personality as libc::c_ulong) < 0 {
+        fail(rfd, me, Step::Personality, 0);
+    }
+    for (i, (res, lim)) in s.rlimits.iter().enumerate() {
+        if libc::prlimit64(0, *res as _, lim, std::ptr::null_mut()) != 0 {
+            fail(rfd, me, Step::Rlimit, i);
+        }
+    }
+    for (i, (sig, act)) in s.sigactions.iter().enumerate() {
+        if libc::syscall(libc::SYS_rt_sigaction, *sig, act as *const KernelSigaction, 0usize, 8usize) != 0 {
+            fail(rfd, me, Step::Sigaction, i);
+        }
+    }
+    if libc::prctl(libc::PR_SET_NAME, s.name.as_ptr()) != 0 {
+        fail(rfd, me, Step::Name, 0);
+    }
+    report_ok(rfd, me)
 }

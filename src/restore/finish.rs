@@ -1,10 +1,13 @@
-//! After the address space: the rest of the task's kernel state, restored
-//! from inside the task by injection (so signals can be queued with any
-//! siginfo, and credentials are dropped last).
+//! After the address space: the rest of the kernel state, restored from
+//! inside by injection (so signals can be queued with any siginfo, and
+//! credentials are dropped last). [`process_state`] runs in the main
+//! thread for what the threads share; [`thread_state`] in each thread for
+//! what is its own.
 
 use super::mm::Scratch;
-use super::plan::Plan;
-use crate::image::task::Creds;
+use super::plan::ProcessPlan;
+use crate::dump::thread::SchedAttr;
+use crate::image::task::{Creds, PendingSignal, ThreadImage};
 use crate::proc::ProcDir;
 use crate::ptrace::inject::Injector;
 use crate::ptrace::remote::RemoteMem;
@@ -19,22 +22,10 @@ fn words(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
-pub fn task_state(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch) -> Result<()> {
+/// What the process's threads share: interval timers, prctl values.
+pub fn process_state(inj: &mut Injector, mem: &RemoteMem, plan: &ProcessPlan, scratch: &Scratch) -> Result<()> {
     let t = &plan.task;
-    let pid = t.pid as u64;
     let buf = scratch.data();
-    if let Some(r) = &t.rseq {
-        inj.call(Syscall::Rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.sig)], || {
-            format!("registering rseq at {:#x}", r.addr)
-        })?;
-    }
-    let alt = &t.signals.altstack;
-    if alt.flags & libc::SS_DISABLE == 0 {
-        // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK is state, not a setting.
-        let flags = (alt.flags & !libc::SS_ONSTACK) as u32 as u64;
-        mem.write(buf, &words(&[alt.sp, flags, alt.size]))?;
-        inj.call(Syscall::Sigaltstack, &[buf, 0], || format!("sigaltstack at {:#x}", alt.sp))?;
-    }
     for (which, t) in [t.itimers.real, t.itimers.virt, t.itimers.prof].iter().enumerate() {
         if t[1] == 0 {
             continue;
@@ -43,10 +34,6 @@ pub fn task_state(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Sc
         mem.write(buf, &words(&val))?;
         inj.call(Syscall::Setitimer, &[which as u64, buf, 0], || format!("setitimer({which})"))?;
     }
-    // Always: the child armed PDEATHSIG for its own setup.
-    inj.call(Syscall::Prctl, &[libc::PR_SET_PDEATHSIG as u64, t.prctl.pdeathsig as u64], || {
-        "prctl(PR_SET_PDEATHSIG)".into()
-    })?;
     if t.prctl.thp_disable {
         inj.call(Syscall::Prctl, &[libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0], || {
             "prctl(PR_SET_THP_DISABLE)".into()
@@ -55,34 +42,117 @@ pub fn task_state(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Sc
     if t.prctl.child_subreaper {
         inj.call(Syscall::Prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, 1], || "prctl(PR_SET_CHILD_SUBREAPER)".into())?;
     }
-    for p in &t.signals.pending {
-        mem.write(buf, &p.siginfo)?;
-        if p.shared {
-            inj.call(Syscall::RtSigqueueinfo, &[pid, p.signo as u64, buf], || format!("queueing signal {}", p.signo))?;
-        } else {
-            inj.call(Syscall::RtTgsigqueueinfo, &[pid, pid, p.signo as u64, buf], || {
-                format!("queueing signal {}", p.signo)
-            })?;
-        }
-    }
-    creds(inj, mem, &t.creds, buf)?;
-    if matches!(t.prctl.dumpable, 0 | 1) {
-        inj.call(Syscall::Prctl, &[libc::PR_SET_DUMPABLE as u64, t.prctl.dumpable as u64], || {
-            "prctl(PR_SET_DUMPABLE)".into()
+    Ok(())
+}
+
+/// One thread's own state, credentials last. `main`: the main thread,
+/// whose name the process already has.
+pub fn thread_state(inj: &mut Injector, mem: &RemoteMem, t: &ThreadImage, scratch: &Scratch, main: bool) -> Result<()> {
+    let buf = scratch.data();
+    if let Some(r) = &t.rseq {
+        inj.call(Syscall::Rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.sig)], || {
+            format!("registering rseq at {:#x}", r.addr)
         })?;
     }
+    let alt = &t.altstack;
+    if alt.flags & libc::SS_DISABLE == 0 {
+        // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK is state, not a setting.
+        let flags = (alt.flags & !libc::SS_ONSTACK) as u32 as u64;
+        mem.write(buf, &words(&[alt.sp, flags, alt.size]))?;
+        inj.call(Syscall::Sigaltstack, &[buf, 0], || format!("sigaltstack at {:#x}", alt.sp))?;
+    }
+    if t.robust_list != 0 {
+        inj.call(Syscall::SetRobustList, &[t.robust_list, t.robust_list_len], || {
+            format!("set_robust_list({:#x})", t.robust_list)
+        })?;
+    }
+    // Always: a thread made by ferry's clone3 has none, the main thread
+    // one of ferry's own.
+    inj.call(Syscall::SetTidAddress, &[t.clear_child_tid], || format!("set_tid_address({:#x})", t.clear_child_tid))?;
+    if !main {
+        let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
+        name.push(0);
+        mem.write(buf, &name)?;
+        inj.call(Syscall::Prctl, &[libc::PR_SET_NAME as u64, buf], || format!("naming the thread {:?}", t.comm))?;
+    }
+    sched(inj, mem, t, buf)?;
+    // Always: the main thread armed PDEATHSIG for its own setup.
+    inj.call(Syscall::Prctl, &[libc::PR_SET_PDEATHSIG as u64, t.pdeathsig as u64], || {
+        "prctl(PR_SET_PDEATHSIG)".into()
+    })?;
+    creds(inj, mem, &t.creds, buf)?;
     if t.creds.no_new_privs {
         inj.call(Syscall::Prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
             "prctl(PR_SET_NO_NEW_PRIVS)".into()
         })?;
     }
-    inj.call(Syscall::CloseRange, &[plan.helpers_from as u64, u64::from(u32::MAX), 0], || {
-        "closing ferry's helper files".into()
-    })?;
     Ok(())
 }
 
-/// Switch to the dumped credentials, unless they are ferry's own already.
+/// The thread's scheduling policy and parameters, if not the default.
+fn sched(inj: &mut Injector, mem: &RemoteMem, t: &ThreadImage, buf: u64) -> Result<()> {
+    let s = &t.sched;
+    if s.policy == libc::SCHED_OTHER as u32 && s.nice == 0 && s.flags == 0 {
+        return Ok(());
+    }
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: s.policy,
+        // Only the flags sched_setattr takes back as they were read.
+        flags: s.flags & SCHED_FLAG_RESET_ON_FORK,
+        nice: s.nice,
+        priority: s.priority,
+        runtime: s.runtime,
+        deadline: s.deadline,
+        period: s.period,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: SchedAttr is plain data of the kernel's layout.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(&attr as *const SchedAttr as *const u8, std::mem::size_of::<SchedAttr>()) };
+    mem.write(buf, bytes)?;
+    if let Err(e) = inj.raw(Syscall::SchedSetattr, &[0, buf, 0])? {
+        warn!(
+            "thread {}: cannot restore scheduling policy {} (nice {}, priority {}): {}",
+            t.tid,
+            s.policy,
+            s.nice,
+            s.priority,
+            e.desc()
+        );
+    }
+    Ok(())
+}
+
+const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+
+/// Queue the signals that were pending at dump time, from the main thread:
+/// the process's (rt_sigqueueinfo) and each thread's (rt_tgsigqueueinfo).
+pub fn queue_signals(
+    inj: &mut Injector,
+    mem: &RemoteMem,
+    pid: i32,
+    signals: &[(i32, &PendingSignal)],
+    scratch: &Scratch,
+) -> Result<()> {
+    let buf = scratch.data();
+    for (tid, p) in signals {
+        mem.write(buf, &p.siginfo)?;
+        if p.shared {
+            inj.call(Syscall::RtSigqueueinfo, &[pid as u64, p.signo as u64, buf], || {
+                format!("queueing signal {}", p.signo)
+            })?;
+        } else {
+            inj.call(Syscall::RtTgsigqueueinfo, &[pid as u64, *tid as u64, p.signo as u64, buf], || {
+                format!("queueing signal {} for thread {tid}", p.signo)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Switch the thread to the dumped credentials, unless they are ferry's own already.
 fn creds(inj: &mut Injector, mem: &RemoteMem, c: &Creds, buf: u64) -> Result<()> {
     let me = ProcDir::current().status()?;
     if me.uid == c.uid

@@ -29,11 +29,13 @@ pub struct Forked {
     pub pidfd: Option<OwnedFd>,
 }
 
-/// fork(2) semantics: returns Ok(None) in the child.
-fn clone3_at(pid: i32) -> Result<Option<Forked>, Errno> {
+/// fork(2) semantics: returns Ok(None) in the child. With `new_pid_ns`
+/// the child is the init (PID 1) of a new PID namespace and `pid` is not
+/// asked for (its PID out here is whatever is free).
+fn clone3_at(pid: i32, new_pid_ns: bool) -> Result<Option<Forked>, Errno> {
     let set_tid = [pid];
     let mut pidfd: i32 = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut i32 as u64,
         exit_signal: libc::SIGCHLD as u64,
@@ -41,6 +43,11 @@ fn clone3_at(pid: i32) -> Result<Option<Forked>, Errno> {
         set_tid_size: 1,
         ..Default::default()
     };
+    if new_pid_ns {
+        args.flags |= libc::CLONE_NEWPID as u64;
+        args.set_tid = 0;
+        args.set_tid_size = 0;
+    }
     // SAFETY: without CLONE_VM the child gets a copy of our memory and
     // continues here like after fork(); args and set_tid outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
@@ -92,14 +99,33 @@ fn holder(pid: i32) -> String {
     }
 }
 
-/// Fork at `pid`, waiting up to `wait` for it to become free: right after a
-/// dump, the killed task's PID is held until its parent reaps it.
-/// Returns Ok(None) in the child.
-pub fn fork_at(pid: i32, wait: Duration) -> Result<Option<Forked>> {
+/// Wait up to `wait` for every PID of `pids` to be free: right after a
+/// dump, the killed tasks' PIDs are held until their parents reap them.
+pub fn wait_free(pids: &[i32], wait: Duration) -> Result<()> {
     let start = Instant::now();
     let mut announced = false;
     loop {
-        match clone3_at(pid) {
+        let Some(&busy) = pids.iter().find(|&&p| std::path::Path::new(&format!("/proc/{p}")).exists()) else {
+            return Ok(());
+        };
+        if start.elapsed() >= wait {
+            bail!("PID {busy} is in use by {} (waited {} s)", holder(busy), wait.as_secs());
+        }
+        if !announced {
+            tracing::info!(pid = busy, "PID in use by {}; waiting for it to be released", holder(busy));
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fork at `pid` (or as the init of a new PID namespace), waiting up to
+/// `wait` for the PID to become free. Returns Ok(None) in the child.
+pub fn fork_at(pid: i32, new_pid_ns: bool, wait: Duration) -> Result<Option<Forked>> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        match clone3_at(pid, new_pid_ns) {
             Ok(r) => return Ok(r),
             Err(Errno::EEXIST) => {
                 if start.elapsed() >= wait {
@@ -111,7 +137,7 @@ pub fn fork_at(pid: i32, wait: Duration) -> Result<Option<Forked>> {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(Errno::ENOSYS | Errno::E2BIG) => return fork_via_ns_last_pid(pid),
+            Err(Errno::ENOSYS | Errno::E2BIG) if !new_pid_ns => return fork_via_ns_last_pid(pid),
             Err(Errno::EPERM) => {
                 bail!("clone3 with set_tid: Operation not permitted (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)")
             }

@@ -10,7 +10,7 @@
 //!    (process_vm_writev, several threads), set advice, names, protections;
 //! 6. PR_SET_MM_MAP: code/data/brk/stack/arg/env bounds, auxv, exe file.
 
-use super::plan::Plan;
+use super::plan::ProcessPlan as Plan;
 use crate::image::task::{Vma, VmaKind};
 use crate::image::{digest, ImageError};
 use crate::proc::maps::Mapping;
@@ -217,8 +217,12 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
         if v.noreserve {
             flags |= libc::MAP_NORESERVE as u64;
         }
+        if plan.vma_shmids.contains_key(&i) {
+            // System V segments are attached below, whole, then trimmed.
+            continue;
+        }
         let (fd, off) = match &v.kind {
-            VmaKind::File { offset, .. } => (plan.vma_fds[&i] as u64, *offset),
+            VmaKind::File { offset, .. } | VmaKind::Object { offset, .. } => (plan.vma_fds[&i] as u64, *offset),
             _ => {
                 flags |= libc::MAP_ANONYMOUS as u64;
                 (u64::MAX, 0)
@@ -230,18 +234,12 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
         if got != v.start {
             bail!("mapping {:#x}-{:#x} landed at {got:#x}", v.start, v.end);
         }
-        for a in &v.advice {
-            inj.call(Syscall::Madvise, &[v.start, v.len(), a.madvise() as u64], || {
-                format!("madvise {:?} on {:#x}-{:#x}", a, v.start, v.end)
-            })?;
-        }
-        if let Some(name) = v.name.as_deref().and_then(|n| n.strip_prefix("[anon:")).and_then(|n| n.strip_suffix(']')) {
-            let mut bytes = name.as_bytes().to_vec();
-            bytes.push(0);
-            mem.write(scratch.data(), &bytes)?;
-            inj.call(Syscall::Prctl, &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.len(), scratch.data()], || {
-                format!("naming {:#x}-{:#x} {name:?}", v.start, v.end)
-            })?;
+        area_state(inj, mem, v, scratch)?;
+    }
+    attach_segments(inj, plan, &filled)?;
+    for (i, v) in plan.task.vmas.iter().enumerate() {
+        if plan.vma_shmids.contains_key(&i) {
+            area_state(inj, mem, v, scratch)?;
         }
     }
 
@@ -255,12 +253,89 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
                 format!("mprotect {:#x}-{:#x} {}", v.start, v.end, v.prot)
             })?;
         }
+        if v.locked {
+            let flags = if v.lock_on_fault { MLOCK_ONFAULT } else { 0 };
+            inj.call(Syscall::Mlock2, &[v.start, v.len(), flags], || format!("mlock {:#x}-{:#x}", v.start, v.end))?;
+        }
         if v.sealed {
             inj.call(Syscall::Mseal, &[v.start, v.len(), 0], || format!("mseal {:#x}-{:#x}", v.start, v.end))?;
         }
     }
     Ok(())
 }
+
+const MLOCK_ONFAULT: u64 = 1;
+
+/// Advice and name of one mapped area.
+fn area_state(inj: &mut Injector, mem: &RemoteMem, v: &Vma, scratch: &Scratch) -> Result<()> {
+    for a in &v.advice {
+        inj.call(Syscall::Madvise, &[v.start, v.len(), a.madvise() as u64], || {
+            format!("madvise {:?} on {:#x}-{:#x}", a, v.start, v.end)
+        })?;
+    }
+    let label = v.name.as_deref().and_then(|n| n.strip_prefix("[anon:").or_else(|| n.strip_prefix("[anon_shmem:")));
+    if let Some(name) = label.and_then(|n| n.strip_suffix(']')) {
+        let mut bytes = name.as_bytes().to_vec();
+        bytes.push(0);
+        mem.write(scratch.data(), &bytes)?;
+        inj.call(Syscall::Prctl, &[PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.len(), scratch.data()], || {
+            format!("naming {:#x}-{:#x} {name:?}", v.start, v.end)
+        })?;
+    }
+    Ok(())
+}
+
+/// Attach every System V segment the process had: once per attach
+/// (areas of one segment with one base address), whole, then unmap what
+/// the process had unmapped of it and set each area's protection.
+fn attach_segments(inj: &mut Injector, plan: &Plan, filled: &[bool]) -> Result<()> {
+    let mut attaches: Vec<(i32, u64, u64, Vec<usize>)> = Vec::new();
+    for (i, v) in plan.task.vmas.iter().enumerate() {
+        let Some(&(shmid, size)) = plan.vma_shmids.get(&i) else { continue };
+        let VmaKind::Object { offset, .. } = v.kind else { continue };
+        let base = v.start - offset;
+        match attaches.iter_mut().find(|a| a.0 == shmid && a.1 == base) {
+            Some(a) => a.3.push(i),
+            None => attaches.push((shmid, base, size, vec![i])),
+        }
+    }
+    let page = crate::page_size();
+    for (shmid, base, size, areas) in attaches {
+        let vmas: Vec<&Vma> = areas.iter().map(|&i| &plan.task.vmas[i]).collect();
+        let writable = vmas.iter().zip(&areas).any(|(v, &i)| v.writable() || filled[i]);
+        let mut flags = 0u64;
+        if !writable {
+            flags |= libc::SHM_RDONLY as u64;
+        }
+        if vmas.iter().any(|v| v.executable()) {
+            flags |= SHM_EXEC;
+        }
+        let got = inj.call(Syscall::Shmat, &[shmid as u64, base, flags], || {
+            format!("attaching System V segment {shmid} at {base:#x}")
+        })?;
+        if got != base {
+            bail!("System V segment {shmid} attached at {got:#x} instead of {base:#x}");
+        }
+        let end = base + size.next_multiple_of(page);
+        let mut cursor = base;
+        let mut covered: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+        covered.sort_unstable();
+        for (s, e) in covered.into_iter().chain(std::iter::once((end, end))) {
+            if s > cursor {
+                inj.call(Syscall::Munmap, &[cursor, s - cursor], || format!("trimming segment {shmid}"))?;
+            }
+            cursor = cursor.max(e);
+        }
+        for v in vmas {
+            inj.call(Syscall::Mprotect, &[v.start, v.len(), prot_of(v)], || {
+                format!("mprotect {:#x}-{:#x} {}", v.start, v.end, v.prot)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+const SHM_EXEC: u64 = 0o100000;
 
 /// Copy the saved pages into the child from ferry, several blocks at once:
 /// one copy, from the page cache of the mapped pages files (this image's

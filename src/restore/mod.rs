@@ -1,26 +1,34 @@
-//! `ferry restore`: rebuild a dumped task at its original PID.
+//! `ferry restore`: rebuild a dumped process tree at its original PIDs.
 //!
-//! A child is forked at the PID and sets up what is easy from inside
-//! ([`child`]); ferry then seizes it and drives it through injected
-//! syscalls ([`mm`], [`finish`]) until it is the dumped task, writes the
-//! dumped registers at the last syscall-exit stop, and detaches. Until that
-//! detach the child is traced with PTRACE_O_EXITKILL: if anything fails, or
-//! ferry dies, it is killed and never runs half-built.
+//! The shared objects are re-created in ferry first ([`objects`]); then
+//! ferry forks the root, which forks the rest of the tree down from there
+//! at their PIDs, each process setting up what is easy from inside
+//! ([`child`]). ferry seizes every process and drives it through injected
+//! syscalls ([`mm`], [`thread`], [`finish`]) until it is the dumped one.
+//! Only when all are complete does any of them run: the tree comes back
+//! whole or not at all. Every process is traced with PTRACE_O_EXITKILL
+//! until then, and the ones not seized yet die with their parent
+//! (PR_SET_DEATHSIG): if anything fails, or ferry dies, none is left.
 
 pub mod child;
 pub mod finish;
 pub mod fork;
 pub mod mm;
+pub mod objects;
 pub mod plan;
+pub mod thread;
 
+use crate::image::tree::ProcessState;
 use crate::proc::ProcDir;
 use crate::ptrace::inject::{find_syscall_insn, Injector};
 use crate::ptrace::remote::RemoteMem;
-use crate::ptrace::{OnDrop, Tracee, O_EXITKILL, O_TRACESYSGOOD};
+use crate::ptrace::{OnDrop, Stop, Tracee, O_EXITKILL, O_TRACECLONE, O_TRACESYSGOOD};
 use crate::testhook;
 use crate::uffd::{self, feature, Uffd};
 use anyhow::{anyhow, bail, Context, Result};
-use ferry_arch::Syscall;
+use ferry_arch::{Backend, Native, Syscall};
+use plan::{ProcessPlan, TreePlan};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,8 +54,10 @@ pub enum LazyRestore {
     Caller,
 }
 
-/// A restored, running task.
+/// A restored, running tree.
 pub struct Restored {
+    /// ferry's PID of the root (the dumped one, unless the tree has a PID
+    /// namespace of its own).
     pub pid: i32,
     /// With `LazyRestore::Caller`: the task's userfaultfd.
     pub uffd: Option<Uffd>,
@@ -56,7 +66,7 @@ pub struct Restored {
 pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
     let t0 = Instant::now();
     let pid = restore(opts)?.pid;
-    info!(pid, ms = t0.elapsed().as_millis() as u64, "task restored");
+    info!(pid, ms = t0.elapsed().as_millis() as u64, "tree restored");
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
     }
@@ -66,99 +76,396 @@ pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
     wait_for(pid)
 }
 
-/// Rebuild the task; returns once it runs.
+/// Rebuild the tree; returns once it runs.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     restore_then(opts, |_| Ok(()))
 }
 
-/// Rebuild the task and call `before_run` just before letting it run; if
-/// that fails, the task is killed and never runs (`ferry receive` waits
+/// Rebuild the tree and call `before_run` just before letting it run; if
+/// that fails, the tree is killed and never runs (`ferry receive` waits
 /// there for the source to give the task up).
 pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
     let mut plan = plan::prepare(opts)?;
-    let pid = plan.task.pid;
-    debug!(pid, "images read and files opened");
-    let forked = match fork::fork_at(pid, opts.pid_wait)? {
+    let result = build(&mut plan, opts, before_run);
+    if result.is_err() {
+        plan.opened.discard();
+    }
+    result
+}
+
+/// Kills the forked root (and so, by PDEATHSIG, the processes it forked)
+/// unless disarmed: the tree before ferry has seized it.
+struct RootGuard {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // SAFETY: kill and reap our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL);
+            }
+        }
+    }
+}
+
+/// One process being rebuilt: its main thread, its other threads (once
+/// created), and where ferry's PIDs of it are.
+struct Live {
+    /// Index in the tree.
+    index: usize,
+    /// In the tree's namespace and in ferry's.
+    vpid: i32,
+    pid: i32,
+    /// Dropped (killed and waited for) before `main`: a dead traced thread
+    /// stays until its tracer waits for it, and holds its leader's exit.
+    threads: Vec<Tracee>,
+    main: Tracee,
+}
+
+fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+    if !plan.tree.pid_ns {
+        let pids: Vec<i32> = plan.tree.processes.iter().map(|p| p.pid).collect();
+        fork::wait_free(&pids, opts.pid_wait)?;
+    }
+    let forked = match fork::fork_at(plan.tree.root, plan.tree.pid_ns, opts.pid_wait)? {
         None => child::run(&plan.setup),
         Some(f) => f,
     };
-    // Seize at once: from here on the child dies with ferry.
-    let seized = Tracee::seize(forked.pid, O_TRACESYSGOOD | O_EXITKILL, OnDrop::Kill);
-    // The child has its copies now; closing ours lets a dead child show as EOF.
-    drop(std::mem::take(&mut plan.opened));
-    let report = read_report(&mut plan.report);
-    let tracee = match (seized, report) {
-        (Ok(t), Ok(r)) if r.step == child::Step::Ok => t,
-        (seized, report) => {
-            if seized.is_err() {
-                // Not ours to trace, still ours to kill: it is our child.
-                // SAFETY: kill and reap our own child.
-                unsafe {
-                    libc::kill(forked.pid, libc::SIGKILL);
-                    libc::waitpid(forked.pid, std::ptr::null_mut(), libc::__WALL);
-                }
-            }
-            // A seized child is killed and reaped when `seized` drops.
-            return Err(match report {
-                Ok(r) if r.step != child::Step::Ok => {
-                    anyhow!("task {pid}: {}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc())
-                }
-                Err(e) => e.context(format!("task {pid}: the new process died while setting itself up")),
-                Ok(_) => seized.expect_err("only a failed seize is left"),
-            });
-        }
-    };
+    let mut guard = RootGuard { pid: forked.pid, armed: true };
+    // The processes have their copies now; closing ours lets the report
+    // pipe show EOF if they all die.
+    plan.helpers.clear();
+    read_reports(plan)?;
+    let plan: &TreePlan = plan;
+    let tree = &plan.tree;
+    let pids = map_pids(forked.pid, tree)?;
+    debug!(processes = tree.processes.len(), "tree forked and set up");
 
-    tracee.interrupt()?;
-    tracee.wait_interrupted()?;
-    debug!(pid, "child set up and stopped");
-    let child_maps = ProcDir::new(pid).maps()?;
-    let mem = RemoteMem::open(pid)?;
-    let insn = find_syscall_insn(&mem, &child_maps)?;
-    let mut inj = Injector::new(&tracee, tracee.cpu_state()?, insn);
-    let scratch = mm::clear(&mut inj, &mem, &plan, &child_maps)?;
-    debug!(pid, "inherited address space cleared");
-    mm::build(&mut inj, &mem, &plan, &scratch)?;
-    debug!(pid, "address space rebuilt and filled");
-    mm::set_mm(&mut inj, &mem, &plan, &scratch)?;
-    // Created before credentials change (a task that is not root could not
-    // open one that also catches kernel-mode faults), registered only after
-    // ferry's own injected syscalls are done reading task memory (rseq
-    // registration reads its area, which may be a lazy page).
-    let uffd = lazy_uffd(&mut inj, &plan)?;
-    finish::task_state(&mut inj, &mem, &plan, &scratch)?;
-    if let Some(u) = &uffd {
-        register_lazy(u, &plan)?;
+    // Seize every process; from here each dies with ferry.
+    let mut live = Vec::new();
+    for (index, p) in tree.processes.iter().enumerate() {
+        let pid = pids[&p.pid];
+        let main = Tracee::seize(pid, O_TRACESYSGOOD | O_EXITKILL | O_TRACECLONE, OnDrop::Kill)?;
+        main.interrupt()?;
+        main.wait_interrupted()?;
+        live.push(Live { index, vpid: p.pid, pid, threads: Vec::new(), main });
     }
-    debug!(pid, "task state restored");
-    // The last injected syscall removes the scratch area it runs from; at its
-    // exit stop the task gets its own registers and signal mask back.
-    inj.call(Syscall::Munmap, &[scratch.base, scratch.len], || "unmapping scratch".into())?;
-    tracee.set_cpu_state(&plan.cpu, None)?;
-    tracee.set_sigmask(plan.task.signals.blocked)?;
+    guard.armed = false;
+    testhook::stage("restore-seized");
+
+    // Rebuild each live process; each ends with an injector whose last
+    // call is still to come.
+    let mut built = Vec::new();
+    for pp in &plan.processes {
+        let l = live.iter_mut().find(|l| l.index == pp.index).expect("every live process is seized");
+        let b = rebuild(l, pp, opts).with_context(|| format!("task {}", pp.task.pid))?;
+        built.push(b);
+        testhook::stage("restore-process");
+    }
+    let uffd = built.iter_mut().find_map(|b| b.uffd.take());
+
+    // The tree as a whole: process groups, zombies, pending signals.
+    set_groups(plan, &live)?;
+    end_zombies(plan, &live)?;
+    for (b, pp) in built.iter().zip(&plan.processes) {
+        let l = live.iter().find(|l| l.index == pp.index).unwrap();
+        let mut inj = Injector::new(&l.main, b.regs.clone(), b.scratch.base);
+        let mem = RemoteMem::open(l.pid)?;
+        flush_child_signals(&mut inj, &mem, plan, pp, &b.scratch)?;
+        let pending: Vec<(i32, &crate::image::task::PendingSignal)> = pp
+            .task
+            .shared_pending
+            .iter()
+            .map(|p| (pp.task.pid, p))
+            .chain(pp.task.threads.iter().flat_map(|t| t.pending.iter().map(move |p| (t.tid, p))))
+            .collect();
+        finish::queue_signals(&mut inj, &mem, pp.task.pid, &pending, &b.scratch)?;
+        if matches!(pp.task.prctl.dumpable, 0 | 1) {
+            // After every thread's credentials: a uid change resets it.
+            inj.call(Syscall::Prctl, &[libc::PR_SET_DUMPABLE as u64, pp.task.prctl.dumpable as u64], || {
+                "prctl(PR_SET_DUMPABLE)".into()
+            })?;
+        }
+        inj.call(Syscall::CloseRange, &[pp.helpers_from as u64, u64::from(u32::MAX), 0], || {
+            "closing ferry's helper files".into()
+        })?;
+    }
+    plan.opened.finish_memory(&plan.objects)?;
+    plan.opened.set_owners(&plan.objects, |vpid| owner_pid(tree, &pids, vpid))?;
+
+    // Last: every thread gets its own registers and mask back. The main
+    // thread's last injected syscall removes the scratch area it runs from.
+    for (b, pp) in built.iter().zip(&plan.processes) {
+        let l = live.iter().find(|l| l.index == pp.index).unwrap();
+        for (t, (img, cpu)) in l.threads.iter().zip(pp.task.threads.iter().zip(&pp.cpus).skip(1)) {
+            t.set_cpu_state(cpu, None)?;
+            t.set_sigmask(img.blocked)?;
+        }
+        let mut inj = Injector::new(&l.main, b.regs.clone(), b.scratch.base);
+        inj.call(Syscall::Munmap, &[b.scratch.base, b.scratch.len], || "unmapping scratch".into())?;
+        l.main.set_cpu_state(&pp.cpus[0], None)?;
+        l.main.set_sigmask(pp.task.main_thread().blocked)?;
+    }
+    let root_pid = pids[&tree.root];
     let uffd = match (uffd, opts.lazy) {
         (Some(u), Some(LazyRestore::Daemon)) => {
-            crate::lazy::handoff::send(&opts.dir, pid, u.fd(), Duration::from_secs(10))?;
+            crate::lazy::handoff::send(&opts.dir, root_pid, u.fd(), Duration::from_secs(10))?;
             None
         }
         (u, _) => u,
     };
-    before_run(pid)?;
+    before_run(root_pid)?;
     testhook::stage("detach");
-    tracee.detach(0)?;
-    for sig in &inj.deferred_signals {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(pid, *sig) };
+    for l in &live {
+        if tree.processes[l.index].state != ProcessState::Alive {
+            continue;
+        }
+        for t in l.threads.iter().chain(std::iter::once(&l.main)) {
+            t.detach(0)?;
+        }
     }
-    if plan.task.stopped {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for (b, pp) in built.iter().zip(&plan.processes) {
+        let pid = pids[&pp.task.pid];
+        for sig in &b.deferred {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, *sig) };
+        }
+        if pp.task.stopped {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
     }
-    info!(pid, injected = inj.calls, "task running");
-    Ok(Restored { pid, uffd })
+    info!(pid = root_pid, processes = tree.processes.len(), "tree running");
+    Ok(Restored { pid: root_pid, uffd })
 }
 
-fn lazy_extents(plan: &plan::Plan) -> Vec<(u64, u64)> {
+/// What rebuilding one process leaves for the tree-wide steps.
+struct Built {
+    /// The main thread's registers injected frames start from.
+    regs: ferry_arch::NativeState,
+    scratch: mm::Scratch,
+    uffd: Option<Uffd>,
+    /// SIGSTOP-like signals that arrived while ferry injected.
+    deferred: Vec<i32>,
+}
+
+/// One process: its address space, its threads, its state.
+fn rebuild(l: &mut Live, pp: &ProcessPlan, opts: &RestoreOptions) -> Result<Built> {
+    let pid = l.pid;
+    let child_maps = ProcDir::new(pid).maps()?;
+    let mem = RemoteMem::open(pid)?;
+    let insn = find_syscall_insn(&mem, &child_maps)?;
+    let regs = l.main.cpu_state()?;
+    let mut inj = Injector::new(&l.main, regs.clone(), insn);
+    let scratch = mm::clear(&mut inj, &mem, pp, &child_maps)?;
+    debug!(pid = pp.task.pid, "inherited address space cleared");
+    mm::build(&mut inj, &mem, pp, &scratch)?;
+    debug!(pid = pp.task.pid, "address space rebuilt and filled");
+    mm::set_mm(&mut inj, &mem, pp, &scratch)?;
+    // Created before credentials change (a task that is not root could not
+    // open one that also catches kernel-mode faults), registered only after
+    // ferry's own injected syscalls are done reading task memory (rseq
+    // registration reads its area, which may be a lazy page).
+    let uffd = lazy_uffd(&mut inj, pp)?;
+    if uffd.is_some() && opts.lazy.is_none() {
+        bail!("task {}: the image has lazy pages; restore with --lazy-pages", pp.task.pid);
+    }
+    for t in pp.task.threads.iter().skip(1) {
+        let tracee = thread::create(&mut inj, &mem, &scratch, pid, t.tid)?;
+        l.threads.push(tracee);
+    }
+    finish::process_state(&mut inj, &mem, pp, &scratch)?;
+    for (k, t) in pp.task.threads.iter().enumerate().skip(1) {
+        let tr = &l.threads[k - 1];
+        let mut ti = thread::injector(tr, &scratch)?;
+        finish::thread_state(&mut ti, &mem, t, &scratch, false).with_context(|| format!("thread {}", t.tid))?;
+    }
+    finish::thread_state(&mut inj, &mem, pp.task.main_thread(), &scratch, true)?;
+    if let Some(u) = &uffd {
+        register_lazy(u, pp)?;
+    }
+    debug!(pid = pp.task.pid, threads = pp.task.threads.len(), "process state restored");
+    Ok(Built { regs: inj.base().clone(), scratch, uffd, deferred: std::mem::take(&mut inj.deferred_signals) })
+}
+
+/// Read one report per process: all set up, or the first failure.
+fn read_reports(plan: &mut TreePlan) -> Result<()> {
+    let n = plan.setup.processes.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ok = vec![false; n];
+    let mut f = std::fs::File::from(plan.report.try_clone()?);
+    let mut buf = [0u8; child::Report::SIZE];
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd =
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&plan.report), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r == 0 {
+            let missing: Vec<i32> =
+                ok.iter().enumerate().filter(|(_, o)| !**o).map(|(i, _)| plan.setup.processes[i].pid).collect();
+            bail!("the new processes {missing:?} did not report within 60 s");
+        }
+        f.read_exact(&mut buf).map_err(|e| {
+            let missing: Vec<i32> =
+                ok.iter().enumerate().filter(|(_, o)| !**o).map(|(i, _)| plan.setup.processes[i].pid).collect();
+            anyhow!("the new processes {missing:?} died while setting themselves up ({e})")
+        })?;
+        let r = child::Report::decode(&buf).with_context(|| format!("garbled report from a new process: {buf:?}"))?;
+        if r.step != child::Step::Ok {
+            bail!("{}: {}", plan.setup.describe(&r), nix::errno::Errno::from_raw(r.errno).desc());
+        }
+        if let Some(o) = ok.get_mut(r.process as usize) {
+            *o = true;
+        }
+    }
+    Ok(())
+}
+
+/// ferry's PID of every process, found down the tree from the root (in a
+/// PID namespace of the tree's own they differ from the image's).
+fn map_pids(root: i32, tree: &crate::image::tree::TreeImage) -> Result<HashMap<i32, i32>> {
+    let mut out = HashMap::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        let proc = ProcDir::new(pid);
+        let vpid = proc.status().with_context(|| format!("new process {pid}"))?.vpid();
+        out.insert(vpid, pid);
+        queue.extend(proc.all_children()?);
+    }
+    for p in &tree.processes {
+        if !out.contains_key(&p.pid) {
+            bail!("process {} is missing from the new tree", p.pid);
+        }
+    }
+    Ok(out)
+}
+
+/// ferry's PID for an F_SETOWN owner: a process (or group, by its leader).
+fn owner_pid(_tree: &crate::image::tree::TreeImage, pids: &HashMap<i32, i32>, vpid: i32) -> Option<i32> {
+    pids.get(&vpid).copied()
+}
+
+/// Process groups: each process joins its group (leaders first, so the
+/// group exists), by an injected setpgid.
+fn set_groups(plan: &TreePlan, live: &[Live]) -> Result<()> {
+    let tree = &plan.tree;
+    let mut order: Vec<&Live> = live.iter().collect();
+    // Leaders first.
+    order.sort_by_key(|l| tree.processes[l.index].pgid != l.vpid);
+    for l in order {
+        let p = &tree.processes[l.index];
+        let now = ProcDir::new(l.pid).status()?;
+        let pgid_now = now.nspgid.last().copied().unwrap_or(0);
+        if pgid_now == p.pgid || p.sid == p.pid {
+            continue;
+        }
+        if !tree.processes.iter().any(|q| q.pid == p.pgid) && p.pgid != pgid_now {
+            // The group's leader is outside the tree: a --shell-job root
+            // and its group stay in ferry's group.
+            if tree.processes[0].pgid == p.pgid {
+                continue;
+            }
+            bail!(
+                "task {}: its process group {} has no leader in the tree (it has exited): not supported yet",
+                p.pid,
+                p.pgid
+            );
+        }
+        let mem = RemoteMem::open(l.pid)?;
+        let maps = ProcDir::new(l.pid).maps()?;
+        let insn = find_syscall_insn(&mem, &maps)?;
+        let mut inj = Injector::new(&l.main, l.main.cpu_state()?, insn);
+        inj.call(Syscall::Setpgid, &[0, p.pgid as u64], || format!("joining process group {}", p.pgid))?;
+        restore_regs(&l.main, inj.base())?;
+    }
+    Ok(())
+}
+
+/// Put back the registers an injector started from (zombie copies and
+/// group joins borrow a process between its rebuild steps).
+fn restore_regs(t: &Tracee, regs: &ferry_arch::NativeState) -> Result<()> {
+    t.set_cpu_state(regs, None)
+}
+
+/// Zombies: each exits now with its dumped status (or dies of its
+/// signal), and stays a zombie until its parent waits for it.
+fn end_zombies(plan: &TreePlan, live: &[Live]) -> Result<()> {
+    for l in live {
+        let p = &plan.tree.processes[l.index];
+        let ProcessState::Zombie { status } = p.state else { continue };
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            l.main.set_sigmask(0)?;
+            // SAFETY: plain kill(2) of a process of ours.
+            unsafe { libc::kill(l.pid, sig) };
+            l.main.cont(0)?;
+            loop {
+                match l.main.wait()? {
+                    Stop::Signal(s) => l.main.cont(s)?,
+                    Stop::Killed(_) | Stop::Exited(_) => break,
+                    _ => l.main.cont(0)?,
+                }
+            }
+        } else {
+            let code = libc::WEXITSTATUS(status);
+            let maps = ProcDir::new(l.pid).maps()?;
+            let mem = RemoteMem::open(l.pid)?;
+            let insn = find_syscall_insn(&mem, &maps)?;
+            let mut frame = l.main.cpu_state()?;
+            Native::prepare_syscall(&mut frame, insn, Native::sysno(Syscall::ExitGroup), [code as u64, 0, 0, 0, 0, 0]);
+            l.main.set_cpu_state(&frame, Some(<Native as Backend>::INJECTION_REGSETS))?;
+            l.main.cont(0)?;
+            loop {
+                match l.main.wait()? {
+                    Stop::Exited(_) | Stop::Killed(_) => break,
+                    Stop::Signal(s) => l.main.cont(s)?,
+                    _ => l.main.cont(0)?,
+                }
+            }
+        }
+        debug!(pid = p.pid, status, "zombie made");
+    }
+    Ok(())
+}
+
+/// The signals the new zombies sent their parent while the tree was being
+/// built are not the program's: take them off the queue.
+fn flush_child_signals(
+    inj: &mut Injector,
+    mem: &RemoteMem,
+    plan: &TreePlan,
+    pp: &ProcessPlan,
+    scratch: &mm::Scratch,
+) -> Result<()> {
+    let signals: Vec<i32> = plan
+        .tree
+        .children(pp.task.pid)
+        .filter(|c| matches!(c.state, ProcessState::Zombie { .. }) && c.exit_signal > 0)
+        .map(|c| c.exit_signal)
+        .collect();
+    if signals.is_empty() {
+        return Ok(());
+    }
+    let set: u64 = signals.iter().fold(0, |m, s| m | 1 << (s - 1));
+    // rt_sigtimedwait(set, NULL, {0, 0}) until nothing is left (EAGAIN).
+    let at = scratch.data();
+    mem.write(at, &set.to_ne_bytes())?;
+    mem.write(at + 8, &[0u8; 16])?;
+    loop {
+        match inj.raw(Syscall::RtSigtimedwait, &[at, 0, at + 8, 8])? {
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+            Err(e) => bail!("task {}: discarding the signals of new zombies: {}", pp.task.pid, e.desc()),
+        }
+    }
+}
+
+fn lazy_extents(plan: &ProcessPlan) -> Vec<(u64, u64)> {
     use crate::image::pagemap::PageFlags;
     let page = plan.pagemap.page_size;
     plan.pagemap
@@ -171,7 +478,7 @@ fn lazy_extents(plan: &plan::Plan) -> Vec<(u64, u64)> {
 
 /// For an image with lazy pages: a userfaultfd of the task's, with the
 /// events the daemon follows.
-fn lazy_uffd(inj: &mut Injector, plan: &plan::Plan) -> Result<Option<Uffd>> {
+fn lazy_uffd(inj: &mut Injector, plan: &ProcessPlan) -> Result<Option<Uffd>> {
     if lazy_extents(plan).is_empty() {
         return Ok(None);
     }
@@ -181,7 +488,7 @@ fn lazy_uffd(inj: &mut Injector, plan: &plan::Plan) -> Result<Option<Uffd>> {
 }
 
 /// Register every area that has lazy pages (whole areas, so none is split).
-fn register_lazy(u: &Uffd, plan: &plan::Plan) -> Result<()> {
+fn register_lazy(u: &Uffd, plan: &ProcessPlan) -> Result<()> {
     let lazy = lazy_extents(plan);
     for v in plan.task.vmas.iter().filter(|v| lazy.iter().any(|&(s, e)| s < v.end && v.start < e)) {
         u.register(v.start, v.len(), uffd::REGISTER_MODE_MISSING)
@@ -190,14 +497,7 @@ fn register_lazy(u: &Uffd, plan: &plan::Plan) -> Result<()> {
     Ok(())
 }
 
-fn read_report(r: &mut std::os::fd::OwnedFd) -> Result<child::Report> {
-    let mut buf = [0u8; child::Report::SIZE];
-    let mut f = std::fs::File::from(r.try_clone()?);
-    f.read_exact(&mut buf).context("no report from the new process")?;
-    child::Report::decode(&buf).with_context(|| format!("garbled report from the new process: {buf:?}"))
-}
-
-/// As CRIU without -d: stay the task's parent and exit with its status.
+/// As CRIU without -d: stay the root's parent and exit with its status.
 fn wait_for(pid: i32) -> Result<ExitCode> {
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {

@@ -1,73 +1,66 @@
-//! Everything that can be checked and opened before a process exists: the
-//! images, the files the task had open or mapped, the executable, the vDSO
-//! layout, which limits can be restored. A restore that fails here has
-//! created nothing.
+//! Everything that can be checked, opened and created before a process
+//! exists: the images, the tree's shared objects (opened and created once,
+//! in ferry), each process's fd table and mapped files, the executable,
+//! the vDSO layout, which limits can be restored. A restore that fails
+//! here has created no process.
 
-use super::child::{ChildSetup, KernelSigaction};
+use super::child::{ChildSetup, KernelSigaction, TreeSetup};
+use super::objects::{self, Opened};
 use super::RestoreOptions;
 use crate::image::chain::{Chain, Source};
 use crate::image::inventory::ImageKind;
+use crate::image::objects::{ObjectsImage, OBJECTS};
 use crate::image::pagemap::PagemapImage;
-use crate::image::task::{FdKind, FileId, TaskImage, VmaKind};
+use crate::image::task::{TaskImage, VmaKind};
+use crate::image::tree::{ProcessState, TreeImage, TREE};
 use crate::image::{pagemap_file, task_file, ImageDir};
+use crate::objects::regular::reopen;
 use crate::proc::limits::UNLIMITED;
 use crate::proc::ProcDir;
 use anyhow::{bail, Context, Result};
 use ferry_arch::{Backend, Native, NativeState};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tracing::warn;
 
-pub struct Plan {
-    pub images: ImageDir,
+/// One live process of the tree, ready to be rebuilt.
+pub struct ProcessPlan {
+    /// Index in `TreePlan::setup.processes`.
+    pub index: usize,
     pub task: TaskImage,
     pub pagemap: PagemapImage,
     /// This image and its parents (pre-dumps), newest first.
     pub chain: Chain,
     /// Where every page to copy in comes from, in address order.
     pub sources: Vec<Source>,
-    pub cpu: NativeState,
-    pub setup: ChildSetup,
-    /// The child's fd number for each file-backed VMA (by VMA index).
+    /// Each thread's registers, in `task.threads` order.
+    pub cpus: Vec<NativeState>,
+    /// The process's fd number for each file- or object-backed VMA (by index).
     pub vma_fds: HashMap<usize, RawFd>,
+    /// The System V segment (id, size) of each VMA attached with shmat (by index).
+    pub vma_shmids: HashMap<usize, (i32, u64)>,
     pub exe_fd: RawFd,
-    /// First helper fd in the child: everything from here on is ferry's.
+    /// First helper fd in the process: everything from here on is ferry's.
     pub helpers_from: RawFd,
-    /// Read end of the child's report pipe.
+}
+
+pub struct TreePlan {
+    pub images: ImageDir,
+    pub tree: TreeImage,
+    pub objects: ObjectsImage,
+    /// The live processes, in tree order.
+    pub processes: Vec<ProcessPlan>,
+    pub setup: TreeSetup,
+    /// Read end of the processes' report pipe.
     pub report: OwnedFd,
-    /// Parent-side files that must stay open until the child has its copies.
-    pub opened: Vec<File>,
-}
-
-fn open_flags(flags: u32) -> i32 {
-    // Creation-time flags make no sense when reopening.
-    (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC)
-}
-
-/// Open a file the task used and check it is still the same one.
-fn reopen(id: &FileId, flags: i32, what: &str, strict_size: bool) -> Result<File> {
-    let f = OpenOptions::new()
-        .custom_flags(flags & !libc::O_ACCMODE)
-        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-        .open(&id.path)
-        .with_context(|| format!("{what}: opening {}", id.path.display()))?;
-    let meta = f.metadata().with_context(|| format!("{what}: stat {}", id.path.display()))?;
-    if meta.dev() == id.dev && meta.ino() != id.ino {
-        bail!("{what}: {} was replaced since the dump (inode {} is now {})", id.path.display(), id.ino, meta.ino());
-    }
-    if meta.size() != id.size {
-        if strict_size {
-            bail!("{what}: {} changed size since the dump ({} bytes, now {})", id.path.display(), id.size, meta.size());
-        }
-        warn!("{what}: {} changed size since the dump ({} bytes, now {})", id.path.display(), id.size, meta.size());
-    }
-    Ok(f)
+    /// The shared objects, alive in ferry until the tree is complete.
+    pub opened: Opened,
+    /// ferry's other files (mapped files, executables, the report pipe's
+    /// write end): closed once the processes have their copies.
+    pub helpers: Vec<OwnedFd>,
 }
 
 fn cstring(p: &Path) -> Result<CString> {
@@ -118,8 +111,8 @@ fn has_cap(cap: u32) -> bool {
     ProcDir::current().status().map(|s| s.cap_eff & (1 << cap) != 0).unwrap_or(false)
 }
 
-/// Limits to apply in the child; hard limits above ours cannot be raised
-/// without CAP_SYS_RESOURCE, which is reported and capped.
+/// Limits to apply; hard limits above ours cannot be raised without
+/// CAP_SYS_RESOURCE, which is reported and capped.
 fn rlimits(task: &TaskImage) -> Result<Vec<(u32, libc::rlimit64)>> {
     let can_raise = has_cap(CAP_SYS_RESOURCE);
     let ours = ProcDir::current().limits()?;
@@ -129,7 +122,9 @@ fn rlimits(task: &TaskImage) -> Result<Vec<(u32, libc::rlimit64)>> {
         let mut hard = l.hard;
         if !can_raise && hard > mine {
             warn!(
-                "cannot restore {} hard limit {} (raising it needs CAP_SYS_RESOURCE, which ferry lacks here); keeping {}",
+                "task {}: cannot restore {} hard limit {} (raising it needs CAP_SYS_RESOURCE, which ferry lacks \
+                 here); keeping {}",
+                task.pid,
                 l.name,
                 fmt_limit(l.hard),
                 fmt_limit(mine)
@@ -150,7 +145,8 @@ fn fmt_limit(v: u64) -> String {
     }
 }
 
-pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
+/// Read and check the images (what the tree is, before anything is created).
+fn read_images(opts: &RestoreOptions) -> Result<(ImageDir, TreeImage, ObjectsImage)> {
     let images = ImageDir::open(&opts.dir)?;
     let inv = &images.inventory;
     let host = <Native as Backend>::ARCH;
@@ -171,185 +167,300 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Plan> {
             images.dir.display()
         );
     }
-    let pid = inv.root_pid;
+    let tree: TreeImage = images.read_json(TREE)?;
+    let objects: ObjectsImage = images.read_json(OBJECTS)?;
+    check_tree(&images, &tree, &objects)?;
+    Ok((images, tree, objects))
+}
+
+/// The tree must be one: a root, parents before children, ids that exist.
+fn check_tree(images: &ImageDir, tree: &TreeImage, objects: &ObjectsImage) -> Result<()> {
+    let bad = |why: String| -> anyhow::Error { anyhow::anyhow!("{}: {why}", images.path(TREE).display()) };
+    let first = tree.processes.first().ok_or_else(|| bad("no processes".into()))?;
+    if first.pid != tree.root || first.state != ProcessState::Alive {
+        return Err(bad(format!("the first process is {}, not the live root {}", first.pid, tree.root)));
+    }
+    for (i, p) in tree.processes.iter().enumerate() {
+        if p.pid <= 0 || (p.pid == 1 && !tree.pid_ns) {
+            return Err(bad(format!("process {} cannot be restored at that PID", p.pid)));
+        }
+        if tree.processes[..i].iter().any(|q| q.pid == p.pid) {
+            return Err(bad(format!("process {} is listed twice", p.pid)));
+        }
+        if i > 0 && !tree.processes[..i].iter().any(|q| q.pid == p.ppid) {
+            return Err(bad(format!("process {}: its parent {} is not listed before it", p.pid, p.ppid)));
+        }
+        if p.state == ProcessState::Alive && p.threads.first() != Some(&p.pid) {
+            return Err(bad(format!("process {}: its main thread is not listed first", p.pid)));
+        }
+    }
+    if images.inventory.root_pid != tree.root {
+        return Err(bad(format!("the inventory's root is {}, the tree's {}", images.inventory.root_pid, tree.root)));
+    }
+    for (i, f) in objects.files.iter().enumerate() {
+        if f.id != i as u32 {
+            bail!("{}: file objects are not numbered in order", images.path(OBJECTS).display());
+        }
+    }
+    for (i, m) in objects.memory.iter().enumerate() {
+        if m.id != i as u32 {
+            bail!("{}: memory objects are not numbered in order", images.path(OBJECTS).display());
+        }
+    }
+    Ok(())
+}
+
+/// One live process: its images and what to open for it.
+struct Loaded {
+    task: TaskImage,
+    pagemap: PagemapImage,
+    chain: Chain,
+    sources: Vec<Source>,
+    cpus: Vec<NativeState>,
+}
+
+fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
     let task: TaskImage = images.read_json(&task_file(pid))?;
+    if task.pid != pid || task.threads.first().map(|t| t.tid) != Some(pid) {
+        bail!("{}: not the image of task {pid} and its main thread", images.path(&task_file(pid)).display());
+    }
     let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
-    let chain = Chain::open(images.clone())?;
+    let chain = Chain::open(images.clone(), pid)?;
     let lazy_pages: u64 =
         pagemap.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy).map(|e| e.nr_pages).sum();
     if lazy_pages > 0 && opts.lazy.is_none() {
         bail!(
-            "the image left {lazy_pages} pages on the source (a lazy dump): restore with --lazy-pages, \
+            "the image left {lazy_pages} pages of task {pid} on the source (a lazy dump): restore with --lazy-pages, \
              with `ferry lazy-pages` running"
         );
     }
-    let page_sources = chain.sources()?;
-    let cpu = Native::unwrap(task.cpu.clone()).with_context(|| images.path(&task_file(pid)).display().to_string())?;
+    let sources = chain.sources()?;
+    let cpus = task
+        .threads
+        .iter()
+        .map(|t| {
+            Native::unwrap(t.cpu.clone())
+                .with_context(|| format!("{} thread {}", images.path(&task_file(pid)).display(), t.tid))
+        })
+        .collect::<Result<_>>()?;
     check_vdso(&task)?;
+    Ok(Loaded { task, pagemap, chain, sources, cpus })
+}
 
-    let mut opened: Vec<File> = Vec::new();
-    let mut targets = Vec::new();
-    let mut ctty = None;
-    let tty_of_ferry = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    for fd in &task.fds {
-        let what = format!("task {pid} fd {}", fd.fd);
-        let flags = open_flags(fd.flags);
-        let file = match &fd.kind {
-            FdKind::File { file, pos } => {
-                let f = reopen(file, flags, &what, false)?;
-                nix::unistd::lseek(&f, *pos as i64, nix::unistd::Whence::SeekSet)
-                    .with_context(|| format!("{what}: seeking {} to {pos}", file.path.display()))?;
-                f
-            }
-            FdKind::Directory { path, pos } => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY)
-                    .open(path)
-                    .with_context(|| format!("{what}: opening directory {}", path.display()))?;
-                if *pos != 0 {
-                    let _ = nix::unistd::lseek(&f, *pos as i64, nix::unistd::Whence::SeekSet);
-                }
-                f
-            }
-            FdKind::CharDevice { path, rdev } => {
-                let f = OpenOptions::new()
-                    .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-                    .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-                    .custom_flags(flags & !libc::O_ACCMODE)
-                    .open(path)
-                    .with_context(|| format!("{what}: opening {}", path.display()))?;
-                let now = f.metadata()?.rdev();
-                if now != *rdev {
-                    bail!("{what}: {} is a different device now ({:#x}, was {:#x})", path.display(), now, rdev);
-                }
-                f
-            }
-            FdKind::Tty { path, rdev } => {
-                if !opts.shell_job {
-                    bail!(
-                        "{what}: the task was attached to the terminal {}; restore it with --shell-job",
-                        path.display()
-                    );
-                }
-                let f = if tty_of_ferry && task.ids.sid != pid {
-                    // A shell job joins ferry's session: give it ferry's terminal.
-                    use std::os::fd::AsFd;
-                    let fd = std::io::stdin().as_fd().try_clone_to_owned();
-                    File::from(fd.context("duplicating ferry's terminal (stdin)")?)
-                } else {
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .custom_flags(libc::O_NOCTTY | (flags & libc::O_NONBLOCK))
-                        .open(path)
-                        .with_context(|| format!("{what}: opening terminal {}", path.display()))?
-                };
-                if task.ids.sid == pid && task.ids.tty_nr != 0 && u64::from(task.ids.tty_nr) == *rdev && ctty.is_none()
-                {
+pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
+    let (images, tree, objects) = read_images(opts)?;
+    let mut loaded = HashMap::new();
+    for p in tree.alive() {
+        loaded.insert(p.pid, load(&images, p.pid, opts)?);
+    }
+    let root_task = &loaded[&tree.root].task;
+    let leads_session = root_task.ids.sid == tree.root;
+    if !leads_session && !opts.shell_job {
+        bail!("task {} was dumped as part of session {}; restore it with --shell-job", tree.root, root_task.ids.sid);
+    }
+    let opened = objects::open_all(&images, &objects, opts.shell_job, leads_session)?;
+    match place(images, tree, objects, loaded, &opened) {
+        Ok(parts) => Ok(parts.with(opened)),
+        Err(e) => {
+            opened.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Lay out each process's fds and helpers, and the setup the forked
+/// processes run.
+fn place(
+    images: ImageDir,
+    tree: TreeImage,
+    objects: ObjectsImage,
+    mut loaded: HashMap<i32, Loaded>,
+    opened: &Opened,
+) -> Result<Placed> {
+    let mut helpers: Vec<OwnedFd> = Vec::new();
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let report_fd = report_w.as_raw_fd();
+    helpers.push(report_w);
+
+    // Per process: the ferry fds it keeps (dumped fds, then its helpers),
+    // where each dumped fd goes, which helper each mapped area uses.
+    struct Layout {
+        sources: Vec<RawFd>,
+        targets: Vec<(RawFd, bool)>,
+        ctty: Option<usize>,
+        vma_helper: HashMap<usize, usize>,
+        vma_shmids: HashMap<usize, (i32, u64)>,
+        exe_helper: usize,
+    }
+    let mut layouts: HashMap<i32, Layout> = HashMap::new();
+    for p in tree.alive() {
+        let l = &loaded[&p.pid];
+        let task = &l.task;
+        let pid = task.pid;
+        let mut sources = Vec::new();
+        let mut targets = Vec::new();
+        let mut ctty = None;
+        for fd in &task.fds {
+            let file = objects
+                .file(fd.file)
+                .with_context(|| format!("task {pid} fd {}: no file object {}", fd.fd, fd.file))?;
+            let kind = crate::objects::file_kind(&file.kind)?;
+            if let Some(rdev) = kind.tty_rdev(file) {
+                if task.ids.sid == pid && task.ids.tty_nr != 0 && u64::from(task.ids.tty_nr) == rdev && ctty.is_none() {
                     ctty = Some(targets.len());
                 }
-                f
             }
-        };
-        targets.push((fd.fd, fd.cloexec));
-        opened.push(file);
-    }
-    if task.ids.sid != pid && !opts.shell_job {
-        bail!("task {pid} was dumped as part of session {}; restore it with --shell-job", task.ids.sid);
+            sources.push(opened.files[&fd.file].as_raw_fd());
+            targets.push((fd.fd, fd.cloexec));
+        }
+        // Helpers: each mapped file or memory object once, and the executable.
+        let nfds = sources.len();
+        let mut by_key: HashMap<(String, bool), usize> = HashMap::new();
+        let mut vma_helper = HashMap::new();
+        let mut vma_shmids = HashMap::new();
+        for (i, v) in task.vmas.iter().enumerate() {
+            let rw = v.shared() && v.may_write;
+            let (key, fd) = match &v.kind {
+                VmaKind::File { file, .. } => {
+                    let key = (file.path.to_string_lossy().into_owned(), rw);
+                    if let Some(h) = by_key.get(&key) {
+                        vma_helper.insert(i, *h);
+                        continue;
+                    }
+                    let what = format!("task {pid} mapping {:#x}-{:#x}", v.start, v.end);
+                    let f = reopen(file, if rw { libc::O_RDWR } else { libc::O_RDONLY }, &what, true)?;
+                    let fd = OwnedFd::from(f);
+                    let raw = fd.as_raw_fd();
+                    helpers.push(fd);
+                    (key, raw)
+                }
+                VmaKind::Object { object, .. } => {
+                    let created = opened
+                        .memory
+                        .get(object)
+                        .with_context(|| format!("task {pid} mapping {:#x}: no memory object {object}", v.start))?;
+                    if let Some(id) = created.shmid {
+                        let size = objects.memory(*object).map(|m| m.size).unwrap_or(0);
+                        vma_shmids.insert(i, (id, size));
+                        continue;
+                    }
+                    let key = (format!("object {object}"), false);
+                    if let Some(h) = by_key.get(&key) {
+                        vma_helper.insert(i, *h);
+                        continue;
+                    }
+                    (key, created.fd.as_ref().expect("memory objects without an fd are segments").as_raw_fd())
+                }
+                _ => continue,
+            };
+            let h = sources.len() - nfds;
+            sources.push(fd);
+            by_key.insert(key, h);
+            vma_helper.insert(i, h);
+        }
+        let exe = reopen(&task.mm.exe, libc::O_RDONLY, &format!("task {pid} executable"), true)?;
+        let exe_fd = OwnedFd::from(exe);
+        let exe_helper = sources.len() - nfds;
+        sources.push(exe_fd.as_raw_fd());
+        helpers.push(exe_fd);
+        layouts.insert(pid, Layout { sources, targets, ctty, vma_helper, vma_shmids, exe_helper });
     }
 
-    // Helpers: each mapped file once, and the executable.
-    let nfds = targets.len();
-    let helper = |opened: &mut Vec<File>, f: File| -> usize {
-        opened.push(f);
-        opened.len() - 1 - nfds
-    };
-    let mut by_file: HashMap<(PathBuf, bool), usize> = HashMap::new();
-    let mut vma_h = HashMap::new();
-    for (i, v) in task.vmas.iter().enumerate() {
-        let VmaKind::File { file, .. } = &v.kind else { continue };
-        let rw = v.shared() && v.may_write;
-        let h = match by_file.get(&(file.path.clone(), rw)) {
-            Some(h) => *h,
-            None => {
-                let what = format!("task {pid} mapping {:#x}-{:#x}", v.start, v.end);
-                let f = reopen(file, if rw { libc::O_RDWR } else { libc::O_RDONLY }, &what, true)?;
-                let h = helper(&mut opened, f);
-                by_file.insert((file.path.clone(), rw), h);
-                h
-            }
-        };
-        vma_h.insert(i, h);
-    }
-    let exe = reopen(&task.mm.exe, libc::O_RDONLY, &format!("task {pid} executable"), true)?;
-    let exe_h = helper(&mut opened, exe);
-
-    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    let sources: Vec<RawFd> = opened.iter().map(|f| f.as_raw_fd()).collect();
-    // Staged copies go above every source and target: dup2 over any other
-    // fd ferry inherited only closes it early (the child drops them all).
-    let stage_base = sources
-        .iter()
-        .chain(targets.iter().map(|t| &t.0))
-        .chain(std::iter::once(&report_w.as_raw_fd()))
+    // Staged copies go above every fd any process keeps and every dumped
+    // number: dup2 over any other fd a process inherited only closes it
+    // early (each closes all it does not keep).
+    let stage_base = layouts
+        .values()
+        .flat_map(|l| l.targets.iter().map(|t| t.0).chain(l.sources.iter().copied()))
+        .chain(std::iter::once(report_fd))
         .max()
-        .copied()
         .unwrap_or(2)
         + 1;
     let (_, nofile_hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .context("getrlimit(RLIMIT_NOFILE)")?;
-    let needed = (stage_base as u64) + sources.len() as u64 + 1;
+    let most = layouts.values().map(|l| l.sources.len()).max().unwrap_or(0);
+    let needed = (stage_base as u64) + most as u64 + 1;
     if needed > nofile_hard {
         bail!(
-            "task {pid} needs fd numbers up to {needed}, above ferry's open-files limit {nofile_hard}; raise it (ulimit -Hn)"
+            "the tree needs fd numbers up to {needed}, above ferry's open-files limit {nofile_hard}; raise it (ulimit -Hn)"
         );
     }
-    let mut name = [0u8; 16];
-    let n = task.comm.len().min(15);
-    name[..n].copy_from_slice(&task.comm.as_bytes()[..n]);
-    let root = (task.fs.root != Path::new("/")).then(|| cstring(&task.fs.root)).transpose()?;
-    let setup = ChildSetup {
-        report_fd: report_w.as_raw_fd(),
-        setsid: task.ids.sid == pid,
-        sources,
-        targets,
-        stage_base,
-        ctty,
-        cwd: cstring(&task.fs.cwd)?,
-        root,
-        umask: task.fs.umask,
-        personality: task.personality,
-        rlimits: rlimits(&task)?,
-        nofile_hard,
-        sigactions: task
-            .signals
-            .actions
-            .iter()
-            .map(|a| {
-                (a.signo, KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask })
-            })
-            .collect(),
-        name,
-    };
-    let vma_fds = vma_h.into_iter().map(|(i, h)| (i, setup.helper_fd(h))).collect();
-    let exe_fd = setup.helper_fd(exe_h);
-    let helpers_from = setup.helper_fd(0);
-    // The write end stays open (in `opened`'s lifetime sense) via report_w;
-    // keep it with the other files so it closes right after the fork.
-    opened.push(File::from(report_w));
-    Ok(Plan {
-        images,
-        task,
-        pagemap,
-        chain,
-        sources: page_sources,
-        cpu,
-        setup,
-        vma_fds,
-        exe_fd,
-        helpers_from,
-        report: report_r,
-        opened,
-    })
+
+    let index_of: HashMap<i32, usize> = tree.processes.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let mut setups = Vec::new();
+    let mut processes = Vec::new();
+    for (i, p) in tree.processes.iter().enumerate() {
+        let children: Vec<usize> = tree.children(p.pid).map(|c| index_of[&c.pid]).collect();
+        let setsid = p.sid == p.pid;
+        let layout = layouts.remove(&p.pid);
+        let (p_state, Some(l)) = (&p.state, layout) else {
+            setups.push(ChildSetup::zombie(p.pid, p.exit_signal, children, setsid));
+            continue;
+        };
+        debug_assert_eq!(*p_state, ProcessState::Alive);
+        let Loaded { task, pagemap, chain, sources, cpus } =
+            loaded.remove(&p.pid).expect("every live process is loaded");
+        let helper_fd = |h: usize| stage_base + (l.targets.len() + h) as RawFd;
+        let mut name = [0u8; 16];
+        let n = task.comm.len().min(15);
+        name[..n].copy_from_slice(&task.comm.as_bytes()[..n]);
+        let root = (task.fs.root != Path::new("/")).then(|| cstring(&task.fs.root)).transpose()?;
+        setups.push(ChildSetup {
+            pid: p.pid,
+            exit_signal: p.exit_signal,
+            children,
+            zombie: false,
+            setsid,
+            sources: l.sources,
+            targets: l.targets.clone(),
+            ctty: l.ctty,
+            cwd: cstring(&task.fs.cwd)?,
+            root,
+            umask: task.fs.umask,
+            personality: task.personality,
+            rlimits: rlimits(&task)?,
+            sigactions: task
+                .sigactions
+                .iter()
+                .map(|a| {
+                    let k = KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+                    (a.signo, k)
+                })
+                .collect(),
+            name,
+        });
+        processes.push(ProcessPlan {
+            index: i,
+            vma_fds: l.vma_helper.iter().map(|(&v, &h)| (v, helper_fd(h))).collect(),
+            vma_shmids: l.vma_shmids,
+            exe_fd: helper_fd(l.exe_helper),
+            helpers_from: helper_fd(0),
+            task,
+            pagemap,
+            chain,
+            sources,
+            cpus,
+        });
+    }
+    let setup = TreeSetup { report_fd, stage_base, nofile_hard, processes: setups };
+    Ok(Placed { images, tree, objects, processes, setup, report: report_r, helpers })
+}
+
+/// A plan but for the objects, which the caller keeps (to discard them
+/// if placing fails).
+struct Placed {
+    images: ImageDir,
+    tree: TreeImage,
+    objects: ObjectsImage,
+    processes: Vec<ProcessPlan>,
+    setup: TreeSetup,
+    report: OwnedFd,
+    helpers: Vec<OwnedFd>,
+}
+
+impl Placed {
+    fn with(self, opened: Opened) -> TreePlan {
+        let Placed { images, tree, objects, processes, setup, report, helpers } = self;
+        TreePlan { images, tree, objects, processes, setup, report, opened, helpers }
+    }
 }

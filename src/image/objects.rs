@@ -1,0 +1,104 @@
+//! objects.json: what the processes of the tree share, each with an id
+//! that fd tables and memory maps refer to. Each object has a kind (one
+//! module of `crate::objects` each) and the kind's own state.
+
+use ferry_arch::hex;
+use serde::{Deserialize, Serialize};
+
+pub const OBJECTS: &str = "objects.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectsImage {
+    /// Open file descriptions: every fd (in any process) that refers to
+    /// one of them shares its offset and status flags, as in the kernel.
+    pub files: Vec<FileObject>,
+    /// Memory that processes map or hold open: shared anonymous memory,
+    /// memfd, System V segments.
+    pub memory: Vec<MemoryObject>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileObject {
+    pub id: u32,
+    pub kind: String,
+    /// open(2) status flags without O_CLOEXEC (access mode, O_APPEND,
+    /// O_NONBLOCK, O_ASYNC...).
+    #[serde(with = "hex::u32")]
+    pub flags: u32,
+    /// Who gets SIGIO/SIGURG for it (F_SETOWN_EX), if anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// F_SETSIG: the signal sent instead of SIGIO (0: SIGIO).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub signal: i32,
+    /// The kind's own record.
+    pub state: serde_json::Value,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP.
+    pub kind: OwnerKind,
+    /// In the tree's PID namespace.
+    pub pid: i32,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OwnerKind {
+    Thread,
+    Process,
+    ProcessGroup,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryObject {
+    pub id: u32,
+    pub kind: String,
+    /// Bytes (the object's size, not what is mapped of it).
+    pub size: u64,
+    /// Where its data is: runs of pages back to back in `file`.
+    pub contents: Contents,
+    /// The kind's own record.
+    pub state: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contents {
+    /// The image file holding the data (absent when there is none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file: String,
+    pub extents: Vec<Extent>,
+}
+
+/// `len` bytes at `offset` of the object; in the contents file they
+/// follow the previous extent's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    #[serde(with = "hex::u64")]
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Contents {
+    pub fn bytes(&self) -> u64 {
+        self.extents.iter().map(|e| e.len).sum()
+    }
+}
+
+impl ObjectsImage {
+    pub fn file(&self, id: u32) -> Option<&FileObject> {
+        self.files.iter().find(|f| f.id == id)
+    }
+    pub fn memory(&self, id: u32) -> Option<&MemoryObject> {
+        self.memory.iter().find(|m| m.id == id)
+    }
+}
+
+pub fn memory_file(id: u32) -> String {
+    format!("memory-{id}.img")
+}

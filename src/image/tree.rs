@@ -1,0 +1,56 @@
+//! tree.json: the processes of the dumped tree, how they relate, and
+//! which threads each has. PIDs are those of the tree's own PID namespace
+//! (the same as ferry's unless the root is the init of its own namespace).
+
+use serde::{Deserialize, Serialize};
+
+pub const TREE: &str = "tree.json";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeImage {
+    pub root: i32,
+    /// The root was the init (PID 1) of a PID namespace of its own: restore
+    /// creates a new one for the tree.
+    pub pid_ns: bool,
+    /// Every process, parents before their children.
+    pub processes: Vec<ProcessEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    pub pid: i32,
+    /// 0 for the root (its parent is not part of the image).
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The signal the parent gets when this process exits (normally SIGCHLD).
+    pub exit_signal: i32,
+    /// Thread ids, the main thread (= pid) first; empty for a zombie.
+    pub threads: Vec<i32>,
+    pub state: ProcessState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ProcessState {
+    /// Running or sleeping; task-PID.json has the rest.
+    Alive,
+    /// Exited, not yet reaped by its parent: comes back as a zombie that
+    /// its parent can wait for. `status` is the wait(2) status.
+    Zombie { status: i32 },
+}
+
+impl TreeImage {
+    pub fn get(&self, pid: i32) -> Option<&ProcessEntry> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    pub fn children(&self, pid: i32) -> impl Iterator<Item = &ProcessEntry> {
+        self.processes.iter().filter(move |p| p.ppid == pid && p.pid != pid)
+    }
+
+    /// The processes that have a task-PID.json (not zombies).
+    pub fn alive(&self) -> impl Iterator<Item = &ProcessEntry> {
+        self.processes.iter().filter(|p| p.state == ProcessState::Alive)
+    }
+}

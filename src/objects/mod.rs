@@ -1,0 +1,327 @@
+//! The kinds of object processes share: open file descriptions and memory
+//! objects. Each kind lives in one module, behind one trait ([`FileKind`]
+//! or [`MemoryKind`]): how dump recognizes it and reads its state, and how
+//! restore re-creates it in ferry before the tree is forked (every process
+//! of the tree inherits ferry's copy and places it at its own fd numbers or
+//! addresses). Adding a kind is adding a module and one line to
+//! [`FILE_KINDS`] or [`MEMORY_KINDS`]; dump and restore never match on
+//! kinds.
+
+pub mod chardev;
+pub mod directory;
+pub mod memfd;
+pub mod regular;
+pub mod shmem;
+pub mod sysv_shm;
+pub mod tty;
+
+use crate::image::objects::{FileObject, MemoryObject};
+use crate::proc::fdinfo::FdInfo;
+use crate::proc::maps::Mapping;
+use crate::proc::ProcDir;
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// What dump knows of one fd when it asks the kinds which one it is.
+pub struct FdProbe<'a> {
+    /// The process, by its PID in the tree's namespace (for messages).
+    pub pid: i32,
+    pub proc: &'a ProcDir,
+    pub fd: i32,
+    /// The fd's /proc link text (`/path`, `pipe:[123]`, `anon_inode:[eventfd]`).
+    pub link: String,
+    /// stat(2) through the fd.
+    pub meta: std::fs::Metadata,
+    pub info: FdInfo,
+    /// `--shell-job`: the task's terminal may be taken along.
+    pub shell_job: bool,
+}
+
+impl FdProbe<'_> {
+    /// `/proc/PID/fd/N`: opening it gives ferry the same file.
+    pub fn path(&self) -> PathBuf {
+        self.proc.path(&format!("fd/{}", self.fd))
+    }
+
+    /// "task PID fd N", the start of every message about this fd.
+    pub fn what(&self) -> String {
+        format!("task {} fd {}", self.pid, self.fd)
+    }
+}
+
+/// Where dump puts the memory objects a file or mapping refers to.
+pub trait MemoryRegistry {
+    /// The id of the memory object `key`, registered with `make` on first sight.
+    fn memory(&mut self, key: MemoryKey, make: &mut dyn FnMut() -> Result<NewMemory>) -> Result<u32>;
+}
+
+/// How dump tells memory objects apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryKey {
+    /// A shmem inode (shared anonymous memory, memfd).
+    Inode { dev: u64, ino: u64 },
+    /// A System V segment.
+    SysV { shmid: i32 },
+}
+
+/// A memory object's key, and how to describe it the first time it is seen.
+pub type Identified = (MemoryKey, Box<dyn FnOnce() -> Result<NewMemory>>);
+
+/// A memory object seen for the first time.
+pub struct NewMemory {
+    pub kind: &'static str,
+    pub size: u64,
+    pub state: serde_json::Value,
+    pub contents: Box<dyn ContentSource>,
+}
+
+/// Reads a memory object's data for the image.
+pub trait ContentSource {
+    /// Runs of data (offset, length) and a way to read them.
+    fn extents(&self) -> Result<Vec<(u64, u64)>>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+/// Restore-time facts a kind may need to open a file.
+pub struct OpenContext<'a> {
+    pub shell_job: bool,
+    /// ferry's own stdin is a terminal (a shell job gets it).
+    pub ferry_tty: bool,
+    /// The tree's root leads its own session (its terminal is reopened
+    /// and made controlling, rather than ferry's being lent).
+    pub tree_leads_session: bool,
+    /// The memory objects, already created, by id.
+    pub memory: &'a std::collections::HashMap<u32, CreatedMemory>,
+}
+
+impl OpenContext<'_> {
+    pub fn memory(&self, id: u32) -> Result<&CreatedMemory> {
+        self.memory.get(&id).with_context(|| format!("objects.json: no memory object {id}"))
+    }
+}
+
+/// One kind of open file description.
+pub trait FileKind: Sync + 'static {
+    /// Its name in images.
+    const NAME: &'static str;
+    /// Its state in objects.json.
+    type State: Serialize + DeserializeOwned;
+    /// Dump: whether this kind describes the fd.
+    fn claims(fd: &FdProbe) -> bool;
+    /// Dump: the description's state (the fd may be read, never changed).
+    fn dump(fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<Self::State>;
+    /// Restore: open it in ferry, with the flags and state dumped.
+    fn open(file: &FileObject, state: &Self::State, ctx: &OpenContext) -> Result<OwnedFd>;
+    /// One line for `ferry show` and messages.
+    fn describe(state: &Self::State) -> String;
+    /// The terminal's device number, if this is a terminal.
+    fn tty_rdev(_state: &Self::State) -> Option<u64> {
+        None
+    }
+    /// Memory objects this description needs created first.
+    fn needs_memory(_state: &Self::State) -> Option<u32> {
+        None
+    }
+}
+
+/// A [`FileKind`] with its state as JSON, for the registry.
+pub trait FileOps: Sync {
+    fn name(&self) -> &'static str;
+    fn claims(&self, fd: &FdProbe) -> bool;
+    fn dump(&self, fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<serde_json::Value>;
+    fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd>;
+    fn describe(&self, file: &FileObject) -> String;
+    fn tty_rdev(&self, file: &FileObject) -> Option<u64>;
+}
+
+pub struct File<K>(PhantomData<K>);
+
+impl<K> File<K> {
+    pub const KIND: Self = File(PhantomData);
+}
+
+fn state_of<T: DeserializeOwned>(kind: &str, id: u32, v: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(v.clone()).with_context(|| format!("objects.json: {kind} object {id}: bad state"))
+}
+
+impl<K: FileKind> FileOps for File<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn claims(&self, fd: &FdProbe) -> bool {
+        K::claims(fd)
+    }
+    fn dump(&self, fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(K::dump(fd, memory)?).expect("states serialize"))
+    }
+    fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd> {
+        K::open(file, &state_of(K::NAME, file.id, &file.state)?, ctx)
+    }
+    fn describe(&self, file: &FileObject) -> String {
+        match state_of::<K::State>(K::NAME, file.id, &file.state) {
+            Ok(s) => K::describe(&s),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+    fn tty_rdev(&self, file: &FileObject) -> Option<u64> {
+        state_of::<K::State>(K::NAME, file.id, &file.state).ok().and_then(|s| K::tty_rdev(&s))
+    }
+}
+
+/// Every kind of open file description ferry can dump and restore, asked
+/// in this order.
+pub static FILE_KINDS: &[&dyn FileOps] = &[
+    &File::<memfd::MemfdFile>::KIND,
+    &File::<regular::Regular>::KIND,
+    &File::<directory::Directory>::KIND,
+    &File::<tty::Tty>::KIND,
+    &File::<chardev::CharDevice>::KIND,
+];
+
+pub fn file_kind(name: &str) -> Result<&'static dyn FileOps> {
+    FILE_KINDS
+        .iter()
+        .copied()
+        .find(|k| k.name() == name)
+        .with_context(|| format!("objects.json: unknown kind of file {name:?} (written by a newer ferry?)"))
+}
+
+/// A memory object re-created in ferry: how processes map it.
+pub struct CreatedMemory {
+    /// An fd of the object (memfd, shmem file): mapped with mmap, reopened
+    /// for file descriptions of it.
+    pub fd: Option<OwnedFd>,
+    /// A System V segment: attached with shmat.
+    pub shmid: Option<i32>,
+}
+
+/// One kind of memory object.
+pub trait MemoryKind: Sync + 'static {
+    const NAME: &'static str;
+    type State: Serialize + DeserializeOwned;
+    /// Dump: whether a mapping (by its maps line) is of this kind.
+    fn claims_mapping(m: &Mapping) -> bool;
+    /// Dump: the object behind the mapping; returns (key, how to describe
+    /// it if new). The offset into the object is the mapping's.
+    fn identify(proc: &ProcDir, m: &Mapping) -> Result<Identified>;
+    /// Restore: create it in ferry, `size` bytes, empty; the caller fills
+    /// the contents through [`MemoryKind::fill`].
+    fn create(obj: &MemoryObject, state: &Self::State) -> Result<CreatedMemory>;
+    /// Restore: after the contents are in (seals, IPC_RMID...).
+    fn finish(_obj: &MemoryObject, _state: &Self::State, _created: &CreatedMemory) -> Result<()> {
+        Ok(())
+    }
+    /// Dump: refuse the object if others than the tree use it; `mappings`
+    /// is how many areas of the tree map it.
+    fn check_users(_state: &Self::State, _mappings: u64) -> Result<()> {
+        Ok(())
+    }
+    fn describe(state: &Self::State) -> String;
+}
+
+pub trait MemoryOps: Sync {
+    fn name(&self) -> &'static str;
+    fn claims_mapping(&self, m: &Mapping) -> bool;
+    fn identify(&self, proc: &ProcDir, m: &Mapping) -> Result<Identified>;
+    fn create(&self, obj: &MemoryObject) -> Result<CreatedMemory>;
+    fn finish(&self, obj: &MemoryObject, created: &CreatedMemory) -> Result<()>;
+    fn check_users(&self, state: &serde_json::Value, mappings: u64) -> Result<()>;
+    fn describe(&self, obj: &MemoryObject) -> String;
+}
+
+pub struct Memory<K>(PhantomData<K>);
+
+impl<K> Memory<K> {
+    pub const KIND: Self = Memory(PhantomData);
+}
+
+impl<K: MemoryKind> MemoryOps for Memory<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn claims_mapping(&self, m: &Mapping) -> bool {
+        K::claims_mapping(m)
+    }
+    fn identify(&self, proc: &ProcDir, m: &Mapping) -> Result<Identified> {
+        K::identify(proc, m)
+    }
+    fn create(&self, obj: &MemoryObject) -> Result<CreatedMemory> {
+        K::create(obj, &state_of(K::NAME, obj.id, &obj.state)?)
+    }
+    fn finish(&self, obj: &MemoryObject, created: &CreatedMemory) -> Result<()> {
+        K::finish(obj, &state_of(K::NAME, obj.id, &obj.state)?, created)
+    }
+    fn check_users(&self, state: &serde_json::Value, mappings: u64) -> Result<()> {
+        K::check_users(&serde_json::from_value(state.clone())?, mappings)
+    }
+    fn describe(&self, obj: &MemoryObject) -> String {
+        match state_of::<K::State>(K::NAME, obj.id, &obj.state) {
+            Ok(s) => K::describe(&s),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+}
+
+/// Every kind of memory object, asked in this order.
+pub static MEMORY_KINDS: &[&dyn MemoryOps] =
+    &[&Memory::<shmem::SharedAnon>::KIND, &Memory::<memfd::MemfdMemory>::KIND, &Memory::<sysv_shm::SysvShm>::KIND];
+
+pub fn memory_kind(name: &str) -> Result<&'static dyn MemoryOps> {
+    MEMORY_KINDS
+        .iter()
+        .copied()
+        .find(|k| k.name() == name)
+        .with_context(|| format!("objects.json: unknown kind of memory {name:?} (written by a newer ferry?)"))
+}
+
+/// The data of a shmem file (shared anonymous memory, memfd) through an fd
+/// of it: SEEK_DATA/SEEK_HOLE find what was ever written (swapped-out data
+/// included), pread reads it.
+pub struct ShmemFile {
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    pub size: u64,
+}
+
+impl ShmemFile {
+    pub fn open(path: PathBuf, size: u64) -> Result<ShmemFile> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(ShmemFile { path, file, size })
+    }
+}
+
+impl ContentSource for ShmemFile {
+    fn extents(&self) -> Result<Vec<(u64, u64)>> {
+        use nix::unistd::{lseek, Whence};
+        let page = crate::page_size();
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let data = match lseek(&self.file, pos as i64, Whence::SeekData) {
+                Ok(d) => d as u64,
+                Err(nix::errno::Errno::ENXIO) => break,
+                Err(e) => return Err(e).with_context(|| format!("SEEK_DATA in {}", self.path.display())),
+            };
+            if data >= self.size {
+                break;
+            }
+            let hole = lseek(&self.file, data as i64, Whence::SeekHole).map(|h| h as u64).unwrap_or(self.size);
+            let (start, end) = (data / page * page, hole.min(self.size).div_ceil(page) * page);
+            out.push((start, end.min(self.size.div_ceil(page) * page) - start));
+            pos = end;
+        }
+        Ok(out)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        // Past the end of the file (the last page's tail) reads as zeros.
+        let n = buf.len().min(self.size.saturating_sub(offset) as usize);
+        self.file.read_exact_at(&mut buf[..n], offset).with_context(|| format!("reading {}", self.path.display()))?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+}

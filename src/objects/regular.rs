@@ -1,0 +1,86 @@
+//! Regular files: reopened by path at their offset, and checked to be the
+//! same file (device and inode) as at dump time.
+
+use super::{FdProbe, FileKind, MemoryRegistry, OpenContext};
+use crate::image::objects::FileObject;
+use crate::image::task::FileId;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use tracing::warn;
+
+pub struct Regular;
+
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    pub file: FileId,
+    pub pos: u64,
+}
+
+/// Identify a file by what `stat` says of it now.
+pub fn file_id(path: &Path, meta: &std::fs::Metadata) -> FileId {
+    FileId {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    }
+}
+
+/// open(2) flags that make sense when reopening (no creation-time ones).
+pub fn reopen_flags(flags: u32) -> i32 {
+    (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC)
+}
+
+/// Open a file the task used and check it is still the same one.
+pub fn reopen(id: &FileId, flags: i32, what: &str, strict_size: bool) -> Result<File> {
+    let f = OpenOptions::new()
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .open(&id.path)
+        .with_context(|| format!("{what}: opening {}", id.path.display()))?;
+    let meta = f.metadata().with_context(|| format!("{what}: stat {}", id.path.display()))?;
+    if meta.dev() == id.dev && meta.ino() != id.ino {
+        bail!("{what}: {} was replaced since the dump (inode {} is now {})", id.path.display(), id.ino, meta.ino());
+    }
+    if meta.size() != id.size {
+        if strict_size {
+            bail!("{what}: {} changed size since the dump ({} bytes, now {})", id.path.display(), id.size, meta.size());
+        }
+        warn!("{what}: {} changed size since the dump ({} bytes, now {})", id.path.display(), id.size, meta.size());
+    }
+    Ok(f)
+}
+
+impl FileKind for Regular {
+    const NAME: &'static str = "regular";
+    type State = State;
+
+    fn claims(fd: &FdProbe) -> bool {
+        fd.meta.file_type().is_file()
+    }
+
+    fn dump(fd: &FdProbe, _: &mut dyn MemoryRegistry) -> Result<State> {
+        if fd.meta.nlink() == 0 || fd.link.ends_with(" (deleted)") && !Path::new(&fd.link).exists() {
+            bail!("{}: {}: open files that were deleted are not supported yet", fd.what(), fd.link);
+        }
+        Ok(State { file: file_id(Path::new(&fd.link), &fd.meta), pos: fd.info.pos })
+    }
+
+    fn open(file: &FileObject, s: &State, _: &OpenContext) -> Result<OwnedFd> {
+        let what = format!("file {}", s.file.path.display());
+        let f = reopen(&s.file, reopen_flags(file.flags), &what, false)?;
+        nix::unistd::lseek(&f, s.pos as i64, nix::unistd::Whence::SeekSet)
+            .with_context(|| format!("{what}: seeking to {}", s.pos))?;
+        Ok(f.into())
+    }
+
+    fn describe(s: &State) -> String {
+        format!("{} at offset {}", s.file.path.display(), s.pos)
+    }
+}

@@ -1,0 +1,160 @@
+//! Re-create the tree's shared objects in ferry, once each, before any
+//! process exists: memory objects with their data, then the open file
+//! descriptions (some refer to memory objects). Every process of the tree
+//! is forked from ferry's copy and inherits them, so all the fds that
+//! shared a description share the new one.
+
+use crate::image::objects::{ObjectsImage, OwnerKind};
+use crate::image::ImageDir;
+use crate::objects::{self, CreatedMemory, OpenContext};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// The tree's objects, alive in ferry.
+pub struct Opened {
+    pub memory: HashMap<u32, CreatedMemory>,
+    pub files: HashMap<u32, OwnedFd>,
+}
+
+/// Create every memory object and fill it from its contents file.
+fn create_memory(images: &ImageDir, objects: &ObjectsImage) -> Result<HashMap<u32, CreatedMemory>> {
+    let mut out = HashMap::new();
+    for obj in &objects.memory {
+        let kind = objects::memory_kind(&obj.kind)?;
+        let created = kind.create(obj).with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
+        fill(images, obj, &created).with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
+        out.insert(obj.id, created);
+    }
+    Ok(out)
+}
+
+/// Map the new object in ferry and copy its data in from the image.
+fn fill(images: &ImageDir, obj: &crate::image::objects::MemoryObject, created: &CreatedMemory) -> Result<()> {
+    if obj.contents.extents.is_empty() {
+        return Ok(());
+    }
+    let data = images.read_verified(&obj.contents.file)?;
+    if data.len() as u64 != obj.contents.bytes() {
+        bail!(
+            "{}: {} bytes, its extents say {}",
+            images.path(&obj.contents.file).display(),
+            data.len(),
+            obj.contents.bytes()
+        );
+    }
+    let len = obj.size.next_multiple_of(crate::page_size()) as usize;
+    if obj.contents.extents.iter().any(|e| e.offset + e.len > len as u64) {
+        bail!("{}: data beyond the object's {} bytes", images.path(&obj.contents.file).display(), obj.size);
+    }
+    // SAFETY: a fresh shared mapping of the new object (an fd of ours, or
+    // a segment attached at an address of the kernel's choosing), written
+    // within its length and unmapped before return.
+    unsafe {
+        let addr = match (&created.fd, created.shmid) {
+            (Some(fd), _) => libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            ),
+            (None, Some(id)) => libc::shmat(id, std::ptr::null(), 0),
+            (None, None) => bail!("memory object {} has nothing to map", obj.id),
+        };
+        if addr == libc::MAP_FAILED || addr as isize == -1 {
+            bail!("mapping it in ferry: {}", std::io::Error::last_os_error());
+        }
+        let base = addr as *mut u8;
+        let mut at = 0usize;
+        for e in &obj.contents.extents {
+            std::ptr::copy_nonoverlapping(data[at..].as_ptr(), base.add(e.offset as usize), e.len as usize);
+            at += e.len as usize;
+        }
+        if created.fd.is_some() {
+            libc::munmap(addr, len);
+        } else {
+            libc::shmdt(addr);
+        }
+    }
+    Ok(())
+}
+
+/// Create the memory objects, then open every file description.
+pub fn open_all(
+    images: &ImageDir,
+    objects: &ObjectsImage,
+    shell_job: bool,
+    tree_leads_session: bool,
+) -> Result<Opened> {
+    let memory = create_memory(images, objects)?;
+    let ferry_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let ctx = OpenContext { shell_job, ferry_tty, tree_leads_session, memory: &memory };
+    let mut files = HashMap::new();
+    for f in &objects.files {
+        let kind = objects::file_kind(&f.kind)?;
+        let fd = kind.open(f, &ctx).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
+        files.insert(f.id, fd);
+    }
+    Ok(Opened { memory, files })
+}
+
+impl Opened {
+    /// Once every process exists: owners (F_SETOWN_EX, with the PIDs the
+    /// processes have now) and signals (F_SETSIG) of the descriptions.
+    pub fn set_owners(&self, objects: &ObjectsImage, pid_of: impl Fn(i32) -> Option<i32>) -> Result<()> {
+        const F_SETSIG: i32 = 10;
+        const F_SETOWN_EX: i32 = 15;
+        for f in &objects.files {
+            let fd = &self.files[&f.id];
+            if let Some(o) = &f.owner {
+                let pid = pid_of(o.pid)
+                    .with_context(|| format!("file object {}: owner {} is not in the tree", f.id, o.pid))?;
+                #[repr(C)]
+                struct OwnerEx {
+                    kind: i32,
+                    pid: i32,
+                }
+                let kind = match o.kind {
+                    OwnerKind::Thread => 0,
+                    OwnerKind::Process => 1,
+                    OwnerKind::ProcessGroup => 2,
+                };
+                let ex = OwnerEx { kind, pid };
+                // SAFETY: fcntl on our own fd with a struct of the kernel's layout.
+                if unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &ex as *const OwnerEx) } != 0 {
+                    bail!("file object {}: F_SETOWN_EX {pid}: {}", f.id, std::io::Error::last_os_error());
+                }
+            }
+            if f.signal != 0 {
+                // SAFETY: plain fcntl.
+                if unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, f.signal) } != 0 {
+                    bail!("file object {}: F_SETSIG {}: {}", f.id, f.signal, std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Once every process has mapped them: seals, IPC_RMID.
+    pub fn finish_memory(&self, objects: &ObjectsImage) -> Result<()> {
+        for obj in &objects.memory {
+            let kind = objects::memory_kind(&obj.kind)?;
+            kind.finish(obj, &self.memory[&obj.id])
+                .with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
+        }
+        Ok(())
+    }
+
+    /// Remove what was created if the restore fails (System V segments
+    /// outlive ferry; fds do not).
+    pub fn discard(&self) {
+        for m in self.memory.values() {
+            if let Some(id) = m.shmid {
+                // SAFETY: plain shmctl on a segment ferry created.
+                unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+            }
+        }
+    }
+}
