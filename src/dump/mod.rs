@@ -411,6 +411,7 @@ fn look(
         };
         entries.push(ProcessEntry {
             pid: p.vpid,
+            comm: stat.comm.clone(),
             ppid: vppid,
             pgid: vpgid,
             sid: vsid,

@@ -52,6 +52,7 @@ fn open_flags(flags: u32) -> String {
     for (bit, name) in [
         (libc::O_APPEND, "O_APPEND"),
         (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_ASYNC, "O_ASYNC"),
         (libc::O_SYNC, "O_SYNC"),
         (libc::O_DIRECT, "O_DIRECT"),
     ] {
@@ -198,7 +199,16 @@ fn show_tree(tree: &TreeImage, out: &mut dyn Write) -> Result<()> {
             ProcessState::Alive => format!("{} thread(s)", p.threads.len()),
             ProcessState::Zombie { status } => format!("zombie, wait status {status:#x}"),
         };
-        writeln!(out, "  {:indent$}{} (session {}, group {}): {state}", "", p.pid, p.sid, p.pgid, indent = depth * 2)?;
+        writeln!(
+            out,
+            "  {:indent$}{} \"{}\" (session {}, group {}): {state}",
+            "",
+            p.pid,
+            p.comm,
+            p.sid,
+            p.pgid,
+            indent = depth * 2
+        )?;
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub struct TreeImage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessEntry {
     pub pid: i32,
+    /// Its name (a zombie keeps one too).
+    pub comm: String,
     /// 0 for the root (its parent is not part of the image).
     pub ppid: i32,
     pub pgid: i32,

@@ -44,6 +44,20 @@ pub enum Step {
     Name,
     Report,
     Fork,
+    Setpgid,
+}
+
+/// What a forked process is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A process of the tree, rebuilt by ferry.
+    Process,
+    /// A zombie to be: it keeps nothing and waits for ferry to end it.
+    Zombie,
+    /// Holds a process group whose leader had exited (it takes the
+    /// leader's PID) while the members join it; then ferry ends it and
+    /// its parent reaps it (it signals nobody: exit_signal 0).
+    GroupHelper,
 }
 
 /// A process's report on the pipe: which process, the step, its detail
@@ -85,8 +99,7 @@ pub struct ChildSetup {
     pub exit_signal: i32,
     /// Indexes of the processes it forks.
     pub children: Vec<usize>,
-    /// A zombie to be: it keeps no fds and waits for ferry to end it.
-    pub zombie: bool,
+    pub role: Role,
     pub setsid: bool,
     /// Parent fds the child ends up with, in order: dumped fds first
     /// (`targets` gives their numbers), then helpers (mapped files, exe)
@@ -105,13 +118,14 @@ pub struct ChildSetup {
 }
 
 impl ChildSetup {
-    /// A process that will end as a zombie: it only needs its place.
-    pub fn zombie(pid: i32, exit_signal: i32, children: Vec<usize>, setsid: bool) -> ChildSetup {
+    /// A process that only needs its place: a zombie to be, or a group
+    /// helper.
+    pub fn placeholder(role: Role, pid: i32, exit_signal: i32, children: Vec<usize>, setsid: bool) -> ChildSetup {
         ChildSetup {
             pid,
             exit_signal,
             children,
-            zombie: true,
+            role,
             setsid,
             sources: Vec::new(),
             targets: Vec::new(),
@@ -257,18 +271,28 @@ pub fn run(t: &TreeSetup) -> ! {
                     _ => {}
                 }
             }
-            if s.zombie {
-                zombie(t, me);
+            match s.role {
+                Role::Process => setup(t, me),
+                Role::Zombie => placeholder(t, me),
+                Role::GroupHelper => {
+                    if libc::setpgid(0, 0) != 0 {
+                        fail(rfd, me, Step::Setpgid, 0);
+                    }
+                    placeholder(t, me)
+                }
             }
-            setup(t, me);
         }
     }
 }
 
-/// A zombie to be: default handlers (it may have to die of a signal ferry
-/// sends), no fds of ferry's, report, wait for ferry.
-unsafe fn zombie(t: &TreeSetup, me: usize) -> ! {
+/// A zombie to be or a group helper: default handlers (a zombie may have
+/// to die of a signal ferry sends), no fds of ferry's, report, wait for
+/// ferry.
+unsafe fn placeholder(t: &TreeSetup, me: usize) -> ! {
     let rfd = t.report_fd;
+    if t.processes[me].name[0] != 0 && libc::prctl(libc::PR_SET_NAME, t.processes[me].name.as_ptr()) != 0 {
+        fail(rfd, me, Step::Name, 0);
+    }
     for sig in 1..=64 {
         libc::signal(sig, libc::SIG_DFL);
     }

@@ -138,7 +138,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     let mut guard = RootGuard { pid: forked.pid, armed: true };
     // The processes have their copies now; closing ours lets the report
     // pipe show EOF if they all die.
-    plan.helpers.clear();
+    plan.files.clear();
     read_reports(plan)?;
     let plan: &TreePlan = plan;
     let tree = &plan.tree;
@@ -170,6 +170,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
 
     // The tree as a whole: process groups, zombies, pending signals.
     set_groups(plan, &live)?;
+    end_group_helpers(plan, &pids, &live)?;
     end_zombies(plan, &live)?;
     for (b, pp) in built.iter().zip(&plan.processes) {
         let l = live.iter().find(|l| l.index == pp.index).unwrap();
@@ -364,32 +365,54 @@ fn set_groups(plan: &TreePlan, live: &[Live]) -> Result<()> {
         if pgid_now == p.pgid || p.sid == p.pid {
             continue;
         }
-        if !tree.processes.iter().any(|q| q.pid == p.pgid) && p.pgid != pgid_now {
+        let led_here =
+            tree.processes.iter().any(|q| q.pid == p.pgid) || plan.group_helpers.iter().any(|h| h.0 == p.pgid);
+        if !led_here {
             // The group's leader is outside the tree: a --shell-job root
             // and its group stay in ferry's group.
-            if tree.processes[0].pgid == p.pgid {
-                continue;
-            }
-            bail!(
-                "task {}: its process group {} has no leader in the tree (it has exited): not supported yet",
-                p.pid,
-                p.pgid
-            );
+            continue;
         }
-        let mem = RemoteMem::open(l.pid)?;
-        let maps = ProcDir::new(l.pid).maps()?;
-        let insn = find_syscall_insn(&mem, &maps)?;
-        let mut inj = Injector::new(&l.main, l.main.cpu_state()?, insn);
-        inj.call(Syscall::Setpgid, &[0, p.pgid as u64], || format!("joining process group {}", p.pgid))?;
-        restore_regs(&l.main, inj.base())?;
+        inject_once(&l.main, l.pid, Syscall::Setpgid, &[0, p.pgid as u64], || {
+            format!("task {}: joining process group {}", p.pid, p.pgid)
+        })?;
     }
     Ok(())
 }
 
-/// Put back the registers an injector started from (zombie copies and
-/// group joins borrow a process between its rebuild steps).
-fn restore_regs(t: &Tracee, regs: &ferry_arch::NativeState) -> Result<()> {
-    t.set_cpu_state(regs, None)
+/// One injected syscall into a stopped process between its rebuild steps
+/// (at its vDSO's syscall instruction), its registers put back after.
+fn inject_once(t: &Tracee, pid: i32, call: Syscall, args: &[u64], what: impl FnOnce() -> String) -> Result<u64> {
+    let mem = RemoteMem::open(pid)?;
+    let maps = ProcDir::new(pid).maps()?;
+    let insn = find_syscall_insn(&mem, &maps)?;
+    let regs = t.cpu_state()?;
+    let mut inj = Injector::new(t, regs.clone(), insn);
+    let r = inj.call(call, args, what);
+    t.set_cpu_state(&regs, None)?;
+    r
+}
+
+/// The group helpers have done their part once every member has joined:
+/// each ends, and its parent reaps it (by an injected wait4; it sent no
+/// signal), so nothing of it is left.
+fn end_group_helpers(plan: &TreePlan, pids: &HashMap<i32, i32>, live: &[Live]) -> Result<()> {
+    for &(group, parent) in &plan.group_helpers {
+        let pid = pids[&group];
+        // SAFETY: plain kill(2) of a process of ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let start = Instant::now();
+        while ProcDir::new(pid).status().map(|s| s.state != 'Z').unwrap_or(false) {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("the helper of process group {group} did not end");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let l = live.iter().find(|l| l.vpid == parent).context("the helper's parent is not part of the tree")?;
+        inject_once(&l.main, l.pid, Syscall::Wait4, &[group as u64, 0, libc::__WALL as u64, 0], || {
+            format!("task {parent}: reaping the helper of process group {group}")
+        })?;
+    }
+    Ok(())
 }
 
 /// Zombies: each exits now with its dumped status (or dies of its

@@ -94,10 +94,29 @@ pub fn open_all(
     let mut files = HashMap::new();
     for f in &objects.files {
         let kind = objects::file_kind(&f.kind)?;
-        let fd = kind.open(f, &ctx).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
+        let what = || format!("file object {} ({})", f.id, kind.describe(f));
+        let fd = kind.open(f, &ctx).with_context(what)?;
+        set_status_flags(&fd, f.flags).with_context(what)?;
         files.insert(f.id, fd);
     }
     Ok(Opened { memory, files })
+}
+
+/// The status flags open(2) ignores or a kind may not set (O_ASYNC
+/// above all), set on the description as the task had them.
+fn set_status_flags(fd: &OwnedFd, flags: u32) -> Result<()> {
+    const SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+    // SAFETY: fcntl on our own fd.
+    let now = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if now < 0 {
+        bail!("F_GETFL: {}", std::io::Error::last_os_error());
+    }
+    let want = (now & !SETFL) | (flags as i32 & SETFL);
+    // SAFETY: fcntl on our own fd.
+    if want != now && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, want) } != 0 {
+        bail!("setting status flags {:#o}: {}", flags as i32 & SETFL, std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Opened {

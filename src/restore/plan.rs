@@ -4,7 +4,7 @@
 //! the vDSO layout, which limits can be restored. A restore that fails
 //! here has created no process.
 
-use super::child::{ChildSetup, KernelSigaction, TreeSetup};
+use super::child::{ChildSetup, KernelSigaction, Role, TreeSetup};
 use super::objects::{self, Opened};
 use super::RestoreOptions;
 use crate::image::chain::{Chain, Source};
@@ -60,7 +60,9 @@ pub struct TreePlan {
     pub opened: Opened,
     /// ferry's other files (mapped files, executables, the report pipe's
     /// write end): closed once the processes have their copies.
-    pub helpers: Vec<OwnedFd>,
+    pub files: Vec<OwnedFd>,
+    /// Group helpers: (the group's PID, its parent's PID), in the tree's namespace.
+    pub group_helpers: Vec<(i32, i32)>,
 }
 
 fn cstring(p: &Path) -> Result<CString> {
@@ -393,23 +395,22 @@ fn place(
         let children: Vec<usize> = tree.children(p.pid).map(|c| index_of[&c.pid]).collect();
         let setsid = p.sid == p.pid;
         let layout = layouts.remove(&p.pid);
-        let (p_state, Some(l)) = (&p.state, layout) else {
-            setups.push(ChildSetup::zombie(p.pid, p.exit_signal, children, setsid));
+        let Some(l) = layout else {
+            let mut z = ChildSetup::placeholder(Role::Zombie, p.pid, p.exit_signal, children, setsid);
+            z.name = comm_bytes(&p.comm);
+            setups.push(z);
             continue;
         };
-        debug_assert_eq!(*p_state, ProcessState::Alive);
         let Loaded { task, pagemap, chain, sources, cpus } =
             loaded.remove(&p.pid).expect("every live process is loaded");
         let helper_fd = |h: usize| stage_base + (l.targets.len() + h) as RawFd;
-        let mut name = [0u8; 16];
-        let n = task.comm.len().min(15);
-        name[..n].copy_from_slice(&task.comm.as_bytes()[..n]);
+        let name = comm_bytes(&task.comm);
         let root = (task.fs.root != Path::new("/")).then(|| cstring(&task.fs.root)).transpose()?;
         setups.push(ChildSetup {
             pid: p.pid,
             exit_signal: p.exit_signal,
             children,
-            zombie: false,
+            role: Role::Process,
             setsid,
             sources: l.sources,
             targets: l.targets.clone(),
@@ -442,8 +443,39 @@ fn place(
             cpus,
         });
     }
+    let group_helpers = group_helpers(&tree, &mut setups);
     let setup = TreeSetup { report_fd, stage_base, nofile_hard, processes: setups };
-    Ok(Placed { images, tree, objects, processes, setup, report: report_r, helpers })
+    Ok(Placed { images, tree, objects, processes, setup, report: report_r, files: helpers, group_helpers })
+}
+
+/// A task name as PR_SET_NAME takes it: 15 bytes and a NUL.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    let n = comm.len().min(15);
+    name[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    name
+}
+
+/// A process group whose leader had exited (not part of the tree, and
+/// not the ferry's-shell group of a `--shell-job` root) needs a process
+/// with the leader's PID while its members join it: a helper, forked by
+/// the first member's parent (so it is in their session).
+fn group_helpers(tree: &TreeImage, setups: &mut Vec<ChildSetup>) -> Vec<(i32, i32)> {
+    let root = &tree.processes[0];
+    let external = |g: i32| g == root.pgid && g != root.pid && tree.get(g).is_none();
+    let mut out: Vec<(i32, i32)> = Vec::new();
+    for p in tree.processes.iter().skip(1) {
+        let g = p.pgid;
+        if g == p.pid || tree.get(g).is_some() || external(g) || out.iter().any(|h| h.0 == g) {
+            continue;
+        }
+        let parent = tree.processes.iter().position(|q| q.pid == p.ppid).expect("parents are listed");
+        let helper = setups.len();
+        setups[parent].children.push(helper);
+        setups.push(ChildSetup::placeholder(Role::GroupHelper, g, 0, Vec::new(), false));
+        out.push((g, p.ppid));
+    }
+    out
 }
 
 /// A plan but for the objects, which the caller keeps (to discard them
@@ -455,12 +487,13 @@ struct Placed {
     processes: Vec<ProcessPlan>,
     setup: TreeSetup,
     report: OwnedFd,
-    helpers: Vec<OwnedFd>,
+    files: Vec<OwnedFd>,
+    group_helpers: Vec<(i32, i32)>,
 }
 
 impl Placed {
     fn with(self, opened: Opened) -> TreePlan {
-        let Placed { images, tree, objects, processes, setup, report, helpers } = self;
-        TreePlan { images, tree, objects, processes, setup, report, opened, helpers }
+        let Placed { images, tree, objects, processes, setup, report, files, group_helpers } = self;
+        TreePlan { images, tree, objects, processes, setup, report, opened, files, group_helpers }
     }
 }

@@ -316,3 +316,38 @@ pub fn ferry_held_at(args: &[&str], stage: &str) -> Child {
 pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Wait for `pids` (processes of a dumped tree, re-parented to the tests
+/// as subreaper once their parent died) to be gone, reaping them.
+pub fn reap_all(pids: &[i32], timeout: Duration) {
+    let start = Instant::now();
+    for &pid in pids {
+        loop {
+            // SAFETY: plain waitpid; ECHILD once it is not ours (or gone).
+            let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+            if r == pid || !pid_exists(pid) {
+                break;
+            }
+            assert!(start.elapsed() < timeout, "process {pid} of the dumped tree is still there");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// State letter, process group and session of a process (/proc/PID/stat).
+pub fn proc_ids(pid: i32) -> (char, i32, i32) {
+    let s = ferry::proc::ProcDir::new(pid).stat().unwrap_or_else(|e| panic!("process {pid}: {e:#}"));
+    (s.state, s.pgrp, s.session)
+}
+
+/// Every process of a tree, the root first (from /proc).
+pub fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = ferry::proc::ProcDir::new(out[i]);
+        out.extend(p.all_children().unwrap_or_default());
+        i += 1;
+    }
+    out
+}
