@@ -117,12 +117,19 @@ impl FrozenTree {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(p.pid, libc::SIGKILL) };
         }
-        // Other threads first: a traced thread that died stays until its
-        // tracer waits for it, and its leader's exit is reported only then.
+        // Other threads first, then processes children first: a traced
+        // task that died stays until its tracer waits for it, and holds
+        // back its leader's exit (and a PID namespace's init's).
         let leaders: Vec<i32> = self.processes.iter().map(|p| p.pid).collect();
-        let (mains, others): (Vec<_>, Vec<_>) = self.tracees.iter().partition(|(tid, _)| leaders.contains(tid));
-        for (_, t) in others.into_iter().chain(mains) {
-            t.kill()?;
+        for (tid, t) in &self.tracees {
+            if !leaders.contains(tid) {
+                t.kill()?;
+            }
+        }
+        for pid in leaders.iter().rev() {
+            if let Some(t) = self.tracees.get(pid) {
+                t.kill()?;
+            }
         }
         Ok(())
     }

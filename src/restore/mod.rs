@@ -146,7 +146,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     debug!(processes = tree.processes.len(), "tree forked and set up");
 
     // Seize every process; from here each dies with ferry.
-    let mut live = Vec::new();
+    let mut live = LiveTree(Vec::new());
     for (index, p) in tree.processes.iter().enumerate() {
         let pid = pids[&p.pid];
         let main = Tracee::seize(pid, O_TRACESYSGOOD | O_EXITKILL | O_TRACECLONE, OnDrop::Kill)?;
@@ -221,7 +221,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     };
     before_run(root_pid)?;
     testhook::stage("detach");
-    for l in &live {
+    for l in live.iter() {
         if tree.processes[l.index].state != ProcessState::Alive {
             continue;
         }
@@ -242,6 +242,32 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     }
     info!(pid = root_pid, processes = tree.processes.len(), "tree running");
     Ok(Restored { pid: root_pid, uffd })
+}
+
+/// The seized processes; dropped (killed) children first, as a PID
+/// namespace's init or a thread group's leader is only gone after the
+/// tasks it waits for.
+struct LiveTree(Vec<Live>);
+
+impl Drop for LiveTree {
+    fn drop(&mut self) {
+        while let Some(l) = self.0.pop() {
+            drop(l);
+        }
+    }
+}
+
+impl std::ops::Deref for LiveTree {
+    type Target = Vec<Live>;
+    fn deref(&self) -> &Vec<Live> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LiveTree {
+    fn deref_mut(&mut self) -> &mut Vec<Live> {
+        &mut self.0
+    }
 }
 
 /// What rebuilding one process leaves for the tree-wide steps.

@@ -177,6 +177,11 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // The whole tree: a failed test must not leave processes behind.
+        for pid in tree_pids(self.pid).into_iter().skip(1) {
+            // SAFETY: plain kill(2) of a process of the test's tree.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         // SAFETY: plain kill(2); the PID is ours (child or re-parented).
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
         if let Some(mut c) = self.child.take() {
