@@ -305,7 +305,7 @@ pub fn ferry_held_at(args: &[&str], stage: &str) -> Child {
             let _ = err.read_to_string(&mut rest);
             panic!("ferry {args:?} ended before reaching stage {stage}: {rest}");
         }
-        let name = stage.split(':').next().unwrap();
+        let name = stage.split([':', '#']).next().unwrap();
         if line.contains(&format!("test hold at {name}")) {
             break;
         }

@@ -143,7 +143,15 @@ fn main() {
         check(checksum(&a[4096..]) == sums[i], 20 + i as i32, &format!("{name}: contents changed"));
     }
     check(checksum(private) == private_sum, 30, "the copy-on-write data changed");
-    check(checksum(locked) == { let mut v = vec![0u8; 64 * KIB]; fill_pattern(&mut v, 9); checksum(&v) }, 31, "locked data changed");
+    check(
+        checksum(locked) == {
+            let mut v = vec![0u8; 64 * KIB];
+            fill_pattern(&mut v, 9);
+            checksum(&v)
+        },
+        31,
+        "locked data changed",
+    );
     // SAFETY: fcntl and pwrite on fd 30, our memfd.
     unsafe {
         let seals = libc::fcntl(30, F_GET_SEALS);
@@ -156,7 +164,8 @@ fn main() {
     let link = std::fs::read_link("/proc/self/fd/30").unwrap();
     check(link.to_string_lossy() == "/memfd:tp-memfd-open (deleted)", 34, &format!("memfd name {link:?}"));
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let vmlck: u64 = status.lines().find_map(|l| l.strip_prefix("VmLck:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    let vmlck: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmLck:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
     check(vmlck >= 64, 35, &format!("VmLck {vmlck} kB: the lock was lost"));
     let seg = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
     let line = seg.lines().find(|l| l.split_whitespace().nth(1) == Some(&shmid.to_string()));
