@@ -56,6 +56,15 @@ pub struct DumpArgs {
     /// How long to wait for the destination before giving the task back
     #[arg(long = "lazy-wait", value_name = "SECONDS", default_value_t = 600)]
     pub lazy_wait: u64,
+    #[command(flatten)]
+    pub criu: super::criu::CriuFlags,
+    #[command(flatten)]
+    pub no_forms: super::criu::NoForms,
+    /// Restore's options, which CRIU takes on any command (no effect here)
+    #[arg(short = 'd', long = "restore-detached", alias = "daemon", hide = true)]
+    pub restore_detached: bool,
+    #[arg(long, hide = true)]
+    pub pidfile: Option<PathBuf>,
 }
 
 /// Where pages go over the network (shared by dump and pre-dump).
@@ -135,6 +144,23 @@ pub struct PreDumpArgs {
     pub chain: ChainArgs,
     #[command(flatten)]
     pub net: NetArgs,
+    /// Accepted as with dump (a pre-dump never touches the terminal)
+    #[arg(short = 'j', long = "shell-job", hide = true)]
+    pub shell_job: bool,
+    /// A pre-dump always leaves the task running
+    #[arg(short = 'R', long = "leave-running", hide = true)]
+    pub leave_running: bool,
+    /// Refused: lazy pages go with the final dump
+    #[arg(long = "lazy-pages", hide = true)]
+    pub lazy_pages: bool,
+    #[command(flatten)]
+    pub criu: super::criu::CriuFlags,
+    #[command(flatten)]
+    pub no_forms: super::criu::NoForms,
+    #[arg(short = 'd', long = "restore-detached", alias = "daemon", hide = true)]
+    pub restore_detached: bool,
+    #[arg(long, hide = true)]
+    pub pidfile: Option<PathBuf>,
 }
 
 fn options(pid: i32, dir: PathBuf, chain: &ChainArgs) -> crate::dump::DumpOptions {
@@ -157,6 +183,7 @@ fn report(stats: &crate::image::stats::DumpStats) {
 }
 
 pub fn run(a: DumpArgs) -> Result<ExitCode> {
+    a.criu.refuse()?;
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
@@ -180,6 +207,10 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
 }
 
 pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
+    a.criu.refuse()?;
+    if a.lazy_pages {
+        anyhow::bail!("--lazy-pages goes with the final dump, not pre-dump");
+    }
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.kind = ImageKind::PreDump;
     o.leave_running = true;

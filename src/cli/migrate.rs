@@ -31,9 +31,6 @@ pub struct MigrateArgs {
     /// How to find changed pages
     #[arg(long = "dirty-tracker", value_enum, default_value_t = track::Choice::Auto)]
     pub dirty_tracker: track::Choice,
-    /// Where to stage each round's images before sending them
-    #[arg(long = "work-dir", value_name = "DIR", default_value = "/dev/shm")]
-    pub work_dir: PathBuf,
     /// The task is a shell job (see `ferry dump --shell-job`)
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
@@ -64,7 +61,9 @@ pub struct ReceiveArgs {
     pub reconnect_timeout: u64,
 }
 
-pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
+/// `work_dir`: -W, where each round's images are staged before they are
+/// sent (default /dev/shm).
+pub fn run_migrate(a: MigrateArgs, work_dir: Option<PathBuf>) -> Result<ExitCode> {
     source::run(&source::MigrateOptions {
         pid: a.tree,
         to: with_default_port(&a.to),
@@ -73,7 +72,7 @@ pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
         shrink: a.min_shrink,
         max_rounds: a.max_rounds.max(1),
         tracker: a.dirty_tracker,
-        work_dir: a.work_dir,
+        work_dir: work_dir.unwrap_or_else(|| PathBuf::from("/dev/shm")),
         shell_job: a.shell_job,
         reconnect: Duration::from_secs(a.reconnect_timeout),
     })?;

@@ -1,6 +1,7 @@
 //! The command line: CRIU's command and flag names, one module per command.
 
 pub mod check;
+pub mod criu;
 pub mod dump;
 pub mod lazy;
 pub mod logging;
@@ -43,6 +44,12 @@ pub struct Cli {
     /// the images directory (as CRIU does).
     #[arg(short = 'o', long = "log-file", global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// CRIU's work directory: where a relative --log-file goes (default: the
+    /// images directory), and where `migrate` stages its rounds (default
+    /// /dev/shm)
+    #[arg(short = 'W', long = "work-dir", global = true, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -109,7 +116,7 @@ impl Cli {
             Command::Restore(a) => restore::run(a),
             Command::LazyPages(a) => lazy::run(a),
             Command::PageServer(a) => dump::run_page_server(a),
-            Command::Migrate(a) => migrate::run_migrate(a),
+            Command::Migrate(a) => migrate::run_migrate(a, self.work_dir),
             Command::Receive(a) => migrate::run_receive(a),
             Command::Show(a) => show::run(a),
         }
@@ -117,7 +124,7 @@ impl Cli {
 
     pub fn log_path(&self) -> Option<PathBuf> {
         let f = self.log_file.as_ref()?;
-        Some(match self.command.images_dir() {
+        Some(match self.work_dir.as_deref().or(self.command.images_dir()) {
             Some(dir) if f.is_relative() => dir.join(f),
             _ => f.clone(),
         })

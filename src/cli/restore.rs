@@ -11,7 +11,7 @@ pub struct RestoreArgs {
     #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
     pub images_dir: PathBuf,
     /// Exit once the task runs instead of waiting for it (ferry then is not its parent)
-    #[arg(short = 'd', long = "restore-detached")]
+    #[arg(short = 'd', long = "restore-detached", alias = "daemon")]
     pub detached: bool,
     /// Restore a task dumped with --shell-job: it joins ferry's session and
     /// process group and gets ferry's terminal
@@ -28,9 +28,45 @@ pub struct RestoreArgs {
     /// `ferry lazy-pages` (running with the same -D)
     #[arg(long = "lazy-pages")]
     pub lazy_pages: bool,
+    #[command(flatten)]
+    pub criu: super::criu::CriuFlags,
+    #[command(flatten)]
+    pub no_forms: super::criu::NoForms,
+    #[command(flatten)]
+    pub dump_only: DumpOnly,
+}
+
+/// Dump's options, which CRIU takes on restore too, without effect there.
+#[derive(Args, Debug, Default)]
+pub struct DumpOnly {
+    #[arg(short = 't', long = "tree", hide = true)]
+    pub tree: Option<i32>,
+    #[arg(short = 'R', long = "leave-running", hide = true)]
+    pub leave_running: bool,
+    #[arg(long = "track-mem", hide = true)]
+    pub track_mem: bool,
+    #[arg(long = "prev-images-dir", hide = true)]
+    pub prev_images_dir: Option<PathBuf>,
+    #[arg(long = "page-server", hide = true)]
+    pub page_server: bool,
+    #[arg(long, hide = true)]
+    pub address: Option<String>,
+    #[arg(long, hide = true)]
+    pub port: Option<u16>,
+    #[arg(long, hide = true)]
+    pub tls: bool,
+    #[arg(long = "tls-cacert", hide = true)]
+    pub tls_cacert: Option<PathBuf>,
+    #[arg(long = "tls-cert", hide = true)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long = "tls-key", hide = true)]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long = "tls-no-cn-verify", hide = true)]
+    pub tls_no_cn_verify: bool,
 }
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
+    a.criu.refuse()?;
     crate::restore::run(&crate::restore::RestoreOptions {
         dir: a.images_dir,
         detached: a.detached,

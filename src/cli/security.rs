@@ -24,18 +24,18 @@ pub struct SecurityArgs {
     #[arg(long)]
     pub tls: bool,
     /// CA certificate(s) that sign the peers' certificates (PEM)
-    #[arg(long = "tls-cacert", value_name = "FILE", default_value = "/etc/ferry/tls/ca.pem", requires = "tls")]
+    #[arg(long = "tls-cacert", value_name = "FILE", default_value = "/etc/ferry/tls/ca.pem")]
     pub tls_cacert: PathBuf,
     /// This end's certificate chain (PEM); it must name the host the peer
     /// dials (DNS or IP subject alternative name)
-    #[arg(long = "tls-cert", value_name = "FILE", default_value = "/etc/ferry/tls/cert.pem", requires = "tls")]
+    #[arg(long = "tls-cert", value_name = "FILE", default_value = "/etc/ferry/tls/cert.pem")]
     pub tls_cert: PathBuf,
     /// This end's private key (PEM)
-    #[arg(long = "tls-key", value_name = "FILE", default_value = "/etc/ferry/tls/key.pem", requires = "tls")]
+    #[arg(long = "tls-key", value_name = "FILE", default_value = "/etc/ferry/tls/key.pem")]
     pub tls_key: PathBuf,
     /// Accept a listener's certificate whatever host name it carries (the
     /// CA signature is still checked)
-    #[arg(long = "tls-no-cn-verify", requires = "tls")]
+    #[arg(long = "tls-no-cn-verify")]
     pub tls_no_cn_verify: bool,
 }
 
