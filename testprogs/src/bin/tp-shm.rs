@@ -126,7 +126,8 @@ fn main() {
         // SAFETY: leave without the parent's atexit handlers.
         unsafe { libc::_exit(0) };
     }
-    while areas.anon[0] != 1 {
+    // SAFETY: a volatile read of memory the child writes.
+    while unsafe { std::ptr::read_volatile(areas.anon.as_ptr()) } != 1 {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     say(&format!("ready child={child} shmid={shmid}"));
