@@ -246,7 +246,7 @@ fn restore_failing_in_the_fifth_process_leaves_nothing() {
     reap_all(&pids, T);
     std::fs::remove_dir(w.path().join("d5")).unwrap();
     let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
-    assert!(err.contains(&format!("d5: No such file or directory")) && err.contains("chdir"), "{err}");
+    assert!(err.contains("d5: No such file or directory") && err.contains("chdir"), "{err}");
     reap_all(&pids, T);
     for p in &pids {
         assert!(!pid_exists(*p), "process {p} was left behind");
