@@ -69,6 +69,31 @@ dump_restore() {
     if wait "$r"; then pass "$name"; else fail "$name" "status $?: $(tail1 "$out") $(tail1 /tmp/$name.restore)"; fi
 }
 
+# tree_restore NAME PROG ARGS...: a tree of processes, threads and shared
+# memory, started under tp-reaper (which reaps what the dump kills: this
+# init does not); dump the tree's root, restore it (ferry stays the
+# root's parent and exits with its status), send the root SIGUSR1 ("check
+# yourself") and want status 0.
+tree_restore() {
+    name=$1
+    shift
+    out=/tmp/$name.out img=/tmp/img-$name
+    start "$out" tp-reaper "$@" || { fail "$name" "did not start"; return; }
+    reaper=$pid
+    root=$(tr -d ' ' < /proc/$reaper/task/$reaper/children)
+    if ! ferry dump -t "$root" -D "$img" > /tmp/$name.dump 2>&1; then
+        fail "$name" "dump: $(tail1 /tmp/$name.dump)"
+        kill -9 "$root"
+        return
+    fi
+    wait "$reaper" 2>/dev/null
+    ferry restore -D "$img" > /tmp/$name.restore 2>&1 &
+    r=$!
+    sleep 1
+    kill -USR1 "$root" 2>/dev/null
+    if wait "$r"; then pass "$name"; else fail "$name" "status $?: $(tail1 "$out") $(tail1 /tmp/$name.restore)"; fi
+}
+
 # precopy_chain NAME [TRACKER]: pre-dump, dirty some pages, a second
 # pre-dump, dirty more, the final dump with the parent chain (with the given
 # dirty tracker, else the kernel's best); restore and let the task check
@@ -144,6 +169,9 @@ dump_restore bigmem 0.3 yes tp-bigmem 32
 dump_restore signals 0.3 yes tp-signals
 dump_restore nanosleep 1 no tp-sleeper 3
 dump_restore fpu 0.5 no tp-fpu 400000000
+tree_restore threads tp-threads 3
+tree_restore tree tp-tree /tmp/tree-file
+tree_restore shared-memory tp-shm
 precopy_chain precopy-chain
 # Soft-dirty where the kernel has it but prefers uffd-wp (x86_64), so that
 # tracker runs on some guest whatever the best one is; hashing everywhere.

@@ -23,9 +23,9 @@ pub struct Test {
 impl Test {
     pub fn run(self, sh: &Shell) -> Result<()> {
         require_root("the test suite")?;
-        // python3 and setpriv (util-linux) run as test targets; mount makes a
-        // small tmpfs for the disk-full test.
-        apt::ensure(sh, &["python3", "util-linux", "mount", "coreutils", "iproute2"])?;
+        // python3, setpriv and unshare (util-linux) and a JDK run as test
+        // targets; mount makes a small tmpfs for the disk-full test.
+        apt::ensure(sh, &["python3", "util-linux", "mount", "coreutils", "iproute2", "default-jdk-headless"])?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
         if !self.no_lint {
             if cmd!(sh, "cargo fmt --version").quiet().ignore_stdout().run().is_err() {
