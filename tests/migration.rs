@@ -469,3 +469,105 @@ fn lazy_dump_copies_the_rseq_page() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no lazy-pages daemon connected"));
     t.assert_running_untraced();
 }
+
+/// Every process of a tree (a root, three children, two threads each,
+/// all dirtying memory) goes through DESIGN.md's sequence: two pre-dumps
+/// tracked per process, a lazy dump, lazy-pages + restore --lazy-pages.
+/// While the daemon holds off serving, the root forks a child that reads
+/// lazy memory and exits: the daemon follows the fork and the exit.
+#[test]
+fn tree_with_threads_migrates_lazily() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-fleet", &["4", "16", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let source_tree = tree_pids(t.pid);
+    assert_eq!(source_tree.len(), 4);
+    let pid = t.pid.to_string();
+    let imgs = w.path().join("imgs");
+    let d = |n: &str| imgs.join(n).display().to_string();
+    finish(bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump 1");
+    std::thread::sleep(Duration::from_millis(300));
+    finish(
+        bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem"])),
+        "pre-dump 2",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let src = bg(ferry_in_src(
+        &net,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            &d("3"),
+            "--prev-images-dir",
+            "../2",
+            "--track-mem",
+            "--lazy-pages",
+            "--port",
+            "27",
+            "--address",
+            &net.src_ip,
+        ],
+    ));
+    until("the lazy dump's images", || imgs.join("3/inventory.json").exists());
+    // Every round holds all four processes; the last one's pages are
+    // mostly in its parents, and some are left lazy in each process.
+    for n in ["1", "2", "3"] {
+        let inv: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(imgs.join(n).join("inventory.json")).unwrap()).unwrap();
+        assert_eq!(inv["tasks"].as_array().unwrap().len(), 4, "round {n}");
+    }
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(imgs.join("3/stats.json")).unwrap()).unwrap();
+    assert!(stats["pages_in_parent"].as_u64().unwrap() > 0 && stats["pages_lazy"].as_u64().unwrap() > 0, "{stats}");
+    let dst_imgs = w.path().join("dst");
+    assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
+    let ns = PidNs::new(Some(&net.dst));
+    let dd = dst_imgs.join("3").display().to_string();
+    let mut dc = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]);
+    dc.env("FERRY_TEST_HOLD_AT", "postcopy:2000");
+    let daemon = bg(dc);
+    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let root = ns.host_pid(t.pid).expect("the restored root");
+    // SAFETY: plain kill(2): the root forks a reader of lazy memory.
+    unsafe { libc::kill(root, libc::SIGUSR2) };
+    finish(daemon, "lazy-pages");
+    finish(src, "lazy dump");
+    t.reap_killed();
+    reap_all(&source_tree, T);
+    let lazy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dst_imgs.join("3/lazy-stats.json")).unwrap()).unwrap();
+    assert_eq!(lazy["processes"], 4, "{lazy}");
+    assert_eq!(lazy["forks"], 1, "{lazy}");
+    check_restored(&ns, t.pid, &t);
+}
+
+/// `ferry migrate` moves a whole tree with threads.
+#[test]
+fn migrate_moves_a_tree() {
+    let w = workdir();
+    let net = Net::new();
+    let k = key(w.path(), "key", "a shared secret of some length");
+    let ns = PidNs::new(Some(&net.dst));
+    let listen = format!("{}:7003", net.dst_ip);
+    let dst_dir = w.path().join("dst").display().to_string();
+    let recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &k]));
+    let mut t = spawn_src(&net, "tp-fleet", &["3", "32", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let source_tree = tree_pids(t.pid);
+    let pid = t.pid.to_string();
+    let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
+    let report = String::from_utf8_lossy(&m.stdout);
+    assert!(report.contains("downtime") && report.contains("post-copy"), "{report}");
+    finish(recv, "receive");
+    t.reap_killed();
+    reap_all(&source_tree, T);
+    for p in &source_tree {
+        assert!(ns.host_pid(*p).is_some(), "process {p} is not on the destination");
+    }
+    check_restored(&ns, t.pid, &t);
+}

@@ -6,7 +6,7 @@ use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
 use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
 use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use crate::net::{Credentials, Link};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,10 +54,16 @@ pub fn connector(addr: String, port: u16, creds: Credentials) -> crate::lazy::cl
 
 pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let images = ImageDir::open(&a.images_dir)?;
-    let pid = images.inventory.root_pid;
-    let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
-    let ranges = lazy_ranges(&pagemap);
-    if ranges.is_empty() {
+    // Every process's lazy pages, by its PID in the tree's namespace.
+    let mut lazy = std::collections::HashMap::new();
+    for &vpid in &images.inventory.tasks {
+        let pagemap: PagemapImage = images.read_json(&pagemap_file(vpid))?;
+        let ranges = lazy_ranges(&pagemap);
+        if !ranges.is_empty() {
+            lazy.insert(vpid, ranges);
+        }
+    }
+    if lazy.is_empty() {
         // A lazy dump that found nothing to leave behind is a plain image:
         // `restore --lazy-pages` restores it without us.
         eprintln!("lazy-pages: {}: no lazy pages, nothing to serve", a.images_dir.display());
@@ -69,8 +75,16 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let listener =
         std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
-    let (task, uffd, answer) = handoff::receive(&listener)?;
+    let (handed, answer) = handoff::receive(&listener)?;
     let _ = std::fs::remove_file(&sock);
+    let root = handed.first().map(|h| h.pid).unwrap_or(0);
+    let pids: Vec<i32> = handed.iter().map(|h| h.pid).collect();
+    let kill_all = || {
+        for &p in &pids {
+            // SAFETY: plain kill(2): the tree cannot get its memory any more.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    };
     let client = match PageClient::connect(
         connector(a.address.clone(), a.port, creds),
         Duration::from_secs(a.reconnect_timeout),
@@ -81,14 +95,29 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let guard = Guard::start(&uffd, task)?;
+    let mut guards = Vec::new();
+    let mut tasks = Vec::new();
+    for h in handed {
+        let Some(ranges) = lazy.remove(&h.vpid) else {
+            handoff::answer(answer, &format!("process {} has no lazy pages in these images", h.vpid));
+            kill_all();
+            bail!("the restore handed over process {}, which has no lazy pages in these images", h.vpid);
+        };
+        guards.push(Guard::start(&h.uffd, h.pid)?);
+        tasks.push(daemon::LazyTask {
+            uffd: crate::uffd::Uffd::from_fd(h.uffd),
+            pid: h.pid,
+            process: h.vpid as u64,
+            lazy: ranges,
+        });
+    }
     handoff::answer(answer, "ok");
-    match daemon::run(crate::uffd::Uffd::from_fd(uffd), task, ranges, client) {
+    match daemon::run(tasks, client) {
         Ok(r) => {
-            guard.release();
+            guards.into_iter().for_each(Guard::release);
             let st = r.stats();
             info!(
-                task,
+                task = root,
                 faults = st.faults,
                 p50_us = st.fault_p50_us,
                 p99_us = st.fault_p99_us,
@@ -103,10 +132,9 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            // SAFETY: plain kill(2): the task cannot get its memory any more.
-            unsafe { libc::kill(task, libc::SIGKILL) };
-            guard.release();
-            Err(e.context(format!("killed task {task}: its remaining pages cannot be fetched")))
+            kill_all();
+            guards.into_iter().for_each(Guard::release);
+            Err(e.context(format!("killed task {root}: its remaining pages cannot be fetched")))
         }
     }
 }

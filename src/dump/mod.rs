@@ -81,17 +81,45 @@ pub enum LazyServe {
     Caller,
 }
 
-/// A lazy dump's task, still frozen, and the pages it has to serve.
+/// A lazy dump's tree, still frozen, and the pages it has to serve.
 pub struct Frozen {
     pub tree: tree::FrozenTree,
-    /// ferry's PID of the task.
+    /// ferry's PID of the tree's root.
     pub pid: i32,
-    pub pagemap: crate::image::pagemap::PagemapImage,
-    /// When the task stopped running (for the downtime).
+    pub processes: Vec<LazyProcess>,
+    /// When the tree stopped running (for the downtime).
     pub since: Instant,
 }
 
+/// One process of a lazy dump.
+pub struct LazyProcess {
+    /// In the tree's namespace (how the destination asks for its pages).
+    pub vpid: i32,
+    /// ferry's.
+    pub pid: i32,
+    pub pagemap: crate::image::pagemap::PagemapImage,
+}
+
 impl Frozen {
+    /// What the destination may fetch: each process's lazy pages, from its
+    /// memory here.
+    pub fn store(&self) -> Result<crate::lazy::serve::TreePages> {
+        let mut processes = std::collections::HashMap::new();
+        for p in &self.processes {
+            let pages = crate::lazy::serve::TaskPages {
+                mem: RemoteMem::open(p.pid)?,
+                allowed: crate::lazy::lazy_ranges(&p.pagemap),
+            };
+            processes.insert(p.vpid as u64, pages);
+        }
+        Ok(crate::lazy::serve::TreePages { processes })
+    }
+
+    /// Bytes left on the source for lazy transfer.
+    pub fn lazy_bytes(&self) -> u64 {
+        self.processes.iter().map(|p| crate::lazy::lazy_ranges(&p.pagemap).bytes()).sum()
+    }
+
     /// Let the task run on here.
     pub fn release(&self) {
         self.tree.release(|_| {});
@@ -131,8 +159,19 @@ impl DumpOptions {
 /// The previous round: its view of memory and how it was tracked.
 struct Parent {
     rel: PathBuf,
-    view: MemoryView,
+    images: ImageDir,
     track: Option<TrackRecord>,
+}
+
+impl Parent {
+    /// Process `vpid`'s memory in the previous round (None: it was not
+    /// there yet, so all of its pages are new).
+    fn view(&self, vpid: i32) -> Result<Option<MemoryView>> {
+        if !self.images.inventory.tasks.contains(&vpid) {
+            return Ok(None);
+        }
+        MemoryView::load(self.images.clone(), vpid).map(Some)
+    }
 }
 
 fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
@@ -148,7 +187,7 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     }
     let track =
         if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
-    Ok(Some(Parent { rel: rel.clone(), view: MemoryView::load(images, vpid)?, track }))
+    Ok(Some(Parent { rel: rel.clone(), images, track }))
 }
 
 /// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
@@ -167,7 +206,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             Some(p) => Key::load(p)?,
             None => Key::generate(&opts.dir.join(crate::lazy::KEY_FILE))?,
         };
-        if crate::lazy::lazy_ranges(&f.pagemap).is_empty() {
+        if f.lazy_bytes() == 0 {
             // Nothing changed since the last round (or nothing is lazy-able):
             // the images hold everything, so this is a plain dump.
             info!(pid = f.pid, "no page was left lazy: the images hold the whole task");
@@ -175,7 +214,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             return Ok(d.stats);
         }
         let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
-        serve_lazy(&f, &creds, *wait, listener.listen()?, &opts.dir, &f.pagemap)?;
+        serve_lazy(&f, &creds, *wait, listener.listen()?, &opts.dir)?;
     }
     Ok(d.stats)
 }
@@ -200,7 +239,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         Some(t) => t.method,
         None => track::choose(opts.tracker)?,
     };
-    let holder = parent.as_ref().and_then(|p| p.track.as_ref()).and_then(|t| t.holder.clone());
+    let holders = parent.as_ref().and_then(|p| p.track.as_ref()).map(|t| t.holders.clone()).unwrap_or_default();
     // Tracking goes on after this round for pre-dumps and iterative dumps.
     let keep_tracking = pre || (opts.track_mem && opts.leave_running);
     if pre && opts.lazy.is_some() {
@@ -217,12 +256,6 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     // this look is the one that counts.
     let mut table = ObjectTable::new(frozen.processes.iter().map(|p| (p.pid, p.vpid)).collect());
     let (tree_image, inspections) = look(&frozen.processes, opts, Some(&mut table))?;
-    if pre || opts.lazy.is_some() || keep_tracking || opts.prev.is_some() {
-        // One process (checked above), possibly with threads.
-        if frozen.processes.len() != 1 {
-            bail!("task {}: a child process appeared while it was being frozen", opts.pid);
-        }
-    }
 
     let mut processes = Vec::new();
     for (p, insp) in frozen.alive().zip(&inspections) {
@@ -230,54 +263,60 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     }
     debug!("registers and injected queries done");
 
-    // Memory: each process's private pages (the tracked, incremental and
-    // lazy machinery works on the one process such dumps allow).
+    // Memory, per process: while frozen, what changed since the last round
+    // and the page tables, and tracking armed for the next; then (a
+    // pre-dump lets the tree run first) the pages copied.
     let mem_start = Instant::now();
-    let mut mem_stats = Vec::new();
-    let mut record = None;
-    let mut released_at = None;
-    let mut pagemaps = Vec::new();
-    let single_proc = frozen.processes.len() == 1;
+    let mut record = keep_tracking.then(|| TrackRecord { method, ..Default::default() });
+    let mut selections = Vec::new();
     for (i, (p, insp)) in frozen.alive().zip(&inspections).enumerate() {
         let proc = ProcDir::new(p.pid);
-        let main = frozen.tracee(p.pid);
         let pd = &processes[i];
-        let written =
-            if single_proc { tracking::written(method, holder.as_ref(), &proc, &insp.planned)? } else { None };
+        let holder = holders.get(&p.vpid);
+        let written = tracking::written(method, holder, &proc, &insp.planned)?;
         let collected = pages::collect(&proc, &insp.planned)?;
         debug!(pid = p.vpid, pages = collected.len(), tracker = method.name(), "page tables read");
-        if keep_tracking {
-            record = Some(tracking::arm(
+        if let Some(r) = record.as_mut() {
+            let main = frozen.tracee(p.pid);
+            let regs = (&pd.main_regs, pd.main_mask);
+            if let Some(h) = tracking::arm(
                 method,
-                holder.clone(),
+                holder.cloned(),
                 &written,
                 main,
                 &insp.maps,
                 &insp.planned,
-                &pd.main_regs,
-                pd.main_mask,
+                regs.0,
+                regs.1,
                 opts.track_idle,
                 opts.track_owner,
-            )?);
+            )? {
+                r.holders.insert(p.vpid, h);
+            }
         }
-        if pre {
-            // A pre-dump copies while the task runs: tracking catches what
-            // it changes meanwhile for the next round.
-            frozen.release(|q| resend(q.pid, &[], frozen.was_stopped(q.pid)));
-            released_at = Some(frozen_at.elapsed());
-        }
-        let mem = RemoteMem::open(p.pid)?;
-        let sel = pages::Selection {
-            method: if single_proc { method } else { track::Method::Hashing },
-            parent: parent.as_ref().map(|p| &p.view),
-            written,
-            eager: opts.lazy.as_ref().map(|_| eager_ranges(&pd.thread_regs, pd.image.as_ref(), &insp.planned)),
-            running: pre,
+        let view = match &parent {
+            Some(par) => par.view(p.vpid)?,
+            None => None,
         };
+        let eager = opts.lazy.as_ref().map(|_| eager_ranges(&pd.thread_regs, pd.image.as_ref(), &insp.planned));
+        selections.push((collected, view, written, eager));
+    }
+    let mut released_at = None;
+    if pre {
+        // A pre-dump copies while the tree runs: tracking catches what it
+        // changes meanwhile for the next round.
+        frozen.release(|q| resend(q.pid, &[], frozen.was_stopped(q.pid)));
+        released_at = Some(frozen_at.elapsed());
+    }
+    let mut mem_stats = Vec::new();
+    let mut pagemaps = Vec::new();
+    for (p, (collected, view, written, eager)) in frozen.alive().zip(selections) {
+        let mem = RemoteMem::open(p.pid)?;
+        let sel = pages::Selection { method, parent: view.as_ref(), written, eager, running: pre };
         let md = pages::write(&mem, &collected, &sel, &mut writer, p.vpid)?;
         info!(pid = p.vpid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
         mem_stats.push((md.pages_scanned, md.pages_written, md.pages_in_parent, md.pages_lazy));
-        pagemaps.push((p.vpid, md.pagemap));
+        pagemaps.push((p.vpid, p.pid, md.pagemap));
     }
     let memdump_us = mem_start.elapsed().as_micros() as u64;
 
@@ -290,7 +329,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
             writer.write_json(&task_file(image.pid), image)?;
         }
     }
-    for (vpid, pm) in &pagemaps {
+    for (vpid, _, pm) in &pagemaps {
         writer.write_json(&pagemap_file(*vpid), pm)?;
     }
     if let Some(r) = &record {
@@ -320,14 +359,14 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     writer.commit(inventory)?;
 
     if !keep_tracking {
-        if let Some(h) = &holder {
+        for h in holders.values() {
             h.stop();
             debug!(pid = opts.pid, holder = h.pid, "dirty tracking ended");
         }
     }
     if opts.lazy.is_some() {
-        let pagemap = pagemaps.pop().expect("one process").1;
-        return Ok(Dumped { stats, frozen: Some(Frozen { tree: frozen, pid: opts.pid, pagemap, since: frozen_at }) });
+        let processes = pagemaps.into_iter().map(|(vpid, pid, pagemap)| LazyProcess { vpid, pid, pagemap }).collect();
+        return Ok(Dumped { stats, frozen: Some(Frozen { tree: frozen, pid: opts.pid, processes, since: frozen_at }) });
     } else if pre {
         info!(pid = opts.pid, "pre-dump complete");
     } else if opts.leave_running {
@@ -354,15 +393,6 @@ pub fn check(opts: &DumpOptions) -> Result<()> {
         bail!("task {} is a zombie (it has exited; its parent has not collected it)", opts.pid);
     }
     look(&live, opts, None)?;
-    let pre = opts.kind == ImageKind::PreDump;
-    if live.len() > 1 && (pre || opts.lazy.is_some() || opts.track_mem || opts.prev.is_some()) {
-        bail!(
-            "task {} has child processes ({}): pre-dump, --track-mem, --prev-images-dir and --lazy-pages \
-             handle a single process for now; a plain dump takes the whole tree",
-            opts.pid,
-            live.iter().skip(1).map(|p| p.pid.to_string()).collect::<Vec<_>>().join(", ")
-        );
-    }
     Ok(())
 }
 
@@ -480,11 +510,11 @@ fn dump_process(
 }
 
 /// Pages restored eagerly in a lazy dump: those around every thread's
-/// stack pointer, which the threads touch the moment they run, and each
+/// stack pointer, which the threads touch the moment they run; each
 /// thread's rseq area, which the kernel itself writes as the thread
-/// resumes: such a write does not go through the userfaultfd, it fills
+/// resumes (such a write does not go through the userfaultfd, it fills
 /// the page with zeros first, and the lazy copy would then find the page
-/// taken.
+/// taken); and locked memory.
 fn eager_ranges(regs: &[NativeState], image: Option<&TaskImage>, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
     const AROUND: u64 = 64 << 10;
     let page = crate::page_size();
@@ -503,6 +533,9 @@ fn eager_ranges(regs: &[NativeState], image: Option<&TaskImage>, planned: &[memo
             out.push((r.addr & !(page - 1), (r.addr + u64::from(r.len)).div_ceil(page) * page));
         }
     }
+    // Locked memory is populated by mlock at restore, before any
+    // userfaultfd could serve it.
+    out.extend(planned.iter().filter(|p| p.vma.locked && !p.vma.lock_on_fault).map(|p| (p.vma.start, p.vma.end)));
     out
 }
 
@@ -515,13 +548,11 @@ fn serve_lazy(
     wait: Duration,
     listener: std::net::TcpListener,
     dir: &std::path::Path,
-    pagemap: &crate::image::pagemap::PagemapImage,
 ) -> Result<()> {
-    use crate::lazy::{self, serve};
+    use crate::lazy::serve;
     let pid = frozen.pid;
-    let store =
-        std::sync::Arc::new(serve::TaskPages { mem: RemoteMem::open(pid)?, allowed: lazy::lazy_ranges(pagemap) });
-    info!(pid, bytes = store.allowed.bytes(), "serving lazy pages");
+    let store = std::sync::Arc::new(frozen.store()?);
+    info!(pid, bytes = frozen.lazy_bytes(), processes = frozen.processes.len(), "serving lazy pages");
     testhook::stage("serve");
     let (served, stats) = serve::serve(listener, creds, store, wait, || {
         // From the first peer on, the task lives on the destination: it

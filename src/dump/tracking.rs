@@ -8,7 +8,7 @@ use crate::proc::maps::Mapping;
 use crate::proc::ProcDir;
 use crate::ptrace::Tracee;
 use crate::track::holder::{self, HolderRef};
-use crate::track::{uffd_wp, Method, TrackRecord, Written};
+use crate::track::{uffd_wp, Method, Written};
 use crate::uffd::{self, Uffd};
 use anyhow::{Context, Result};
 use ferry_arch::NativeState;
@@ -45,7 +45,8 @@ pub fn written(
     Ok(Some(out))
 }
 
-/// Arm tracking for the next round while the task is still frozen.
+/// Arm tracking of one process for the next round while it is still
+/// frozen; returns the holder of its userfaultfd (uffd-wp).
 #[allow(clippy::too_many_arguments)]
 pub fn arm(
     method: Method,
@@ -58,7 +59,7 @@ pub fn arm(
     mask: u64,
     idle: Duration,
     owner: Option<i32>,
-) -> Result<TrackRecord> {
+) -> Result<Option<HolderRef>> {
     let pid = tracee.pid;
     match method {
         Method::UffdWp => {
@@ -82,13 +83,13 @@ pub fn arm(
                 .collect();
             let untracked = uffd_wp::arm(&uffd, &ranges);
             debug!(pid, armed = ranges.len() - untracked.len(), untracked = untracked.len(), "areas write-protected");
-            Ok(TrackRecord { method, holder: Some(holder) })
+            Ok(Some(holder))
         }
         Method::SoftDirty => {
             let p = ProcDir::new(pid).path("clear_refs");
             std::fs::write(&p, "4").with_context(|| format!("resetting soft-dirty bits: {}", p.display()))?;
-            Ok(TrackRecord { method, holder: None })
+            Ok(None)
         }
-        Method::Hashing => Ok(TrackRecord { method, holder: None }),
+        Method::Hashing => Ok(None),
     }
 }

@@ -48,6 +48,12 @@ pub struct LazyStats {
     pub pushed_bytes: u64,
     /// From the task's resumption to the last page in place.
     pub elapsed_us: u64,
+    /// Processes served (a userfaultfd each), and children they forked
+    /// meanwhile (served too, from their parent's pages).
+    #[serde(default)]
+    pub processes: u64,
+    #[serde(default)]
+    pub forks: u64,
 }
 
 impl LazyStats {
@@ -80,6 +86,8 @@ impl LazyStats {
             fault_max_us: Self::percentile(&v, 100),
             pushed_bytes,
             elapsed_us: elapsed.as_micros() as u64,
+            processes: 0,
+            forks: 0,
         }
     }
 }

@@ -74,17 +74,18 @@ impl PageClient {
         }
     }
 
-    /// Fetch `len` bytes at `addr` (the source's address).
-    pub fn fetch(&self, addr: u64, len: u64, prio: u8) -> Result<Fetched> {
-        self.fetch_many(&[(addr, len)], prio)
+    /// Fetch `len` bytes at `addr` (the source's address) of `process`
+    /// (its PID in the tree's namespace).
+    pub fn fetch(&self, process: u64, addr: u64, len: u64, prio: u8) -> Result<Fetched> {
+        self.fetch_many(process, &[(addr, len)], prio)
     }
 
-    /// Fetch several (addr, len) pieces in one request: scattered pages cost
-    /// one round trip and one reply, not one each. The bytes come back
-    /// concatenated, in order.
-    pub fn fetch_many(&self, pieces: &[(u64, u64)], prio: u8) -> Result<Fetched> {
+    /// Fetch several (addr, len) pieces of `process` in one request:
+    /// scattered pages cost one round trip and one reply, not one each. The
+    /// bytes come back concatenated, in order.
+    pub fn fetch_many(&self, process: u64, pieces: &[(u64, u64)], prio: u8) -> Result<Fetched> {
         let lane = self.lane(prio);
-        let id = lane.send(pieces, prio)?;
+        let id = lane.send(process, pieces, prio)?;
         let total: u64 = pieces.iter().map(|p| p.1).sum();
         let got = lane.wait(id, pieces[0].0, total)?;
         if got.len() as u64 != total {
@@ -230,7 +231,7 @@ impl Lane {
     }
 
     /// Send a request; a failed send is retried by the reconnect.
-    fn send(&self, pieces: &[(u64, u64)], prio: u8) -> Result<u32> {
+    fn send(&self, process: u64, pieces: &[(u64, u64)], prio: u8) -> Result<u32> {
         let (lock, _) = &*self.shared;
         let mut st = lock.lock().unwrap();
         if let Some(f) = &st.failed {
@@ -238,7 +239,7 @@ impl Lane {
         }
         let id = st.next_id;
         st.next_id = st.next_id.wrapping_add(1).max(1);
-        let frame = Frame::get_many(id, prio, pieces);
+        let frame = Frame::get_many(id, prio, process, pieces);
         if let Some(w) = st.writer.as_mut() {
             let _ = write_frame(w, &frame);
         }

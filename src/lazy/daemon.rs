@@ -16,9 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
-/// One address space being filled (the task, or a child it forked).
+/// One address space being filled (a process of the tree, or a child one
+/// forked during post-copy).
 struct Space {
     uffd: Arc<Uffd>,
+    /// Whose pages on the source fill it (its PID in the tree's
+    /// namespace; a forked child's are its parent's).
+    process: u64,
+    /// A pidfd of the process, to notice its exit (none for forked children:
+    /// their end shows as the userfaultfd going away).
+    pidfd: Option<Arc<OwnedFd>>,
     /// Lazy pages nobody fetched yet.
     pending: RangeSet,
     /// Pages being fetched right now.
@@ -43,12 +50,17 @@ pub struct Report {
     pub pushed_bytes: u64,
     pub zero_pages: u64,
     pub forks: u64,
+    pub processes: u64,
     pub elapsed: Duration,
 }
 
 impl Report {
     pub fn stats(&self) -> crate::image::stats::LazyStats {
-        crate::image::stats::LazyStats::new(self.faults, &self.fault_latencies, self.pushed_bytes, self.elapsed)
+        let mut s =
+            crate::image::stats::LazyStats::new(self.faults, &self.fault_latencies, self.pushed_bytes, self.elapsed);
+        s.processes = self.processes;
+        s.forks = self.forks;
+        s
     }
 }
 
@@ -135,7 +147,8 @@ fn push_loop(sh: Arc<Shared>) -> Result<()> {
         match job {
             Some((i, pieces)) => {
                 let wanted: Vec<(u64, u64)> = pieces.iter().map(|&(s, e, src)| (src, e - s)).collect();
-                let got = sh.client.fetch_many(&wanted, BULK)?;
+                let process = sh.spaces.lock().unwrap()[i].process;
+                let got = sh.client.fetch_many(process, &wanted, BULK)?;
                 let mut at = 0;
                 for &(s, e, _) in &pieces {
                     let len = (e - s) as usize;
@@ -161,7 +174,7 @@ fn fault(sh: &Shared, i: usize, addr: u64, report: &mut Report) -> Result<()> {
         if let Some(src) = sp.pending.source_of(page) {
             sp.pending.remove(page, page + sh.page);
             sp.inflight.insert(page, page + sh.page, src);
-            Some(src)
+            Some((sp.process, src))
         } else if sp.inflight.contains(page) {
             // A bulk copy is about to land and wake the thread.
             return Ok(());
@@ -178,8 +191,8 @@ fn fault(sh: &Shared, i: usize, addr: u64, report: &mut Report) -> Result<()> {
             return Ok(());
         }
     };
-    if let Some(src) = action {
-        let data = sh.client.fetch(src, sh.page, URGENT)?;
+    if let Some((process, src)) = action {
+        let data = sh.client.fetch(process, src, sh.page, URGENT)?;
         place_when_settled(sh, i, page, &data)?;
         report.faults += 1;
         report.fault_latencies.push(t.elapsed());
@@ -216,6 +229,8 @@ fn event(sh: &Shared, i: usize, ev: Event, report: &mut Report) -> Result<()> {
             }
             let child = Space {
                 uffd: Arc::new(Uffd::from_fd(fd)),
+                process: parent.process,
+                pidfd: None,
                 pending,
                 inflight: RangeSet::default(),
                 lazy: parent.lazy.clone(),
@@ -229,26 +244,39 @@ fn event(sh: &Shared, i: usize, ev: Event, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Serve `uffd` for task `pid` until every lazy page is in place, then tell
-/// the source. `lazy` holds the lazy pages (task address -> source address).
-pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Result<Report> {
+/// One restored process whose lazy pages the daemon serves.
+pub struct LazyTask {
+    pub uffd: Uffd,
+    /// ferry's PID of it here.
+    pub pid: i32,
+    /// Its PID in the tree's namespace: how the source knows it.
+    pub process: u64,
+    /// Its lazy pages (task address -> source address).
+    pub lazy: RangeSet,
+}
+
+/// Serve every task's userfaultfd until every lazy page is in place (or
+/// its process is gone), then tell the source.
+pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
     let start = Instant::now();
-    let task = crate::pidfd::open(pid)?;
     let page = crate::page_size();
-    let total = lazy.bytes();
-    let sh = Arc::new(Shared {
-        spaces: Mutex::new(vec![Space {
-            uffd: Arc::new(uffd),
-            pending: lazy.clone(),
+    let total: u64 = tasks.iter().map(|t| t.lazy.bytes()).sum();
+    let root = tasks.first().map(|t| t.pid).unwrap_or(0);
+    let mut spaces = Vec::new();
+    for t in tasks {
+        spaces.push(Space {
+            uffd: Arc::new(t.uffd),
+            process: t.process,
+            pidfd: Some(Arc::new(crate::pidfd::open(t.pid)?)),
+            pending: t.lazy.clone(),
             inflight: RangeSet::default(),
-            lazy,
+            lazy: t.lazy,
             gone: false,
-        }]),
-        client,
-        page,
-        pushed: AtomicU64::new(0),
-    });
-    info!(pid, bytes = total, "serving lazy pages");
+        });
+    }
+    let processes = spaces.len();
+    let sh = Arc::new(Shared { spaces: Mutex::new(spaces), client, page, pushed: AtomicU64::new(0) });
+    info!(pid = root, processes, bytes = total, "serving lazy pages");
     crate::testhook::stage("postcopy");
     let pushers: Vec<_> = (0..PUSHERS)
         .map(|_| {
@@ -258,38 +286,49 @@ pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Res
             })
         })
         .collect();
-    let mut report = Report::default();
+    let mut report = Report { processes: processes as u64, ..Default::default() };
     loop {
-        let uffds: Vec<(usize, Arc<Uffd>)> = {
+        type Watch = (usize, Arc<Uffd>, Option<Arc<OwnedFd>>);
+        let watched: Vec<Watch> = {
             let spaces = sh.spaces.lock().unwrap();
             if spaces.iter().all(Space::finished) {
                 break;
             }
-            spaces.iter().enumerate().filter(|(_, s)| !s.gone).map(|(i, s)| (i, s.uffd.clone())).collect()
+            spaces
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.gone)
+                .map(|(i, s)| (i, s.uffd.clone(), s.pidfd.clone()))
+                .collect()
         };
-        let mut fds: Vec<PollFd> = uffds.iter().map(|(_, u)| PollFd::new(u.fd().as_fd(), PollFlags::POLLIN)).collect();
-        fds.push(PollFd::new(task.as_fd(), PollFlags::POLLIN));
+        let mut fds: Vec<PollFd> = Vec::new();
+        for (_, u, p) in &watched {
+            fds.push(PollFd::new(u.fd().as_fd(), PollFlags::POLLIN));
+            if let Some(p) = p {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+        }
         match poll(&mut fds, PollTimeout::from(50u16)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
-        if ready[uffds.len()] {
-            // The task exited: what it did not fetch, nobody needs.
-            info!(pid, "the task exited; no more pages needed");
-            let mut spaces = sh.spaces.lock().unwrap();
-            for sp in spaces.iter_mut() {
-                sp.gone = true;
+        let mut at = 0;
+        for (i, u, p) in &watched {
+            let uffd_ready = ready[at];
+            let exited = p.is_some() && ready[at + 1];
+            at += if p.is_some() { 2 } else { 1 };
+            if uffd_ready {
+                for ev in u.read_events()? {
+                    event(&sh, *i, ev, &mut report)?;
+                }
             }
-            break;
-        }
-        for ((i, u), r) in uffds.iter().zip(&ready) {
-            if !*r {
-                continue;
-            }
-            for ev in u.read_events()? {
-                event(&sh, *i, ev, &mut report)?;
+            if exited {
+                // It exited: what it did not fetch, nobody needs.
+                let mut spaces = sh.spaces.lock().unwrap();
+                info!(process = spaces[*i].process, "a process exited; its pages are no longer needed");
+                spaces[*i].gone = true;
             }
         }
         if let Some(p) = pushers.iter().position(|p| p.is_finished()) {
@@ -309,7 +348,7 @@ pub fn run(uffd: Uffd, pid: i32, lazy: RangeSet, client: Arc<PageClient>) -> Res
     report.pushed_bytes = sh.pushed.load(Ordering::Relaxed);
     report.elapsed = start.elapsed();
     info!(
-        pid,
+        pid = root,
         faults = report.faults,
         pushed = report.pushed_bytes,
         ms = report.elapsed.as_millis() as u64,

@@ -1,7 +1,8 @@
-//! `ferry restore --lazy-pages` hands the restored task's userfaultfd to
-//! `ferry lazy-pages` over a unix socket in the images directory
-//! (SCM_RIGHTS), with the task's PID; the daemon answers once it is
-//! connected to the source, so the task only runs when its pages can come.
+//! `ferry restore --lazy-pages` hands the restored processes'
+//! userfaultfds to `ferry lazy-pages` over a unix socket in the images
+//! directory (SCM_RIGHTS), each with its PIDs; the daemon answers once it
+//! is connected to the source, so the tree only runs when its pages can
+//! come.
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -17,8 +18,17 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET)
 }
 
-/// Restore side: send the fd and PID, wait for the daemon's go-ahead.
-pub fn send(dir: &Path, pid: i32, uffd: &OwnedFd, wait: Duration) -> Result<()> {
+/// One process's userfaultfd and who it is: its PID in the tree's
+/// namespace and ferry's.
+pub struct Handed {
+    pub vpid: i32,
+    pub pid: i32,
+    pub uffd: OwnedFd,
+}
+
+/// Restore side: send every process's fd and PIDs, wait for the daemon's
+/// go-ahead.
+pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Result<()> {
     let path = socket_path(dir);
     let start = Instant::now();
     let mut s = loop {
@@ -31,44 +41,65 @@ pub fn send(dir: &Path, pid: i32, uffd: &OwnedFd, wait: Duration) -> Result<()> 
             Err(e) => bail!("no lazy-pages daemon at {} ({e}); start `ferry lazy-pages` first", path.display()),
         }
     };
-    let pid_bytes = pid.to_le_bytes();
-    let fds = [uffd.as_raw_fd()];
-    sendmsg::<()>(
-        s.as_raw_fd(),
-        &[IoSlice::new(&pid_bytes)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .context("handing the userfaultfd to the lazy-pages daemon")?;
+    s.write_all(&(tasks.len() as u32).to_le_bytes()).context("talking to the lazy-pages daemon")?;
+    // One message per process: its two PIDs, and its fd alongside.
+    for (vpid, pid, uffd) in tasks {
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&vpid.to_le_bytes());
+        bytes[4..].copy_from_slice(&pid.to_le_bytes());
+        let fds = [uffd.as_raw_fd()];
+        sendmsg::<()>(
+            s.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .context("handing a userfaultfd to the lazy-pages daemon")?;
+    }
     let mut answer = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut answer)
         .context("waiting for the lazy-pages daemon")?;
     match answer.trim_end() {
         "ok" => Ok(()),
         "" => bail!("the lazy-pages daemon went away"),
-        other => bail!("the lazy-pages daemon could not serve the task: {other}"),
+        other => bail!("the lazy-pages daemon could not serve the tree: {other}"),
     }
 }
 
-/// Daemon side: wait for the restore; returns the PID, fd and the stream
-/// to answer on.
-pub fn receive(listener: &UnixListener) -> Result<(i32, OwnedFd, UnixStream)> {
-    let (s, _) = listener.accept().context("waiting for `ferry restore --lazy-pages`")?;
-    let mut buf = [0u8; 4];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .context("receiving the userfaultfd")?;
-    let mut fd = None;
-    for c in msg.cmsgs().context("reading control messages")? {
-        if let ControlMessageOwned::ScmRights(v) = c {
-            // SAFETY: the kernel installed these fds in our table.
-            fd = v.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
-        }
+/// Daemon side: wait for the restore; returns every process's fd and the
+/// stream to answer on.
+pub fn receive(listener: &UnixListener) -> Result<(Vec<Handed>, UnixStream)> {
+    let (mut s, _) = listener.accept().context("waiting for `ferry restore --lazy-pages`")?;
+    let mut n = [0u8; 4];
+    std::io::Read::read_exact(&mut s, &mut n).context("receiving the number of userfaultfds")?;
+    let n = u32::from_le_bytes(n);
+    if n == 0 || n > 1 << 16 {
+        bail!("the restore announced {n} userfaultfds");
     }
-    let fd = fd.context("the restore sent no userfaultfd")?;
-    Ok((i32::from_le_bytes(buf), fd, s))
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut buf = [0u8; 8];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .context("receiving a userfaultfd")?;
+        if msg.bytes != 8 {
+            bail!("short message from the restore ({} bytes)", msg.bytes);
+        }
+        let mut fd = None;
+        for c in msg.cmsgs().context("reading control messages")? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: the kernel installed these fds in our table.
+                fd = v.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
+            }
+        }
+        let uffd = fd.context("the restore sent no userfaultfd")?;
+        let vpid = i32::from_le_bytes(buf[..4].try_into().unwrap());
+        let pid = i32::from_le_bytes(buf[4..].try_into().unwrap());
+        out.push(Handed { vpid, pid, uffd });
+    }
+    Ok((out, s))
 }
 
 /// One line: "ok", or why not.

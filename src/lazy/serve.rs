@@ -17,18 +17,33 @@ use tracing::{info, warn};
 
 /// Where served pages come from.
 pub trait PageStore: Send + Sync {
-    /// Fill `buf` with the bytes of each (addr, len) piece in turn; refuse
-    /// anything not servable.
-    fn read(&self, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()>;
+    /// Fill `buf` with the bytes of each (addr, len) piece of `process` in
+    /// turn; refuse anything not servable.
+    fn read(&self, process: u64, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()>;
 }
 
-/// The lazy pages of a frozen task: nothing else of its memory is served.
+/// The lazy pages of a frozen tree, by process (its PID in the tree's
+/// namespace): nothing else of its memory is served.
+pub struct TreePages {
+    pub processes: std::collections::HashMap<u64, TaskPages>,
+}
+
+impl PageStore for TreePages {
+    fn read(&self, process: u64, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()> {
+        match self.processes.get(&process) {
+            Some(t) => t.read(pieces, buf),
+            None => bail!("process {process} has no lazy pages in this dump"),
+        }
+    }
+}
+
+/// The lazy pages of one frozen process.
 pub struct TaskPages {
     pub mem: RemoteMem,
     pub allowed: RangeSet,
 }
 
-impl PageStore for TaskPages {
+impl TaskPages {
     fn read(&self, pieces: &[(u64, u64)], buf: &mut [u8]) -> Result<()> {
         let page = crate::page_size();
         for &(addr, len) in pieces {
@@ -70,14 +85,14 @@ type Queue = (Mutex<(VecDeque<Frame>, Option<Ended>)>, Condvar);
 
 /// Answer one request on `out`; false if the connection is unusable.
 fn answer(req: &Frame, store: &dyn PageStore, stats: &ServeStats, out: &Mutex<Link>, buf: &mut Vec<u8>) -> bool {
-    let Ok(pieces) = req.pieces() else { return false };
+    let Ok((process, pieces)) = req.pieces() else { return false };
     let len: u64 = pieces.iter().map(|p| p.1).sum();
     if len > 16 << 20 || pieces.len() > MAX_PIECES {
         return false;
     }
     buf.resize(len as usize, 0);
     let mut out = out.lock().unwrap();
-    let sent = match store.read(&pieces, buf) {
+    let sent = match store.read(process, &pieces, buf) {
         Ok(()) => {
             let c = if req.prio == URGENT { &stats.urgent } else { &stats.bulk };
             c.fetch_add(1, Ordering::Relaxed);

@@ -107,18 +107,24 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     if let Some(p) = &o.pidfile {
         std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
     }
-    let Some(uffd) = restored.uffd else {
+    if restored.lazy.is_empty() {
         status(&mut stream, &format!("running {pid}"))?;
         crate::net::wire::write_frame(&mut stream, &crate::net::wire::Frame::new(Kind::Done, Vec::new()))?;
         say(&format!("task {pid} running; nothing left to fetch"));
         return Ok(());
-    };
-    let guard = Guard::start(uffd.fd(), pid)?;
+    }
+    let images = ImageDir::open(&final_dir)?;
+    let mut guards = Vec::new();
+    let mut tasks = Vec::new();
+    let pids: Vec<i32> = restored.lazy.iter().map(|l| l.pid).collect();
+    for l in restored.lazy {
+        let pagemap: PagemapImage = images.read_json(&pagemap_file(l.vpid))?;
+        guards.push(Guard::start(l.uffd.fd(), l.pid)?);
+        tasks.push(daemon::LazyTask { uffd: l.uffd, pid: l.pid, process: l.vpid as u64, lazy: lazy_ranges(&pagemap) });
+    }
     status(&mut stream, &format!("running {pid}"))?;
     say(&format!("task {pid} running after {} of images; fetching the rest", human_bytes(total)));
 
-    let images = ImageDir::open(&final_dir)?;
-    let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
     let reconnect = o.reconnect;
     let resumed = std::sync::Mutex::new(resume_rx);
     let connector: crate::lazy::client::Connector = Box::new(move || {
@@ -126,9 +132,9 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         resumed.lock().unwrap().recv_timeout(reconnect).map_err(|_| anyhow!("the source did not come back"))
     });
     let client = PageClient::with_stream(stream, connector, o.reconnect)?;
-    match daemon::run(uffd, pid, lazy_ranges(&pagemap), client) {
+    match daemon::run(tasks, client) {
         Ok(r) => {
-            guard.release();
+            guards.into_iter().for_each(Guard::release);
             let st = r.stats();
             say(&format!(
                 "all pages in place after {:.2} s: {} faults (median {} µs, p99 {} µs), {} pushed",
@@ -144,9 +150,11 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            // SAFETY: plain kill(2): the task cannot get its memory any more.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            guard.release();
+            for p in pids {
+                // SAFETY: plain kill(2): the tree cannot get its memory any more.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            guards.into_iter().for_each(Guard::release);
             bail!("killed task {pid}: {e:#}")
         }
     }

@@ -6,7 +6,7 @@ use crate::dump::{self, DumpOptions, LazyServe};
 use crate::image::inventory::ImageKind;
 use crate::image::pages_file;
 use crate::image::show::human_bytes;
-use crate::lazy::serve::{self, Ended, TaskPages};
+use crate::lazy::serve::{self, Ended};
 use crate::net::wire::{read_frame, Kind};
 use crate::net::{Credentials, Link};
 use crate::ptrace::{O_EXITKILL, O_TRACESYSGOOD};
@@ -150,13 +150,10 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         "task running on {} after {:.1} ms of downtime; {} left to send lazily",
         o.to,
         downtime.as_secs_f64() * 1e3,
-        human_bytes(crate::lazy::lazy_ranges(&frozen.pagemap).bytes())
+        human_bytes(frozen.lazy_bytes())
     ));
 
-    let store = TaskPages {
-        mem: crate::ptrace::remote::RemoteMem::open(pid)?,
-        allowed: crate::lazy::lazy_ranges(&frozen.pagemap),
-    };
+    let store = frozen.store()?;
     let stats = serve::ServeStats::default();
     loop {
         match serve::serve_conn(stream, &store, &stats) {

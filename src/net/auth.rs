@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 // Version 2: a Get may ask for several pieces at once.
-const PROTOCOL: &[u8] = b"ferry-pages/2";
+const PROTOCOL: &[u8] = b"ferry-pages/3";
 
 /// A shared secret.
 #[derive(Clone)]

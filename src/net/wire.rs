@@ -16,7 +16,8 @@ pub enum Kind {
     Response,
     Proof,
     Denied,
-    /// Page request: one or more (addr u64, len u64) pieces.
+    /// Page request: the process (u64, its PID in the tree's namespace),
+    /// then one or more (addr u64, len u64) pieces.
     Get,
     /// Page data: the first piece's addr u64, then the bytes of every piece
     /// of the request, in order.
@@ -65,26 +66,32 @@ impl Frame {
         Frame { kind, prio: BULK, id: 0, payload }
     }
 
-    pub fn get(id: u32, prio: u8, addr: u64, len: u64) -> Frame {
-        Frame::get_many(id, prio, &[(addr, len)])
+    pub fn get(id: u32, prio: u8, process: u64, addr: u64, len: u64) -> Frame {
+        Frame::get_many(id, prio, process, &[(addr, len)])
     }
 
-    /// A request for several pieces, answered by one Data frame.
-    pub fn get_many(id: u32, prio: u8, pieces: &[(u64, u64)]) -> Frame {
-        let payload = pieces.iter().flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+    /// A request for several pieces of one process's memory, answered by
+    /// one Data frame.
+    pub fn get_many(id: u32, prio: u8, process: u64, pieces: &[(u64, u64)]) -> Frame {
+        let payload = process
+            .to_le_bytes()
+            .into_iter()
+            .chain(pieces.iter().flat_map(|&(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes())))
+            .collect();
         Frame { kind: Kind::Get, prio, id, payload }
     }
 
-    /// The (addr, len) pieces of a Get.
-    pub fn pieces(&self) -> Result<Vec<(u64, u64)>> {
-        if self.payload.is_empty() || !self.payload.len().is_multiple_of(16) {
+    /// The process and (addr, len) pieces of a Get.
+    pub fn pieces(&self) -> Result<(u64, Vec<(u64, u64)>)> {
+        if self.payload.len() < 24 || !(self.payload.len() - 8).is_multiple_of(16) {
             bail!("malformed {:?} frame of {} bytes", self.kind, self.payload.len());
         }
         let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap());
-        Ok(self.payload.chunks(16).map(|c| (word(&c[..8]), word(&c[8..]))).collect())
+        let process = word(&self.payload[..8]);
+        Ok((process, self.payload[8..].chunks(16).map(|c| (word(&c[..8]), word(&c[8..]))).collect()))
     }
 
-    /// addr and len of a Get, or addr of a Data frame.
+    /// The first two words of the payload (a Data frame's addr first).
     pub fn words(&self) -> Result<(u64, u64)> {
         if self.payload.len() < 8 {
             bail!("short {:?} frame", self.kind);
@@ -153,13 +160,14 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Frame::get(7, URGENT, 0x7f00_0000_1000, 4096)).unwrap();
+        write_frame(&mut buf, &Frame::get(7, URGENT, 42, 0x7f00_0000_1000, 4096)).unwrap();
         write_data(&mut buf, 7, 0x7f00_0000_1000, &[1, 2, 3]).unwrap();
         let mut r = &buf[..];
         let g = read_frame(&mut r).unwrap();
-        assert_eq!((g.kind, g.prio, g.id, g.words().unwrap()), (Kind::Get, URGENT, 7, (0x7f00_0000_1000, 4096)));
-        let m = Frame::get_many(8, BULK, &[(0x1000, 4096), (0x9000, 8192)]);
-        assert_eq!(m.pieces().unwrap(), vec![(0x1000, 4096), (0x9000, 8192)]);
+        assert_eq!((g.kind, g.prio, g.id), (Kind::Get, URGENT, 7));
+        assert_eq!(g.pieces().unwrap(), (42, vec![(0x7f00_0000_1000, 4096)]));
+        let m = Frame::get_many(8, BULK, 42, &[(0x1000, 4096), (0x9000, 8192)]);
+        assert_eq!(m.pieces().unwrap(), (42, vec![(0x1000, 4096), (0x9000, 8192)]));
         assert!(Frame::new(Kind::Get, vec![0; 12]).pieces().is_err());
         let d = read_frame(&mut r).unwrap();
         assert_eq!(d.kind, Kind::Data);

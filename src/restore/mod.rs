@@ -59,8 +59,17 @@ pub struct Restored {
     /// ferry's PID of the root (the dumped one, unless the tree has a PID
     /// namespace of its own).
     pub pid: i32,
-    /// With `LazyRestore::Caller`: the task's userfaultfd.
-    pub uffd: Option<Uffd>,
+    /// With `LazyRestore::Caller`: each process with lazy pages, and its
+    /// userfaultfd.
+    pub lazy: Vec<LazyProcess>,
+}
+
+/// A restored process whose missing pages are to be served.
+pub struct LazyProcess {
+    /// Its PID in the tree's namespace (how the source knows it) and ferry's.
+    pub vpid: i32,
+    pub pid: i32,
+    pub uffd: Uffd,
 }
 
 pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
@@ -166,7 +175,12 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         built.push(b);
         testhook::stage("restore-process");
     }
-    let uffd = built.iter_mut().find_map(|b| b.uffd.take());
+    let lazy: Vec<LazyProcess> = built
+        .iter_mut()
+        .zip(&plan.processes)
+        .filter_map(|(b, pp)| b.uffd.take().map(|uffd| (pp.task.pid, uffd)))
+        .map(|(vpid, uffd)| LazyProcess { vpid, pid: pids[&vpid], uffd })
+        .collect();
 
     // The tree as a whole: process groups, zombies, pending signals.
     set_groups(plan, &live)?;
@@ -212,12 +226,14 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         l.main.set_sigmask(pp.task.main_thread().blocked)?;
     }
     let root_pid = pids[&tree.root];
-    let uffd = match (uffd, opts.lazy) {
-        (Some(u), Some(LazyRestore::Daemon)) => {
-            crate::lazy::handoff::send(&opts.dir, root_pid, u.fd(), Duration::from_secs(10))?;
-            None
+    let lazy = match opts.lazy {
+        Some(LazyRestore::Daemon) if !lazy.is_empty() => {
+            let handed: Vec<(i32, i32, &std::os::fd::OwnedFd)> =
+                lazy.iter().map(|l| (l.vpid, l.pid, l.uffd.fd())).collect();
+            crate::lazy::handoff::send(&opts.dir, &handed, Duration::from_secs(10))?;
+            Vec::new()
         }
-        (u, _) => u,
+        _ => lazy,
     };
     before_run(root_pid)?;
     testhook::stage("detach");
@@ -241,7 +257,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         }
     }
     info!(pid = root_pid, processes = tree.processes.len(), "tree running");
-    Ok(Restored { pid: root_pid, uffd })
+    Ok(Restored { pid: root_pid, lazy })
 }
 
 /// The seized processes; dropped (killed) children first, as a PID

@@ -21,11 +21,12 @@ pub mod uffd_wp;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     UffdWp,
     SoftDirty,
+    #[default]
     Hashing,
 }
 
@@ -86,12 +87,13 @@ pub fn choose(c: Choice) -> anyhow::Result<Method> {
 }
 
 /// track.json: how the next round finds out what changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackRecord {
     pub method: Method,
-    /// For uffd-wp: the process that keeps the userfaultfd open.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holder: Option<holder::HolderRef>,
+    /// For uffd-wp: per process of the tree (by its PID in the tree's
+    /// namespace), the holder that keeps its userfaultfd open.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub holders: std::collections::BTreeMap<i32, holder::HolderRef>,
 }
 
 pub const TRACK_FILE: &str = "track.json";

@@ -65,8 +65,9 @@ impl Me {
         let now = Me::now(self.name);
         let n = self.name;
         check(now.pid == self.pid, code, &format!("{n}: pid {} became {}", self.pid, now.pid));
-        // The root's parent is whoever restored it (as with CRIU).
-        if n != "root" {
+        // The root's parent is whoever restored it (as with CRIU); the
+        // orphan's changed when its first parent exited.
+        if n != "root" && n != "orphan" {
             check(now.ppid == self.ppid, code + 1, &format!("{n}: parent {} became {}", self.ppid, now.ppid));
         }
         check(now.pgid == self.pgid, code + 2, &format!("{n}: group {} became {}", self.pgid, now.pgid));
