@@ -1,6 +1,7 @@
-//! A tree of PROCS processes (the root and its children), each with two
-//! threads that keep rewriting MIB/2 mebibytes of memory of their own, so
-//! that PERCENT of it changes per second. Every page derives from (owner,
+//! A tree of PROCS processes (the root and its children), each with
+//! THREADS threads (2 unless given) that keep rewriting MIB/THREADS
+//! mebibytes of memory of their own, so that PERCENT of it changes per
+//! second. Every page derives from (owner,
 //! page number, version). The root also holds 4 MiB it never changes.
 //!
 //! Each process's main thread waits for signals (blocked in every thread,
@@ -11,7 +12,7 @@
 //! its children, which do the same, and waits for them all: "ok" and exit
 //! 0 only if every process found all its memory intact (3 otherwise).
 //!
-//! Usage: tp-fleet PROCS MIB PERCENT
+//! Usage: tp-fleet PROCS MIB PERCENT [THREADS]
 use ferry_testprogs::{check, say};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -64,11 +65,13 @@ fn churn(owner: u64, bytes: usize, percent: usize) -> bool {
     })
 }
 
-/// This process's two threads, until SIGUSR1; true if both found their
-/// memory intact. `on_usr2` runs on each SIGUSR2.
-fn run(index: u64, mib: usize, percent: usize, mut on_usr2: impl FnMut()) -> bool {
-    let half = mib * (1 << 20) / 2;
-    let threads: Vec<_> = (0..2).map(|t| std::thread::spawn(move || churn(index * 2 + t + 1, half, percent))).collect();
+/// This process's threads, until SIGUSR1; true if all found their memory
+/// intact. `on_usr2` runs on each SIGUSR2.
+fn run(index: u64, mib: usize, percent: usize, threads: u64, mut on_usr2: impl FnMut()) -> bool {
+    let share = mib * (1 << 20) / threads as usize;
+    let threads: Vec<_> = (0..threads)
+        .map(|t| std::thread::spawn(move || churn(index * threads + t + 1, share, percent)))
+        .collect();
     while wait_signal() != libc::SIGUSR1 {
         on_usr2();
     }
@@ -80,6 +83,7 @@ fn main() {
     let procs: u64 = ferry_testprogs::arg(1).parse().unwrap();
     let mib: usize = ferry_testprogs::arg(2).parse().unwrap();
     let percent: usize = ferry_testprogs::arg(3).parse().unwrap();
+    let threads: u64 = std::env::args().nth(4).map(|t| t.parse().unwrap()).unwrap_or(2);
     // SAFETY: block both signals before any fork or thread: every thread
     // of every process inherits the mask, and the main threads sigwait.
     unsafe {
@@ -97,7 +101,7 @@ fn main() {
         // SAFETY: fork before any thread exists.
         match unsafe { libc::fork() } {
             0 => {
-                let ok = run(i, mib, percent, || {});
+                let ok = run(i, mib, percent, threads, || {});
                 std::process::exit(if ok { 0 } else { 3 });
             }
             pid => children.push(pid),
@@ -105,7 +109,7 @@ fn main() {
     }
     say(&format!("ready {procs} processes"));
     let mut forked = Vec::new();
-    let mine = run(0, mib, percent, || {
+    let mine = run(0, mib, percent, threads, || {
         // SAFETY: fork; the child only reads memory and exits.
         match unsafe { libc::fork() } {
             0 => {

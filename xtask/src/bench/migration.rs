@@ -90,7 +90,7 @@ fn dir(tool: Tool, what: &str, n: usize) -> Result<PathBuf> {
 
 /// A tool's command; CRIU logs to a file in the images dir and prints its
 /// statistics, so a failure can be explained from the log.
-fn tool_cmd(tools: &Tools, tool: Tool, ns: Option<&PidNs>, args: &[&str], log: &str) -> Command {
+pub(super) fn tool_cmd(tools: &Tools, tool: Tool, ns: Option<&PidNs>, args: &[&str], log: &str) -> Command {
     let bin = tools.path(tool);
     let mut c = match ns {
         Some(ns) => ns.command(bin),
@@ -113,7 +113,7 @@ fn criu_error(dirs: &[&Path]) -> Option<String> {
         .last()
 }
 
-fn explain<T>(r: Result<T>, tool: Tool, dirs: &[&Path]) -> Result<T> {
+pub(super) fn explain<T>(r: Result<T>, tool: Tool, dirs: &[&Path]) -> Result<T> {
     r.map_err(|e| match (tool, criu_error(dirs)) {
         (Tool::Criu, Some(line)) => {
             let line = line.split("): ").nth(1).unwrap_or(&line).trim().to_string();
@@ -148,12 +148,12 @@ fn predump_round(mib: u64, tool: Tool, tools: &Tools, n: usize) -> Result<Round>
     r
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Whether something listens on TCP `port` in our network namespace.
-fn listening(port: u16) -> bool {
+pub(super) fn listening(port: u16) -> bool {
     let local = format!(":{port:04X}");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()).any(|t| {
         t.lines().skip(1).any(|l| {
@@ -163,14 +163,14 @@ fn listening(port: u16) -> bool {
     })
 }
 
-fn spawn_logged(mut c: Command, log: &Path) -> Result<Child> {
+pub(super) fn spawn_logged(mut c: Command, log: &Path) -> Result<Child> {
     let f = std::fs::File::create(log)?;
     c.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
     c.spawn().with_context(|| format!("starting {c:?}"))
 }
 
 /// Wait for `c` to exit, killing it after `timeout`; its log explains a failure.
-fn finish(c: &mut Child, what: &str, log: &Path, timeout: Duration) -> Result<()> {
+pub(super) fn finish(c: &mut Child, what: &str, log: &Path, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let st: ExitStatus = loop {
         if let Some(st) = c.try_wait()? {
@@ -365,7 +365,7 @@ fn median<T>(v: &[Result<T>], f: impl Fn(&T) -> f64) -> Result<f64, String> {
 }
 
 /// A failure as one line: the outermost message's first line.
-fn one_line(e: &anyhow::Error) -> String {
+pub(super) fn one_line(e: &anyhow::Error) -> String {
     e.to_string().lines().next().unwrap_or("").trim().trim_end_matches(':').to_string()
 }
 

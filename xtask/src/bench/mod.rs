@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: ferry against CRIU 4.1.1 in the same run.
-//! Dump/restore of a 1 GiB process (images on tmpfs), then live-migration
-//! figures over loopback. Reported, never asserted: the machine is shared
+//! Dump/restore of a 1 GiB process (images on tmpfs), live-migration
+//! figures over loopback, then threads and trees (a 64-thread process, a
+//! 16-process tree, a tree's pre-copy + lazy migration). Reported, never asserted: the machine is shared
 //! and noisy, so only ratios within one run mean much.
 
 mod dump_restore;
 mod migration;
 mod pidns;
+mod trees;
 
 use crate::{build_release, criu, project_root, require_root};
 use anyhow::{bail, Context, Result};
@@ -35,6 +37,7 @@ pub struct Bench {
 enum Part {
     DumpRestore,
     Migration,
+    Trees,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -88,11 +91,15 @@ impl Bench {
         let _ = std::fs::remove_dir_all(WORK);
         std::fs::create_dir_all(WORK)?;
         warm_up_tmpfs(self.mib * 6)?;
-        if self.only != Some(Part::Migration) {
+        let part = |p: Part| self.only.is_none_or(|o| o == p);
+        if part(Part::DumpRestore) {
             dump_restore::run(&self, &tools)?;
         }
-        if self.only != Some(Part::DumpRestore) {
+        if part(Part::Migration) {
             migration::run(&self, &tools)?;
+        }
+        if part(Part::Trees) {
+            trees::run(&self, &tools)?;
         }
         let _ = std::fs::remove_dir_all(WORK);
         Ok(())
