@@ -106,15 +106,16 @@ pub fn return_to_interrupt_stop(tracee: &Tracee, original: &NativeState, mask: u
 
 fn ask_thread(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<ThreadState> {
     inj.call(Syscall::Sigaltstack, &[0, scratch], || "sigaltstack".into())?;
+    // stack_t: ss_sp, int ss_flags (then padding), ss_size.
     let v = mem.read_u64s(scratch, 3)?;
-    let altstack = AltStack { sp: v[0], flags: v[1] as u32 as i32, size: v[2] };
-    let prctl_word = |inj: &mut Injector, option: i32, what: &str| -> Result<u64> {
-        mem.write(scratch, &[0u8; 8])?;
-        inj.call(Syscall::Prctl, &[option as u64, scratch], || format!("prctl({what})"))?;
-        Ok(mem.read_u64s(scratch, 1)?[0])
-    };
-    let pdeathsig = prctl_word(inj, libc::PR_GET_PDEATHSIG, "PR_GET_PDEATHSIG")? as u32 as i32;
-    let clear_child_tid = prctl_word(inj, PR_GET_TID_ADDRESS, "PR_GET_TID_ADDRESS")?;
+    let altstack = AltStack { sp: v[0], flags: mem.read_i32(scratch + 8)?, size: v[2] };
+    mem.write(scratch, &[0u8; 8])?;
+    inj.call(Syscall::Prctl, &[libc::PR_GET_PDEATHSIG as u64, scratch], || "prctl(PR_GET_PDEATHSIG)".into())?;
+    let pdeathsig = mem.read_i32(scratch)?;
+    // A pointer, not an int.
+    mem.write(scratch, &[0u8; 8])?;
+    inj.call(Syscall::Prctl, &[PR_GET_TID_ADDRESS as u64, scratch], || "prctl(PR_GET_TID_ADDRESS)".into())?;
+    let clear_child_tid = mem.read_u64s(scratch, 1)?[0];
     let securebits =
         inj.call(Syscall::Prctl, &[libc::PR_GET_SECUREBITS as u64], || "prctl(PR_GET_SECUREBITS)".into())? as u32;
     Ok(ThreadState { altstack, clear_child_tid, pdeathsig, securebits, deferred_signals: Vec::new() })
@@ -148,7 +149,7 @@ fn ask_process(inj: &mut Injector, mem: &RemoteMem, scratch: u64) -> Result<Proc
 
     let prctl_int = |inj: &mut Injector, option: i32, what: &str| -> Result<i32> {
         inj.call(Syscall::Prctl, &[option as u64, scratch], || format!("prctl({what})"))?;
-        Ok(mem.read_u64s(scratch, 1)?[0] as u32 as i32)
+        mem.read_i32(scratch)
     };
     let child_subreaper = prctl_int(inj, libc::PR_GET_CHILD_SUBREAPER, "PR_GET_CHILD_SUBREAPER")? != 0;
     let dumpable =

@@ -56,6 +56,14 @@ impl RemoteMem {
         Ok(buf.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
     }
 
+    /// One C `int` (native byte order: on big-endian machines the low half
+    /// of a u64 read is not where an int lies).
+    pub fn read_i32(&self, addr: u64) -> Result<i32> {
+        let mut buf = [0u8; 4];
+        self.read(addr, &mut buf)?;
+        Ok(i32::from_ne_bytes(buf))
+    }
+
     /// Write through /proc/PID/mem (also into read-only pages).
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         self.mem

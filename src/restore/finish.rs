@@ -57,8 +57,10 @@ pub fn thread_state(inj: &mut Injector, mem: &RemoteMem, t: &ThreadImage, scratc
     let alt = &t.altstack;
     if alt.flags & libc::SS_DISABLE == 0 {
         // stack_t: ss_sp, ss_flags (int, padded), ss_size. SS_ONSTACK is state, not a setting.
-        let flags = (alt.flags & !libc::SS_ONSTACK) as u32 as u64;
-        mem.write(buf, &words(&[alt.sp, flags, alt.size]))?;
+        let flags = alt.flags & !libc::SS_ONSTACK;
+        let mut st = words(&[alt.sp, 0, alt.size]);
+        st[8..12].copy_from_slice(&flags.to_ne_bytes());
+        mem.write(buf, &st)?;
         inj.call(Syscall::Sigaltstack, &[buf, 0], || format!("sigaltstack at {:#x}", alt.sp))?;
     }
     if t.robust_list != 0 {

@@ -69,9 +69,8 @@ fn churn(owner: u64, bytes: usize, percent: usize) -> bool {
 /// intact. `on_usr2` runs on each SIGUSR2.
 fn run(index: u64, mib: usize, percent: usize, threads: u64, mut on_usr2: impl FnMut()) -> bool {
     let share = mib * (1 << 20) / threads as usize;
-    let threads: Vec<_> = (0..threads)
-        .map(|t| std::thread::spawn(move || churn(index * threads + t + 1, share, percent)))
-        .collect();
+    let threads: Vec<_> =
+        (0..threads).map(|t| std::thread::spawn(move || churn(index * threads + t + 1, share, percent))).collect();
     while wait_signal() != libc::SIGUSR1 {
         on_usr2();
     }

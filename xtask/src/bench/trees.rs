@@ -133,13 +133,17 @@ fn sample(mib: u64, shape: &Shape, tool: Tool, tools: &Tools, n: usize) -> Resul
     let r = (|| {
         let (dump, frozen) = match tool {
             Tool::Ferry => {
-                let (took, _) =
-                    run_checked(std::process::Command::new(bin).args(["dump", "-t", &p, "-D"]).arg(&dir), "ferry dump")?;
+                let (took, _) = run_checked(
+                    std::process::Command::new(bin).args(["dump", "-t", &p, "-D"]).arg(&dir),
+                    "ferry dump",
+                )?;
                 (took, ferry_frozen(&dir)?)
             }
             Tool::Criu => {
                 let (took, text) = run_checked(
-                    std::process::Command::new(bin).args(["dump", "--display-stats", "-o", "dump.log", "-t", &p, "-D"]).arg(&dir),
+                    std::process::Command::new(bin)
+                        .args(["dump", "--display-stats", "-o", "dump.log", "-t", &p, "-D"])
+                        .arg(&dir),
                     "criu dump",
                 )?;
                 (took, criu_frozen(&text))
@@ -215,8 +219,19 @@ fn migrate(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path) -> Resul
     let port = free_port()?.to_string();
     let img = d2.to_str().unwrap();
     let dump_args = [
-        "dump", "-t", &pid, "-D", img, "--lazy-pages", "--port", &port, "--address", "127.0.0.1", "--prev-images-dir",
-        "../1", "--track-mem",
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        img,
+        "--lazy-pages",
+        "--port",
+        &port,
+        "--address",
+        "127.0.0.1",
+        "--prev-images-dir",
+        "../1",
+        "--track-mem",
     ];
     let dump_log = d2.join("dump.out");
     let final_start = Instant::now();
@@ -241,7 +256,8 @@ fn migrate(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path) -> Resul
     let downtime = final_start.elapsed();
     let settle = (|| -> Result<Duration> {
         restored?;
-        let root = ns.restored().ok_or_else(|| anyhow!("{name} restore returned, but no tree runs in the namespace"))?;
+        let root =
+            ns.restored().ok_or_else(|| anyhow!("{name} restore returned, but no tree runs in the namespace"))?;
         finish(&mut daemon, &format!("{name} lazy-pages"), &daemon_log, Duration::from_secs(120))?;
         finish(&mut dump, &format!("{name} dump --lazy-pages"), &dump_log, Duration::from_secs(30))?;
         let total = start.elapsed();
@@ -296,9 +312,7 @@ fn report(b: &Bench, rows: &[(String, Tool, Result<Vec<Sample>>)], migrations: &
             rows.iter().find(|(s, t, r)| s == shape && *t == tool && r.is_ok()).map(|(_, _, r)| r.as_ref().unwrap())
         };
         if let (Some(f), Some(c)) = (get(Tool::Ferry), get(Tool::Criu)) {
-            let ratio = |g: fn(&Sample) -> f64| {
-                median(f.iter().map(g).collect()) / median(c.iter().map(g).collect())
-            };
+            let ratio = |g: fn(&Sample) -> f64| median(f.iter().map(g).collect()) / median(c.iter().map(g).collect());
             let (dump, restore) = (ratio(|s| s.dump.as_secs_f64()), ratio(|s| s.restore.as_secs_f64()));
             println!(
                 "{shape:<14} ferry/criu   dump {dump:.2}x, restore {restore:.2}x (goal: at most 1x each: {})",
