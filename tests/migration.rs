@@ -59,6 +59,38 @@ fn key(w: &Path, name: &str, content: &str) -> String {
     p.display().to_string()
 }
 
+/// The source half of DESIGN.md's sequence: pre-dump into IMGS/1, a
+/// tracked pre-dump into IMGS/2, then the lazy dump into IMGS/3, serving
+/// on port 27; returns the lazy dump (still serving) once its images are
+/// complete.
+fn precopied_lazy_dump(net: &Net, pid: i32, imgs: &Path) -> Child {
+    let pid = pid.to_string();
+    let d = |n: &str| imgs.join(n).display().to_string();
+    finish(bg(ferry_in_src(net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump 1");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = ["pre-dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem"];
+    finish(bg(ferry_in_src(net, &second)), "pre-dump 2");
+    std::thread::sleep(Duration::from_millis(300));
+    let last = [
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        &d("3"),
+        "--prev-images-dir",
+        "../2",
+        "--track-mem",
+        "--lazy-pages",
+        "--port",
+        "27",
+        "--address",
+        &net.src_ip,
+    ];
+    let src = bg(ferry_in_src(net, &last));
+    until("the lazy dump's images", || imgs.join("3/inventory.json").exists());
+    src
+}
+
 /// DESIGN.md's sequence, verbatim but for paths and the address:
 /// pre-dump, pre-dump --prev-images-dir --track-mem, dump --lazy-pages,
 /// copy the images, lazy-pages + restore --lazy-pages on the destination.
@@ -68,35 +100,8 @@ fn criu_command_sequence_between_namespaces() {
     let net = Net::new();
     let mut t = spawn_src(&net, "tp-churn", &["128", "5"], &w.path().join("out"));
     t.wait_output("ready", T);
-    let pid = t.pid.to_string();
     let imgs = w.path().join("imgs");
-    let d = |n: &str| imgs.join(n).display().to_string();
-    finish(bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump 1");
-    std::thread::sleep(Duration::from_millis(300));
-    finish(
-        bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem"])),
-        "pre-dump 2",
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let src = bg(ferry_in_src(
-        &net,
-        &[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            &d("3"),
-            "--prev-images-dir",
-            "../2",
-            "--track-mem",
-            "--lazy-pages",
-            "--port",
-            "27",
-            "--address",
-            &net.src_ip,
-        ],
-    ));
-    until("the lazy dump's images", || imgs.join("3/inventory.json").exists());
+    let src = precopied_lazy_dump(&net, t.pid, &imgs);
     // "After copying /imgs": the destination gets its own copy.
     let dst_imgs = w.path().join("dst");
     assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
@@ -484,35 +489,8 @@ fn tree_with_threads_migrates_lazily() {
     std::thread::sleep(Duration::from_millis(300));
     let source_tree = tree_pids(t.pid);
     assert_eq!(source_tree.len(), 4);
-    let pid = t.pid.to_string();
     let imgs = w.path().join("imgs");
-    let d = |n: &str| imgs.join(n).display().to_string();
-    finish(bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump 1");
-    std::thread::sleep(Duration::from_millis(300));
-    finish(
-        bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem"])),
-        "pre-dump 2",
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let src = bg(ferry_in_src(
-        &net,
-        &[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            &d("3"),
-            "--prev-images-dir",
-            "../2",
-            "--track-mem",
-            "--lazy-pages",
-            "--port",
-            "27",
-            "--address",
-            &net.src_ip,
-        ],
-    ));
-    until("the lazy dump's images", || imgs.join("3/inventory.json").exists());
+    let src = precopied_lazy_dump(&net, t.pid, &imgs);
     // Every round holds all four processes; the last one's pages are
     // mostly in its parents, and some are left lazy in each process.
     for n in ["1", "2", "3"] {

@@ -234,16 +234,22 @@ fn sleepers(w: &std::path::Path) -> (Target, Vec<i32>) {
     (t, pids)
 }
 
+/// The sleepers, dumped (and gone): their images and PIDs.
+fn dumped_sleepers(w: &std::path::Path) -> (std::path::PathBuf, Vec<i32>) {
+    let (mut t, pids) = sleepers(w);
+    let img = w.join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    reap_all(&pids, T);
+    (img, pids)
+}
+
 /// A restore that fails in the fifth process (its directory is gone)
 /// leaves none of the tree behind.
 #[test]
 fn restore_failing_in_the_fifth_process_leaves_nothing() {
     let w = workdir();
-    let (mut t, pids) = sleepers(w.path());
-    let img = w.path().join("img");
-    dump(t.pid, &img, &[]);
-    t.reap_killed();
-    reap_all(&pids, T);
+    let (img, pids) = dumped_sleepers(w.path());
     std::fs::remove_dir(w.path().join("d5")).unwrap();
     let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
     assert!(err.contains("d5: No such file or directory") && err.contains("chdir"), "{err}");
@@ -257,11 +263,7 @@ fn restore_failing_in_the_fifth_process_leaves_nothing() {
 #[test]
 fn ferry_killed_mid_tree_restore_leaves_nothing() {
     let w = workdir();
-    let (mut t, pids) = sleepers(w.path());
-    let img = w.path().join("img");
-    dump(t.pid, &img, &[]);
-    t.reap_killed();
-    reap_all(&pids, T);
+    let (img, pids) = dumped_sleepers(w.path());
     let mut f = ferry_held_at(&["restore", "-d", "-D", img.to_str().unwrap()], "restore-process#5");
     assert!(pids.iter().all(|&p| pid_exists(p)), "the tree is being built");
     f.kill().unwrap();

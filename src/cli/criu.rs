@@ -161,3 +161,13 @@ impl NoForms {
     pub const NAMES: &'static [&'static str] =
         &["no-shell-job", "no-track-mem", "no-page-server", "no-restore-detached", "no-daemon", "no-tls"];
 }
+
+/// Restore's options, which CRIU takes on dump and pre-dump too, without
+/// effect there.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RestoreOnly {
+    #[arg(short = 'd', long = "restore-detached", alias = "daemon", hide = true)]
+    pub restore_detached: bool,
+    #[arg(long, hide = true)]
+    pub pidfile: Option<std::path::PathBuf>,
+}

@@ -60,11 +60,8 @@ pub struct DumpArgs {
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
-    /// Restore's options, which CRIU takes on any command (no effect here)
-    #[arg(short = 'd', long = "restore-detached", alias = "daemon", hide = true)]
-    pub restore_detached: bool,
-    #[arg(long, hide = true)]
-    pub pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub restore_only: super::criu::RestoreOnly,
 }
 
 /// Where pages go over the network (shared by dump and pre-dump).
@@ -157,10 +154,8 @@ pub struct PreDumpArgs {
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
-    #[arg(short = 'd', long = "restore-detached", alias = "daemon", hide = true)]
-    pub restore_detached: bool,
-    #[arg(long, hide = true)]
-    pub pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub restore_only: super::criu::RestoreOnly,
 }
 
 fn options(pid: i32, dir: PathBuf, chain: &ChainArgs) -> crate::dump::DumpOptions {

@@ -11,6 +11,7 @@
 //! it needs is prepared in [`TreeSetup`] beforehand and it only makes raw
 //! syscalls; each reports (process, step, errno) on one shared pipe.
 
+use super::fork::CloneArgs;
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
@@ -88,6 +89,9 @@ pub struct TreeSetup {
     pub stage_base: RawFd,
     /// ferry's hard RLIMIT_NOFILE, which the processes raise their soft one to.
     pub nofile_hard: u64,
+    /// ferry's PID, as the root sees its parent (0 for a new PID
+    /// namespace's init, whose parent is outside).
+    pub ferry_pid: i32,
     /// Every process, the root first, parents before children.
     pub processes: Vec<ChildSetup>,
 }
@@ -190,22 +194,6 @@ fn fail(fd: RawFd, process: usize, step: Step, index: usize) -> ! {
     }
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// clone3 with one PID asked for (in the caller's PID namespace), raw:
 /// 0 in the child, the PID in the parent, -errno on failure.
 fn clone_at(pid: i32, exit_signal: i32) -> i64 {
@@ -247,6 +235,10 @@ pub fn run(t: &TreeSetup) -> ! {
             fail(rfd, 0, Step::BlockSignals, 0);
         }
         let mut me = 0usize;
+        // Who our parent must be: ferry for the root (0 when the root is a
+        // new PID namespace's init: its parent is outside), then each
+        // process for the children it forks.
+        let mut parent = t.ferry_pid;
         'process: loop {
             let s = &t.processes[me];
             // Die with our parent (ferry, or the parent process of the
@@ -254,6 +246,12 @@ pub fn run(t: &TreeSetup) -> ! {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 fail(rfd, me, Step::BlockSignals, 0);
             }
+            // The parent may have died before we asked: then nobody would
+            // kill us, and a failed restore would leave us behind.
+            if libc::getppid() != parent {
+                libc::_exit(126);
+            }
+            let myself = libc::getpid();
             if s.setsid && libc::setsid() < 0 {
                 fail(rfd, me, Step::Setsid, 0);
             }
@@ -262,6 +260,7 @@ pub fn run(t: &TreeSetup) -> ! {
                 match clone_at(child.pid, child.exit_signal) {
                     0 => {
                         me = c;
+                        parent = myself;
                         continue 'process;
                     }
                     r if r < 0 => {

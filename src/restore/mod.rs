@@ -237,6 +237,16 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     };
     before_run(root_pid)?;
     testhook::stage("detach");
+    // Signals held back while ferry injected, and SIGSTOP for a process
+    // that was stopped: queued while each is still held, so it stops
+    // before its first instruction.
+    for (b, pp) in built.iter().zip(&plan.processes) {
+        let pid = pids[&pp.task.pid];
+        for sig in b.deferred.iter().copied().chain(pp.task.stopped.then_some(libc::SIGSTOP)) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
     for l in live.iter() {
         if tree.processes[l.index].state != ProcessState::Alive {
             continue;
@@ -245,15 +255,12 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
             t.detach(0)?;
         }
     }
-    for (b, pp) in built.iter().zip(&plan.processes) {
+    // Return once the stopped ones show as stopped.
+    for pp in plan.processes.iter().filter(|pp| pp.task.stopped) {
         let pid = pids[&pp.task.pid];
-        for sig in &b.deferred {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, *sig) };
-        }
-        if pp.task.stopped {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let start = Instant::now();
+        while ProcDir::new(pid).status().is_ok_and(|s| s.state != 'T') && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     info!(pid = root_pid, processes = tree.processes.len(), "tree running");

@@ -333,7 +333,16 @@ pub fn reap_all(pids: &[i32], timeout: Duration) {
             if r == pid || !pid_exists(pid) {
                 break;
             }
-            assert!(start.elapsed() < timeout, "process {pid} of the dumped tree is still there");
+            if start.elapsed() > timeout {
+                let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let line = |k: &str| st.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+                panic!(
+                    "process {pid} of the dumped tree is still there: {} {} {}",
+                    line("Name"),
+                    line("State"),
+                    line("PPid")
+                );
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-struct Sample {
-    frozen: Duration,
-    dump: Duration,
-    restore: Duration,
-    image: u64,
+/// One dump and restore of one workload.
+pub(super) struct Sample {
+    pub frozen: Duration,
+    pub dump: Duration,
+    pub restore: Duration,
+    pub image: u64,
 }
 
 /// Dump and restore `rounds` times per tool, then print the medians.

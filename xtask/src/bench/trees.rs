@@ -4,7 +4,7 @@
 //! tree into a fresh PID namespace. Each restored tree checks every page
 //! it owns (tp-fleet) before its figures count.
 
-use super::dump_restore::{criu_frozen, ferry_frozen};
+use super::dump_restore::{criu_frozen, ferry_frozen, Sample};
 use super::migration::{explain, finish, free_port, listening, spawn_logged, tool_cmd};
 use super::pidns::PidNs;
 use super::{dir_size, run_checked, Bench, Target, Tool, Tools, WORK};
@@ -21,13 +21,6 @@ struct Shape {
 
 const SHAPES: [Shape; 2] =
     [Shape { name: "64 threads", procs: 1, threads: 64 }, Shape { name: "16 processes", procs: 16, threads: 2 }];
-
-struct Sample {
-    frozen: Duration,
-    dump: Duration,
-    restore: Duration,
-    image: u64,
-}
 
 pub(super) fn run(b: &Bench, tools: &Tools) -> Result<()> {
     let mut rows: Vec<(String, Tool, Result<Vec<Sample>>)> = Vec::new();
