@@ -133,8 +133,12 @@ pub enum Copied {
     /// Copied this many bytes; the next page is already there (faulted in,
     /// or copied before).
     Exists(usize),
-    /// The range is gone (unmapped, or the task exited).
+    /// The task's memory is gone (it exited).
     Gone,
+    /// Copied this many bytes; the next page is in no registered area: its
+    /// area was unmapped, or the range runs past the end of one area (a
+    /// copy must stay within one).
+    NoArea(usize),
     /// Copied this many bytes, then the layout changed under us: read the
     /// pending events, then try the rest again.
     Again(usize),
@@ -189,7 +193,8 @@ impl Uffd {
         match r {
             Ok(_) => Ok(Copied::All),
             Err(Errno::EEXIST) => Ok(Copied::Exists(done)),
-            Err(Errno::ENOENT | Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::ENOENT) => Ok(Copied::NoArea(done)),
             Err(Errno::EAGAIN) => Ok(Copied::Again(done)),
             Err(e) => bail!("UFFDIO_COPY to {:#x}: {}", dst + done as u64, e.desc()),
         }
@@ -202,7 +207,8 @@ impl Uffd {
         match unsafe { ioctl_zeropage(self.fd.as_raw_fd(), &mut z) } {
             Ok(_) => Ok(Copied::All),
             Err(Errno::EEXIST) => Ok(Copied::Exists(0)),
-            Err(Errno::ENOENT | Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::ENOENT) => Ok(Copied::NoArea(0)),
             Err(Errno::EAGAIN) => Ok(Copied::Again(0)),
             Err(e) => bail!("UFFDIO_ZEROPAGE at {start:#x}: {}", e.desc()),
         }

@@ -475,6 +475,41 @@ fn lazy_dump_copies_the_rseq_page() {
     t.assert_running_untraced();
 }
 
+/// Lazy pages run on across areas that touch (read-write and read-only
+/// in turn), but one userfaultfd copy must stay inside one area: the
+/// kernel answers ENOENT for a copy that crosses. The daemon pushes every
+/// page while the task sleeps, copies up to each boundary and on from it,
+/// and only then finishes: the task finds every byte (a daemon that took
+/// ENOENT for "the task is gone" finished early and left zeros).
+#[test]
+fn lazy_pages_cross_area_boundaries() {
+    let w = workdir();
+    let net = Net::new();
+    let mut t = spawn_src(&net, "tp-areas", &["6"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let imgs = w.path().join("imgs");
+    let d = imgs.display().to_string();
+    let pid = t.pid.to_string();
+    let dump = ["dump", "-t", &pid, "-D", &d, "--lazy-pages", "--port", "27", "--address", &net.src_ip];
+    let src = bg(ferry_in_src(&net, &dump));
+    until("the lazy dump's images", || imgs.join("inventory.json").exists());
+    let dst_imgs = w.path().join("dst");
+    assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
+    let ns = PidNs::new(Some(&net.dst));
+    let dd = dst_imgs.display().to_string();
+    let daemon = bg(ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]));
+    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    finish(daemon, "lazy-pages");
+    finish(src, "lazy dump");
+    t.reap_killed();
+    let lazy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dst_imgs.join("lazy-stats.json")).unwrap()).unwrap();
+    // 6 areas of 1 MiB + 3 pages, all of them lazy, all pushed.
+    assert!(lazy["pushed_bytes"].as_u64().unwrap() >= 6 << 20, "{lazy}");
+    check_restored(&ns, t.pid, &t);
+}
+
 /// Every process of a tree (a root, three children, two threads each,
 /// all dirtying memory) goes through DESIGN.md's sequence: two pre-dumps
 /// tracked per process, a lazy dump, lazy-pages + restore --lazy-pages.

@@ -13,8 +13,16 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 
 echo "VMTEST KERNEL $(uname -r)"
 
-pass() { echo "VMTEST PASS $1"; }
-fail() { echo "VMTEST FAIL $1: $2"; }
+# Seconds since the last PASS or FAIL (the guest's uptime), shown with each
+# (set in this shell, not in a $(...) subshell, so that the mark moves).
+mark=$(cut -d' ' -f1 /proc/uptime)
+took() {
+    now=$(cut -d' ' -f1 /proc/uptime)
+    took=$(echo "$now $mark" | awk '{ printf "%.1f", $1 - $2 }')
+    mark=$now
+}
+pass() { took; echo "VMTEST PASS $1 ($took s)"; }
+fail() { took; echo "VMTEST FAIL $1: $2 ($took s)"; }
 
 # wait_line FILE PREFIX [TENTHS]: until FILE has a line starting with PREFIX.
 wait_line() {

@@ -145,10 +145,22 @@ mod tests {
 
     #[test]
     fn own_layout_plans() {
-        // The test binary's own address space is a realistic sample.
-        let proc = ProcDir::current();
+        // A real program's address space is a realistic sample. Not this
+        // test binary's own: its other test threads map and unmap while
+        // smaps is read, and a read spanning such a change can show two
+        // versions of one area.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let proc = ProcDir::new(child.id() as i32);
+        // Wait until sleep sleeps: exec and the loader's mapping are done.
+        while !(proc.read_link("exe").is_ok_and(|e| e.ends_with("sleep")) && proc.stat().is_ok_and(|s| s.state == 'S'))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let maps = proc.smaps().unwrap();
-        let planned = plan(&proc, proc.pid, &maps, &mut ObjectTable::default()).unwrap();
+        let planned = plan(&proc, proc.pid, &maps, &mut ObjectTable::default());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let planned = planned.unwrap();
         check_layout(&planned).unwrap();
         assert!(planned.iter().any(|p| p.vma.kind == VmaKind::Vdso));
         assert!(planned.iter().any(|p| p.vma.name.as_deref() == Some("[stack]") && p.vma.growsdown));

@@ -90,9 +90,27 @@ fn place(sp: &mut Space, dst: u64, data: &[u8], page: u64) -> Result<bool> {
                 Copied::All => at = e,
                 // Faulted in meanwhile (zero page or not): keep what is there.
                 Copied::Exists(n) => at += n as u64 + page,
+                // The task exited.
                 Copied::Gone => {
                     sp.gone = true;
                     at = e;
+                }
+                // Lazy ranges join across areas that touch, but one copy
+                // must stay within one area: go on page by page. A page in
+                // no area at all was unmapped: nobody can read it.
+                Copied::NoArea(n) => {
+                    at += n as u64;
+                    match sp.uffd.copy(at, &data[(at - dst) as usize..(at - dst + page) as usize], true)? {
+                        Copied::Gone => {
+                            sp.gone = true;
+                            at = e;
+                        }
+                        Copied::Again(_) => {
+                            sp.inflight.remove(s, at);
+                            return Ok(false);
+                        }
+                        _ => at += page,
+                    }
                 }
                 Copied::Again(n) => {
                     sp.inflight.remove(s, at + n as u64);
