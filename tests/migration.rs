@@ -91,6 +91,22 @@ fn precopied_lazy_dump(net: &Net, pid: i32, imgs: &Path) -> Child {
     src
 }
 
+/// The destination half of a lazy migration: the lazy-pages daemon (with
+/// `extra` arguments, held at `hold` if given) fetching from the source's
+/// `port`, and `restore --lazy-pages` of `dir`, which must succeed.
+/// Returns the daemon, still serving.
+fn lazy_restore(ns: &PidNs, net: &Net, dir: &str, port: &str, extra: &[&str], hold: Option<&str>) -> Child {
+    let mut c = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", port, "-D", dir]);
+    c.args(extra);
+    if let Some(hold) = hold {
+        c.env("FERRY_TEST_HOLD_AT", hold);
+    }
+    let daemon = bg(c);
+    let out = ns.ferry(&["restore", "--lazy-pages", "-D", dir, "-d"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    daemon
+}
+
 /// DESIGN.md's sequence, verbatim but for paths and the address:
 /// pre-dump, pre-dump --prev-images-dir --track-mem, dump --lazy-pages,
 /// copy the images, lazy-pages + restore --lazy-pages on the destination.
@@ -107,9 +123,7 @@ fn criu_command_sequence_between_namespaces() {
     assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
     let ns = PidNs::new(Some(&net.dst));
     let dd = dst_imgs.join("3").display().to_string();
-    let daemon = bg(ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]));
-    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let daemon = lazy_restore(&ns, &net, &dd, "27", &[], None);
     finish(daemon, "lazy-pages");
     finish(src, "lazy dump");
     // The source task is gone; the restored one runs at the same PID.
@@ -198,10 +212,7 @@ fn held_postcopy(mib: &str, port: &str, daemon: &[&str], hold: &str) -> HeldPost
     ));
     until("the lazy dump's images", || Path::new(&imgs).join("inventory.json").exists());
     let ns = PidNs::new(Some(&net.dst));
-    let mut c = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", port, "-D", &imgs]);
-    c.args(daemon).env("FERRY_TEST_HOLD_AT", hold);
-    let daemon = bg(c);
-    assert!(ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).status().unwrap().success());
+    let daemon = lazy_restore(&ns, &net, &imgs, port, daemon, Some(hold));
     HeldPostcopy { _w: w, net, t, src, ns, daemon }
 }
 
@@ -421,11 +432,8 @@ fn lazy_pages_over_tls() {
     let src = bg(ferry_in_src(&net, &args));
     until("the lazy dump's images", || w.path().join("imgs/inventory.json").exists());
     let ns = PidNs::new(Some(&net.dst));
-    let mut args = vec!["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "28", "-D", &imgs];
-    args.extend(dst_id.iter().map(String::as_str));
-    let daemon = bg(ns.ferry(&args));
-    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &imgs, "-d"]).output().unwrap();
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let extra: Vec<&str> = dst_id.iter().map(String::as_str).collect();
+    let daemon = lazy_restore(&ns, &net, &imgs, "28", &extra, None);
     finish(daemon, "lazy-pages");
     finish(src, "lazy dump");
     t.reap_killed();
@@ -497,9 +505,7 @@ fn lazy_pages_cross_area_boundaries() {
     assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
     let ns = PidNs::new(Some(&net.dst));
     let dd = dst_imgs.display().to_string();
-    let daemon = bg(ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]));
-    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let daemon = lazy_restore(&ns, &net, &dd, "27", &[], None);
     finish(daemon, "lazy-pages");
     finish(src, "lazy dump");
     t.reap_killed();
@@ -539,11 +545,7 @@ fn tree_with_threads_migrates_lazily() {
     assert!(Command::new("cp").arg("-a").arg(&imgs).arg(&dst_imgs).status().unwrap().success());
     let ns = PidNs::new(Some(&net.dst));
     let dd = dst_imgs.join("3").display().to_string();
-    let mut dc = ns.ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "27", "-D", &dd]);
-    dc.env("FERRY_TEST_HOLD_AT", "postcopy:2000");
-    let daemon = bg(dc);
-    let out = ns.ferry(&["restore", "--lazy-pages", "-D", &dd, "-d"]).output().unwrap();
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let daemon = lazy_restore(&ns, &net, &dd, "27", &[], Some("postcopy:2000"));
     let root = ns.host_pid(t.pid).expect("the restored root");
     // SAFETY: plain kill(2): the root forks a reader of lazy memory.
     unsafe { libc::kill(root, libc::SIGUSR2) };

@@ -23,11 +23,13 @@ pub fn ensure(sh: &Shell, pkgs: &[&str]) -> Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    let first = &missing;
-    if cmd!(sh, "apt-get install -y --no-install-recommends {first...}").run().is_err() {
-        // A fresh machine may have no package lists yet.
-        cmd!(sh, "apt-get update").run()?;
-        cmd!(sh, "apt-get install -y --no-install-recommends {missing...}").run()?;
+    let pkgs = &missing;
+    let install = || run_quiet(cmd!(sh, "apt-get install -y -q --no-install-recommends {pkgs...}"));
+    if let Err(e) = install() {
+        // A fresh machine may have no package lists yet, or stale ones.
+        eprintln!("xtask: apt-get install failed ({e}); updating the package lists and trying again");
+        run_quiet(cmd!(sh, "apt-get update -q")).context("apt-get update")?;
+        install().with_context(|| format!("apt-get install {}", missing.join(" ")))?;
     }
     Ok(())
 }

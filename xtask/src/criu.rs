@@ -32,10 +32,12 @@ pub fn ensure(sh: &Shell) -> Result<PathBuf> {
     let built = std::fs::read_dir(&base)
         .ok()
         .and_then(|d| d.flatten().map(|e| e.path().join("criu/criu")).find(|p| p.exists()));
+    // Also for a cached build: it links to the libraries these bring, and
+    // they may have been removed since (checking costs a dpkg query each).
+    apt::ensure(sh, BUILD_DEPS)?;
     if let Some(bin) = built {
         return Ok(bin);
     }
-    apt::ensure(sh, BUILD_DEPS)?;
     let private = apt::PrivateApt::new(sh, &base.join("apt"), "trixie", "deb-src")?;
     let src = base.join("src");
     std::fs::create_dir_all(&src)?;

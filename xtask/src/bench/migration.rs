@@ -191,6 +191,74 @@ pub(super) fn finish(c: &mut Child, what: &str, log: &Path, timeout: Duration) -
     Ok(())
 }
 
+/// The hand-over of a lazy migration, timed from `start`: the lazy dump
+/// (`dump_args`, serving on `port`) until it listens, then the lazy-pages
+/// daemon and `restore --lazy-pages` of `img` in `ns`. The dump and the
+/// daemon are left running (`settle` waits for them).
+pub(super) struct Handover {
+    pub dump: Child,
+    pub daemon: Child,
+    dump_log: PathBuf,
+    daemon_log: PathBuf,
+    /// The restore's outcome and how long it took.
+    pub restored: Result<()>,
+    pub restore: Duration,
+}
+
+pub(super) fn hand_over(
+    (tool, tools): (Tool, &Tools),
+    ns: &PidNs,
+    dump_args: &[&str],
+    port: &str,
+    img: &Path,
+    start: Instant,
+) -> Result<Handover> {
+    let name = tool.name();
+    let dump_log = img.join("dump.out");
+    let mut dump = spawn_logged(tool_cmd(tools, tool, None, dump_args, "dump.log"), &dump_log)?;
+    while !listening(port.parse()?) {
+        if let Some(st) = dump.try_wait()? {
+            let text = std::fs::read_to_string(&dump_log).unwrap_or_default();
+            bail!("{name} dump --lazy-pages exited ({st}) before serving pages: {}", text.lines().last().unwrap_or(""));
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = dump.kill();
+            bail!("{name} dump --lazy-pages did not start serving pages");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let img_arg = img.to_str().context("image path")?;
+    let lazy_args = ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", img_arg];
+    let daemon_log = img.join("lazy-pages.out");
+    let daemon = spawn_logged(tool_cmd(tools, tool, Some(ns), &lazy_args, "lazy-pages.log"), &daemon_log)?;
+    let restore_args = ["restore", "--lazy-pages", "-d", "-D", img_arg];
+    let restore_start = Instant::now();
+    let restored =
+        run_checked(&mut tool_cmd(tools, tool, Some(ns), &restore_args, "restore.log"), &format!("{name} restore"))
+            .map(|_| ());
+    Ok(Handover { dump, daemon, dump_log, daemon_log, restored, restore: restore_start.elapsed() })
+}
+
+impl Handover {
+    /// Wait for the daemon to place every page and the dump to end, then
+    /// run `check`; on any failure both are killed.
+    pub fn settle<T>(mut self, name: &str, check: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = (|| {
+            std::mem::replace(&mut self.restored, Ok(()))?;
+            finish(&mut self.daemon, &format!("{name} lazy-pages"), &self.daemon_log, Duration::from_secs(120))?;
+            finish(&mut self.dump, &format!("{name} dump --lazy-pages"), &self.dump_log, Duration::from_secs(30))?;
+            check()
+        })();
+        if r.is_err() {
+            let _ = self.daemon.kill();
+            let _ = self.dump.kill();
+            let _ = self.daemon.wait();
+            let _ = self.dump.wait();
+        }
+        r
+    }
+}
+
 /// Migrate a tp-dirty process lazily from the host to a fresh PID namespace.
 /// With `precopy`, a pre-dump runs first and 64 MiB are dirtied after it,
 /// so only those are lazy; without, every page is lazy and the task writes
@@ -225,28 +293,10 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
     if precopy {
         dump_args.extend(["--prev-images-dir", "../1", "--track-mem"]);
     }
-    let dump_log = d2.join("dump.out");
     let start = Instant::now();
-    let mut dump = spawn_logged(tool_cmd(tools, tool, None, &dump_args, "dump.log"), &dump_log)?;
-    while !listening(port.parse()?) {
-        if let Some(st) = dump.try_wait()? {
-            bail!("{name} dump --lazy-pages exited ({st}) before serving pages");
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = dump.kill();
-            bail!("{name} dump --lazy-pages did not start serving pages");
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let lazy_args = ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", &port, "-D", img];
-    let daemon_log = d2.join("lazy-pages.out");
-    let mut daemon = spawn_logged(tool_cmd(tools, tool, Some(&ns), &lazy_args, "lazy-pages.log"), &daemon_log)?;
-    let restore_args = ["restore", "--lazy-pages", "-d", "-D", img];
-    let restore_start = Instant::now();
-    let restored =
-        run_checked(&mut tool_cmd(tools, tool, Some(&ns), &restore_args, "restore.log"), &format!("{name} restore"));
+    let h = hand_over((tool, tools), &ns, &dump_args, &port, d2, start)?;
     let downtime = start.elapsed();
-    let restore = restore_start.elapsed();
+    let restore = h.restore;
     let task = ns.restored();
     if !precopy {
         if let Some(task) = task {
@@ -254,11 +304,8 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
             unsafe { libc::kill(task, libc::SIGUSR2) };
         }
     }
-    let settle = (|| {
-        restored?;
+    h.settle(name, || {
         let task = task.ok_or_else(|| anyhow!("{name} restore returned, but no task runs in the namespace"))?;
-        finish(&mut daemon, &format!("{name} lazy-pages"), &daemon_log, Duration::from_secs(120))?;
-        finish(&mut dump, &format!("{name} dump --lazy-pages"), &dump_log, Duration::from_secs(30))?;
         if !precopy {
             t.wait_for("dirtied", Duration::from_secs(60))?;
         }
@@ -266,17 +313,10 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
         // SAFETY: plain kill(2).
         unsafe { libc::kill(task, libc::SIGUSR1) };
         t.wait_for("ok", Duration::from_secs(120)).context("the migrated task's memory check")
-    })();
-    if settle.is_err() {
-        let _ = daemon.kill();
-        let _ = dump.kill();
-        let _ = daemon.wait();
-        let _ = dump.wait();
-    }
-    settle?;
+    })?;
     let frozen = match tool {
         Tool::Ferry => ferry_frozen(d2)?,
-        Tool::Criu => criu_frozen(&std::fs::read_to_string(&dump_log).unwrap_or_default()),
+        Tool::Criu => criu_frozen(&std::fs::read_to_string(d2.join("dump.out")).unwrap_or_default()),
     };
     let (lazy_bytes, lazy) = match tool {
         Tool::Ferry => {

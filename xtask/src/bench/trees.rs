@@ -5,7 +5,7 @@
 //! it owns (tp-fleet) before its figures count.
 
 use super::dump_restore::{criu_frozen, ferry_frozen, Sample};
-use super::migration::{explain, finish, free_port, listening, spawn_logged, tool_cmd};
+use super::migration::{explain, free_port, hand_over, tool_cmd};
 use super::pidns::PidNs;
 use super::{dir_size, run_checked, Bench, Target, Tool, Tools, WORK};
 use anyhow::{anyhow, bail, Result};
@@ -226,46 +226,18 @@ fn migrate(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path) -> Resul
         "../1",
         "--track-mem",
     ];
-    let dump_log = d2.join("dump.out");
     let final_start = Instant::now();
-    let mut dump = spawn_logged(tool_cmd(tools, tool, None, &dump_args, "dump.log"), &dump_log)?;
-    while !listening(port.parse()?) {
-        if let Some(st) = dump.try_wait()? {
-            let text = std::fs::read_to_string(&dump_log).unwrap_or_default();
-            bail!("{name} dump --lazy-pages exited ({st}) before serving pages: {}", text.lines().last().unwrap_or(""));
-        }
-        if final_start.elapsed() > Duration::from_secs(120) {
-            let _ = dump.kill();
-            bail!("{name} dump --lazy-pages did not start serving pages");
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let lazy_args = ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", &port, "-D", img];
-    let daemon_log = d2.join("lazy-pages.out");
-    let mut daemon = spawn_logged(tool_cmd(tools, tool, Some(&ns), &lazy_args, "lazy-pages.log"), &daemon_log)?;
-    let restore_args = ["restore", "--lazy-pages", "-d", "-D", img];
-    let restored =
-        run_checked(&mut tool_cmd(tools, tool, Some(&ns), &restore_args, "restore.log"), &format!("{name} restore"));
+    let h = hand_over((tool, tools), &ns, &dump_args, &port, d2, final_start)?;
     let downtime = final_start.elapsed();
-    let settle = (|| -> Result<Duration> {
-        restored?;
-        let root =
-            ns.restored().ok_or_else(|| anyhow!("{name} restore returned, but no tree runs in the namespace"))?;
-        finish(&mut daemon, &format!("{name} lazy-pages"), &daemon_log, Duration::from_secs(120))?;
-        finish(&mut dump, &format!("{name} dump --lazy-pages"), &dump_log, Duration::from_secs(30))?;
+    let root = ns.restored();
+    let total = h.settle(name, || {
+        let root = root.ok_or_else(|| anyhow!("{name} restore returned, but no tree runs in the namespace"))?;
         let total = start.elapsed();
         // SAFETY: plain kill(2): "check your memory".
         unsafe { libc::kill(root, libc::SIGUSR1) };
         t.wait_for("ok", Duration::from_secs(120))?;
         Ok(total)
-    })();
-    if settle.is_err() {
-        let _ = daemon.kill();
-        let _ = dump.kill();
-        let _ = daemon.wait();
-        let _ = dump.wait();
-    }
-    let total = settle?;
+    })?;
     let lazy_bytes = match tool {
         Tool::Ferry => {
             let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(d2.join("stats.json"))?)?;
