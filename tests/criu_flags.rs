@@ -60,7 +60,7 @@ const CRIU: &[(&str, Arg, bool)] = &[
     ("exec-cmd", Arg::None, false),
     ("manage-cgroups", Arg::Optional, false),
     ("cgroup-root", Arg::Value, false),
-    ("inherit-fd", Arg::Value, false),
+    ("inherit-fd", Arg::Value, true),
     ("feature", Arg::Value, false),
     ("skip-mnt", Arg::Value, false),
     ("enable-fs", Arg::Value, false),

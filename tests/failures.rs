@@ -45,7 +45,7 @@ fn unsupported_resources_are_named_and_the_task_is_untouched() {
     let img = img.to_str().unwrap();
     let cases: &[(&str, &str)] = &[
         ("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "(TCP) is not supported yet"),
-        ("import os, time\nr, w = os.pipe()\nprint('ready', flush=True)\ntime.sleep(60)", "(pipe) is not supported yet"),
+        ("import socket, time\na, b = socket.socketpair()\nprint('ready', flush=True)\ntime.sleep(60)", "(unix) is not supported yet"),
         ("import os, time\nfd = os.eventfd(0)\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:[eventfd] is not supported yet"),
     ];
     for (script, expect) in cases {

@@ -1,6 +1,6 @@
 //! Programs nobody here wrote, from Debian, checkpointed with their
 //! threads and children and checked through their own output: Python's
-//! thread pool, a JVM's executor.
+//! thread pool, a JVM's executor, a shell pipeline.
 
 mod common;
 
@@ -74,4 +74,53 @@ fn jvm_executor_keeps_its_work() {
     assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
     assert!(t.output().ends_with("ok\n"), "{}", t.output());
     check_results(&res, 6);
+}
+
+/// A shell pipeline, `yes | nl | gzip -1 > out.gz`, checkpointed with its
+/// pipes full: after restore it runs on; once `yes` is stopped the others
+/// drain and exit, gzip's file is whole (`gzip -t`) and its lines are
+/// numbered 1, 2, 3... with none lost or repeated.
+#[test]
+fn shell_pipeline_loses_no_line() {
+    let w = workdir();
+    let out = w.path().join("out.gz");
+    let script = format!("yes | nl | gzip -1 > {}", out.display());
+    let mut t = spawn(&["/bin/sh", "-c", &script], &w.path().join("sh.out"));
+    let start = std::time::Instant::now();
+    while tree_pids(t.pid).len() < 4 || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(start.elapsed() < T, "the pipeline did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = tree_pids(t.pid);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    let objects: serde_json::Value = serde_json::from_slice(&std::fs::read(img.join("objects.json")).unwrap()).unwrap();
+    let pipes = objects["files"].as_array().unwrap().iter().filter(|f| f["kind"] == "pipe").count();
+    assert_eq!(pipes, 4, "two pipes, two ends each: {objects}");
+    t.reap_killed();
+    reap_all(&pids, T);
+    let size_at_dump = std::fs::metadata(&out).unwrap().len();
+    restore_detached(&img, &[]);
+    let start = std::time::Instant::now();
+    while std::fs::metadata(&out).unwrap().len() < size_at_dump + (1 << 20) {
+        assert!(start.elapsed() < T, "the restored pipeline does not write on");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let yes =
+        pids.iter().copied().find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap().trim() == "yes");
+    // SAFETY: plain kill of the restored `yes`.
+    unsafe { libc::kill(yes.expect("yes is part of the tree"), libc::SIGTERM) };
+    wait_pid(t.pid, T);
+    let test = std::process::Command::new("gzip").arg("-t").arg(&out).output().unwrap();
+    assert!(test.status.success(), "gzip -t: {}", String::from_utf8_lossy(&test.stderr));
+    let text = std::process::Command::new("zcat").arg(&out).output().unwrap().stdout;
+    let mut n = 0u64;
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        n += 1;
+        let line = String::from_utf8_lossy(line);
+        let mut f = line.split('\t');
+        assert_eq!(f.next().map(str::trim), Some(n.to_string().as_str()), "line {n}: {line:?}");
+        assert_eq!(f.next(), Some("y"), "line {n}: {line:?}");
+    }
+    assert!(n > 100_000, "only {n} lines");
 }

@@ -180,6 +180,7 @@ dump_restore fpu 0.5 no tp-fpu 400000000
 tree_restore threads tp-threads 3
 tree_restore tree tp-tree /tmp/tree-file
 tree_restore shared-memory tp-shm
+tree_restore pipes tp-pipes /tmp/fifo
 precopy_chain precopy-chain
 # Soft-dirty where the kernel has it but prefers uffd-wp (x86_64), so that
 # tracker runs on some guest whatever the best one is; hashing everywhere.

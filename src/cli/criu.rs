@@ -98,7 +98,6 @@ criu_flags! {
         libdir = "libdir", short = 'L';
         ext_mount_map = "ext-mount-map", short = 'M';
         cgroup_root = "cgroup-root";
-        inherit_fd = "inherit-fd";
         feature = "feature";
         skip_mnt = "skip-mnt";
         enable_fs = "enable-fs";
@@ -170,4 +169,6 @@ pub struct RestoreOnly {
     pub restore_detached: bool,
     #[arg(long, hide = true)]
     pub pidfile: Option<std::path::PathBuf>,
+    #[arg(long = "inherit-fd", hide = true, action = clap::ArgAction::Append)]
+    pub inherit_fd: Vec<String>,
 }

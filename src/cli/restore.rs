@@ -28,6 +28,11 @@ pub struct RestoreArgs {
     /// `ferry lazy-pages` (running with the same -D)
     #[arg(long = "lazy-pages")]
     pub lazy_pages: bool,
+    /// Use ferry's fd N for an object the tree shared with processes
+    /// outside it, e.g. `fd[3]:pipe:[52411]` (a pipe to a logger); ferry
+    /// show names such objects
+    #[arg(long = "inherit-fd", value_name = "fd[N]:OBJECT", action = clap::ArgAction::Append)]
+    pub inherit_fd: Vec<String>,
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
@@ -74,5 +79,6 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         pidfile: a.pidfile,
         pid_wait: std::time::Duration::from_secs(a.pid_wait),
         lazy: a.lazy_pages.then_some(crate::restore::LazyRestore::Daemon),
+        inherited: crate::restore::parse_inherit_fds(&a.inherit_fd)?,
     })
 }

@@ -406,7 +406,7 @@ fn look(
     table: Option<&mut ObjectTable>,
 ) -> Result<(TreeImage, Vec<scope::Inspection>)> {
     let frozen = table.is_some();
-    let mut scratch = ObjectTable::new(live.iter().map(|p| (p.pid, p.vpid)).collect());
+    let mut scratch = ObjectTable::new(live.iter().map(|p| (p.pid, p.vpid)).collect()).quiet();
     let table = table.unwrap_or(&mut scratch);
     let pid_ns = scope::check_pid_namespaces(live)?;
     tree::check_sharing(live)?;

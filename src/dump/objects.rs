@@ -5,7 +5,7 @@
 
 use crate::image::objects::{Contents, Extent, FileObject, MemoryObject, ObjectsImage, Owner, OwnerKind};
 use crate::image::ImageWriter;
-use crate::objects::{self, ContentSource, FdProbe, MemoryKey, MemoryRegistry, NewMemory};
+use crate::objects::{self, ContentSource, FdProbe, MemoryKey, NewMemory, Registry};
 use crate::proc::maps::Mapping;
 use crate::proc::ProcDir;
 use anyhow::{bail, Context, Result};
@@ -51,9 +51,17 @@ pub struct ObjectTable {
     mappings: HashMap<u32, u64>,
     /// ferry's PIDs to the tree's (for F_SETOWN owners).
     vpids: HashMap<i32, i32>,
+    /// Data of file objects, by id, written beside objects.json.
+    data: Vec<(u32, Vec<u8>)>,
+    /// What the kind dumping now gave with its description.
+    pending_data: Option<Vec<u8>>,
+    seen: std::collections::HashSet<(&'static str, u64)>,
+    /// A first look (the tree still runs): no warnings from it, the
+    /// frozen look says them.
+    quiet: bool,
 }
 
-impl MemoryRegistry for ObjectTable {
+impl Registry for ObjectTable {
     fn memory(&mut self, key: MemoryKey, make: &mut dyn FnMut() -> Result<NewMemory>) -> Result<u32> {
         if let Some(id) = self.keys.get(&key) {
             return Ok(*id);
@@ -73,12 +81,36 @@ impl MemoryRegistry for ObjectTable {
         self.keys.insert(key, id);
         Ok(id)
     }
+
+    fn in_tree(&self, pid: i32) -> bool {
+        self.vpids.contains_key(&pid)
+    }
+
+    fn data(&mut self, bytes: Vec<u8>) {
+        self.pending_data = Some(bytes);
+    }
+
+    fn first_sight(&mut self, key: (&'static str, u64)) -> bool {
+        self.seen.insert(key)
+    }
+
+    fn warn(&mut self, message: String) {
+        if !self.quiet {
+            tracing::warn!("{message}");
+        }
+    }
 }
 
 impl ObjectTable {
     /// `vpids`: ferry's PID of every task of the tree → its PID in the tree.
     pub fn new(vpids: HashMap<i32, i32>) -> ObjectTable {
         ObjectTable { vpids, ..Default::default() }
+    }
+
+    /// For a first look, whose findings the frozen look repeats.
+    pub fn quiet(mut self) -> ObjectTable {
+        self.quiet = true;
+        self
     }
 
     /// The file description behind one fd: an existing object if another
@@ -95,12 +127,16 @@ impl ObjectTable {
         let Some(kind) = objects::FILE_KINDS.iter().find(|k| k.claims(fd)) else {
             return Err(refusal(fd));
         };
+        self.pending_data = None;
         let state = kind.dump(fd, self)?;
         let (owner, signal) = match pidfd {
             Some(p) => self.owner(fd, p)?,
             None => (None, 0),
         };
         let id = self.files.len() as u32;
+        if let Some(bytes) = self.pending_data.take().filter(|b| !b.is_empty()) {
+            self.data.push((id, bytes));
+        }
         self.files.push(FileObject {
             id,
             kind: kind.name().to_string(),
@@ -108,6 +144,7 @@ impl ObjectTable {
             owner,
             signal,
             state,
+            data: String::new(),
         });
         self.holders.push(Holder { id, pid, fd: fd.fd, dev, ino });
         Ok(id)
@@ -202,7 +239,15 @@ impl ObjectTable {
             }
             memory.push(object);
         }
-        Ok(ObjectsImage { files: self.files, memory })
+        let mut files = self.files;
+        for (id, bytes) in self.data {
+            let name = crate::image::objects::file_data(id);
+            let mut raw = writer.raw(&name)?;
+            raw.write(&bytes)?;
+            raw.finish(writer)?;
+            files[id as usize].data = name;
+        }
+        Ok(ObjectsImage { files, memory })
     }
 }
 

@@ -33,6 +33,15 @@ pub struct FileObject {
     pub signal: i32,
     /// The kind's own record.
     pub state: serde_json::Value,
+    /// The image file holding bytes that go with it (a pipe's data in
+    /// flight), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+}
+
+/// The image file of a file object's data.
+pub fn file_data(id: u32) -> String {
+    format!("file-{id}.img")
 }
 
 fn is_zero(v: &i32) -> bool {

@@ -85,6 +85,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         pidfile: o.pidfile.clone(),
         pid_wait: Duration::from_secs(10),
         lazy: Some(LazyRestore::Caller),
+        inherited: Default::default(),
     };
     // Two-phase hand-over: the task is ready but does not run until the
     // source has made sure its own copy never will.

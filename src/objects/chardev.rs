@@ -1,7 +1,7 @@
 //! Character devices other than terminals (/dev/null, /dev/urandom...):
 //! reopened by path, checked to be the same device.
 
-use super::{tty, FdProbe, FileKind, MemoryRegistry, OpenContext};
+use super::{tty, FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ impl FileKind for CharDevice {
         fd.meta.file_type().is_char_device() && !tty::is_tty_rdev(fd.meta.rdev())
     }
 
-    fn dump(fd: &FdProbe, _: &mut dyn MemoryRegistry) -> Result<State> {
+    fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
         let rdev = fd.meta.rdev();
         if nix::sys::stat::major(rdev) == 5 && nix::sys::stat::minor(rdev) == 2 {
             bail!("{}: {} (pseudo-terminal master) is not supported yet", fd.what(), fd.link);

@@ -1,6 +1,6 @@
 //! Open directories: reopened by path at their offset.
 
-use super::{FdProbe, FileKind, MemoryRegistry, OpenContext};
+use super::{FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ impl FileKind for Directory {
         fd.meta.file_type().is_dir()
     }
 
-    fn dump(fd: &FdProbe, _: &mut dyn MemoryRegistry) -> Result<State> {
+    fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
         Ok(State { path: PathBuf::from(&fd.link), pos: fd.info.pos })
     }
 

@@ -3,8 +3,7 @@
 //! (its fd closed) is a memory object alone.
 
 use super::{
-    CreatedMemory, FdProbe, FileKind, Identified, MemoryKey, MemoryKind, MemoryRegistry, NewMemory, OpenContext,
-    ShmemFile,
+    CreatedMemory, FdProbe, FileKind, Identified, MemoryKey, MemoryKind, NewMemory, OpenContext, Registry, ShmemFile,
 };
 use crate::image::objects::{FileObject, MemoryObject};
 use crate::proc::maps::Mapping;
@@ -141,7 +140,7 @@ impl FileKind for MemfdFile {
         memfd_name(&fd.link).is_some() && fd.meta.file_type().is_file()
     }
 
-    fn dump(fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<FileState> {
+    fn dump(fd: &FdProbe, memory: &mut dyn Registry) -> Result<FileState> {
         let name = memfd_name(&fd.link).unwrap_or_default().to_string();
         let (key, make) = identify_path(fd.path(), &name)?;
         let mut make = Some(make);

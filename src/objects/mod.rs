@@ -10,6 +10,7 @@
 pub mod chardev;
 pub mod directory;
 pub mod memfd;
+pub mod pipe;
 pub mod regular;
 pub mod shmem;
 pub mod sysv_shm;
@@ -52,10 +53,22 @@ impl FdProbe<'_> {
     }
 }
 
-/// Where dump puts the memory objects a file or mapping refers to.
-pub trait MemoryRegistry {
+/// Where dump puts what a kind finds besides its own state: the memory
+/// objects a file or mapping refers to, and data a description holds.
+pub trait Registry {
     /// The id of the memory object `key`, registered with `make` on first sight.
     fn memory(&mut self, key: MemoryKey, make: &mut dyn FnMut() -> Result<NewMemory>) -> Result<u32>;
+    /// Whether `pid` (as ferry sees it) is a process of the tree.
+    fn in_tree(&self, pid: i32) -> bool;
+    /// Bytes that go with the description being dumped (a pipe's data in
+    /// flight): written to an image file of their own, given back to the
+    /// kind's `open` by [`OpenContext::data`].
+    fn data(&mut self, bytes: Vec<u8>);
+    /// True the first time `key` is asked for (of a kind's own shared
+    /// things: one pipe behind two ends).
+    fn first_sight(&mut self, key: (&'static str, u64)) -> bool;
+    /// A warning for the user (said once, on the look that counts).
+    fn warn(&mut self, message: String);
 }
 
 /// How dump tells memory objects apart.
@@ -95,11 +108,28 @@ pub struct OpenContext<'a> {
     pub tree_leads_session: bool,
     /// The memory objects, already created, by id.
     pub memory: &'a std::collections::HashMap<u32, CreatedMemory>,
+    pub images: &'a crate::image::ImageDir,
+    /// Descriptions the caller hands in for objects the tree shares with
+    /// the outside (`--inherit-fd fd[N]:KEY`), by key (`pipe:[INODE]`).
+    pub inherited: &'a std::collections::HashMap<String, std::os::fd::RawFd>,
+    /// Kernel objects a kind created for one description and keeps for
+    /// the others (a pipe for its second end), by kind and key; closed
+    /// once every description is open.
+    pub kept: std::cell::RefCell<std::collections::HashMap<(&'static str, u64), Vec<OwnedFd>>>,
 }
 
 impl OpenContext<'_> {
     pub fn memory(&self, id: u32) -> Result<&CreatedMemory> {
         self.memory.get(&id).with_context(|| format!("objects.json: no memory object {id}"))
+    }
+
+    /// The bytes dump gave with `file` ([`Registry::data`]), checked
+    /// against the inventory.
+    pub fn data(&self, file: &FileObject) -> Result<Vec<u8>> {
+        if file.data.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.images.read_verified(&file.data)?)
     }
 }
 
@@ -112,7 +142,7 @@ pub trait FileKind: Sync + 'static {
     /// Dump: whether this kind describes the fd.
     fn claims(fd: &FdProbe) -> bool;
     /// Dump: the description's state (the fd may be read, never changed).
-    fn dump(fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<Self::State>;
+    fn dump(fd: &FdProbe, memory: &mut dyn Registry) -> Result<Self::State>;
     /// Restore: open it in ferry, with the flags and state dumped.
     fn open(file: &FileObject, state: &Self::State, ctx: &OpenContext) -> Result<OwnedFd>;
     /// One line for `ferry show` and messages.
@@ -131,7 +161,7 @@ pub trait FileKind: Sync + 'static {
 pub trait FileOps: Sync {
     fn name(&self) -> &'static str;
     fn claims(&self, fd: &FdProbe) -> bool;
-    fn dump(&self, fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<serde_json::Value>;
+    fn dump(&self, fd: &FdProbe, memory: &mut dyn Registry) -> Result<serde_json::Value>;
     fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd>;
     fn describe(&self, file: &FileObject) -> String;
     fn tty_rdev(&self, file: &FileObject) -> Option<u64>;
@@ -154,7 +184,7 @@ impl<K: FileKind> FileOps for File<K> {
     fn claims(&self, fd: &FdProbe) -> bool {
         K::claims(fd)
     }
-    fn dump(&self, fd: &FdProbe, memory: &mut dyn MemoryRegistry) -> Result<serde_json::Value> {
+    fn dump(&self, fd: &FdProbe, memory: &mut dyn Registry) -> Result<serde_json::Value> {
         Ok(serde_json::to_value(K::dump(fd, memory)?).expect("states serialize"))
     }
     fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd> {
@@ -176,6 +206,7 @@ impl<K: FileKind> FileOps for File<K> {
 pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<memfd::MemfdFile>::KIND,
     &File::<regular::Regular>::KIND,
+    &File::<pipe::Pipe>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,

@@ -1,7 +1,7 @@
 //! Regular files: reopened by path at their offset, and checked to be the
 //! same file (device and inode) as at dump time.
 
-use super::{FdProbe, FileKind, MemoryRegistry, OpenContext};
+use super::{FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use crate::image::task::FileId;
 use anyhow::{bail, Context, Result};
@@ -65,7 +65,7 @@ impl FileKind for Regular {
         fd.meta.file_type().is_file()
     }
 
-    fn dump(fd: &FdProbe, _: &mut dyn MemoryRegistry) -> Result<State> {
+    fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
         if fd.meta.nlink() == 0 || fd.link.ends_with(" (deleted)") && !Path::new(&fd.link).exists() {
             bail!("{}: {}: open files that were deleted are not supported yet", fd.what(), fd.link);
         }

@@ -2,7 +2,7 @@
 //! terminal reopened by path (and made controlling again); a job of ferry's
 //! own shell gets ferry's terminal.
 
-use super::{FdProbe, FileKind, MemoryRegistry, OpenContext};
+use super::{FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ impl FileKind for Tty {
         fd.meta.file_type().is_char_device() && is_tty_rdev(fd.meta.rdev())
     }
 
-    fn dump(fd: &FdProbe, _: &mut dyn MemoryRegistry) -> Result<State> {
+    fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
         if !fd.shell_job {
             bail!(
                 "{}: {} is a terminal; dump with --shell-job to take it along \

@@ -44,6 +44,26 @@ pub struct RestoreOptions {
     pub pid_wait: Duration,
     /// The image left pages on the source: who serves them.
     pub lazy: Option<LazyRestore>,
+    /// `--inherit-fd`: ferry's fds to use for objects shared with the
+    /// outside, by key (`pipe:[INODE]`).
+    pub inherited: std::collections::HashMap<String, std::os::fd::RawFd>,
+}
+
+/// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
+pub fn parse_inherit_fds(values: &[String]) -> Result<std::collections::HashMap<String, std::os::fd::RawFd>> {
+    let mut out = std::collections::HashMap::new();
+    for v in values {
+        let bad = || anyhow::anyhow!("--inherit-fd {v}: expected fd[N]:OBJECT, e.g. fd[3]:pipe:[52411]");
+        let rest = v.strip_prefix("fd[").ok_or_else(bad)?;
+        let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+        let fd: std::os::fd::RawFd = n.parse().map_err(|_| bad())?;
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        if key.is_empty() || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            anyhow::bail!("--inherit-fd {v}: ferry has no fd {fd} open (hand it in from the shell, e.g. {fd}<>FILE)");
+        }
+        out.insert(key.to_string(), fd);
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

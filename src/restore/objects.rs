@@ -85,12 +85,20 @@ fn fill(images: &ImageDir, obj: &crate::image::objects::MemoryObject, created: &
 pub fn open_all(
     images: &ImageDir,
     objects: &ObjectsImage,
-    shell_job: bool,
+    opts: &super::RestoreOptions,
     tree_leads_session: bool,
 ) -> Result<Opened> {
     let memory = create_memory(images, objects)?;
     let ferry_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    let ctx = OpenContext { shell_job, ferry_tty, tree_leads_session, memory: &memory };
+    let ctx = OpenContext {
+        shell_job: opts.shell_job,
+        ferry_tty,
+        tree_leads_session,
+        memory: &memory,
+        images,
+        inherited: &opts.inherited,
+        kept: Default::default(),
+    };
     let mut files = HashMap::new();
     for f in &objects.files {
         let kind = objects::file_kind(&f.kind)?;
