@@ -560,29 +560,34 @@ fn tree_with_threads_migrates_lazily() {
     check_restored(&ns, t.pid, &t);
 }
 
-/// `ferry migrate` moves a whole tree with threads.
+/// `ferry migrate` moves a whole tree with threads, and one with pipes
+/// and a FIFO holding bytes in flight.
 #[test]
 fn migrate_moves_a_tree() {
-    let w = workdir();
-    let net = Net::new();
-    let k = key(w.path(), "key", "a shared secret of some length");
-    let ns = PidNs::new(Some(&net.dst));
-    let listen = format!("{}:7003", net.dst_ip);
-    let dst_dir = w.path().join("dst").display().to_string();
-    let recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &k]));
-    let mut t = spawn_src(&net, "tp-fleet", &["3", "32", "5"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    std::thread::sleep(Duration::from_millis(300));
-    let source_tree = tree_pids(t.pid);
-    let pid = t.pid.to_string();
-    let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
-    let report = String::from_utf8_lossy(&m.stdout);
-    assert!(report.contains("downtime") && report.contains("post-copy"), "{report}");
-    finish(recv, "receive");
-    t.reap_killed();
-    reap_all(&source_tree, T);
-    for p in &source_tree {
-        assert!(ns.host_pid(*p).is_some(), "process {p} is not on the destination");
+    let base = workdir();
+    let fifo = base.path().join("fifo").display().to_string();
+    for (prog, args) in [("tp-fleet", vec!["3", "32", "5"]), ("tp-pipes", vec![fifo.as_str()])] {
+        let w = workdir();
+        let net = Net::new();
+        let k = key(w.path(), "key", "a shared secret of some length");
+        let ns = PidNs::new(Some(&net.dst));
+        let listen = format!("{}:7003", net.dst_ip);
+        let dst_dir = w.path().join("dst").display().to_string();
+        let recv = bg(ns.ferry(&["receive", "--listen", &listen, "-D", &dst_dir, "--auth-key", &k]));
+        let mut t = spawn_src(&net, prog, &args, &w.path().join("out"));
+        t.wait_output("ready", T);
+        std::thread::sleep(Duration::from_millis(300));
+        let source_tree = tree_pids(t.pid);
+        let pid = t.pid.to_string();
+        let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
+        let report = String::from_utf8_lossy(&m.stdout);
+        assert!(report.contains("downtime") && report.contains("post-copy"), "{prog}: {report}");
+        finish(recv, "receive");
+        t.reap_killed();
+        reap_all(&source_tree, T);
+        for p in &source_tree {
+            assert!(ns.host_pid(*p).is_some(), "{prog}: process {p} is not on the destination");
+        }
+        check_restored(&ns, t.pid, &t);
     }
-    check_restored(&ns, t.pid, &t);
 }

@@ -88,11 +88,7 @@ fn reopen_end(fd: &OwnedFd, flags: u32) -> Result<OwnedFd> {
 /// Copy the bytes queued in the pipe `src` (a read end of ferry's) without
 /// taking them.
 fn peek(fd: &FdProbe, src: &File, size: u32) -> Result<Vec<u8>> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    if unsafe { libc::ioctl(src.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
-        bail!("{}: FIONREAD: {}", fd.what(), std::io::Error::last_os_error());
-    }
+    let queued = queued(src).with_context(|| fd.what())?;
     if queued == 0 {
         return Ok(Vec::new());
     }
@@ -120,6 +116,20 @@ fn peek(fd: &FdProbe, src: &File, size: u32) -> Result<Vec<u8>> {
         bail!("{}: copied {n} bytes in flight, read back {}", fd.what(), data.len());
     }
     Ok(data)
+}
+
+/// How many bytes the pipe behind `fd` holds.
+fn queued(fd: &impl AsRawFd) -> Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        bail!("FIONREAD: {}", std::io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+fn describe_path(s: &State) -> String {
+    s.fifo.as_ref().map(|f| f.path.display().to_string()).unwrap_or_else(|| format!("pipe:[{}]", s.ino))
 }
 
 /// The first process outside the tree (and not ferry) holding `link`.
@@ -260,6 +270,18 @@ fn create(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<Vec<OwnedFd
     let data = ctx.data(file)?;
     if data.len() != s.queued as usize {
         bail!("{} bytes in flight in the image, {} expected", data.len(), s.queued);
+    }
+    // A FIFO that some other process still holds open kept its bytes (a
+    // migration within one machine: the frozen source holds it): they
+    // are the same bytes, and writing them again would double them.
+    let held = queued(&write_end)?;
+    if s.fifo.is_some() && held > 0 {
+        tracing::warn!(
+            "FIFO {}: still holds {held} bytes (it is open elsewhere): keeping them, not the image's {}",
+            describe_path(s),
+            data.len()
+        );
+        return Ok(holder);
     }
     let mut at = 0;
     while at < data.len() {
