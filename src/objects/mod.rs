@@ -9,11 +9,14 @@
 
 pub mod chardev;
 pub mod directory;
+pub mod eventfd;
 pub mod memfd;
 pub mod pipe;
 pub mod regular;
 pub mod shmem;
+pub mod signalfd;
 pub mod sysv_shm;
+pub mod timerfd;
 pub mod tty;
 
 use crate::image::objects::{FileObject, MemoryObject};
@@ -51,6 +54,26 @@ impl FdProbe<'_> {
     pub fn what(&self) -> String {
         format!("task {} fd {}", self.pid, self.fd)
     }
+
+    /// A field of the fd's /proc fdinfo that its kind adds (`eventfd-count`,
+    /// `clockid`...), or an error naming it.
+    pub fn fdinfo_field(&self, key: &str) -> Result<String> {
+        let text = self.proc.read(&format!("fdinfo/{}", self.fd))?;
+        crate::proc::key_values(&text)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .with_context(|| format!("{}: fdinfo has no {key:?} field (kernel too old?)", self.what()))
+    }
+}
+
+/// A new fd from a syscall that returns one (or -1).
+fn new_fd(r: i32, what: &str) -> Result<OwnedFd> {
+    if r < 0 {
+        anyhow::bail!("{what}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall just returned this fd to us.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
 }
 
 /// Where dump puts what a kind finds besides its own state: the memory
@@ -207,6 +230,9 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<memfd::MemfdFile>::KIND,
     &File::<regular::Regular>::KIND,
     &File::<pipe::Pipe>::KIND,
+    &File::<eventfd::EventFd>::KIND,
+    &File::<timerfd::TimerFd>::KIND,
+    &File::<signalfd::SignalFd>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,
