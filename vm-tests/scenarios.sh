@@ -178,6 +178,7 @@ dump_restore signals 0.3 yes tp-signals
 dump_restore nanosleep 1 no tp-sleeper 3
 dump_restore fpu 0.5 no tp-fpu 400000000
 dump_restore event-fds 0 yes tp-eventfds
+dump_restore epoll 0 yes tp-epoll
 tree_restore threads tp-threads 3
 tree_restore tree tp-tree /tmp/tree-file
 tree_restore shared-memory tp-shm

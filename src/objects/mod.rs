@@ -9,6 +9,7 @@
 
 pub mod chardev;
 pub mod directory;
+pub mod epoll;
 pub mod eventfd;
 pub mod memfd;
 pub mod pipe;
@@ -178,6 +179,30 @@ pub trait FileKind: Sync + 'static {
     fn needs_memory(_state: &Self::State) -> Option<u32> {
         None
     }
+    /// Restore, once every description is open: tie this one to others
+    /// (an epoll to the files it watches).
+    fn link(_file: &FileObject, _state: &Self::State, _fd: &OwnedFd, _files: &OpenFiles) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every description ferry opened at restore, and each process's fd table
+/// (fd number → object id), for [`FileKind::link`].
+pub struct OpenFiles<'a> {
+    pub files: &'a std::collections::HashMap<u32, OwnedFd>,
+    pub tables: &'a std::collections::HashMap<i32, std::collections::HashMap<i32, u32>>,
+}
+
+impl OpenFiles<'_> {
+    /// ferry's copy of what process `pid` (in the tree) had at `fd`.
+    pub fn of(&self, pid: i32, fd: i32) -> Result<&OwnedFd> {
+        let id = self
+            .tables
+            .get(&pid)
+            .and_then(|t| t.get(&fd))
+            .with_context(|| format!("task {pid} has no fd {fd} in its image"))?;
+        self.files.get(id).with_context(|| format!("objects.json: no file object {id}"))
+    }
 }
 
 /// A [`FileKind`] with its state as JSON, for the registry.
@@ -188,6 +213,7 @@ pub trait FileOps: Sync {
     fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd>;
     fn describe(&self, file: &FileObject) -> String;
     fn tty_rdev(&self, file: &FileObject) -> Option<u64>;
+    fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()>;
 }
 
 pub struct File<K>(PhantomData<K>);
@@ -222,6 +248,9 @@ impl<K: FileKind> FileOps for File<K> {
     fn tty_rdev(&self, file: &FileObject) -> Option<u64> {
         state_of::<K::State>(K::NAME, file.id, &file.state).ok().and_then(|s| K::tty_rdev(&s))
     }
+    fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
+        K::link(file, &state_of(K::NAME, file.id, &file.state)?, fd, files)
+    }
 }
 
 /// Every kind of open file description ferry can dump and restore, asked
@@ -233,6 +262,7 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<eventfd::EventFd>::KIND,
     &File::<timerfd::TimerFd>::KIND,
     &File::<signalfd::SignalFd>::KIND,
+    &File::<epoll::Epoll>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,

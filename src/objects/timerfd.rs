@@ -26,8 +26,9 @@ pub struct State {
     pub ticks: u64,
 }
 
-/// TFD_IOC_SET_TICKS: _IOW('T', 0, u64).
-const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+// TFD_IOC_SET_TICKS: _IOW('T', 0, u64) (its number differs per
+// architecture: the macro knows how).
+nix::ioctl_write_ptr!(set_ticks, b'T', 0, u64);
 
 /// "(sec, nsec)" → nanoseconds.
 fn parse_pair(fd: &FdProbe, key: &str) -> Result<u64> {
@@ -97,9 +98,7 @@ impl FileKind for TimerFd {
         }
         if s.ticks > 0 {
             // SAFETY: the ioctl reads one u64.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &s.ticks) } != 0 {
-                bail!("TFD_IOC_SET_TICKS {}: {}", s.ticks, std::io::Error::last_os_error());
-            }
+            unsafe { set_ticks(fd.as_raw_fd(), &s.ticks) }.with_context(|| format!("TFD_IOC_SET_TICKS {}", s.ticks))?;
         }
         Ok(fd)
     }

@@ -87,6 +87,7 @@ pub fn open_all(
     objects: &ObjectsImage,
     opts: &super::RestoreOptions,
     tree_leads_session: bool,
+    tables: &HashMap<i32, HashMap<i32, u32>>,
 ) -> Result<Opened> {
     let memory = create_memory(images, objects)?;
     let ferry_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
@@ -106,6 +107,12 @@ pub fn open_all(
         let fd = kind.open(f, &ctx).with_context(what)?;
         set_status_flags(&fd, f.flags).with_context(what)?;
         files.insert(f.id, fd);
+    }
+    drop(ctx);
+    let all = objects::OpenFiles { files: &files, tables };
+    for f in &objects.files {
+        let kind = objects::file_kind(&f.kind)?;
+        kind.link(f, &files[&f.id], &all).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
     }
     Ok(Opened { memory, files })
 }

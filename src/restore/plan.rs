@@ -260,7 +260,8 @@ pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
     if !leads_session && !opts.shell_job {
         bail!("task {} was dumped as part of session {}; restore it with --shell-job", tree.root, root_task.ids.sid);
     }
-    let opened = objects::open_all(&images, &objects, opts, leads_session)?;
+    let tables = loaded.iter().map(|(pid, l)| (*pid, l.task.fds.iter().map(|f| (f.fd, f.file)).collect())).collect();
+    let opened = objects::open_all(&images, &objects, opts, leads_session, &tables)?;
     match place(images, tree, objects, loaded, &opened) {
         Ok(parts) => Ok(parts.with(opened)),
         Err(e) => {
