@@ -39,7 +39,7 @@ pub fn collect(
             Err(e) => return Err(e),
         };
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let probe = FdProbe { pid, proc, fd, link, meta, info, shell_job };
+        let probe = FdProbe { pid, proc, fd, link, meta, info, shell_job, pidfd };
         let file = table.file(&probe, pidfd)?;
         out.push(Fd { fd, cloexec, file });
     }

@@ -19,6 +19,7 @@ pub mod signalfd;
 pub mod sysv_shm;
 pub mod timerfd;
 pub mod tty;
+pub mod unix_socket;
 
 use crate::image::objects::{FileObject, MemoryObject};
 use crate::proc::fdinfo::FdInfo;
@@ -43,12 +44,21 @@ pub struct FdProbe<'a> {
     pub info: FdInfo,
     /// `--shell-job`: the task's terminal may be taken along.
     pub shell_job: bool,
+    /// A pidfd of the process, once the tree is frozen (the look that
+    /// counts): kinds that must hold the file itself (a socket: no path
+    /// reopens it) take a copy with pidfd_getfd.
+    pub pidfd: Option<&'a OwnedFd>,
 }
 
 impl FdProbe<'_> {
     /// `/proc/PID/fd/N`: opening it gives ferry the same file.
     pub fn path(&self) -> PathBuf {
         self.proc.path(&format!("fd/{}", self.fd))
+    }
+
+    /// ferry's own copy of the file (pidfd_getfd), once the tree is frozen.
+    pub fn copy(&self) -> Result<Option<OwnedFd>> {
+        self.pidfd.map(|p| crate::pidfd::getfd(p, self.fd).with_context(|| self.what())).transpose()
     }
 
     /// "task PID fd N", the start of every message about this fd.
@@ -191,6 +201,9 @@ pub trait FileKind: Sync + 'static {
 pub struct OpenFiles<'a> {
     pub files: &'a std::collections::HashMap<u32, OwnedFd>,
     pub tables: &'a std::collections::HashMap<i32, std::collections::HashMap<i32, u32>>,
+    /// Every file object, to find another by its state (a socket's peer).
+    pub objects: &'a [FileObject],
+    pub images: &'a crate::image::ImageDir,
 }
 
 impl OpenFiles<'_> {
@@ -263,6 +276,7 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<timerfd::TimerFd>::KIND,
     &File::<signalfd::SignalFd>::KIND,
     &File::<epoll::Epoll>::KIND,
+    &File::<unix_socket::UnixSocket>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,

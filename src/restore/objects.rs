@@ -109,7 +109,7 @@ pub fn open_all(
         files.insert(f.id, fd);
     }
     drop(ctx);
-    let all = objects::OpenFiles { files: &files, tables };
+    let all = objects::OpenFiles { files: &files, tables, objects: &objects.files, images };
     for f in &objects.files {
         let kind = objects::file_kind(&f.kind)?;
         kind.link(f, &files[&f.id], &all).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;

@@ -61,6 +61,8 @@ pub struct Target {
 pub enum Stdin {
     Null,
     Tty(PathBuf),
+    /// Whatever the command was given (a socket, a pipe).
+    Given,
 }
 
 /// Start `cmd` as its own session leader, stdio on /dev/null and `out`,
@@ -80,11 +82,20 @@ pub fn spawn_command(c: Command, out: &Path) -> Target {
     spawn_configured(c, out, Stdin::Null)
 }
 
+/// Like [`spawn_command`], keeping the stdin the command was given.
+pub fn spawn_command_keep_stdin(c: Command, out: &Path) -> Target {
+    spawn_configured(c, out, Stdin::Given)
+}
+
 fn spawn_configured(mut c: Command, out: &Path, stdin: Stdin) -> Target {
     init();
     let tty = match &stdin {
         Stdin::Null => {
             c.stdin(Stdio::null()).stdout(fs::File::create(out).unwrap()).stderr(Stdio::null());
+            false
+        }
+        Stdin::Given => {
+            c.stdout(fs::File::create(out).unwrap()).stderr(Stdio::null());
             false
         }
         Stdin::Tty(path) => {
