@@ -86,6 +86,25 @@ fn deleted_files_are_refused() {
     let err = ferry_err(&["dump", "-t", &t2.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
     assert!(one_line(&err).contains("shared.dat (deleted)"), "{err}");
     t2.assert_running_untraced();
+
+    // Shared memory of a deleted file is kept in the image up to 1 MiB
+    // (CRIU's ghost limit): 2 MiB is refused, naming the file.
+    let big = w.path().join("big.dat");
+    // ctypes' mmap: Python's mmap module keeps an fd of its own.
+    let script = format!(
+        "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n\
+         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+         fd = os.open('{p}', os.O_RDWR | os.O_CREAT)\nos.ftruncate(fd, 2 << 20)\np = libc.mmap(None, 2 << 20, 3, 1, fd, 0)\n\
+         os.close(fd)\nos.unlink('{p}')\nprint('ready', flush=True)\ntime.sleep(60)",
+        p = big.display()
+    );
+    let t3 = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out3"));
+    t3.wait_output("ready", T);
+    let err = ferry_err(&["dump", "-t", &t3.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    let want =
+        format!("{} was deleted while mapped and holds 2097152 bytes, over the 1048576-byte limit", big.display());
+    assert!(one_line(&err).contains(&want), "{err}");
+    t3.assert_running_untraced();
 }
 
 #[test]

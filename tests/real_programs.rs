@@ -124,3 +124,33 @@ fn shell_pipeline_loses_no_line() {
     }
     assert!(n > 100_000, "only {n} lines");
 }
+
+/// Python's multiprocessing.Pool(4) (worker processes, pipes, a POSIX
+/// semaphore deleted while mapped, the pool's threads) beside a thread
+/// pool: after restore both compute 200 more checksums each, all right.
+#[test]
+fn python_process_pool_keeps_working() {
+    let w = workdir();
+    let res = w.path().join("results");
+    let mut t = spawn(
+        &["/usr/bin/python3", program("process_pool.py").to_str().unwrap(), res.to_str().unwrap()],
+        &w.path().join("out"),
+    );
+    t.wait_output("ready", T);
+    let pids = tree_pids(t.pid);
+    assert!(pids.len() >= 5, "the parent and 4 workers: {pids:?}");
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    reap_all(&pids, T);
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    let last = t.output().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("ok 400 "), "{}", t.output());
+    let text = std::fs::read_to_string(&res).unwrap();
+    assert_eq!(text.lines().count(), 400);
+    for (k, l) in text.lines().enumerate() {
+        assert!(l.starts_with(&format!("{k} ")) && l.len() == format!("{k} ").len() + 64, "{l}");
+    }
+}

@@ -8,6 +8,7 @@
 //! kinds.
 
 pub mod chardev;
+pub mod deleted_file;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
@@ -367,8 +368,13 @@ impl<K: MemoryKind> MemoryOps for Memory<K> {
 }
 
 /// Every kind of memory object, asked in this order.
-pub static MEMORY_KINDS: &[&dyn MemoryOps] =
-    &[&Memory::<shmem::SharedAnon>::KIND, &Memory::<memfd::MemfdMemory>::KIND, &Memory::<sysv_shm::SysvShm>::KIND];
+pub static MEMORY_KINDS: &[&dyn MemoryOps] = &[
+    &Memory::<shmem::SharedAnon>::KIND,
+    &Memory::<memfd::MemfdMemory>::KIND,
+    &Memory::<sysv_shm::SysvShm>::KIND,
+    // Last: any other shared mapping of a deleted file.
+    &Memory::<deleted_file::DeletedFile>::KIND,
+];
 
 pub fn memory_kind(name: &str) -> Result<&'static dyn MemoryOps> {
     MEMORY_KINDS

@@ -1,0 +1,73 @@
+//! A file deleted while mapped MAP_SHARED (a POSIX semaphore of Python's
+//! multiprocessing: sem_open, then sem_unlink at once): nobody can open it
+//! again, so it is memory the processes that map it share. Dump saves its
+//! content (up to 1 MiB, CRIU's default ghost limit); restore makes a
+//! memfd of the same size and name and every process maps that.
+
+use super::{CreatedMemory, Identified, MemoryKey, MemoryKind, NewMemory, ShmemFile};
+use crate::image::objects::MemoryObject;
+use crate::proc::maps::Mapping;
+use crate::proc::ProcDir;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// The most of a deleted file's content an image takes.
+pub const GHOST_LIMIT: u64 = 1 << 20;
+
+pub struct DeletedFile;
+
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    /// Its path when it still had one.
+    pub path: String,
+}
+
+impl MemoryKind for DeletedFile {
+    const NAME: &'static str = "deleted-file";
+    type State = State;
+
+    fn claims_mapping(m: &Mapping) -> bool {
+        m.shared && m.is_deleted()
+    }
+
+    fn identify(proc: &ProcDir, m: &Mapping) -> Result<Identified> {
+        let path = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
+        let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        let size = meta.size();
+        let name = m.path.trim_end_matches(" (deleted)").to_string();
+        if size > GHOST_LIMIT {
+            bail!("{name} was deleted while mapped and holds {size} bytes, over the {GHOST_LIMIT}-byte limit for deleted files");
+        }
+        Ok((
+            MemoryKey::Inode { dev: meta.dev(), ino: meta.ino() },
+            Box::new(move || {
+                Ok(NewMemory {
+                    kind: Self::NAME,
+                    size,
+                    state: serde_json::to_value(State { path: name })?,
+                    contents: Box::new(ShmemFile::open(path, size)?),
+                })
+            }),
+        ))
+    }
+
+    fn create(obj: &MemoryObject, s: &State) -> Result<CreatedMemory> {
+        let base = std::path::Path::new(&s.path).file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = std::ffi::CString::new(base.unwrap_or_default()).unwrap_or_default();
+        // SAFETY: memfd_create with a valid C string.
+        let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            bail!("{} (object {}): memfd_create: {}", s.path, obj.id, std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        nix::unistd::ftruncate(&fd, obj.size as i64).with_context(|| format!("{}: size {}", s.path, obj.size))?;
+        Ok(CreatedMemory { fd: Some(fd), shmid: None })
+    }
+
+    fn describe(s: &State) -> String {
+        format!("{} (deleted), kept in the image", s.path)
+    }
+}
