@@ -183,6 +183,7 @@ tree_restore threads tp-threads 3
 tree_restore tree tp-tree /tmp/tree-file
 tree_restore shared-memory tp-shm
 tree_restore pipes tp-pipes /tmp/fifo
+tree_restore sockets tp-sockets
 precopy_chain precopy-chain
 # Soft-dirty where the kernel has it but prefers uffd-wp (x86_64), so that
 # tracker runs on some guest whatever the best one is; hashing everywhere.

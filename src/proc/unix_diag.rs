@@ -86,8 +86,11 @@ pub fn all() -> Result<HashMap<u64, UnixSocket>> {
             match kind {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
-                    bail!("sock_diag: {}", std::io::Error::from_raw_os_error(-errno));
+                    let errno = -i32::from_ne_bytes(msgs[16..20].try_into().expect("4 bytes"));
+                    if errno == libc::ENOENT {
+                        bail!("the kernel does not describe unix sockets (sock_diag: load the unix_diag module, CONFIG_UNIX_DIAG)");
+                    }
+                    bail!("sock_diag: {}", std::io::Error::from_raw_os_error(errno));
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     let s = parse(&msgs[16..len]).context("sock_diag: a malformed unix_diag_msg")?;

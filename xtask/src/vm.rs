@@ -118,11 +118,22 @@ fn host_packages() -> &'static [&'static str] {
     &["qemu-system-x86", "qemu-system-arm", "qemu-system-ppc", "qemu-system-misc", "cpio", "gzip"]
 }
 
+/// Kernel modules the guests load (from the kernel package; Debian builds
+/// them as modules): unix_diag, which ferry asks for unix sockets' peers.
+const KEEP_MODULES: &[&str] = &["unix_diag"];
+
+/// Where an unpacked guest root keeps [`KEEP_MODULES`]; its presence also
+/// marks a root unpacked by this version of the xtask.
+const KEPT_MODULES_DIR: &str = "ferry-modules";
+
 /// Kernel image and busybox of `guest`, unpacked once per suite (under
 /// target/xtask/vm/GUEST/SUITE/), from the first suite of `route` that has
 /// them; a suite already unpacked is taken without asking the archive.
 fn guest_parts(sh: &Shell, guest: Guest, route: KernelRoute) -> Result<(PathBuf, PathBuf)> {
     let found = |root: &Path| -> Option<(PathBuf, PathBuf)> {
+        if !root.join(KEPT_MODULES_DIR).is_dir() {
+            return None;
+        }
         let kernel = std::fs::read_dir(root.join("boot")).ok()?.flatten().map(|e| e.path()).find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
@@ -145,7 +156,8 @@ fn guest_parts(sh: &Shell, guest: Guest, route: KernelRoute) -> Result<(PathBuf,
         let pkgs = vec![image, format!("busybox-static:{debarch}")];
         let _ = std::fs::remove_dir_all(&base);
         private.fetch_and_unpack(sh, &pkgs, &base.join("debs"), &root)?;
-        // The modules are not needed: keep the cache small.
+        // Only the modules the guests load: keep the cache small.
+        keep_modules(&root)?;
         let _ = std::fs::remove_dir_all(root.join("lib/modules"));
         let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
         unpacked = Some(found(&root).context("the packages hold no /boot/vmlinu* or busybox")?);
@@ -158,6 +170,32 @@ fn guest_parts(sh: &Shell, guest: Guest, route: KernelRoute) -> Result<(PathBuf,
             bail!("no kernel for the {} guest: {}", guest.name, got.err().map(|e| format!("{e:#}")).unwrap_or_default())
         }
     }
+}
+
+/// Move [`KEEP_MODULES`] (any compression) out of the unpacked modules
+/// tree into root/ferry-modules/.
+fn keep_modules(root: &Path) -> Result<()> {
+    let kept = root.join(KEPT_MODULES_DIR);
+    std::fs::create_dir_all(&kept)?;
+    fn walk(dir: &Path, kept: &Path) -> Result<()> {
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, kept)?;
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                if KEEP_MODULES.iter().any(|m| name.strip_prefix(m).is_some_and(|rest| rest.starts_with(".ko"))) {
+                    std::fs::copy(&p, kept.join(name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+    for dir in ["lib/modules", "usr/lib/modules"] {
+        if root.join(dir).is_dir() {
+            walk(&root.join(dir), &kept)?;
+        }
+    }
+    Ok(())
 }
 
 /// The versioned kernel package the flavour's metapackage points at.
@@ -192,6 +230,12 @@ fn initramfs(sh: &Shell, guest: Guest, bins: &Path, busybox: &Path) -> Result<Pa
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    // The modules kept beside the kernel (the guest's /init loads them).
+    let root = busybox.ancestors().find(|a| a.join(KEPT_MODULES_DIR).is_dir()).context("the guest root's modules")?;
+    std::fs::create_dir_all(dir.join("lib/modules"))?;
+    for e in std::fs::read_dir(root.join(KEPT_MODULES_DIR))?.flatten() {
+        std::fs::copy(e.path(), dir.join("lib/modules").join(e.file_name()))?;
+    }
     // Stripped: the guest's memory holds the whole initramfs. ferry is
     // stripped as the packages strip it, so they ship what ran here.
     for bin in std::iter::once("ferry".to_string()).chain(build::testprogs()?) {
