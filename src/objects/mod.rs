@@ -79,6 +79,24 @@ impl FdProbe<'_> {
     }
 }
 
+/// A process outside the tree (and not ferry) that holds a file whose
+/// /proc link reads `link` (`pipe:[N]`, `socket:[N]`): "PID (comm)".
+pub fn held_outside(link: &str, reg: &dyn Registry) -> Option<String> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        if pid == me || reg.in_tree(pid) {
+            return None;
+        }
+        let mut fds = std::fs::read_dir(e.path().join("fd")).ok()?.flatten();
+        if !fds.any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == link)) {
+            return None;
+        }
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        Some(format!("{pid} ({})", comm.trim()))
+    })
+}
+
 /// A new fd from a syscall that returns one (or -1).
 fn new_fd(r: i32, what: &str) -> Result<OwnedFd> {
     if r < 0 {

@@ -132,23 +132,6 @@ fn describe_path(s: &State) -> String {
     s.fifo.as_ref().map(|f| f.path.display().to_string()).unwrap_or_else(|| format!("pipe:[{}]", s.ino))
 }
 
-/// The first process outside the tree (and not ferry) holding `link`.
-fn outsider(link: &str, reg: &dyn Registry) -> Option<String> {
-    let me = std::process::id() as i32;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if pid == me || reg.in_tree(pid) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else { continue };
-        if fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == link)) {
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            return Some(format!("{pid} ({})", comm.trim()));
-        }
-    }
-    None
-}
-
 impl FileKind for Pipe {
     const NAME: &'static str = "pipe";
     type State = State;
@@ -185,7 +168,7 @@ impl FileKind for Pipe {
             reg.data(data);
             // A FIFO can be opened again by path; a pipe only where it is.
             if anonymous {
-                outside = outsider(&fd.link, reg).map(|holder| Outside { fd: fd.what(), holder });
+                outside = super::held_outside(&fd.link, reg).map(|holder| Outside { fd: fd.what(), holder });
                 if let Some(o) = &outside {
                     reg.warn(format!(
                         "{}: {} is also held by {} outside the tree: restore needs --inherit-fd fd[N]:{}",

@@ -168,19 +168,6 @@ fn unframe(mut blob: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-/// The first process outside the tree (and not ferry) holding `link`.
-fn outsider(link: &str, reg: &dyn Registry) -> Option<i32> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-        if pid == me || reg.in_tree(pid) {
-            return None;
-        }
-        let mut fds = std::fs::read_dir(e.path().join("fd")).ok()?.flatten();
-        fds.any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == link)).then_some(pid)
-    })
-}
-
 impl FileKind for UnixSocket {
     const NAME: &'static str = "unix-socket";
     type State = State;
@@ -208,8 +195,8 @@ impl FileKind for UnixSocket {
             None => bail!("{what}: unconnected unix sockets are not supported yet"),
         };
         if peer != 0 {
-            if let Some(pid) = outsider(&format!("socket:[{peer}]"), reg) {
-                bail!("{what}: its peer (socket:[{peer}]) is held by process {pid} outside the tree (--ext-unix-sk is not supported yet)");
+            if let Some(holder) = super::held_outside(&format!("socket:[{peer}]"), reg) {
+                bail!("{what}: its peer (socket:[{peer}]) is held by process {holder} outside the tree (--ext-unix-sk is not supported yet)");
             }
         }
         let mut state = State {
