@@ -45,7 +45,7 @@ const CRIU: &[(&str, Arg, bool)] = &[
     ("action-script", Arg::Value, false),
     ("link-remap", Arg::Bool, false),
     ("shell-job", Arg::Bool, true),
-    ("file-locks", Arg::Bool, false),
+    ("file-locks", Arg::Bool, true),
     ("page-server", Arg::Bool, true),
     ("address", Arg::Value, true),
     ("port", Arg::Value, true),

@@ -72,7 +72,6 @@ criu_flags! {
         log_pid, no_log_pid = "log-pid";
         evasive_devices, no_evasive_devices = "evasive-devices";
         link_remap, no_link_remap = "link-remap";
-        file_locks, no_file_locks = "file-locks", short = 'l';
         auto_dedup, no_auto_dedup = "auto-dedup";
         force_irmap, no_force_irmap = "force-irmap";
         extra, no_extra = "extra";
@@ -144,6 +143,8 @@ impl CriuFlags {
 pub struct NoForms {
     #[arg(long = "no-shell-job", hide = true)]
     pub no_shell_job: bool,
+    #[arg(long = "no-file-locks", hide = true)]
+    pub no_file_locks: bool,
     #[arg(long = "no-track-mem", hide = true)]
     pub no_track_mem: bool,
     #[arg(long = "no-page-server", hide = true)]
@@ -157,8 +158,15 @@ pub struct NoForms {
 }
 
 impl NoForms {
-    pub const NAMES: &'static [&'static str] =
-        &["no-shell-job", "no-track-mem", "no-page-server", "no-restore-detached", "no-daemon", "no-tls"];
+    pub const NAMES: &'static [&'static str] = &[
+        "no-shell-job",
+        "no-file-locks",
+        "no-track-mem",
+        "no-page-server",
+        "no-restore-detached",
+        "no-daemon",
+        "no-tls",
+    ];
 }
 
 /// Restore's options, which CRIU takes on dump and pre-dump too, without

@@ -44,6 +44,10 @@ pub struct DumpArgs {
     /// it does not lead (a job started from a shell)
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
+    /// Take flock and OFD locks along (without it, a task holding a lock is
+    /// refused, as with CRIU)
+    #[arg(short = 'l', long = "file-locks")]
+    pub file_locks: bool,
     #[command(flatten)]
     pub chain: ChainArgs,
     /// Leave the pages changed since the last round on this machine and
@@ -144,6 +148,9 @@ pub struct PreDumpArgs {
     /// Accepted as with dump (a pre-dump never touches the terminal)
     #[arg(short = 'j', long = "shell-job", hide = true)]
     pub shell_job: bool,
+    /// Accepted as with dump (a pre-dump reads no files)
+    #[arg(short = 'l', long = "file-locks", hide = true)]
+    pub file_locks: bool,
     /// A pre-dump always leaves the task running
     #[arg(short = 'R', long = "leave-running", hide = true)]
     pub leave_running: bool,
@@ -182,6 +189,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
+    o.file_locks = a.file_locks;
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {

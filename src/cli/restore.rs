@@ -33,6 +33,9 @@ pub struct RestoreArgs {
     /// show names such objects
     #[arg(long = "inherit-fd", value_name = "fd[N]:OBJECT", action = clap::ArgAction::Append)]
     pub inherit_fd: Vec<String>,
+    /// Accepted as with CRIU: the locks an image holds are always taken
+    #[arg(short = 'l', long = "file-locks", hide = true)]
+    pub file_locks: bool,
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 pub fn collect(
     proc: &ProcDir,
     pid: i32,
-    shell_job: bool,
+    (shell_job, file_locks): (bool, bool),
     table: &mut ObjectTable,
     pidfd: Option<&OwnedFd>,
 ) -> Result<Vec<Fd>> {
@@ -39,7 +39,7 @@ pub fn collect(
             Err(e) => return Err(e),
         };
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let probe = FdProbe { pid, proc, fd, link, meta, info, shell_job, pidfd };
+        let probe = FdProbe { pid, proc, fd, link, meta, info, shell_job, file_locks, pidfd };
         let file = table.file(&probe, pidfd)?;
         out.push(Fd { fd, cloexec, file });
     }

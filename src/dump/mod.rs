@@ -48,6 +48,8 @@ pub struct DumpOptions {
     pub kind: ImageKind,
     pub leave_running: bool,
     pub shell_job: bool,
+    /// `--file-locks`: take flock and OFD locks along.
+    pub file_locks: bool,
     /// The previous round's images, relative to `dir` (CRIU's convention).
     pub prev: Option<PathBuf>,
     /// Keep tracking memory changes for a later round.
@@ -146,6 +148,7 @@ impl DumpOptions {
             kind: ImageKind::Dump,
             leave_running: false,
             shell_job: false,
+            file_locks: false,
             prev: None,
             track_mem: false,
             tracker: track::Choice::Auto,
@@ -425,7 +428,13 @@ fn look(
             ProcessState::Zombie { status: stat.exit_code }
         } else {
             let pidfd = if frozen { Some(crate::pidfd::open(p.pid)?) } else { None };
-            let at = scope::Place { vpid: p.vpid, root: i == 0, shell_job: opts.shell_job, frozen };
+            let at = scope::Place {
+                vpid: p.vpid,
+                root: i == 0,
+                shell_job: opts.shell_job,
+                file_locks: opts.file_locks,
+                frozen,
+            };
             inspections.push(scope::inspect(&proc, &at, table, pidfd.as_ref())?);
             ProcessState::Alive
         };

@@ -3,7 +3,9 @@
 //! KCMP_FILE tells); a memory object is one however many areas map it.
 //! Each is recorded by the kind that claims it (`crate::objects`).
 
-use crate::image::objects::{Contents, Extent, FileObject, MemoryObject, ObjectsImage, Owner, OwnerKind};
+use crate::image::objects::{
+    Contents, Extent, FileLock, FileObject, LockKind, MemoryObject, ObjectsImage, Owner, OwnerKind,
+};
 use crate::image::ImageWriter;
 use crate::objects::{self, ContentSource, FdProbe, MemoryKey, NewMemory, Registry};
 use crate::proc::maps::Mapping;
@@ -145,6 +147,7 @@ impl ObjectTable {
             signal,
             state,
             data: String::new(),
+            locks: locks(fd)?,
         });
         self.holders.push(Holder { id, pid, fd: fd.fd, dev, ino });
         Ok(id)
@@ -249,6 +252,27 @@ impl ObjectTable {
         }
         Ok(ObjectsImage { files, memory })
     }
+}
+
+/// The locks held through the description: taken along with
+/// `--file-locks` (flock and OFD locks), refused without it, as CRIU does.
+fn locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
+    let mut out = Vec::new();
+    for l in &fd.info.locks {
+        let what =
+            format!("{}: {} holds a {} {} lock", fd.what(), fd.link, l.kind, if l.write { "write" } else { "read" });
+        let kind = match l.kind.as_str() {
+            "FLOCK" => LockKind::Flock,
+            "OFDLCK" => LockKind::Ofd,
+            _ => bail!("{what}: {} locks are not supported yet", l.kind),
+        };
+        if !fd.file_locks {
+            bail!("{what}: dump with --file-locks to take it along");
+        }
+        let len = l.end.map_or(0, |end| end - l.start + 1);
+        out.push(FileLock { kind, write: l.write, start: l.start, len });
+    }
+    Ok(out)
 }
 
 /// Why an fd no kind claims cannot be dumped, naming what it is.

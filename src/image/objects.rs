@@ -37,6 +37,27 @@ pub struct FileObject {
     /// flight), if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
+    /// Locks held through it (`--file-locks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<FileLock>,
+}
+
+/// A lock that belongs to an open file description: flock(2), or an OFD
+/// record lock (F_OFD_SETLK).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Bytes; 0 for "to the end of the file" (as struct flock says).
+    pub len: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    Flock,
+    Ofd,
 }
 
 /// The image file of a file object's data.

@@ -45,6 +45,8 @@ pub struct FdProbe<'a> {
     pub info: FdInfo,
     /// `--shell-job`: the task's terminal may be taken along.
     pub shell_job: bool,
+    /// `--file-locks`: locks on the description are taken along.
+    pub file_locks: bool,
     /// A pidfd of the process, once the tree is frozen (the look that
     /// counts): kinds that must hold the file itself (a socket: no path
     /// reopens it) take a copy with pidfd_getfd.

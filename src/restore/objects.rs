@@ -106,6 +106,9 @@ pub fn open_all(
         let what = || format!("file object {} ({})", f.id, kind.describe(f));
         let fd = kind.open(f, &ctx).with_context(what)?;
         set_status_flags(&fd, f.flags).with_context(what)?;
+        for l in &f.locks {
+            take_lock(&fd, l).with_context(what)?;
+        }
         files.insert(f.id, fd);
     }
     drop(ctx);
@@ -115,6 +118,34 @@ pub fn open_all(
         kind.link(f, &files[&f.id], &all).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
     }
     Ok(Opened { memory, files })
+}
+
+/// Take a lock again through ferry's description (the tree inherits it
+/// with the description), failing if someone else holds it now.
+fn take_lock(fd: &OwnedFd, l: &crate::image::objects::FileLock) -> Result<()> {
+    use crate::image::objects::LockKind;
+    let access = if l.write { "write" } else { "read" };
+    let r = match l.kind {
+        LockKind::Flock => {
+            let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH };
+            // SAFETY: flock takes no pointers.
+            unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) }
+        }
+        LockKind::Ofd => {
+            // SAFETY: a zeroed struct flock, filled below.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as _;
+            fl.l_whence = libc::SEEK_SET as _;
+            fl.l_start = l.start as _;
+            fl.l_len = l.len as _;
+            // SAFETY: fcntl reads the local struct flock.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) }
+        }
+    };
+    if r != 0 {
+        bail!("taking its {:?} {access} lock again: {}", l.kind, std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The status flags open(2) ignores or a kind may not set (O_ASYNC

@@ -1,0 +1,66 @@
+//! File locks: a flock and an OFD record lock come back held with
+//! `--file-locks` (another process cannot take them), and a task holding
+//! one is refused without the flag, as CRIU does.
+
+mod common;
+
+use common::*;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn locker(w: &std::path::Path) -> (Target, std::path::PathBuf) {
+    let file = w.join("locked");
+    std::fs::write(&file, vec![0u8; 4096]).unwrap();
+    let script = format!(
+        "import fcntl, os, struct, time\na = open('{p}', 'r+')\nfcntl.flock(a, fcntl.LOCK_EX)\n\
+         b = open('{p}', 'r+')\nfcntl.fcntl(b, fcntl.F_OFD_SETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 100, 50, 0))\n\
+         print('ready', flush=True)\ntime.sleep(60)",
+        p = file.display()
+    );
+    let t = spawn(&["/usr/bin/python3", "-c", &script], &w.join("out"));
+    t.wait_output("ready", T);
+    (t, file)
+}
+
+/// Whether this process can take a flock, and an OFD lock on bytes 120..130.
+fn can_lock(file: &std::path::Path) -> (bool, bool) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    // SAFETY: flock and fcntl on our own file, with a local struct flock.
+    unsafe {
+        let flock = libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0;
+        let mut fl: libc::flock = std::mem::zeroed();
+        fl.l_type = libc::F_WRLCK as _;
+        fl.l_start = 120;
+        fl.l_len = 10;
+        let ofd = libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) == 0;
+        (flock, ofd)
+    }
+}
+
+#[test]
+fn locks_come_back_held_with_file_locks() {
+    let w = workdir();
+    let (mut t, file) = locker(w.path());
+    assert_eq!(can_lock(&file), (false, false), "the program holds both");
+    let img = w.path().join("img");
+    dump(t.pid, &img, &["--file-locks"]);
+    t.reap_killed();
+    assert_eq!(can_lock(&file), (true, true), "the dumped program is gone, and its locks");
+    restore_detached(&img, &[]);
+    assert_eq!(can_lock(&file), (false, false), "the restored program holds both again");
+    // SAFETY: plain kill of the restored program.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+    wait_pid(t.pid, T);
+}
+
+#[test]
+fn a_lock_without_file_locks_is_refused() {
+    let w = workdir();
+    let (t, file) = locker(w.path());
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    let want = format!("{} holds a FLOCK write lock: dump with --file-locks to take it along", file.display());
+    assert!(err.contains(&want), "{err}");
+    t.assert_running_untraced();
+}
