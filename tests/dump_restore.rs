@@ -318,3 +318,35 @@ fn check_passes_here() {
     }
     assert!(s.contains("Looks good"), "{s}");
 }
+
+/// A file deleted while open and mapped shared is kept in the image (up to
+/// 1 MiB) as one object: after restore a write through the mapping shows
+/// through the fd, and the content and offset are as they were.
+#[test]
+fn deleted_file_open_and_mapped_is_one_object() {
+    let w = workdir();
+    let file = w.path().join("scratch");
+    let script = format!(
+        "import mmap, os, signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})\n\
+         f = open('{p}', 'w+b')\nf.write(b'hello')\nf.truncate(4096)\nf.flush()\nf.seek(3)\n\
+         m = mmap.mmap(f.fileno(), 4096)\nos.unlink('{p}')\nprint('ready', flush=True)\n\
+         signal.sigwait({{signal.SIGUSR1}})\nassert os.pread(f.fileno(), 5, 0) == b'hello'\n\
+         assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 3\nm[0:5] = b'world'\n\
+         assert os.pread(f.fileno(), 5, 0) == b'world'\nprint('ok', flush=True)",
+        p = file.display()
+    );
+    let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    assert!(
+        show.contains("memory 0  deleted-file") && !show.contains("memory 1 "),
+        "one object for the fd and the mapping:\n{show}"
+    );
+    t.reap_killed();
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+}

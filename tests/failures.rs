@@ -61,15 +61,21 @@ fn unsupported_resources_are_named_and_the_task_is_untouched() {
 }
 
 #[test]
-fn deleted_files_are_refused() {
+fn deleted_files_over_the_limit_are_refused() {
     let w = workdir();
-    // An open file that was deleted.
+    // An open file that was deleted, too large to keep in the image.
     let file = w.path().join("gone.txt");
-    let t = spawn(&[testprog("tp-counter").to_str().unwrap(), file.to_str().unwrap(), "100000"], &w.path().join("out"));
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, vec![b'x'; 2 << 20]).unwrap();
+    let script = format!(
+        "import os, time\nf = open('{}', 'r+')\nos.unlink(f.name)\nprint('ready', flush=True)\ntime.sleep(60)",
+        file.display()
+    );
+    let t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
     let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
-    assert!(one_line(&err).contains("gone.txt (deleted): open files that were deleted are not supported yet"), "{err}");
+    let want =
+        format!("{} was deleted while open and holds 2097152 bytes, over the 1048576-byte limit", file.display());
+    assert!(one_line(&err).contains(&want), "{err}");
     t.assert_running_untraced();
 
     // A mapped file that was deleted.
@@ -82,9 +88,11 @@ fn deleted_files_are_refused() {
         &w.path().join("out2"),
     );
     t2.wait_output("ready", T);
-    std::fs::remove_file(&shared).unwrap();
+    // A private mapping of a deleted file (its pages that differ from
+    // the file are in the image, the others would be lost): refused.
+    std::fs::remove_file(&private).unwrap();
     let err = ferry_err(&["dump", "-t", &t2.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
-    assert!(one_line(&err).contains("shared.dat (deleted)"), "{err}");
+    assert!(one_line(&err).contains("mapped.dat (deleted): mappings of deleted files"), "{err}");
     t2.assert_running_untraced();
 
     // Shared memory of a deleted file is kept in the image up to 1 MiB

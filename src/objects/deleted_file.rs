@@ -1,8 +1,12 @@
-//! A file deleted while mapped MAP_SHARED (a POSIX semaphore of Python's
-//! multiprocessing: sem_open, then sem_unlink at once): nobody can open it
-//! again, so it is memory the processes that map it share. Dump saves its
-//! content (up to 1 MiB, CRIU's default ghost limit); restore makes a
-//! memfd of the same size and name and every process maps that.
+//! A file deleted while still mapped MAP_SHARED or held open (a POSIX
+//! semaphore of Python's multiprocessing: sem_open, then sem_unlink at
+//! once; a scratch file unlinked after opening): nobody can open it by
+//! name again, so it is memory that the processes holding it share. Dump
+//! saves its content (up to 1 MiB, CRIU's default ghost limit) as one
+//! memory object, whether it is mapped, open, or both; restore makes a
+//! memfd of that size and name, which every mapping maps and every open
+//! description reopens (so writes through an fd show in the mappings, as
+//! before).
 
 use super::{CreatedMemory, Identified, MemoryKey, MemoryKind, NewMemory, ShmemFile};
 use crate::image::objects::MemoryObject;
@@ -12,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 
 /// The most of a deleted file's content an image takes.
 pub const GHOST_LIMIT: u64 = 1 << 20;
@@ -24,6 +29,27 @@ pub struct State {
     pub path: String,
 }
 
+/// The object behind `path` (a /proc link to the deleted file); `name` is
+/// its old path, `how` "mapped" or "open" for messages.
+pub fn identify_path(path: PathBuf, name: String, how: &str) -> Result<Identified> {
+    let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+    let size = meta.size();
+    if size > GHOST_LIMIT {
+        bail!("{name} was deleted while {how} and holds {size} bytes, over the {GHOST_LIMIT}-byte limit for deleted files");
+    }
+    Ok((
+        MemoryKey::Inode { dev: meta.dev(), ino: meta.ino() },
+        Box::new(move || {
+            Ok(NewMemory {
+                kind: DeletedFile::NAME,
+                size,
+                state: serde_json::to_value(State { path: name })?,
+                contents: Box::new(ShmemFile::open(path, size)?),
+            })
+        }),
+    ))
+}
+
 impl MemoryKind for DeletedFile {
     const NAME: &'static str = "deleted-file";
     type State = State;
@@ -34,23 +60,7 @@ impl MemoryKind for DeletedFile {
 
     fn identify(proc: &ProcDir, m: &Mapping) -> Result<Identified> {
         let path = proc.path(&format!("map_files/{:x}-{:x}", m.start, m.end));
-        let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
-        let size = meta.size();
-        let name = m.path.trim_end_matches(" (deleted)").to_string();
-        if size > GHOST_LIMIT {
-            bail!("{name} was deleted while mapped and holds {size} bytes, over the {GHOST_LIMIT}-byte limit for deleted files");
-        }
-        Ok((
-            MemoryKey::Inode { dev: meta.dev(), ino: meta.ino() },
-            Box::new(move || {
-                Ok(NewMemory {
-                    kind: Self::NAME,
-                    size,
-                    state: serde_json::to_value(State { path: name })?,
-                    contents: Box::new(ShmemFile::open(path, size)?),
-                })
-            }),
-        ))
+        identify_path(path, m.path.trim_end_matches(" (deleted)").to_string(), "mapped")
     }
 
     fn create(obj: &MemoryObject, s: &State) -> Result<CreatedMemory> {

@@ -132,6 +132,26 @@ impl MemoryKind for MemfdMemory {
     }
 }
 
+/// A new description of memory object `memory`'s fd (a memfd), with
+/// `file`'s flags, at `pos`.
+pub fn reopen(file: &FileObject, memory: u32, pos: u64, ctx: &OpenContext) -> Result<OwnedFd> {
+    let mem = ctx.memory(memory)?;
+    let fd = mem.fd.as_ref().with_context(|| format!("memory object {memory} has no fd"))?;
+    let flags = super::regular::reopen_flags(file.flags);
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let f = std::fs::OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .open(Path::new(&path))
+        .with_context(|| format!("reopening memory object {memory}"))?;
+    let status = flags & !libc::O_ACCMODE & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT);
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(status)))
+        .with_context(|| format!("memory object {memory}: setting flags {status:#o}"))?;
+    nix::unistd::lseek(&f, pos as i64, nix::unistd::Whence::SeekSet)
+        .with_context(|| format!("memory object {memory}: seeking to {pos}"))?;
+    Ok(f.into())
+}
+
 impl FileKind for MemfdFile {
     const NAME: &'static str = "memfd";
     type State = FileState;
@@ -149,22 +169,7 @@ impl FileKind for MemfdFile {
     }
 
     fn open(file: &FileObject, s: &FileState, ctx: &OpenContext) -> Result<OwnedFd> {
-        let mem = ctx.memory(s.memory)?;
-        let fd = mem.fd.as_ref().with_context(|| format!("memory object {} has no fd", s.memory))?;
-        let flags = super::regular::reopen_flags(file.flags);
-        // A new description of the same memfd, with the dumped flags.
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let f = std::fs::OpenOptions::new()
-            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .open(Path::new(&path))
-            .with_context(|| format!("reopening memfd object {}", s.memory))?;
-        let status = flags & !libc::O_ACCMODE & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT);
-        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(status)))
-            .with_context(|| format!("memfd object {}: setting flags {status:#o}", s.memory))?;
-        nix::unistd::lseek(&f, s.pos as i64, nix::unistd::Whence::SeekSet)
-            .with_context(|| format!("memfd object {}: seeking to {}", s.memory, s.pos))?;
-        Ok(f.into())
+        reopen(file, s.memory, s.pos, ctx)
     }
 
     fn describe(s: &FileState) -> String {

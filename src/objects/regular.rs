@@ -18,6 +18,10 @@ pub struct Regular;
 pub struct State {
     pub file: FileId,
     pub pos: u64,
+    /// The file was deleted while open: the memory object holding its
+    /// content (see `deleted_file`), reopened at restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u32>,
 }
 
 /// Identify a file by what `stat` says of it now.
@@ -65,22 +69,39 @@ impl FileKind for Regular {
         fd.meta.file_type().is_file()
     }
 
-    fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
-        if fd.meta.nlink() == 0 || fd.link.ends_with(" (deleted)") && !Path::new(&fd.link).exists() {
-            bail!("{}: {}: open files that were deleted are not supported yet", fd.what(), fd.link);
+    fn dump(fd: &FdProbe, reg: &mut dyn Registry) -> Result<State> {
+        let deleted = fd.meta.nlink() == 0 || fd.link.ends_with(" (deleted)") && !Path::new(&fd.link).exists();
+        if !deleted {
+            return Ok(State { file: file_id(Path::new(&fd.link), &fd.meta), pos: fd.info.pos, deleted: None });
         }
-        Ok(State { file: file_id(Path::new(&fd.link), &fd.meta), pos: fd.info.pos })
+        let path = fd.link.trim_end_matches(" (deleted)");
+        let (key, make) =
+            super::deleted_file::identify_path(fd.path(), path.to_string(), "open").with_context(|| fd.what())?;
+        let mut make = Some(make);
+        let id = reg.memory(key, &mut || (make.take().expect("asked once"))())?;
+        Ok(State { file: file_id(Path::new(path), &fd.meta), pos: fd.info.pos, deleted: Some(id) })
     }
 
-    fn open(file: &FileObject, s: &State, _: &OpenContext) -> Result<OwnedFd> {
+    fn open(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<OwnedFd> {
         let what = format!("file {}", s.file.path.display());
+        if let Some(memory) = s.deleted {
+            return super::memfd::reopen(file, memory, s.pos, ctx).with_context(|| format!("{what} (deleted)"));
+        }
         let f = reopen(&s.file, reopen_flags(file.flags), &what, false)?;
         nix::unistd::lseek(&f, s.pos as i64, nix::unistd::Whence::SeekSet)
             .with_context(|| format!("{what}: seeking to {}", s.pos))?;
         Ok(f.into())
     }
 
+    fn needs_memory(s: &State) -> Option<u32> {
+        s.deleted
+    }
+
     fn describe(s: &State) -> String {
-        format!("{} at offset {}", s.file.path.display(), s.pos)
+        let deleted = match s.deleted {
+            Some(id) => format!(" (deleted, kept as memory object {id})"),
+            None => String::new(),
+        };
+        format!("{}{deleted} at offset {}", s.file.path.display(), s.pos)
     }
 }
