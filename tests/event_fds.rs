@@ -1,4 +1,4 @@
-//! eventfd, timerfd, signalfd and epoll: counters, semaphores, time left and
+//! eventfd, timerfd, signalfd, epoll and inotify: counters, semaphores, time left and
 //! interval, expirations not read yet, signal sets; each checked by the
 //! program that holds them (tp-eventfds, tp-epoll); epoll watches by number.
 
@@ -56,4 +56,20 @@ fn epoll_watch_of_a_closed_fd_is_refused() {
     assert!(err.contains(&format!("the epoll watches fd {fd} (inode")), "{err}");
     assert!(err.contains("which the process has closed since it added it"), "{err}");
     t.assert_running_untraced();
+}
+
+/// inotify: watches come back on their paths with their masks, at the
+/// watch descriptors the program had (2 and 3, after a removed 1).
+#[test]
+fn inotify_watches_keep_their_numbers() {
+    let w = workdir();
+    for d in ["a", "b"] {
+        std::fs::create_dir(w.path().join(d)).unwrap();
+    }
+    std::fs::write(w.path().join("b/old"), "").unwrap();
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/inotify_watch.py");
+    let mut t =
+        spawn(&["/usr/bin/python3", program.to_str().unwrap(), w.path().to_str().unwrap()], &w.path().join("out"));
+    t.wait_output("ready 2 3", Duration::from_secs(30));
+    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }

@@ -46,7 +46,7 @@ fn unsupported_resources_are_named_and_the_task_is_untouched() {
     let cases: &[(&str, &str)] = &[
         ("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "(TCP) is not supported yet"),
         ("import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0ferry-test-listener')\ns.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "listening unix sockets are not supported yet"),
-        ("import ctypes, time\nfd = ctypes.CDLL(None).inotify_init()\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:inotify is not supported yet"),
+        ("import ctypes, time\nfd = ctypes.CDLL(None).fanotify_init(0, 0)\nassert fd >= 0\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:[fanotify] is not supported yet"),
     ];
     for (script, expect) in cases {
         let t = spawn(&["/usr/bin/python3", "-c", script], &w.path().join("out"));

@@ -12,6 +12,7 @@ pub mod deleted_file;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod memfd;
 pub mod pipe;
 pub mod regular;
@@ -297,6 +298,7 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<timerfd::TimerFd>::KIND,
     &File::<signalfd::SignalFd>::KIND,
     &File::<epoll::Epoll>::KIND,
+    &File::<inotify::Inotify>::KIND,
     &File::<unix_socket::UnixSocket>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
