@@ -45,7 +45,7 @@ fn unsupported_resources_are_named_and_the_task_is_untouched() {
     let img = img.to_str().unwrap();
     let cases: &[(&str, &str)] = &[
         ("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "(TCP) is not supported yet"),
-        ("import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0ferry-test-listener')\ns.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "listening unix sockets are not supported yet"),
+        ("import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0ferry-test-listener')\ns.listen()\nc = socket.socket(socket.AF_UNIX)\nc.connect('\\0ferry-test-listener')\nprint('ready', flush=True)\ntime.sleep(60)", "connections waiting to be accepted are not supported yet"),
         ("import ctypes, time\nfd = ctypes.CDLL(None).fanotify_init(0, 0)\nassert fd >= 0\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:[fanotify] is not supported yet"),
     ];
     for (script, expect) in cases {

@@ -43,6 +43,16 @@ pub struct State {
     pub rcvbuf: i32,
     pub passcred: bool,
     pub peek_off: i32,
+    /// A listening socket: the name it is bound to (a path, or "@name"
+    /// for an abstract one) and its backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening: Option<Listening>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Listening {
+    pub name: String,
+    pub backlog: u32,
 }
 
 fn getsockopt(fd: RawFd, opt: i32) -> Result<i32> {
@@ -184,7 +194,7 @@ impl FileKind for UnixSocket {
         let s = all.get(&ino).with_context(|| format!("{}: sock_diag does not know socket {ino}", fd.what()))?;
         let what = format!("{}: unix {} socket", fd.what(), kind_name(s.kind));
         if s.state == 10 {
-            bail!("{what}: listening unix sockets are not supported yet");
+            return dump_listener(fd, s, &what);
         }
         if let Some(name) = &s.name {
             bail!("{what} bound to {name}: bound unix sockets are not supported yet");
@@ -210,6 +220,7 @@ impl FileKind for UnixSocket {
             rcvbuf: 0,
             passcred: false,
             peek_off: -1,
+            listening: None,
         };
         // The first look (the tree still running) reads no queue.
         if let Some(copy) = fd.copy()? {
@@ -228,6 +239,9 @@ impl FileKind for UnixSocket {
     }
 
     fn open(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<OwnedFd> {
+        if let Some(l) = &s.listening {
+            return listen_again(s, l);
+        }
         let kept = ctx.kept.borrow_mut().remove(&("unix", s.ino));
         let mine = match kept {
             Some(mut v) => v.pop().context("a kept socket end")?,
@@ -258,7 +272,7 @@ impl FileKind for UnixSocket {
     fn link(file: &FileObject, s: &State, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
         // The end with the lower inode fills both (the peer's data must be
         // in before either end's shutdown).
-        if s.peer == 0 || s.peer < s.ino {
+        if s.listening.is_some() || s.peer == 0 || s.peer < s.ino {
             return Ok(());
         }
         let peer_obj = files
@@ -284,6 +298,15 @@ impl FileKind for UnixSocket {
     }
 
     fn describe(s: &State) -> String {
+        if let Some(l) = &s.listening {
+            return format!(
+                "unix {} socket:[{}] listening on {} (backlog {})",
+                kind_name(s.kind),
+                s.ino,
+                l.name,
+                l.backlog
+            );
+        }
         let peer = if s.peer == 0 { "peer closed".to_string() } else { format!("peer socket:[{}]", s.peer) };
         let shut = match s.shutdown & 3 {
             1 => ", read shut",
@@ -298,6 +321,80 @@ impl FileKind for UnixSocket {
         };
         format!("unix {} socket:[{}], {peer}, {queued}{shut}", kind_name(s.kind), s.ino)
     }
+}
+
+/// A listening socket: its name and backlog; connections waiting to be
+/// accepted are refused for now.
+fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<State> {
+    let name = s.name.clone().with_context(|| format!("{what}: listening without a name"))?;
+    if !s.pending.is_empty() || s.rqueue > 0 {
+        bail!("{what} listening on {name}: connections waiting to be accepted are not supported yet");
+    }
+    let mut state = State {
+        ino: s.ino,
+        peer: 0,
+        kind: s.kind,
+        shutdown: s.shutdown,
+        queued: 0,
+        queued_bytes: 0,
+        sndbuf: 0,
+        rcvbuf: 0,
+        passcred: false,
+        peek_off: -1,
+        listening: Some(Listening { name, backlog: s.wqueue }),
+    };
+    if let Some(copy) = fd.copy()? {
+        state.sndbuf = getsockopt(copy.as_raw_fd(), libc::SO_SNDBUF)?;
+        state.rcvbuf = getsockopt(copy.as_raw_fd(), libc::SO_RCVBUF)?;
+        state.passcred = getsockopt(copy.as_raw_fd(), libc::SO_PASSCRED)? != 0;
+    }
+    Ok(state)
+}
+
+/// Bind the name again and listen. A path still there from the dumped
+/// socket is removed first, unless something listens on it now.
+fn listen_again(s: &State, l: &Listening) -> Result<OwnedFd> {
+    // SAFETY: socket(2) returns a new fd or -1.
+    let sock = super::new_fd(unsafe { libc::socket(libc::AF_UNIX, s.kind | libc::SOCK_CLOEXEC, 0) }, "socket")?;
+    // SAFETY: a zeroed sockaddr_un, filled below within its size.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as _;
+    let (bytes, abstract_) = match l.name.strip_prefix('@') {
+        Some(n) => (n.as_bytes(), true),
+        None => (l.name.as_bytes(), false),
+    };
+    let start = usize::from(abstract_);
+    if start + bytes.len() >= addr.sun_path.len() {
+        bail!("unix socket name {} is too long", l.name);
+    }
+    for (i, b) in bytes.iter().enumerate() {
+        addr.sun_path[start + i] = *b as _;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + start + bytes.len() + usize::from(!abstract_);
+    if !abstract_ {
+        let path = std::path::Path::new(&l.name);
+        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        });
+        if is_socket {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{} is in use: something listens on it now", l.name);
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing the old {}", l.name))?;
+        }
+    }
+    // SAFETY: bind and listen with the local sockaddr_un and its length.
+    unsafe {
+        if libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len as u32) != 0 {
+            bail!("binding {}: {}", l.name, std::io::Error::last_os_error());
+        }
+        if libc::listen(sock.as_raw_fd(), l.backlog as i32) != 0 {
+            bail!("listening on {}: {}", l.name, std::io::Error::last_os_error());
+        }
+    }
+    setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+    Ok(sock)
 }
 
 fn socketpair(kind: i32) -> Result<(OwnedFd, OwnedFd)> {

@@ -39,6 +39,8 @@ pub struct UnixSocket {
     /// Bytes (stream) or messages waiting to be read; for a listener, the
     /// connections waiting to be accepted.
     pub rqueue: u32,
+    /// Bytes queued to be sent; for a listener, its backlog.
+    pub wqueue: u32,
     /// Inodes of connections waiting to be accepted (a listener's).
     pub pending: Vec<u64>,
     /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2).
@@ -128,7 +130,10 @@ fn parse(b: &[u8]) -> Option<UnixSocket> {
                 })
             }
             UNIX_DIAG_PEER => s.peer = Some(u64::from(u32_at(data, 0)?)),
-            UNIX_DIAG_RQLEN => s.rqueue = u32_at(data, 0)?,
+            UNIX_DIAG_RQLEN => {
+                s.rqueue = u32_at(data, 0)?;
+                s.wqueue = u32_at(data, 4)?;
+            }
             UNIX_DIAG_ICONS => s.pending = data.chunks_exact(4).filter_map(|c| u32_at(c, 0)).map(u64::from).collect(),
             UNIX_DIAG_SHUTDOWN => s.shutdown = *data.first()?,
             _ => {}

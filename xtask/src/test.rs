@@ -24,8 +24,21 @@ impl Test {
     pub fn run(self, sh: &Shell) -> Result<()> {
         require_root("the test suite")?;
         // python3, setpriv and unshare (util-linux) and a JDK run as test
-        // targets; mount makes a small tmpfs for the disk-full test.
-        apt::ensure(sh, &["python3", "util-linux", "mount", "coreutils", "iproute2", "default-jdk-headless"])?;
+        // targets, redis-server a real server; mount makes a small tmpfs for
+        // the disk-full test.
+        apt::ensure(
+            sh,
+            &[
+                "python3",
+                "util-linux",
+                "mount",
+                "coreutils",
+                "iproute2",
+                "default-jdk-headless",
+                "redis-server",
+                "redis-tools",
+            ],
+        )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
         if !self.no_lint {
             if cmd!(sh, "cargo fmt --version").quiet().ignore_stdout().run().is_err() {
