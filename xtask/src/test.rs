@@ -24,8 +24,8 @@ impl Test {
     pub fn run(self, sh: &Shell) -> Result<()> {
         require_root("the test suite")?;
         // python3, setpriv and unshare (util-linux) and a JDK run as test
-        // targets, redis-server a real server; mount makes a small tmpfs for
-        // the disk-full test.
+        // targets, redis-server and memcached real servers; mount makes a
+        // small tmpfs for the disk-full test.
         apt::ensure(
             sh,
             &[
