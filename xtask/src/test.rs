@@ -37,6 +37,7 @@ impl Test {
                 "default-jdk-headless",
                 "redis-server",
                 "redis-tools",
+            "memcached",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
