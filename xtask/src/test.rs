@@ -37,7 +37,7 @@ impl Test {
                 "default-jdk-headless",
                 "redis-server",
                 "redis-tools",
-            "memcached",
+                "memcached",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
