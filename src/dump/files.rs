@@ -33,13 +33,15 @@ pub fn collect(
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(e).with_context(|| format!("task {pid} fd {fd}: stat {link}")),
         };
-        let info = match proc.fdinfo(fd) {
-            Ok(i) => i,
+        // Read once: the kind's own fields (eventfd-count, tfd: lines...)
+        // come from the same text.
+        let (info, fdinfo) = match proc.fdinfo(fd) {
+            Ok(p) => p,
             Err(_) if !path.exists() => continue,
             Err(e) => return Err(e),
         };
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let probe = FdProbe { pid, proc, fd, link, meta, info, shell_job, file_locks, pidfd };
+        let probe = FdProbe { pid, proc, fd, link, meta, info, fdinfo, shell_job, file_locks, pidfd };
         let file = table.file(&probe, pidfd)?;
         out.push(Fd { fd, cloexec, file });
     }

@@ -66,9 +66,8 @@ impl FileKind for Epoll {
     }
 
     fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
-        let text = fd.proc.read(&format!("fdinfo/{}", fd.fd))?;
         let mut watches = Vec::new();
-        for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        for line in fd.fdinfo.lines().filter(|l| l.starts_with("tfd:")) {
             let (tfd, events, data, ino) =
                 parse_watch(line).with_context(|| format!("{}: fdinfo line {line:?}", fd.what()))?;
             let now = std::fs::metadata(fd.proc.path(&format!("fd/{tfd}"))).map(|m| m.ino()).ok();

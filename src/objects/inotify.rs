@@ -68,9 +68,8 @@ impl FileKind for Inotify {
     }
 
     fn dump(fd: &FdProbe, reg: &mut dyn Registry) -> Result<State> {
-        let text = fd.proc.read(&format!("fdinfo/{}", fd.fd))?;
         let mut watches = Vec::new();
-        for line in text.lines().filter(|l| l.starts_with("inotify ")) {
+        for line in fd.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
             let f = fields(line);
             let hex = |k: &str| -> Result<u64> {
                 let v = f.get(k).with_context(|| format!("{}: no {k} in {line:?}", fd.what()))?;
@@ -88,9 +87,8 @@ impl FileKind for Inotify {
         }
         watches.sort_by_key(|w| w.wd);
         if let Some(copy) = fd.copy()? {
-            let mut queued: libc::c_int = 0;
-            // SAFETY: FIONREAD writes one int.
-            if unsafe { libc::ioctl(copy.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0 && queued > 0 {
+            let queued = super::readable(&copy).unwrap_or(0);
+            if queued > 0 {
                 reg.warn(format!("{}: {queued} bytes of inotify events not yet read are dropped", fd.what()));
             }
         }

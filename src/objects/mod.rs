@@ -44,6 +44,8 @@ pub struct FdProbe<'a> {
     /// stat(2) through the fd.
     pub meta: std::fs::Metadata,
     pub info: FdInfo,
+    /// The fdinfo text `info` was parsed from, for the fields a kind adds.
+    pub fdinfo: String,
     /// `--shell-job`: the task's terminal may be taken along.
     pub shell_job: bool,
     /// `--file-locks`: locks on the description are taken along.
@@ -73,8 +75,7 @@ impl FdProbe<'_> {
     /// A field of the fd's /proc fdinfo that its kind adds (`eventfd-count`,
     /// `clockid`...), or an error naming it.
     pub fn fdinfo_field(&self, key: &str) -> Result<String> {
-        let text = self.proc.read(&format!("fdinfo/{}", self.fd))?;
-        crate::proc::key_values(&text)
+        crate::proc::key_values(&self.fdinfo)
             .into_iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.to_string())
@@ -98,6 +99,17 @@ pub fn held_outside(link: &str, reg: &dyn Registry) -> Option<String> {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         Some(format!("{pid} ({})", comm.trim()))
     })
+}
+
+/// How many bytes are waiting to be read from `fd` (FIONREAD: a pipe's,
+/// an inotify's).
+pub fn readable(fd: &impl std::os::fd::AsRawFd) -> Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        anyhow::bail!("FIONREAD: {}", std::io::Error::last_os_error());
+    }
+    Ok(n)
 }
 
 /// A new fd from a syscall that returns one (or -1).

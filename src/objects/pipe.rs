@@ -88,7 +88,7 @@ fn reopen_end(fd: &OwnedFd, flags: u32) -> Result<OwnedFd> {
 /// Copy the bytes queued in the pipe `src` (a read end of ferry's) without
 /// taking them.
 fn peek(fd: &FdProbe, src: &File, size: u32) -> Result<Vec<u8>> {
-    let queued = queued(src).with_context(|| fd.what())?;
+    let queued = super::readable(src).with_context(|| fd.what())?;
     if queued == 0 {
         return Ok(Vec::new());
     }
@@ -116,16 +116,6 @@ fn peek(fd: &FdProbe, src: &File, size: u32) -> Result<Vec<u8>> {
         bail!("{}: copied {n} bytes in flight, read back {}", fd.what(), data.len());
     }
     Ok(data)
-}
-
-/// How many bytes the pipe behind `fd` holds.
-fn queued(fd: &impl AsRawFd) -> Result<i32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
-        bail!("FIONREAD: {}", std::io::Error::last_os_error());
-    }
-    Ok(n)
 }
 
 fn describe_path(s: &State) -> String {
@@ -257,7 +247,7 @@ fn create(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<Vec<OwnedFd
     // A FIFO that some other process still holds open kept its bytes (a
     // migration within one machine: the frozen source holds it): they
     // are the same bytes, and writing them again would double them.
-    let held = queued(&write_end)?;
+    let held = super::readable(&write_end)?;
     if s.fifo.is_some() && held > 0 {
         tracing::warn!(
             "FIFO {}: still holds {held} bytes (it is open elsewhere): keeping them, not the image's {}",

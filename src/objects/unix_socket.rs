@@ -209,26 +209,11 @@ impl FileKind for UnixSocket {
                 bail!("{what}: its peer (socket:[{peer}]) is held by process {holder} outside the tree (--ext-unix-sk is not supported yet)");
             }
         }
-        let mut state = State {
-            ino,
-            peer,
-            kind: s.kind,
-            shutdown: s.shutdown,
-            queued: 0,
-            queued_bytes: 0,
-            sndbuf: 0,
-            rcvbuf: 0,
-            passcred: false,
-            peek_off: -1,
-            listening: None,
-        };
+        let copy = fd.copy()?;
+        let mut state = socket_state(s, peer, None, copy.as_ref())?;
         // The first look (the tree still running) reads no queue.
-        if let Some(copy) = fd.copy()? {
+        if let Some(copy) = copy {
             let sock = copy.as_raw_fd();
-            state.sndbuf = getsockopt(sock, libc::SO_SNDBUF)?;
-            state.rcvbuf = getsockopt(sock, libc::SO_RCVBUF)?;
-            state.passcred = getsockopt(sock, libc::SO_PASSCRED)? != 0;
-            state.peek_off = getsockopt(sock, libc::SO_PEEK_OFF)?;
             let eof_on_empty = s.kind == libc::SOCK_STREAM || s.shutdown & 1 != 0;
             let messages = peek_all(sock, eof_on_empty, &what)?;
             state.queued = messages.len() as u32;
@@ -330,9 +315,20 @@ fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<
     if !s.pending.is_empty() || s.rqueue > 0 {
         bail!("{what} listening on {name}: connections waiting to be accepted are not supported yet");
     }
+    socket_state(s, 0, Some(Listening { name, backlog: s.wqueue }), fd.copy()?.as_ref())
+}
+
+/// What every unix socket records, its options read from ferry's `copy`
+/// (none on the first look, while the tree runs); nothing queued yet.
+fn socket_state(
+    s: &unix_diag::UnixSocket,
+    peer: u64,
+    listening: Option<Listening>,
+    copy: Option<&OwnedFd>,
+) -> Result<State> {
     let mut state = State {
         ino: s.ino,
-        peer: 0,
+        peer,
         kind: s.kind,
         shutdown: s.shutdown,
         queued: 0,
@@ -341,12 +337,14 @@ fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<
         rcvbuf: 0,
         passcred: false,
         peek_off: -1,
-        listening: Some(Listening { name, backlog: s.wqueue }),
+        listening,
     };
-    if let Some(copy) = fd.copy()? {
-        state.sndbuf = getsockopt(copy.as_raw_fd(), libc::SO_SNDBUF)?;
-        state.rcvbuf = getsockopt(copy.as_raw_fd(), libc::SO_RCVBUF)?;
-        state.passcred = getsockopt(copy.as_raw_fd(), libc::SO_PASSCRED)? != 0;
+    if let Some(copy) = copy {
+        let sock = copy.as_raw_fd();
+        state.sndbuf = getsockopt(sock, libc::SO_SNDBUF)?;
+        state.rcvbuf = getsockopt(sock, libc::SO_RCVBUF)?;
+        state.passcred = getsockopt(sock, libc::SO_PASSCRED)? != 0;
+        state.peek_off = getsockopt(sock, libc::SO_PEEK_OFF)?;
     }
     Ok(state)
 }

@@ -78,10 +78,13 @@ impl ProcDir {
         limits::parse(&text).with_context(|| format!("parsing {}", self.path("limits").display()))
     }
 
-    pub fn fdinfo(&self, fd: i32) -> Result<fdinfo::FdInfo> {
+    /// fdinfo of `fd`: its common fields parsed, and the text they came
+    /// from (a kind of file adds fields of its own).
+    pub fn fdinfo(&self, fd: i32) -> Result<(fdinfo::FdInfo, String)> {
         let rel = format!("fdinfo/{fd}");
         let text = self.read(&rel)?;
-        fdinfo::FdInfo::parse(&text).with_context(|| format!("parsing {}", self.path(&rel).display()))
+        let info = fdinfo::FdInfo::parse(&text).with_context(|| format!("parsing {}", self.path(&rel).display()))?;
+        Ok((info, text))
     }
 
     /// Open file descriptors, ascending.
