@@ -35,7 +35,7 @@ const CRIU: &[(&str, Arg, bool)] = &[
     ("log-file", Arg::Value, true),
     ("join-ns", Arg::Value, false),
     ("root", Arg::Value, false),
-    ("ext-unix-sk", Arg::Optional, false),
+    ("ext-unix-sk", Arg::Optional, true),
     ("tcp-established", Arg::Bool, false),
     ("close", Arg::Value, false),
     ("log-pid", Arg::Bool, false),

@@ -1,7 +1,8 @@
 //! Unix sockets within the tree: socketpairs of every type with messages
 //! queued both ways (boundaries kept), shutdowns, a peer already closed,
-//! buffer sizes; and what is refused by name, with the task untouched: a
-//! peer outside the tree, descriptors in flight.
+//! buffer sizes; listeners and the connections they accepted; peers
+//! outside the tree (--ext-unix-sk); and what is refused by name, with
+//! the task untouched: descriptors in flight.
 
 mod common;
 
@@ -39,19 +40,115 @@ fn python_on(fd: std::os::fd::OwnedFd, script: &str, out: &std::path::Path) -> T
     spawn_command_keep_stdin(c, out)
 }
 
+/// The tree's end of a stream whose other end the test holds: refused by
+/// name (with the hint) without --ext-unix-sk, and by an inode list that
+/// names another socket; with it, restored as closed by its peer after
+/// the bytes the peer had sent.
 #[test]
-fn a_peer_outside_the_tree_is_refused_by_name() {
+fn a_peer_outside_the_tree_needs_ext_unix_sk() {
+    use std::io::{Read, Write};
     let w = workdir();
-    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let t = python_on(theirs.into(), "import time\nprint('ready', flush=True)\ntime.sleep(60)", &w.path().join("out"));
+    let (mut mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let script = "import signal, sys\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nprint('ready', flush=True)\nsignal.sigwait([signal.SIGUSR1])\n\
+                  print(repr(sys.stdin.buffer.read()), flush=True)\n";
+    let mut t = python_on(theirs.into(), script, &w.path().join("out"));
     t.wait_output("ready", T);
-    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", w.path().join("img").to_str().unwrap()]);
+    mine.write_all(b"sent before the dump\n").unwrap();
+    let img = w.path().join("img");
+    let (pid, dir) = (t.pid.to_string(), img.to_str().unwrap().to_string());
+    let err = ferry_err(&["dump", "-t", &pid, "-D", &dir]);
     let me = std::process::id();
-    assert!(err.contains(&format!("task {} fd 0: unix stream socket: its peer (socket:[", t.pid)), "{err}");
+    assert!(err.contains(&format!("task {} fd 0: unix stream socket (socket:[", t.pid)), "{err}");
     assert!(err.contains(&format!("is held by process {me} (")), "{err}");
-    assert!(err.contains("outside the tree (--ext-unix-sk is not supported yet)"), "{err}");
+    assert!(err.contains("outside the tree; --ext-unix-sk lets it go"), "{err}");
     t.assert_running_untraced();
-    drop(mine);
+    let ino = std::fs::metadata(format!("/proc/{}/fd/0", t.pid)).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let ino = ino.unwrap();
+    let err = ferry_err(&["dump", "-t", &pid, "-D", &dir, &format!("--ext-unix-sk={}", ino + 1)]);
+    assert!(err.contains("--ext-unix-sk lets it go"), "{err}");
+    t.assert_running_untraced();
+    std::fs::remove_dir_all(&img).ok();
+    dump(t.pid, &img, &[&format!("--ext-unix-sk={ino}")]);
+    let show = String::from_utf8_lossy(&ferry_ok(&["show", &dir]).stdout).into_owned();
+    assert!(show.contains("outside the tree, 21 bytes queued"), "{show}");
+    // The dumped end went with the task, its bytes unread: the test's
+    // end sees the connection reset (the kernel's answer to that).
+    let mut rest = Vec::new();
+    let e = mine.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+    t.reap_killed();
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("ready\nb'sent before the dump\\n'\n"), "{}", t.output());
+}
+
+/// A datagram socket connected to a named socket outside the tree (as to
+/// /dev/log) connects to that name again on restore.
+#[test]
+fn a_datagram_peer_outside_the_tree_is_connected_again() {
+    let w = workdir();
+    let log = w.path().join("log.sock");
+    let logger = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    logger.set_read_timeout(Some(T)).unwrap();
+    let script = format!(
+        "import signal, socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.connect({:?})\n\
+         s.send(b'before')\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nprint('ready', flush=True)\nsignal.sigwait([signal.SIGUSR1])\ns.send(b'after')\n",
+        log.to_str().unwrap()
+    );
+    let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let mut buf = [0u8; 64];
+    let n = logger.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before");
+    let img = w.path().join("img");
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
+    assert!(err.contains("--ext-unix-sk lets it go"), "{err}");
+    std::fs::remove_dir_all(&img).ok();
+    dump(t.pid, &img, &["--ext-unix-sk"]);
+    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    assert!(show.contains(&format!("outside the tree ({})", log.display())), "{show}");
+    t.reap_killed();
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    let n = logger.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"after");
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+}
+
+/// A listener on a path (its socket file's mode set by the program) and a
+/// connection it accepted from a client in the same process, with bytes
+/// queued: after restore the bytes are there, the socket file has its
+/// mode, and new clients connect.
+#[test]
+fn an_accepted_connection_and_its_listener_come_back() {
+    let w = workdir();
+    let path = w.path().join("srv.sock");
+    let script = format!(
+        "import os, signal, socket\np = {:?}\nl = socket.socket(socket.AF_UNIX)\nl.bind(p)\nos.chmod(p, 0o660)\n\
+         l.listen(8)\nc = socket.socket(socket.AF_UNIX)\nc.connect(p)\na, _ = l.accept()\nc.send(b'ping')\n\
+         a.send(b'pong')\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nprint('ready', flush=True)\nsignal.sigwait([signal.SIGUSR1])\n\
+         print(a.recv(16), c.recv(16), oct(os.stat(p).st_mode & 0o777))\nn, _ = l.accept()\n\
+         n.send(b'welcome')\nprint('ok', flush=True)\n",
+        path.to_str().unwrap()
+    );
+    let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    assert!(show.contains(&format!("accepted on {}, peer socket:[", path.display())), "{show}");
+    t.reap_killed();
+    // A socket file left behind by the dumped listener is replaced.
+    assert!(path.exists());
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    let mut late = std::os::unix::net::UnixStream::connect(&path).expect("the listener is back");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut late, &mut got).unwrap();
+    assert_eq!(got, "welcome");
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("b'ping' b'pong' 0o660\nok\n"), "{}", t.output());
 }
 
 #[test]

@@ -121,7 +121,6 @@ criu_flags! {
         network_lock = "network-lock";
     }
     optional {
-        ext_unix_sk = "ext-unix-sk", short = 'x';
         cpu_cap = "cpu-cap";
         manage_cgroups = "manage-cgroups";
     }

@@ -48,6 +48,14 @@ pub struct DumpArgs {
     /// refused, as with CRIU)
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
+    /// Allow unix sockets whose peer is outside the tree (a client
+    /// connected to a server being dumped, /dev/log): a stream or seqpacket
+    /// connection is restored as one whose peer hung up, after the bytes
+    /// it had sent; a datagram socket connects to its peer's name again.
+    /// With inodes (`--ext-unix-sk=52411,52413`), only those sockets.
+    #[arg(short = 'x', long = "ext-unix-sk", value_name = "INODE,...", num_args = 0..=1, default_missing_value = "",
+          require_equals = true, action = clap::ArgAction::Append)]
+    pub ext_unix_sk: Vec<String>,
     #[command(flatten)]
     pub chain: ChainArgs,
     /// Leave the pages changed since the last round on this machine and
@@ -151,6 +159,10 @@ pub struct PreDumpArgs {
     /// Accepted as with dump (a pre-dump reads no files)
     #[arg(short = 'l', long = "file-locks", hide = true)]
     pub file_locks: bool,
+    /// Accepted as with dump (a pre-dump keeps no sockets)
+    #[arg(short = 'x', long = "ext-unix-sk", num_args = 0..=1, default_missing_value = "", require_equals = true,
+          hide = true, action = clap::ArgAction::Append)]
+    pub ext_unix_sk: Vec<String>,
     /// A pre-dump always leaves the task running
     #[arg(short = 'R', long = "leave-running", hide = true)]
     pub leave_running: bool,
@@ -190,6 +202,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.leave_running = a.leave_running;
     o.shell_job = a.shell_job;
     o.file_locks = a.file_locks;
+    o.ext_unix_sk = crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?;
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {
@@ -217,7 +230,11 @@ pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.kind = ImageKind::PreDump;
     o.leave_running = true;
+    // A pre-dump's images hold memory only: what the final dump refuses
+    // without these options is not the pre-dump's to refuse.
     o.shell_job = true;
+    o.file_locks = true;
+    o.ext_unix_sk = crate::objects::ExtUnixSk::Any;
     let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
     upload(server, &o.dir)?;

@@ -34,6 +34,13 @@ pub struct MigrateArgs {
     /// The task is a shell job (see `ferry dump --shell-job`)
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
+    /// Take flock and OFD locks along (see `ferry dump --file-locks`)
+    #[arg(short = 'l', long = "file-locks")]
+    pub file_locks: bool,
+    /// Unix sockets whose peer is outside the tree (see `ferry dump --ext-unix-sk`)
+    #[arg(short = 'x', long = "ext-unix-sk", value_name = "INODE,...", num_args = 0..=1, default_missing_value = "",
+          require_equals = true, action = clap::ArgAction::Append)]
+    pub ext_unix_sk: Vec<String>,
     /// How long to keep trying to reach the destination after a cut
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
@@ -74,6 +81,8 @@ pub fn run_migrate(a: MigrateArgs, work_dir: Option<PathBuf>) -> Result<ExitCode
         tracker: a.dirty_tracker,
         work_dir: work_dir.unwrap_or_else(|| PathBuf::from("/dev/shm")),
         shell_job: a.shell_job,
+        file_locks: a.file_locks,
+        ext_unix_sk: crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?,
         reconnect: Duration::from_secs(a.reconnect_timeout),
     })?;
     Ok(ExitCode::SUCCESS)

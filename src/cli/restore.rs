@@ -36,6 +36,10 @@ pub struct RestoreArgs {
     /// Accepted as with CRIU: the locks an image holds are always taken
     #[arg(short = 'l', long = "file-locks", hide = true)]
     pub file_locks: bool,
+    /// Accepted as with CRIU: what the dump allowed is restored
+    #[arg(short = 'x', long = "ext-unix-sk", num_args = 0..=1, default_missing_value = "", require_equals = true,
+          hide = true, action = clap::ArgAction::Append)]
+    pub ext_unix_sk: Vec<String>,
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]

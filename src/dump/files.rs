@@ -3,7 +3,7 @@
 
 use super::objects::ObjectTable;
 use crate::image::task::Fd;
-use crate::objects::FdProbe;
+use crate::objects::{FdPolicy, FdProbe};
 use crate::proc::ProcDir;
 use anyhow::{Context, Result};
 use std::os::fd::OwnedFd;
@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 pub fn collect(
     proc: &ProcDir,
     pid: i32,
-    (shell_job, file_locks): (bool, bool),
+    policy: &FdPolicy,
     table: &mut ObjectTable,
     pidfd: Option<&OwnedFd>,
 ) -> Result<Vec<Fd>> {
@@ -41,7 +41,7 @@ pub fn collect(
             Err(e) => return Err(e),
         };
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let probe = FdProbe { pid, proc, fd, link, meta, info, fdinfo, shell_job, file_locks, pidfd };
+        let probe = FdProbe { pid, proc, fd, link, meta, info, fdinfo, policy, pidfd };
         let file = table.file(&probe, pidfd)?;
         out.push(Fd { fd, cloexec, file });
     }

@@ -50,6 +50,8 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// `--file-locks`: take flock and OFD locks along.
     pub file_locks: bool,
+    /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.
+    pub ext_unix_sk: crate::objects::ExtUnixSk,
     /// The previous round's images, relative to `dir` (CRIU's convention).
     pub prev: Option<PathBuf>,
     /// Keep tracking memory changes for a later round.
@@ -149,6 +151,7 @@ impl DumpOptions {
             leave_running: false,
             shell_job: false,
             file_locks: false,
+            ext_unix_sk: Default::default(),
             prev: None,
             track_mem: false,
             tracker: track::Choice::Auto,
@@ -391,12 +394,23 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
 /// The first look: refuse what cannot be dumped while the tree runs on
 /// untouched.
 pub fn check(opts: &DumpOptions) -> Result<()> {
-    let live = tree::discover(opts.pid)?;
-    if live[0].zombie {
-        bail!("task {} is a zombie (it has exited; its parent has not collected it)", opts.pid);
+    let mut attempt = 0;
+    loop {
+        let live = tree::discover(opts.pid)?;
+        if live[0].zombie {
+            bail!("task {} is a zombie (it has exited; its parent has not collected it)", opts.pid);
+        }
+        match look(&live, opts, None) {
+            Ok(_) => return Ok(()),
+            // A process of the running tree ended while it was looked at
+            // (PostgreSQL's autovacuum workers come and go): look again.
+            Err(e) if attempt < 10 && live.iter().any(|p| !ProcDir::new(p.pid).exists()) => {
+                debug!(pid = opts.pid, "a process ended during the first look ({e:#}); looking again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    look(&live, opts, None)?;
-    Ok(())
 }
 
 /// Look at the whole tree: every process's own checks, then the tree's.
@@ -431,8 +445,11 @@ fn look(
             let at = scope::Place {
                 vpid: p.vpid,
                 root: i == 0,
-                shell_job: opts.shell_job,
-                file_locks: opts.file_locks,
+                policy: crate::objects::FdPolicy {
+                    shell_job: opts.shell_job,
+                    file_locks: opts.file_locks,
+                    ext_unix_sk: opts.ext_unix_sk.clone(),
+                },
                 frozen,
             };
             inspections.push(scope::inspect(&proc, &at, table, pidfd.as_ref())?);

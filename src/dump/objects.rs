@@ -266,7 +266,7 @@ fn locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
             "OFDLCK" => LockKind::Ofd,
             _ => bail!("{what}: {} locks are not supported yet", l.kind),
         };
-        if !fd.file_locks {
+        if !fd.policy.file_locks {
             bail!("{what}: dump with --file-locks to take it along");
         }
         let len = l.end.map_or(0, |end| end - l.start + 1);

@@ -30,8 +30,7 @@ pub struct Place {
     pub vpid: i32,
     /// It is the tree's root.
     pub root: bool,
-    pub shell_job: bool,
-    pub file_locks: bool,
+    pub policy: crate::objects::FdPolicy,
     /// ferry traces it already (the second look, under freeze).
     pub frozen: bool,
 }
@@ -82,7 +81,7 @@ pub fn inspect(proc: &ProcDir, at: &Place, table: &mut ObjectTable, pidfd: Optio
     if exe.to_string_lossy().ends_with(" (deleted)") {
         bail!("task {pid}: its executable {} was deleted: not supported yet", exe.display());
     }
-    let fds = files::collect(proc, pid, (at.shell_job, at.file_locks), table, pidfd)?;
+    let fds = files::collect(proc, pid, &at.policy, table, pidfd)?;
     let maps = proc.smaps()?;
     let planned = memory::plan(proc, pid, &maps, table)?;
     memory::check_layout(&planned)?;

@@ -29,6 +29,10 @@ pub struct MigrateOptions {
     pub tracker: track::Choice,
     pub work_dir: PathBuf,
     pub shell_job: bool,
+    /// `--file-locks`, as with dump.
+    pub file_locks: bool,
+    /// `--ext-unix-sk`, as with dump.
+    pub ext_unix_sk: crate::objects::ExtUnixSk,
     /// How long to try to reach the destination again after a cut.
     pub reconnect: Duration,
 }
@@ -48,6 +52,8 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     let pid = o.pid;
     let mut first = DumpOptions::new(pid, o.work_dir.clone());
     first.shell_job = o.shell_job;
+    first.file_locks = o.file_locks;
+    first.ext_unix_sk = o.ext_unix_sk.clone();
     first.lazy = Some(LazyServe::Caller);
     dump::check(&first)?;
     let mut stream = connect(&o.to, &o.creds, START)?;
@@ -67,6 +73,8 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
             d.kind = ImageKind::PreDump;
             d.leave_running = true;
             d.shell_job = true;
+            d.file_locks = o.file_locks;
+            d.ext_unix_sk = o.ext_unix_sk.clone();
             d.tracker = o.tracker;
             d.track_owner = Some(std::process::id() as i32);
             if round > 1 {
@@ -121,6 +129,8 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     d.prev = Some(PathBuf::from(format!("../{rounds}")));
     d.track_mem = true;
     d.shell_job = o.shell_job;
+    d.file_locks = o.file_locks;
+    d.ext_unix_sk = o.ext_unix_sk.clone();
     d.lazy = Some(LazyServe::Caller);
     let dumped = dump::dump_frozen(&d)?;
     let frozen = dumped.frozen.expect("a lazy dump keeps the task frozen");

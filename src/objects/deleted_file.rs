@@ -74,7 +74,7 @@ impl MemoryKind for DeletedFile {
         // SAFETY: the kernel just returned this fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         nix::unistd::ftruncate(&fd, obj.size as i64).with_context(|| format!("{}: size {}", s.path, obj.size))?;
-        Ok(CreatedMemory { fd: Some(fd), shmid: None })
+        Ok(CreatedMemory { fd: Some(fd), shmid: None, reused: false })
     }
 
     fn describe(s: &State) -> String {

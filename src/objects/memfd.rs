@@ -107,7 +107,7 @@ impl MemoryKind for MemfdMemory {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         nix::unistd::ftruncate(&fd, obj.size as i64)
             .with_context(|| format!("memfd {:?}: setting its size to {}", s.name, obj.size))?;
-        Ok(CreatedMemory { fd: Some(fd), shmid: None })
+        Ok(CreatedMemory { fd: Some(fd), shmid: None, reused: false })
     }
 
     fn finish(obj: &MemoryObject, s: &MemoryState, created: &CreatedMemory) -> Result<()> {

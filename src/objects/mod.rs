@@ -18,6 +18,7 @@ pub mod pipe;
 pub mod regular;
 pub mod shmem;
 pub mod signalfd;
+pub mod socket_path;
 pub mod sysv_shm;
 pub mod timerfd;
 pub mod tty;
@@ -46,14 +47,65 @@ pub struct FdProbe<'a> {
     pub info: FdInfo,
     /// The fdinfo text `info` was parsed from, for the fields a kind adds.
     pub fdinfo: String,
-    /// `--shell-job`: the task's terminal may be taken along.
-    pub shell_job: bool,
-    /// `--file-locks`: locks on the description are taken along.
-    pub file_locks: bool,
+    /// What the dump's options allow.
+    pub policy: &'a FdPolicy,
     /// A pidfd of the process, once the tree is frozen (the look that
     /// counts): kinds that must hold the file itself (a socket: no path
     /// reopens it) take a copy with pidfd_getfd.
     pub pidfd: Option<&'a OwnedFd>,
+}
+
+/// The dump options that decide whether an fd may be taken along.
+#[derive(Clone, Debug, Default)]
+pub struct FdPolicy {
+    /// `--shell-job`: the task's terminal may be taken along.
+    pub shell_job: bool,
+    /// `--file-locks`: locks on the description are taken along.
+    pub file_locks: bool,
+    /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.
+    pub ext_unix_sk: ExtUnixSk,
+}
+
+/// CRIU's `--ext-unix-sk[=INODE,...]`: which of the tree's unix sockets
+/// may have their peer outside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ExtUnixSk {
+    #[default]
+    None,
+    /// The bare flag: any.
+    Any,
+    /// Only these sockets (the tree's ends, by inode).
+    Inodes(Vec<u64>),
+}
+
+impl ExtUnixSk {
+    /// From the option's values (each empty, or a comma-separated list).
+    pub fn parse(values: &[String]) -> Result<ExtUnixSk> {
+        if values.is_empty() {
+            return Ok(ExtUnixSk::None);
+        }
+        let mut inodes = Vec::new();
+        for v in values {
+            if v.is_empty() {
+                return Ok(ExtUnixSk::Any);
+            }
+            for i in v.split(',').filter(|i| !i.is_empty()) {
+                match i.parse::<u64>() {
+                    Ok(n) if n > 0 => inodes.push(n),
+                    _ => anyhow::bail!("--ext-unix-sk: {i:?} is not a socket inode (e.g. --ext-unix-sk=52411,52413)"),
+                }
+            }
+        }
+        Ok(ExtUnixSk::Inodes(inodes))
+    }
+
+    pub fn allows(&self, ino: u64) -> bool {
+        match self {
+            ExtUnixSk::None => false,
+            ExtUnixSk::Any => true,
+            ExtUnixSk::Inodes(v) => v.contains(&ino),
+        }
+    }
 }
 
 impl FdProbe<'_> {
@@ -184,6 +236,8 @@ pub struct OpenContext<'a> {
     /// the others (a pipe for its second end), by kind and key; closed
     /// once every description is open.
     pub kept: std::cell::RefCell<std::collections::HashMap<(&'static str, u64), Vec<OwnedFd>>>,
+    /// Socket paths taken over, given back if the restore fails.
+    pub taken_paths: std::cell::RefCell<Vec<socket_path::TakenPath>>,
 }
 
 impl OpenContext<'_> {
@@ -332,6 +386,9 @@ pub struct CreatedMemory {
     pub fd: Option<OwnedFd>,
     /// A System V segment: attached with shmat.
     pub shmid: Option<i32>,
+    /// The segment is the dumped tree's own, left behind when the tree was
+    /// killed, and taken again: not ferry's to remove if the restore fails.
+    pub reused: bool,
 }
 
 /// One kind of memory object.

@@ -67,7 +67,7 @@ impl MemoryKind for SharedAnon {
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(addr, len as usize) };
         let file = file.with_context(|| format!("shared memory object {}: opening {path}", obj.id))?;
-        Ok(CreatedMemory { fd: Some(file.into()), shmid: None })
+        Ok(CreatedMemory { fd: Some(file.into()), shmid: None, reused: false })
     }
 
     fn describe(_: &State) -> String {

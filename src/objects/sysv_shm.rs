@@ -4,6 +4,12 @@
 //! mode, with its data; processes attach it again at their addresses
 //! (`shmat`, injected), and a segment that was marked for removal
 //! (IPC_RMID) is marked again once they have.
+//!
+//! A segment not marked for removal outlives the dumped tree (PostgreSQL
+//! keeps one so that a second postmaster can see the first). When restore
+//! finds that very segment still there (same id, key, size, owner and
+//! change time, attached by nobody) it takes it again and puts the dumped
+//! data in; any other segment under the id is refused.
 
 use super::{ContentSource, CreatedMemory, Identified, MemoryKey, MemoryKind, NewMemory};
 use crate::image::objects::MemoryObject;
@@ -27,6 +33,10 @@ pub struct State {
     pub gid: u32,
     /// Marked for removal (IPC_RMID): it goes when the last process detaches.
     pub removed: bool,
+    /// Creation or last IPC_SET (unix time): with the rest, tells the
+    /// tree's own segment, left behind, from another one.
+    #[serde(default)]
+    pub ctime: i64,
 }
 
 /// One line of /proc/sysvipc/shm.
@@ -39,6 +49,7 @@ pub struct Segment {
     pub nattch: u64,
     pub uid: u32,
     pub gid: u32,
+    pub ctime: i64,
 }
 
 /// Parse /proc/sysvipc/shm (header line, then one segment per line).
@@ -46,7 +57,7 @@ pub fn parse_segments(text: &str) -> Result<Vec<Segment>> {
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 {
+        if f.len() < 14 {
             continue;
         }
         let num = |i: usize| -> Result<i64> { f[i].parse().with_context(|| format!("bad field {i} in {line:?}")) };
@@ -58,6 +69,7 @@ pub fn parse_segments(text: &str) -> Result<Vec<Segment>> {
             nattch: num(6)? as u64,
             uid: num(7)? as u32,
             gid: num(8)? as u32,
+            ctime: num(13)?,
         });
     }
     Ok(out)
@@ -176,6 +188,7 @@ impl MemoryKind for SysvShm {
                     uid: seg.uid,
                     gid: seg.gid,
                     removed: seg.perms & SHM_DEST != 0,
+                    ctime: seg.ctime,
                 };
                 Ok(NewMemory {
                     kind: Self::NAME,
@@ -189,6 +202,10 @@ impl MemoryKind for SysvShm {
 
     fn create(obj: &MemoryObject, s: &State) -> Result<CreatedMemory> {
         if let Some(seg) = segment(s.shmid)? {
+            if left_behind(&seg, obj, s) {
+                clear(s.shmid, seg.size)?;
+                return Ok(CreatedMemory { fd: None, shmid: Some(s.shmid), reused: true });
+            }
             bail!(
                 "System V segment {} exists already (key {:#x}, {} bytes, {} attaches): the tree's segment \
                  cannot get its id back",
@@ -222,7 +239,7 @@ impl MemoryKind for SysvShm {
                 libc::shmctl(id, libc::IPC_SET, &mut ds);
             }
         }
-        Ok(CreatedMemory { fd: None, shmid: Some(id) })
+        Ok(CreatedMemory { fd: None, shmid: Some(id), reused: false })
     }
 
     fn finish(_: &MemoryObject, s: &State, created: &CreatedMemory) -> Result<()> {
@@ -262,6 +279,34 @@ impl MemoryKind for SysvShm {
     }
 }
 
+/// The dumped tree's own segment, still there and used by nobody.
+fn left_behind(seg: &Segment, obj: &MemoryObject, s: &State) -> bool {
+    s.ctime != 0
+        && !s.removed
+        && seg.nattch == 0
+        && seg.key == s.key
+        && seg.size == obj.size
+        && seg.ctime == s.ctime
+        && seg.uid == s.uid
+        && seg.gid == s.gid
+        && seg.perms & 0o777 == s.mode
+}
+
+/// Zero a segment taken again: the image holds only its non-zero pages.
+fn clear(shmid: i32, size: u64) -> Result<()> {
+    // SAFETY: attach at an address of the kernel's choosing, zero `size`
+    // bytes of it, detach.
+    unsafe {
+        let addr = libc::shmat(shmid, std::ptr::null(), 0);
+        if addr as isize == -1 {
+            bail!("System V segment {shmid}: shmat: {}", std::io::Error::last_os_error());
+        }
+        std::ptr::write_bytes(addr as *mut u8, 0, size as usize);
+        libc::shmdt(addr);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +315,18 @@ mod tests {
     fn sysvipc_lines() {
         let text = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n         0          3  1600                 65536  4242  4242      2     0     0     0     0 1700000000          0 1700000000                  8192                     0\n";
         let s = parse_segments(text).unwrap();
-        assert_eq!(s, vec![Segment { key: 0, shmid: 3, perms: 0o1600, size: 65536, nattch: 2, uid: 0, gid: 0 }]);
+        assert_eq!(
+            s,
+            vec![Segment {
+                key: 0,
+                shmid: 3,
+                perms: 0o1600,
+                size: 65536,
+                nattch: 2,
+                uid: 0,
+                gid: 0,
+                ctime: 1700000000
+            }]
+        );
     }
 }

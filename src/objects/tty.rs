@@ -35,7 +35,7 @@ impl FileKind for Tty {
     }
 
     fn dump(fd: &FdProbe, _: &mut dyn Registry) -> Result<State> {
-        if !fd.shell_job {
+        if !fd.policy.shell_job {
             bail!(
                 "{}: {} is a terminal; dump with --shell-job to take it along \
                  (restore then attaches the task to ferry's terminal)",

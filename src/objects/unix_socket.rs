@@ -12,8 +12,23 @@
 //! peer is closed gets a pair whose other end is closed once its messages
 //! are in.
 //!
-//! Not yet (refused by name): bound or listening sockets, a peer outside
-//! the tree (`--ext-unix-sk`), file descriptors in flight (SCM_RIGHTS).
+//! A connection accepted from a listener carries the listener's name;
+//! it is restored as a socketpair like any other, without the name (as
+//! CRIU does: getsockname on it then answers an unnamed address).
+//!
+//! A peer outside the tree (`--ext-unix-sk`): a stream or seqpacket end
+//! is restored as one whose peer hung up once its bytes were read (the
+//! client's end cannot follow the tree; it sees the connection close when
+//! the dumped task goes); a datagram socket connects to its peer's name
+//! again (/dev/log), as CRIU does.
+//!
+//! A listener is bound to its name again; its socket file gets the mode
+//! and owner it had. A relative name is bound under the cwd the task had
+//! at dump.
+//!
+//! Not yet (refused by name): connections waiting to be accepted, other
+//! bound sockets, unconnected datagram sockets, file descriptors in
+//! flight (SCM_RIGHTS).
 
 use super::{FdProbe, FileKind, OpenContext, OpenFiles, Registry};
 use crate::image::objects::FileObject;
@@ -47,12 +62,44 @@ pub struct State {
     /// for an abstract one) and its backlog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listening: Option<Listening>,
+    /// The peer is outside the tree (`--ext-unix-sk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalPeer>,
+    /// An accepted connection: the listener's name it carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_on: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct Listening {
     pub name: String,
     pub backlog: u32,
+    /// The task's cwd at dump, for a relative name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// The socket file's permission bits and owner, when the name is a
+    /// path whose file is still this socket's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<SocketFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SocketFile {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Its inode: a file still there under it on restore is this socket's
+    /// own (left behind, or held by the source of a migration).
+    #[serde(default)]
+    pub ino: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ExternalPeer {
+    pub ino: u64,
+    /// The peer's name: a datagram socket connects to it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 fn getsockopt(fd: RawFd, opt: i32) -> Result<i32> {
@@ -74,6 +121,17 @@ fn setsockopt(fd: RawFd, opt: i32, v: i32) -> Result<()> {
         bail!("setsockopt({opt}, {v}): {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An extended attribute of `path` (following links), if it has one.
+fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: getxattr into a local buffer of the size given.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -183,39 +241,70 @@ impl FileKind for UnixSocket {
     type State = State;
 
     fn claims(fd: &FdProbe) -> bool {
-        let Some(ino) = fd.link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) else { return false };
-        // /proc/PID/net/unix: the inode is the 7th column.
-        fd.proc.read("net/unix").is_ok_and(|t| t.lines().skip(1).any(|l| l.split_whitespace().nth(6) == Some(ino)))
+        // sockfs names the protocol (UNIX, UNIX-STREAM...) whatever the
+        // socket's network namespace.
+        fd.link.starts_with("socket:[")
+            && xattr(&fd.path(), "system.sockprotoname").is_some_and(|p| p.starts_with(b"UNIX"))
     }
 
     fn dump(fd: &FdProbe, reg: &mut dyn Registry) -> Result<State> {
         let ino = fd.meta.ino();
-        let all = unix_diag::all().with_context(|| fd.what())?;
+        // Before the freeze too: the namespace is read from ferry's copy.
+        let copy = match fd.copy()? {
+            Some(c) => c,
+            None => crate::pidfd::getfd(&crate::pidfd::open(fd.proc.pid)?, fd.fd).with_context(|| fd.what())?,
+        };
+        let netns = unix_diag::foreign_netns(&copy).with_context(|| fd.what())?;
+        drop(copy);
+        let all = unix_diag::all_in(netns.as_ref()).with_context(|| fd.what())?;
         let s = all.get(&ino).with_context(|| format!("{}: sock_diag does not know socket {ino}", fd.what()))?;
         let what = format!("{}: unix {} socket", fd.what(), kind_name(s.kind));
         if s.state == 10 {
             return dump_listener(fd, s, &what);
         }
-        if let Some(name) = &s.name {
-            bail!("{what} bound to {name}: bound unix sockets are not supported yet");
-        }
-        let peer = match s.peer {
+        let mut peer = match s.peer {
             Some(p) => p,
             None if s.kind == libc::SOCK_DGRAM => bail!("{what}: unconnected datagram sockets are not supported yet"),
             None => bail!("{what}: unconnected unix sockets are not supported yet"),
         };
+        let accepted_on = match &s.name {
+            None => None,
+            // Accepted from a client in another namespace, the socket lives
+            // in the client's; its listener, in the tree's (ferry's).
+            Some(name)
+                if s.kind != libc::SOCK_DGRAM
+                    && (is_listened_on(&all, name, s.kind)
+                        || netns.is_some() && is_listened_on(&unix_diag::all()?, name, s.kind)) =>
+            {
+                Some(name.clone())
+            }
+            Some(name) => bail!("{what} bound to {name}: bound unix sockets are not supported yet"),
+        };
+        let mut external = None;
         if peer != 0 {
             if let Some(holder) = super::held_outside(&format!("socket:[{peer}]"), reg) {
-                bail!("{what}: its peer (socket:[{peer}]) is held by process {holder} outside the tree (--ext-unix-sk is not supported yet)");
+                external = Some(external_peer(fd, s, peer, holder, &all, &what)?);
+                if s.kind != libc::SOCK_DGRAM {
+                    // Restored as a connection whose peer hung up.
+                    peer = 0;
+                }
             }
         }
         let copy = fd.copy()?;
         let mut state = socket_state(s, peer, None, copy.as_ref())?;
+        let dgram_out = s.kind == libc::SOCK_DGRAM && external.is_some();
+        state.external = external;
+        state.accepted_on = accepted_on;
         // The first look (the tree still running) reads no queue.
         if let Some(copy) = copy {
             let sock = copy.as_raw_fd();
             let eof_on_empty = s.kind == libc::SOCK_STREAM || s.shutdown & 1 != 0;
             let messages = peek_all(sock, eof_on_empty, &what)?;
+            if dgram_out && !messages.is_empty() {
+                // Only its peer may send to a connected datagram socket,
+                // and the peer is not ferry's to send from.
+                bail!("{what}: {} messages from its peer outside the tree wait in it", messages.len());
+            }
             state.queued = messages.len() as u32;
             state.queued_bytes = messages.iter().map(|m| m.len() as u64).sum();
             reg.data(frame(&messages));
@@ -225,7 +314,21 @@ impl FileKind for UnixSocket {
 
     fn open(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<OwnedFd> {
         if let Some(l) = &s.listening {
-            return listen_again(s, l);
+            return listen_again(s, l, ctx);
+        }
+        if let (libc::SOCK_DGRAM, Some(ext)) = (s.kind, &s.external) {
+            let name = ext.name.as_deref().context("an outside peer without a name")?;
+            let sock = unix_socket(s.kind)?;
+            let (addr, len) = sockaddr(name)?;
+            // SAFETY: connect with the local sockaddr_un and its length.
+            if unsafe { libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+                bail!("connecting to {name} (its peer outside the tree): {}", std::io::Error::last_os_error());
+            }
+            setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
+            setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
+            setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+            finish(sock.as_raw_fd(), s)?;
+            return Ok(sock);
         }
         let kept = ctx.kept.borrow_mut().remove(&("unix", s.ino));
         let mine = match kept {
@@ -257,7 +360,7 @@ impl FileKind for UnixSocket {
     fn link(file: &FileObject, s: &State, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
         // The end with the lower inode fills both (the peer's data must be
         // in before either end's shutdown).
-        if s.listening.is_some() || s.peer == 0 || s.peer < s.ino {
+        if s.listening.is_some() || s.external.is_some() || s.peer == 0 || s.peer < s.ino {
             return Ok(());
         }
         let peer_obj = files
@@ -292,7 +395,19 @@ impl FileKind for UnixSocket {
                 l.backlog
             );
         }
-        let peer = if s.peer == 0 { "peer closed".to_string() } else { format!("peer socket:[{}]", s.peer) };
+        let peer = match (&s.external, s.peer) {
+            (Some(e), _) => format!(
+                "peer socket:[{}] outside the tree{}",
+                e.ino,
+                e.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+            (None, 0) => "peer closed".to_string(),
+            (None, p) => format!("peer socket:[{p}]"),
+        };
+        let peer = match &s.accepted_on {
+            Some(name) => format!("accepted on {name}, {peer}"),
+            None => peer,
+        };
         let shut = match s.shutdown & 3 {
             1 => ", read shut",
             2 => ", write shut",
@@ -308,14 +423,62 @@ impl FileKind for UnixSocket {
     }
 }
 
-/// A listening socket: its name and backlog; connections waiting to be
-/// accepted are refused for now.
+/// Whether a listener of this type is bound to `name` (then a connected
+/// socket named so was accepted from it).
+fn is_listened_on(all: &std::collections::HashMap<u64, unix_diag::UnixSocket>, name: &str, kind: i32) -> bool {
+    all.values().any(|o| o.state == 10 && o.kind == kind && o.name.as_deref() == Some(name))
+}
+
+/// A peer held outside the tree: allowed by `--ext-unix-sk` (a datagram
+/// socket's only if the peer has a name to connect to again), else refused
+/// with the hint.
+fn external_peer(
+    fd: &FdProbe,
+    s: &unix_diag::UnixSocket,
+    peer: u64,
+    holder: String,
+    all: &std::collections::HashMap<u64, unix_diag::UnixSocket>,
+    what: &str,
+) -> Result<ExternalPeer> {
+    if !fd.policy.ext_unix_sk.allows(s.ino) {
+        bail!(
+            "{what} (socket:[{}]): its peer socket:[{peer}] is held by process {holder} outside the tree; \
+             --ext-unix-sk lets it go (the connection is restored as closed by that peer)",
+            s.ino
+        );
+    }
+    let name = all.get(&peer).and_then(|p| p.name.clone());
+    if s.kind == libc::SOCK_DGRAM && name.is_none() {
+        bail!("{what}: its peer socket:[{peer}] outside the tree has no name to connect to again");
+    }
+    Ok(ExternalPeer { ino: peer, name })
+}
+
+/// A listening socket: its name, backlog and socket file; connections
+/// waiting to be accepted are refused for now.
 fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<State> {
     let name = s.name.clone().with_context(|| format!("{what}: listening without a name"))?;
     if !s.pending.is_empty() || s.rqueue > 0 {
         bail!("{what} listening on {name}: connections waiting to be accepted are not supported yet");
     }
-    socket_state(s, 0, Some(Listening { name, backlog: s.wqueue }), fd.copy()?.as_ref())
+    let mut l = Listening { name: name.clone(), backlog: s.wqueue, dir: None, file: None };
+    if !name.starts_with('@') {
+        // Seen from the task: its root, and its cwd for a relative name.
+        let path = if name.starts_with('/') {
+            fd.proc.path("root").join(name.trim_start_matches('/'))
+        } else {
+            let cwd = fd.proc.read_link("cwd")?;
+            l.dir = Some(cwd.to_string_lossy().into_owned());
+            fd.proc.path("cwd").join(&name)
+        };
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if s.is_file(&m) => {
+                l.file = Some(SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), ino: m.ino() });
+            }
+            _ => bail!("{what} listening on {name}: its socket file was removed or replaced; not supported yet"),
+        }
+    }
+    socket_state(s, 0, Some(l), fd.copy()?.as_ref())
 }
 
 /// What every unix socket records, its options read from ferry's `copy`
@@ -338,6 +501,8 @@ fn socket_state(
         passcred: false,
         peek_off: -1,
         listening,
+        external: None,
+        accepted_on: None,
     };
     if let Some(copy) = copy {
         let sock = copy.as_raw_fd();
@@ -349,50 +514,84 @@ fn socket_state(
     Ok(state)
 }
 
-/// Bind the name again and listen. A path still there from the dumped
-/// socket is removed first, unless something listens on it now.
-fn listen_again(s: &State, l: &Listening) -> Result<OwnedFd> {
+fn unix_socket(kind: i32) -> Result<OwnedFd> {
     // SAFETY: socket(2) returns a new fd or -1.
-    let sock = super::new_fd(unsafe { libc::socket(libc::AF_UNIX, s.kind | libc::SOCK_CLOEXEC, 0) }, "socket")?;
+    super::new_fd(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) }, "socket")
+}
+
+/// A unix address for `name` (a path, or "@name" for an abstract one) and
+/// its length.
+fn sockaddr(name: &str) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: a zeroed sockaddr_un, filled below within its size.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as _;
-    let (bytes, abstract_) = match l.name.strip_prefix('@') {
+    let (bytes, abstract_) = match name.strip_prefix('@') {
         Some(n) => (n.as_bytes(), true),
-        None => (l.name.as_bytes(), false),
+        None => (name.as_bytes(), false),
     };
     let start = usize::from(abstract_);
     if start + bytes.len() >= addr.sun_path.len() {
-        bail!("unix socket name {} is too long", l.name);
+        bail!("unix socket name {name} is too long");
     }
     for (i, b) in bytes.iter().enumerate() {
         addr.sun_path[start + i] = *b as _;
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + start + bytes.len() + usize::from(!abstract_);
-    if !abstract_ {
-        let path = std::path::Path::new(&l.name);
-        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
+    Ok((addr, len as libc::socklen_t))
+}
+
+/// Bind the name again and listen. A socket file in the way is taken over
+/// (kept aside until the restore succeeds) if it is the dumped socket's
+/// own or nothing answers on it; another file, or a socket something else
+/// listens on, is an error.
+fn listen_again(s: &State, l: &Listening, ctx: &OpenContext) -> Result<OwnedFd> {
+    let sock = unix_socket(s.kind)?;
+    let full = match (&l.dir, l.name.starts_with('/') || l.name.starts_with('@')) {
+        (Some(dir), false) => format!("{}/{}", dir.trim_end_matches('/'), l.name),
+        _ => l.name.clone(),
+    };
+    let (addr, len) = sockaddr(&full)?;
+    if !full.starts_with('@') {
+        let path = std::path::Path::new(&full);
+        if let Ok(m) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_socket()
-        });
-        if is_socket {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!("{} is in use: something listens on it now", l.name);
+            if !m.file_type().is_socket() {
+                bail!("{full} exists and is not a socket");
             }
-            std::fs::remove_file(path).with_context(|| format!("removing the old {}", l.name))?;
+            let own = l.file.as_ref().is_some_and(|f| f.ino == m.ino());
+            if !own && answers(path, s.kind) {
+                bail!("{full} is in use: something else listens on it now");
+            }
+            ctx.taken_paths.borrow_mut().push(super::socket_path::TakenPath::take(path)?);
         }
     }
     // SAFETY: bind and listen with the local sockaddr_un and its length.
     unsafe {
-        if libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len as u32) != 0 {
-            bail!("binding {}: {}", l.name, std::io::Error::last_os_error());
+        if libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            bail!("binding {full}: {}", std::io::Error::last_os_error());
         }
         if libc::listen(sock.as_raw_fd(), l.backlog as i32) != 0 {
             bail!("listening on {}: {}", l.name, std::io::Error::last_os_error());
         }
     }
+    if let Some(f) = &l.file {
+        // Before clients can find it with the wrong mode: listen() has run,
+        // but the task that accepts is not back yet.
+        let path = std::path::Path::new(&full);
+        std::os::unix::fs::chown(path, Some(f.uid), Some(f.gid)).with_context(|| format!("chown {full}"))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+            .with_context(|| format!("chmod {full}"))?;
+    }
     setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
     Ok(sock)
+}
+
+/// Whether a listener of `kind` accepts a connection on `path` now.
+fn answers(path: &std::path::Path, kind: i32) -> bool {
+    let Ok(probe) = unix_socket(kind) else { return false };
+    let Ok((addr, len)) = sockaddr(&path.to_string_lossy()) else { return false };
+    // SAFETY: connect with the local sockaddr_un and its length.
+    unsafe { libc::connect(probe.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) == 0 }
 }
 
 fn socketpair(kind: i32) -> Result<(OwnedFd, OwnedFd)> {

@@ -14,11 +14,13 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
 const UDIAG_SHOW_NAME: u32 = 0x01;
+const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_PEER: u32 = 0x04;
 const UDIAG_SHOW_ICONS: u32 = 0x08;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
@@ -45,9 +47,55 @@ pub struct UnixSocket {
     pub pending: Vec<u64>,
     /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2).
     pub shutdown: u8,
+    /// The socket file a path-bound socket made: its inode and device
+    /// (the kernel's encoding, major << 20 | minor).
+    pub vfs: Option<(u64, u32)>,
 }
 
-/// Every unix socket of this network namespace, by inode.
+impl UnixSocket {
+    /// Whether `meta` (a stat of the bound path) is this socket's file.
+    pub fn is_file(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some((ino, dev)) = self.vfs else { return false };
+        let (major, minor) = (u64::from(dev >> 20), u64::from(dev & 0xfffff));
+        meta.ino() == ino && libc::major(meta.dev()) as u64 == major && libc::minor(meta.dev()) as u64 == minor
+    }
+}
+
+/// Every unix socket of network namespace `netns` (ferry's own if None),
+/// by inode. A connection accepted from a client in another namespace
+/// lives in the client's: the server's end is only seen from there.
+pub fn all_in(netns: Option<&OwnedFd>) -> Result<HashMap<u64, UnixSocket>> {
+    let Some(ns) = netns else { return all() };
+    // setns changes only the calling thread's namespace: a thread of its
+    // own asks, and ends.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the socket's namespace")?;
+            all()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
+    })
+}
+
+/// The network namespace `sock` belongs to, if it is not ferry's.
+pub fn foreign_netns(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
+    use std::os::unix::fs::MetadataExt;
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSKNS as _) };
+    if fd < 0 {
+        bail!("SIOCGSKNS: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd.
+    let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+    let theirs = std::fs::metadata(format!("/proc/self/fd/{fd}"))?.ino();
+    let ours = std::fs::metadata("/proc/self/ns/net")?.ino();
+    Ok((theirs != ours).then_some(ns))
+}
+
+/// Every unix socket of ferry's network namespace, by inode.
 pub fn all() -> Result<HashMap<u64, UnixSocket>> {
     // SAFETY: socket(2) returns a new fd or -1.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
@@ -67,7 +115,9 @@ pub fn all() -> Result<HashMap<u64, UnixSocket>> {
     req.extend_from_slice(&0u16.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&0u32.to_ne_bytes()); // inode: any
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+    );
     req.extend_from_slice(&[0xff; 8]); // no cookie
     nix::unistd::write(&sock, &req).context("sock_diag request")?;
     let mut out = HashMap::new();
@@ -129,6 +179,7 @@ fn parse(b: &[u8]) -> Option<UnixSocket> {
                     _ => String::from_utf8_lossy(data.split(|&c| c == 0).next().unwrap_or(data)).into_owned(),
                 })
             }
+            UNIX_DIAG_VFS => s.vfs = Some((u64::from(u32_at(data, 0)?), u32_at(data, 4)?)),
             UNIX_DIAG_PEER => s.peer = Some(u64::from(u32_at(data, 0)?)),
             UNIX_DIAG_RQLEN => {
                 s.rqueue = u32_at(data, 0)?;
@@ -162,5 +213,17 @@ mod tests {
         assert_eq!(sa.kind, libc::SOCK_STREAM);
         assert_eq!((sa.shutdown, sb.shutdown), (1, 2), "b's write shut is a's read shut");
         assert_eq!(sa.name, None);
+    }
+
+    #[test]
+    fn a_bound_socket_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ino = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino();
+        let s = &all().unwrap()[&ino];
+        assert_eq!(s.name.as_deref(), Some(path.to_str().unwrap()));
+        assert!(s.is_file(&std::fs::symlink_metadata(&path).unwrap()));
+        assert!(!s.is_file(&std::fs::metadata(dir.path()).unwrap()));
     }
 }

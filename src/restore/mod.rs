@@ -116,8 +116,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
     let mut plan = plan::prepare(opts)?;
     let result = build(&mut plan, opts, before_run);
-    if result.is_err() {
-        plan.opened.discard();
+    match result {
+        Ok(_) => plan.opened.commit(),
+        Err(_) => plan.opened.discard(),
     }
     result
 }

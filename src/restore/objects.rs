@@ -15,18 +15,22 @@ use std::os::fd::{AsRawFd, OwnedFd};
 pub struct Opened {
     pub memory: HashMap<u32, CreatedMemory>,
     pub files: HashMap<u32, OwnedFd>,
+    /// Socket paths taken over: put back when this is dropped uncommitted.
+    pub taken_paths: Vec<objects::socket_path::TakenPath>,
 }
 
-/// Create every memory object and fill it from its contents file.
-fn create_memory(images: &ImageDir, objects: &ObjectsImage) -> Result<HashMap<u32, CreatedMemory>> {
-    let mut out = HashMap::new();
+/// Create every memory object into `out` and fill it from its contents
+/// file (what was made before a failure stays in `out`, to be discarded).
+fn create_memory(images: &ImageDir, objects: &ObjectsImage, out: &mut HashMap<u32, CreatedMemory>) -> Result<()> {
     for obj in &objects.memory {
         let kind = objects::memory_kind(&obj.kind)?;
-        let created = kind.create(obj).with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
-        fill(images, obj, &created).with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
+        let what = || format!("memory object {} ({})", obj.id, kind.describe(obj));
+        let created = kind.create(obj).with_context(what)?;
+        let filled = fill(images, obj, &created).with_context(what);
         out.insert(obj.id, created);
+        filled?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Map the new object in ferry and copy its data in from the image.
@@ -81,7 +85,8 @@ fn fill(images: &ImageDir, obj: &crate::image::objects::MemoryObject, created: &
     Ok(())
 }
 
-/// Create the memory objects, then open every file description.
+/// Create the memory objects, then open every file description; on a
+/// failure, what was made is discarded.
 pub fn open_all(
     images: &ImageDir,
     objects: &ObjectsImage,
@@ -89,35 +94,60 @@ pub fn open_all(
     tree_leads_session: bool,
     tables: &HashMap<i32, HashMap<i32, u32>>,
 ) -> Result<Opened> {
-    let memory = create_memory(images, objects)?;
+    let mut opened = Opened { memory: HashMap::new(), files: HashMap::new(), taken_paths: Vec::new() };
+    let r = create_memory(images, objects, &mut opened.memory)
+        .and_then(|()| open_files(images, objects, opts, tree_leads_session, tables, &mut opened));
+    if let Err(e) = r {
+        opened.discard();
+        return Err(e);
+    }
+    Ok(opened)
+}
+
+fn open_files(
+    images: &ImageDir,
+    objects: &ObjectsImage,
+    opts: &super::RestoreOptions,
+    tree_leads_session: bool,
+    tables: &HashMap<i32, HashMap<i32, u32>>,
+    opened: &mut Opened,
+) -> Result<()> {
+    let memory = &opened.memory;
     let ferry_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     let ctx = OpenContext {
         shell_job: opts.shell_job,
         ferry_tty,
         tree_leads_session,
-        memory: &memory,
+        memory,
         images,
         inherited: &opts.inherited,
         kept: Default::default(),
+        taken_paths: Default::default(),
     };
     let mut files = HashMap::new();
-    for f in &objects.files {
-        let kind = objects::file_kind(&f.kind)?;
-        let what = || format!("file object {} ({})", f.id, kind.describe(f));
-        let fd = kind.open(f, &ctx).with_context(what)?;
-        set_status_flags(&fd, f.flags).with_context(what)?;
-        for l in &f.locks {
-            take_lock(&fd, l).with_context(what)?;
+    let r = (|| -> Result<()> {
+        for f in &objects.files {
+            let kind = objects::file_kind(&f.kind)?;
+            let what = || format!("file object {} ({})", f.id, kind.describe(f));
+            let fd = kind.open(f, &ctx).with_context(what)?;
+            set_status_flags(&fd, f.flags).with_context(what)?;
+            for l in &f.locks {
+                take_lock(&fd, l).with_context(what)?;
+            }
+            files.insert(f.id, fd);
         }
-        files.insert(f.id, fd);
-    }
+        Ok(())
+    })();
+    opened.taken_paths = ctx.taken_paths.take();
     drop(ctx);
+    r?;
     let all = objects::OpenFiles { files: &files, tables, objects: &objects.files, images };
     for f in &objects.files {
         let kind = objects::file_kind(&f.kind)?;
         kind.link(f, &files[&f.id], &all).with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
     }
-    Ok(Opened { memory, files })
+    opened.files = files;
+    Ok(())
 }
 
 /// Take a lock again through ferry's description (the tree inherits it
@@ -212,10 +242,17 @@ impl Opened {
         Ok(())
     }
 
+    /// The restore succeeded: what it replaced goes for good.
+    pub fn commit(&mut self) {
+        for t in self.taken_paths.drain(..) {
+            t.commit();
+        }
+    }
+
     /// Remove what was created if the restore fails (System V segments
-    /// outlive ferry; fds do not).
+    /// outlive ferry; fds do not; taken paths come back when dropped).
     pub fn discard(&self) {
-        for m in self.memory.values() {
+        for m in self.memory.values().filter(|m| !m.reused) {
             if let Some(id) = m.shmid {
                 // SAFETY: plain shmctl on a segment ferry created.
                 unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };

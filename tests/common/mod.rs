@@ -4,6 +4,7 @@
 
 pub mod ns;
 pub mod pki;
+pub mod route;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

@@ -66,8 +66,8 @@ impl Drop for Net {
 
 const REAPER: &str = "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.1)\n";
 
-/// A PID namespace (in network namespace `netns`, if given) whose init
-/// reaps everything, like a real init.
+/// A PID namespace (in network namespace `netns`, if given, and an IPC
+/// namespace of its own) whose init reaps everything, like a real init.
 pub struct PidNs {
     pub init: i32,
     unshare: Child,
@@ -84,7 +84,9 @@ impl PidNs {
             }
             None => Command::new("unshare"),
         };
-        c.args(["--pid", "--fork", "--mount-proc", "/usr/bin/python3", "-c", REAPER])
+        // An IPC namespace of its own too, as on another machine: System V
+        // segments restored there do not meet the source's.
+        c.args(["--pid", "--ipc", "--fork", "--mount-proc", "/usr/bin/python3", "-c", REAPER])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -106,7 +108,7 @@ impl PidNs {
     pub fn ferry(&self, args: &[&str]) -> Command {
         let init = self.init.to_string();
         let mut c = Command::new("nsenter");
-        c.args(["-t", &init, "-p", "-m"]);
+        c.args(["-t", &init, "-p", "-m", "-i"]);
         if self.netns.is_some() {
             c.arg("-n");
         }

@@ -24,7 +24,9 @@ impl Test {
     pub fn run(self, sh: &Shell) -> Result<()> {
         require_root("the test suite")?;
         // python3, setpriv and unshare (util-linux) and a JDK run as test
-        // targets, redis-server and memcached real servers; mount makes a
+        // targets, redis-server, memcached and PostgreSQL real servers
+        // (Debian's postgresql also sets up a cluster of its own, which
+        // the tests leave alone: each makes its own with initdb); mount makes a
         // small tmpfs for the disk-full test.
         apt::ensure(
             sh,
@@ -38,6 +40,7 @@ impl Test {
                 "redis-server",
                 "redis-tools",
                 "memcached",
+                "postgresql",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
