@@ -1,9 +1,14 @@
 //! Programs nobody here wrote, from Debian, checkpointed with their
-//! threads and children and checked through their own output: Python's
-//! thread pool, a JVM's executor, a shell pipeline.
+//! threads and children and checked through their own output or their
+//! own clients: Python's thread and process pools, a JVM's executor, a
+//! shell pipeline, redis, memcached and PostgreSQL. The pipeline, the
+//! process pool and the servers are each carried twice: dumped and
+//! restored here, and moved with `ferry migrate` between two network
+//! namespaces.
 
 mod common;
 
+use common::route::Route;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,47 +87,50 @@ fn jvm_executor_keeps_its_work() {
 /// numbered 1, 2, 3... with none lost or repeated.
 #[test]
 fn shell_pipeline_loses_no_line() {
-    let w = workdir();
-    let out = w.path().join("out.gz");
-    let script = format!("yes | nl | gzip -1 > {}", out.display());
-    let mut t = spawn(&["/bin/sh", "-c", &script], &w.path().join("sh.out"));
-    let start = std::time::Instant::now();
-    while tree_pids(t.pid).len() < 4 || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
-        assert!(start.elapsed() < T, "the pipeline did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    for route in [Route::here(), Route::across()] {
+        let w = workdir();
+        let out = w.path().join("out.gz");
+        let script = format!("yes | nl | gzip -1 > {}", out.display());
+        let mut t = spawn_command(route.command("/bin/sh", &["-c", &script]), &w.path().join("sh.out"));
+        let start = std::time::Instant::now();
+        while tree_pids(t.pid).len() < 4 || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+            assert!(start.elapsed() < T, "the pipeline did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pids = tree_pids(t.pid);
+        let yes = pids
+            .iter()
+            .copied()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap().trim() == "yes")
+            .expect("yes is part of the tree");
+        let landed = route.carry(&mut t, w.path(), &[]);
+        if route.net.is_none() {
+            let objects = std::fs::read(w.path().join("img/objects.json")).unwrap();
+            let objects: serde_json::Value = serde_json::from_slice(&objects).unwrap();
+            let pipes = objects["files"].as_array().unwrap().iter().filter(|f| f["kind"] == "pipe").count();
+            assert_eq!(pipes, 4, "two pipes, two ends each: {objects}");
+        }
+        let size_at_dump = std::fs::metadata(&out).unwrap().len();
+        let start = std::time::Instant::now();
+        while std::fs::metadata(&out).unwrap().len() < size_at_dump + (1 << 20) {
+            assert!(start.elapsed() < T, "{}: the pipeline does not write on", route.name());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        landed.signal(yes, libc::SIGTERM);
+        landed.wait_gone(t.pid, T);
+        let test = std::process::Command::new("gzip").arg("-t").arg(&out).output().unwrap();
+        assert!(test.status.success(), "gzip -t: {}", String::from_utf8_lossy(&test.stderr));
+        let text = std::process::Command::new("zcat").arg(&out).output().unwrap().stdout;
+        let mut n = 0u64;
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            n += 1;
+            let line = String::from_utf8_lossy(line);
+            let mut f = line.split('\t');
+            assert_eq!(f.next().map(str::trim), Some(n.to_string().as_str()), "line {n}: {line:?}");
+            assert_eq!(f.next(), Some("y"), "line {n}: {line:?}");
+        }
+        assert!(n > 100_000, "only {n} lines");
     }
-    let pids = tree_pids(t.pid);
-    let img = w.path().join("img");
-    dump(t.pid, &img, &[]);
-    let objects: serde_json::Value = serde_json::from_slice(&std::fs::read(img.join("objects.json")).unwrap()).unwrap();
-    let pipes = objects["files"].as_array().unwrap().iter().filter(|f| f["kind"] == "pipe").count();
-    assert_eq!(pipes, 4, "two pipes, two ends each: {objects}");
-    t.reap_killed();
-    reap_all(&pids, T);
-    let size_at_dump = std::fs::metadata(&out).unwrap().len();
-    restore_detached(&img, &[]);
-    let start = std::time::Instant::now();
-    while std::fs::metadata(&out).unwrap().len() < size_at_dump + (1 << 20) {
-        assert!(start.elapsed() < T, "the restored pipeline does not write on");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let yes =
-        pids.iter().copied().find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap().trim() == "yes");
-    // SAFETY: plain kill of the restored `yes`.
-    unsafe { libc::kill(yes.expect("yes is part of the tree"), libc::SIGTERM) };
-    wait_pid(t.pid, T);
-    let test = std::process::Command::new("gzip").arg("-t").arg(&out).output().unwrap();
-    assert!(test.status.success(), "gzip -t: {}", String::from_utf8_lossy(&test.stderr));
-    let text = std::process::Command::new("zcat").arg(&out).output().unwrap().stdout;
-    let mut n = 0u64;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        n += 1;
-        let line = String::from_utf8_lossy(line);
-        let mut f = line.split('\t');
-        assert_eq!(f.next().map(str::trim), Some(n.to_string().as_str()), "line {n}: {line:?}");
-        assert_eq!(f.next(), Some("y"), "line {n}: {line:?}");
-    }
-    assert!(n > 100_000, "only {n} lines");
 }
 
 /// Python's multiprocessing.Pool(4) (worker processes, pipes, a POSIX
@@ -130,28 +138,25 @@ fn shell_pipeline_loses_no_line() {
 /// pool: after restore both compute 200 more checksums each, all right.
 #[test]
 fn python_process_pool_keeps_working() {
-    let w = workdir();
-    let res = w.path().join("results");
-    let mut t = spawn(
-        &["/usr/bin/python3", program("process_pool.py").to_str().unwrap(), res.to_str().unwrap()],
-        &w.path().join("out"),
-    );
-    t.wait_output("ready", T);
-    let pids = tree_pids(t.pid);
-    assert!(pids.len() >= 5, "the parent and 4 workers: {pids:?}");
-    let img = w.path().join("img");
-    dump(t.pid, &img, &[]);
-    t.reap_killed();
-    reap_all(&pids, T);
-    restore_detached(&img, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    let last = t.output().lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("ok 400 "), "{}", t.output());
-    let text = std::fs::read_to_string(&res).unwrap();
-    assert_eq!(text.lines().count(), 400);
-    for (k, l) in text.lines().enumerate() {
-        assert!(l.starts_with(&format!("{k} ")) && l.len() == format!("{k} ").len() + 64, "{l}");
+    for route in [Route::here(), Route::across()] {
+        let w = workdir();
+        let res = w.path().join("results");
+        let script = program("process_pool.py");
+        let c = route.command("/usr/bin/python3", &[script.to_str().unwrap(), res.to_str().unwrap()]);
+        let mut t = spawn_command(c, &w.path().join("out"));
+        t.wait_output("ready", T);
+        let pids = tree_pids(t.pid);
+        assert!(pids.len() >= 5, "the parent and 4 workers: {pids:?}");
+        let landed = route.carry(&mut t, w.path(), &[]);
+        landed.signal(t.pid, libc::SIGUSR1);
+        landed.wait_gone(t.pid, T);
+        let last = t.output().lines().last().unwrap_or_default().to_string();
+        assert!(last.starts_with("ok 400 "), "{}: {}", route.name(), t.output());
+        let text = std::fs::read_to_string(&res).unwrap();
+        assert_eq!(text.lines().count(), 400);
+        for (k, l) in text.lines().enumerate() {
+            assert!(l.starts_with(&format!("{k} ")) && l.len() == format!("{k} ").len() + 64, "{l}");
+        }
     }
 }
 
@@ -172,69 +177,73 @@ fn redis_cli(sock: &Path, args: &[&str]) -> String {
 /// end comes back as closed by the client, and redis drops it.
 #[test]
 fn redis_keeps_its_keys() {
-    let w = workdir();
-    let sock = w.path().join("redis.sock");
-    let mut c = std::process::Command::new("redis-server");
-    c.args(["--port", "0", "--unixsocket", sock.to_str().unwrap(), "--save", "", "--appendonly", "no"]);
-    c.args(["--daemonize", "no", "--dir", w.path().to_str().unwrap()]);
-    let mut t = spawn_command(c, &w.path().join("log"));
-    let start = std::time::Instant::now();
-    while redis_cli(&sock, &["ping"]) != "PONG" {
-        assert!(start.elapsed() < T, "redis-server did not start: {}", t.output());
-        std::thread::sleep(Duration::from_millis(20));
+    for route in [Route::here(), Route::across()] {
+        let w = workdir();
+        let sock = w.path().join("redis.sock");
+        let (sock_s, dir) = (sock.to_str().unwrap(), w.path().to_str().unwrap());
+        let args = ["--port", "0", "--unixsocket", sock_s, "--save", "", "--appendonly", "no", "--dir", dir];
+        let mut t = spawn_command(route.command("redis-server", &args), &w.path().join("log"));
+        let start = std::time::Instant::now();
+        while redis_cli(&sock, &["ping"]) != "PONG" {
+            assert!(start.elapsed() < T, "redis-server did not start: {}", t.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut load = String::new();
+        for n in 0..100_000 {
+            load.push_str(&format!("SET key:{n} value:{n}\r\n"));
+        }
+        let mut pipe = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(&sock)
+            .arg("--pipe")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut pipe.stdin.take().unwrap(), load.as_bytes()).unwrap();
+        assert!(pipe.wait().unwrap().success());
+        assert_eq!(redis_cli(&sock, &["dbsize"]), "100000");
+        let mut held = held_redis_client(&sock, "held");
+        let clients = || redis_cli(&sock, &["client", "list"]).matches("name=held ").count();
+        assert_eq!(clients(), 1);
+        if route.net.is_none() {
+            let img = w.path().join("img");
+            let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
+            assert!(err.contains("outside the tree; --ext-unix-sk lets it go"), "{err}");
+            t.assert_running_untraced();
+            assert_eq!(redis_cli(&sock, &["dbsize"]), "100000");
+            std::fs::remove_dir_all(&img).ok();
+        }
+        let landed = route.carry(&mut t, w.path(), &["--ext-unix-sk"]);
+        let what = route.name();
+        if route.net.is_none() {
+            let shown = ferry_ok(&["show", w.path().join("img").to_str().unwrap()]).stdout;
+            let shown = String::from_utf8_lossy(&shown).into_owned();
+            assert!(shown.contains(&format!("accepted on {}, peer socket:[", sock.display())), "{shown}");
+            assert!(shown.contains("outside the tree"), "{shown}");
+        }
+        // The held client's server end was closed with the dumped server.
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut held, &mut rest).expect("the held connection ends");
+        assert_eq!(redis_cli(&sock, &["dbsize"]), "100000", "{what}");
+        let start = std::time::Instant::now();
+        while clients() != 0 {
+            assert!(start.elapsed() < T, "{what}: redis kept the hung-up client");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for n in [0, 4242, 99_999] {
+            assert_eq!(redis_cli(&sock, &["get", &format!("key:{n}")]), format!("value:{n}"));
+        }
+        assert_eq!(redis_cli(&sock, &["set", "after", "restore"]), "OK");
+        assert_eq!(redis_cli(&sock, &["dbsize"]), "100001");
+        assert_eq!(
+            redis_cli(&sock, &["info", "server"]).lines().find(|l| l.starts_with("process_id:")),
+            Some(&*format!("process_id:{}", t.pid)),
+            "{what}"
+        );
+        landed.signal(t.pid, libc::SIGKILL);
+        landed.wait_gone(t.pid, T);
     }
-    let mut load = String::new();
-    for n in 0..100_000 {
-        load.push_str(&format!("SET key:{n} value:{n}\r\n"));
-    }
-    let mut pipe = std::process::Command::new("redis-cli")
-        .arg("-s")
-        .arg(&sock)
-        .arg("--pipe")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut pipe.stdin.take().unwrap(), load.as_bytes()).unwrap();
-    assert!(pipe.wait().unwrap().success());
-    assert_eq!(redis_cli(&sock, &["dbsize"]), "100000");
-    let held = held_redis_client(&sock, "held");
-    let clients = || redis_cli(&sock, &["client", "list"]).matches("name=held ").count();
-    assert_eq!(clients(), 1);
-    let img = w.path().join("img");
-    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
-    assert!(err.contains("outside the tree; --ext-unix-sk lets it go"), "{err}");
-    t.assert_running_untraced();
-    assert_eq!(redis_cli(&sock, &["dbsize"]), "100000");
-    std::fs::remove_dir_all(&img).ok();
-    dump(t.pid, &img, &["--ext-unix-sk"]);
-    let shown = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
-    assert!(shown.contains(&format!("accepted on {}, peer socket:[", sock.display())), "{shown}");
-    assert!(shown.contains("outside the tree"), "{shown}");
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    // The held client's server end was closed with the dumped server.
-    let mut held = held;
-    let mut rest = Vec::new();
-    std::io::Read::read_to_end(&mut held, &mut rest).expect("the held connection ends");
-    assert_eq!(redis_cli(&sock, &["dbsize"]), "100000");
-    let start = std::time::Instant::now();
-    while clients() != 0 {
-        assert!(start.elapsed() < T, "redis kept the hung-up client");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for n in [0, 4242, 99_999] {
-        assert_eq!(redis_cli(&sock, &["get", &format!("key:{n}")]), format!("value:{n}"));
-    }
-    assert_eq!(redis_cli(&sock, &["set", "after", "restore"]), "OK");
-    assert_eq!(redis_cli(&sock, &["dbsize"]), "100001");
-    assert_eq!(
-        redis_cli(&sock, &["info", "server"]).lines().find(|l| l.starts_with("process_id:")),
-        Some(&*format!("process_id:{}", t.pid))
-    );
-    // SAFETY: plain kill of the restored server.
-    unsafe { libc::kill(t.pid, libc::SIGKILL) };
-    wait_pid(t.pid, T);
 }
 
 /// A connection to redis that names itself and stays open.
@@ -272,46 +281,46 @@ fn memcached(sock: &Path, request: &[u8], until: &str) -> String {
 /// more.
 #[test]
 fn memcached_keeps_its_items() {
-    let w = workdir();
-    let sock = w.path().join("memcached.sock");
-    let mut c = std::process::Command::new("memcached");
-    c.args(["-u", "root", "-t", "4", "-m", "64", "-s", sock.to_str().unwrap()]);
-    let mut t = spawn_command(c, &w.path().join("log"));
-    let start = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(start.elapsed() < T, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // In batches: a request larger than the socket buffers while the
-    // replies are not read would stall both sides.
-    let mut stored = 0;
-    for batch in 0..10 {
-        let mut load = Vec::new();
-        for n in batch * 1000..(batch + 1) * 1000 {
-            let v = format!("value-{n}");
-            load.extend_from_slice(format!("set key{n} 0 0 {}\r\n{v}\r\n", v.len()).as_bytes());
+    for route in [Route::here(), Route::across()] {
+        let w = workdir();
+        let sock = w.path().join("memcached.sock");
+        let args = ["-u", "root", "-t", "4", "-m", "64", "-s", sock.to_str().unwrap()];
+        let mut t = spawn_command(route.command("memcached", &args), &w.path().join("log"));
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(start.elapsed() < T, "memcached did not start");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        load.extend_from_slice(b"version\r\n");
-        stored += memcached(&sock, &load, "VERSION ").matches("STORED").count();
+        // In batches: a request larger than the socket buffers while the
+        // replies are not read would stall both sides.
+        let mut stored = 0;
+        for batch in 0..10 {
+            let mut load = Vec::new();
+            for n in batch * 1000..(batch + 1) * 1000 {
+                let v = format!("value-{n}");
+                load.extend_from_slice(format!("set key{n} 0 0 {}\r\n{v}\r\n", v.len()).as_bytes());
+            }
+            load.extend_from_slice(b"version\r\n");
+            stored += memcached(&sock, &load, "VERSION ").matches("STORED").count();
+        }
+        assert_eq!(stored, 10_000);
+        let landed = route.carry(&mut t, w.path(), &[]);
+        let got = memcached(&sock, b"get key0 key5000 key9999\r\n", "END\r\n");
+        assert_eq!(
+            got,
+            "VALUE key0 0 7\r\nvalue-0\r\nVALUE key5000 0 10\r\nvalue-5000\r\nVALUE key9999 0 10\r\nvalue-9999\r\nEND\r\n",
+            "{}",
+            route.name()
+        );
+        let stats = memcached(&sock, b"stats\r\n", "END\r\n");
+        for want in [format!("STAT pid {}\r\n", t.pid), "STAT threads 4\r\n".into(), "STAT curr_items 10000\r\n".into()]
+        {
+            assert!(stats.contains(&want), "{want:?} not in {stats}");
+        }
+        assert_eq!(memcached(&sock, b"set after 0 0 7\r\nrestore\r\n", "\r\n"), "STORED\r\n");
+        landed.signal(t.pid, libc::SIGKILL);
+        landed.wait_gone(t.pid, T);
     }
-    assert_eq!(stored, 10_000);
-    let img = w.path().join("img");
-    dump(t.pid, &img, &[]);
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    let got = memcached(&sock, b"get key0 key5000 key9999\r\n", "END\r\n");
-    assert_eq!(
-        got,
-        "VALUE key0 0 7\r\nvalue-0\r\nVALUE key5000 0 10\r\nvalue-5000\r\nVALUE key9999 0 10\r\nvalue-9999\r\nEND\r\n"
-    );
-    let stats = memcached(&sock, b"stats\r\n", "END\r\n");
-    for want in [format!("STAT pid {}\r\n", t.pid), "STAT threads 4\r\n".into(), "STAT curr_items 10000\r\n".into()] {
-        assert!(stats.contains(&want), "{want:?} not in {stats}");
-    }
-    assert_eq!(memcached(&sock, b"set after 0 0 7\r\nrestore\r\n", "\r\n"), "STORED\r\n");
-    // SAFETY: plain kill of the restored server.
-    unsafe { libc::kill(t.pid, libc::SIGKILL) };
-    wait_pid(t.pid, T);
 }
 
 /// A PostgreSQL cluster of Debian's postgresql package in a directory of
@@ -412,7 +421,6 @@ const PG_CHECKPOINTER: &str = "select pid from pg_stat_activity where backend_ty
 /// shutdown ends the whole tree cleanly.
 #[test]
 fn postgresql_keeps_its_rows() {
-    use common::route::Route;
     for route in [Route::here(), Route::across()] {
         let w = workdir();
         let pg = Postgres::init(w.path());

@@ -64,20 +64,30 @@ impl Route {
                 let key = key.to_str().unwrap();
                 let listen = format!("{}:7011", net.dst_ip);
                 let dst = w.join("dst");
+                // A group of its own: nsenter forks ferry, and a kill must
+                // reach both.
                 let mut recv = ns
                     .ferry(&["receive", "--listen", &listen, "-D", dst.to_str().unwrap(), "--auth-key", key])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
+                    .process_group(0)
                     .spawn()
                     .unwrap();
+                // The source connects once the destination listens.
+                let mut out = std::io::BufReader::new(recv.stdout.take().unwrap());
+                let mut first = String::new();
+                out.read_line(&mut first).unwrap();
+                assert!(first.contains("listening on"), "receive: {first}");
+                recv.stdout = Some(out.into_inner());
                 let pid = t.pid.to_string();
                 let mut args = vec!["migrate", "-t", &pid, "--to", &listen, "--auth-key", key];
                 args.extend_from_slice(extra);
                 let m = net.in_src(&ferry().display().to_string(), &args).output().unwrap();
                 if !m.status.success() {
                     // The destination would wait for a source that gave up.
-                    let _ = recv.kill();
+                    // SAFETY: plain kill(2) of the group spawned above.
+                    unsafe { libc::kill(-(recv.id() as i32), libc::SIGKILL) };
                 }
                 let r = recv.wait_with_output().unwrap();
                 assert!(
@@ -107,7 +117,10 @@ impl Landed {
     /// The host's PID of the carried process `pid`.
     pub fn host_pid(&self, pid: i32) -> i32 {
         match &self.ns {
-            Some(ns) => ns.host_pid(pid).unwrap_or_else(|| panic!("process {pid} is not in the namespace")),
+            Some(ns) => ns.host_pid(pid).unwrap_or_else(|| {
+                let ps = Command::new("ps").args(["-eo", "pid,ppid,stat,cmd"]).output().unwrap().stdout;
+                panic!("process {pid} is not in the namespace:\n{}", String::from_utf8_lossy(&ps))
+            }),
             None => pid,
         }
     }
@@ -126,10 +139,10 @@ impl Landed {
 
     /// Wait until the carried process `pid` is gone.
     pub fn wait_gone(&self, pid: i32, timeout: Duration) {
-        let host = self.host_pid(pid);
         match &self.ns {
-            // The namespace's init reaps it.
-            Some(_) => {
+            // The namespace's init reaps it (it may have already).
+            Some(ns) => {
+                let Some(host) = ns.host_pid(pid) else { return };
                 let start = Instant::now();
                 while pid_exists(host) {
                     assert!(start.elapsed() < timeout, "process {pid} still there after {timeout:?}");
@@ -137,7 +150,7 @@ impl Landed {
                 }
             }
             None => {
-                wait_pid(host, timeout);
+                wait_pid(pid, timeout);
             }
         }
     }
