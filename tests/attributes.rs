@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -94,4 +95,44 @@ fn unraisable_hard_limit_is_reported() {
         "{limits}"
     );
     t.assert_running_untraced();
+}
+
+/// A cwd removed while two processes (parent and child) were in it comes
+/// back deleted, under its old name and with its mode, for both; the path
+/// is free again afterwards. With the path taken by then, a sibling name
+/// stands in.
+#[test]
+fn a_deleted_cwd_stays_deleted() {
+    for taken in [false, true] {
+        let w = workdir();
+        let dir = w.path().join("gone");
+        let script = format!(
+            "import os, signal\nos.mkdir({d:?})\nos.chmod({d:?}, 0o710)\nos.chdir({d:?})\nos.rmdir({d:?})\n\
+             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nchild = os.fork()\n\
+             if child == 0:\n    signal.sigwait([signal.SIGUSR1])\n    os._exit(0 if os.stat('.').st_nlink == 0 else 3)\n\
+             print('ready', flush=True)\nsignal.sigwait([signal.SIGUSR1])\nst = os.stat('.')\n\
+             print(os.readlink('/proc/self/cwd'), st.st_nlink, oct(st.st_mode & 0o7777), flush=True)\n\
+             os.kill(child, signal.SIGUSR1)\nprint('child', os.waitpid(child, 0)[1], flush=True)\n",
+            d = dir.to_str().unwrap()
+        );
+        let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+        t.wait_output("ready", T);
+        let pids = tree_pids(t.pid);
+        let img = w.path().join("img");
+        dump(t.pid, &img, &[]);
+        let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+        assert!(show.contains(&format!("cwd {} (deleted)", dir.display())), "{show}");
+        t.reap_killed();
+        reap_all(&pids, T);
+        if taken {
+            std::fs::create_dir(&dir).unwrap();
+        }
+        restore_detached(&img, &[]);
+        t.signal(libc::SIGUSR1);
+        assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+        let name = if taken { format!("{}.ferry-0", dir.display()) } else { dir.display().to_string() };
+        assert!(t.output().ends_with(&format!("{name} (deleted) 0 0o710\nchild 0\n")), "{}", t.output());
+        assert_eq!(dir.exists(), taken, "the stand-in directory was removed");
+        assert!(!Path::new(&format!("{}.ferry-0", dir.display())).exists());
+    }
 }

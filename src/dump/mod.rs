@@ -391,6 +391,29 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     Ok(Dumped { stats, frozen: None })
 }
 
+/// cwd, root and umask; a cwd that was deleted is kept as where it was,
+/// with its mode and owner (the directory is empty: rmdir saw to that).
+fn fs_state(proc: &ProcDir, pid: i32, umask: Option<u32>) -> Result<FsState> {
+    use std::os::unix::fs::MetadataExt;
+    let mut cwd = proc.read_link("cwd")?;
+    let meta = std::fs::metadata(proc.path("cwd")).with_context(|| format!("task {pid}: stat of its cwd"))?;
+    let cwd_deleted = (meta.nlink() == 0).then(|| crate::image::task::DeletedDir {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    });
+    if cwd_deleted.is_some() {
+        let text = cwd.to_string_lossy();
+        cwd = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text).to_string());
+    }
+    Ok(FsState {
+        cwd,
+        root: proc.read_link("root")?,
+        umask: umask.with_context(|| format!("task {pid}: no Umask in status"))?,
+        cwd_deleted,
+    })
+}
+
 /// The first look: refuse what cannot be dumped while the tree runs on
 /// untouched.
 pub fn check(opts: &DumpOptions) -> Result<()> {
@@ -644,11 +667,7 @@ fn assemble(
             tty_nr: stat.tty_nr,
             tpgid: stat.tpgid,
         },
-        fs: FsState {
-            cwd: proc.read_link("cwd")?,
-            root: proc.read_link("root")?,
-            umask: status.umask.with_context(|| format!("task {pid}: no Umask in status"))?,
-        },
+        fs: fs_state(&proc, pid, status.umask)?,
         personality: u32::from_str_radix(personality.trim(), 16)
             .with_context(|| format!("task {pid}: bad personality {personality:?}"))?,
         rlimits: proc.limits()?,

@@ -247,7 +247,14 @@ fn task(t: &TaskImage, pm: &PagemapImage, objects: Option<&ObjectsImage>, out: &
         t.ids.ppid,
         if t.ids.tty_nr == 0 { "no controlling terminal".to_string() } else { format!("terminal {:#x}", t.ids.tty_nr) }
     )?;
-    writeln!(out, "  fs           cwd {}, root {}, umask {:04o}", t.fs.cwd.display(), t.fs.root.display(), t.fs.umask)?;
+    let deleted = if t.fs.cwd_deleted.is_some() { " (deleted)" } else { "" };
+    writeln!(
+        out,
+        "  fs           cwd {}{deleted}, root {}, umask {:04o}",
+        t.fs.cwd.display(),
+        t.fs.root.display(),
+        t.fs.umask
+    )?;
     writeln!(out, "  personality  {:#x}", t.personality)?;
     let pending: Vec<String> = t.shared_pending.iter().map(|p| signal_name(p.signo)).collect();
     writeln!(

@@ -112,6 +112,17 @@ pub struct FsState {
     pub cwd: PathBuf,
     pub root: PathBuf,
     pub umask: u32,
+    /// The cwd was deleted (rmdir'ed while the task was in it): `cwd` is
+    /// where it was, this its mode and owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd_deleted: Option<DeletedDir>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedDir {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //! (PR_SET_DEATHSIG): if anything fails, or ferry dies, none is left.
 
 pub mod child;
+pub mod deleted_cwd;
 pub mod finish;
 pub mod fork;
 pub mod mm;
@@ -170,6 +171,8 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     // pipe show EOF if they all die.
     plan.files.clear();
     read_reports(plan)?;
+    // Every process is in its cwd: the ones standing for deleted cwds go.
+    plan.deleted_cwds = Default::default();
     let plan: &TreePlan = plan;
     let tree = &plan.tree;
     let pids = map_pids(forked.pid, tree)?;

@@ -63,6 +63,9 @@ pub struct TreePlan {
     pub files: Vec<OwnedFd>,
     /// Group helpers: (the group's PID, its parent's PID), in the tree's namespace.
     pub group_helpers: Vec<(i32, i32)>,
+    /// Directories standing for deleted cwds: removed (dropped) once the
+    /// processes are in them.
+    pub deleted_cwds: super::deleted_cwd::DeletedCwds,
 }
 
 fn cstring(p: &Path) -> Result<CString> {
@@ -252,8 +255,13 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
 pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
     let (images, tree, objects) = read_images(opts)?;
     let mut loaded = HashMap::new();
+    let mut deleted_cwds = super::deleted_cwd::DeletedCwds::default();
     for p in tree.alive() {
-        loaded.insert(p.pid, load(&images, p.pid, opts)?);
+        let mut l = load(&images, p.pid, opts)?;
+        if let Some(d) = &l.task.fs.cwd_deleted {
+            l.task.fs.cwd = deleted_cwds.make(&l.task.fs.cwd, d).with_context(|| format!("task {}", p.pid))?;
+        }
+        loaded.insert(p.pid, l);
     }
     let root_task = &loaded[&tree.root].task;
     let leads_session = root_task.ids.sid == tree.root;
@@ -263,7 +271,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
     let tables = loaded.iter().map(|(pid, l)| (*pid, l.task.fds.iter().map(|f| (f.fd, f.file)).collect())).collect();
     let opened = objects::open_all(&images, &objects, opts, leads_session, &tables)?;
     match place(images, tree, objects, loaded, &opened) {
-        Ok(parts) => Ok(parts.with(opened)),
+        Ok(parts) => Ok(parts.with(opened, deleted_cwds)),
         Err(e) => {
             opened.discard();
             Err(e)
@@ -494,8 +502,8 @@ struct Placed {
 }
 
 impl Placed {
-    fn with(self, opened: Opened) -> TreePlan {
+    fn with(self, opened: Opened, deleted_cwds: super::deleted_cwd::DeletedCwds) -> TreePlan {
         let Placed { images, tree, objects, processes, setup, report, files, group_helpers } = self;
-        TreePlan { images, tree, objects, processes, setup, report, opened, files, group_helpers }
+        TreePlan { images, tree, objects, processes, setup, report, opened, files, group_helpers, deleted_cwds }
     }
 }
