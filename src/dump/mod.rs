@@ -667,7 +667,7 @@ fn assemble(
             tty_nr: stat.tty_nr,
             tpgid: stat.tpgid,
         },
-        fs: fs_state(&proc, pid, status.umask)?,
+        fs: fs_state(proc, pid, status.umask)?,
         personality: u32::from_str_radix(personality.trim(), 16)
             .with_context(|| format!("task {pid}: bad personality {personality:?}"))?,
         rlimits: proc.limits()?,
