@@ -104,6 +104,7 @@ syscall_list! {
     Mlock2,
     Shmat,
     Wait4,
+    Fcntl,
 }
 
 /// ELF note types naming the ptrace register sets (PTRACE_GETREGSET).
@@ -288,6 +289,7 @@ macro_rules! sysno_table {
             S::Mlock2 => T::SYS_mlock2,
             S::Shmat => T::SYS_shmat,
             S::Wait4 => T::SYS_wait4,
+            S::Fcntl => T::SYS_fcntl,
         }) as u64
     }};
 }

@@ -43,7 +43,8 @@ pub fn collect(
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let probe = FdProbe { pid, proc, fd, link, meta, info, fdinfo, policy, pidfd };
         let file = table.file(&probe, pidfd)?;
-        out.push(Fd { fd, cloexec, file });
+        let posix_locks = super::objects::posix_locks(&probe)?;
+        out.push(Fd { fd, cloexec, file, posix_locks });
     }
     Ok(out)
 }

@@ -256,6 +256,7 @@ impl ObjectTable {
 
 /// The locks held through the description: taken along with
 /// `--file-locks` (flock and OFD locks), refused without it, as CRIU does.
+/// POSIX record locks are the process's: [`posix_locks`] takes them.
 fn locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
     let mut out = Vec::new();
     for l in &fd.info.locks {
@@ -264,6 +265,7 @@ fn locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
         let kind = match l.kind.as_str() {
             "FLOCK" => LockKind::Flock,
             "OFDLCK" => LockKind::Ofd,
+            "POSIX" => continue,
             _ => bail!("{what}: {} locks are not supported yet", l.kind),
         };
         if !fd.policy.file_locks {
@@ -271,6 +273,23 @@ fn locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
         }
         let len = l.end.map_or(0, |end| end - l.start + 1);
         out.push(FileLock { kind, write: l.write, start: l.start, len });
+    }
+    Ok(out)
+}
+
+/// The POSIX record locks the process holds through this fd (fdinfo
+/// shows them on the description they were taken with, in their owner
+/// only): with `--file-locks` they go with the process's fd entry and are
+/// taken again from inside the restored process; refused without it.
+pub fn posix_locks(fd: &FdProbe) -> Result<Vec<FileLock>> {
+    let mut out = Vec::new();
+    for l in fd.info.locks.iter().filter(|l| l.kind == "POSIX") {
+        if !fd.policy.file_locks {
+            let access = if l.write { "write" } else { "read" };
+            bail!("{}: {} holds a POSIX {access} lock: dump with --file-locks to take it along", fd.what(), fd.link);
+        }
+        let len = l.end.map_or(0, |end| end - l.start + 1);
+        out.push(FileLock { kind: LockKind::Posix, write: l.write, start: l.start, len });
     }
     Ok(out)
 }

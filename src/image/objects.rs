@@ -58,6 +58,27 @@ pub struct FileLock {
 pub enum LockKind {
     Flock,
     Ofd,
+    /// A POSIX record lock (fcntl F_SETLK): the process's, kept on its fd
+    /// entry rather than on the description.
+    Posix,
+}
+
+impl FileLock {
+    /// "POSIX write lock on bytes 0-99", for `ferry show`.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            LockKind::Flock => "flock",
+            LockKind::Ofd => "OFD",
+            LockKind::Posix => "POSIX",
+        };
+        let access = if self.write { "write" } else { "read" };
+        let range = match (self.kind, self.len) {
+            (LockKind::Flock, _) => String::new(),
+            (_, 0) => format!(" on bytes {}-EOF", self.start),
+            (_, n) => format!(" on bytes {}-{}", self.start, self.start + n - 1),
+        };
+        format!("{kind} {access} lock{range}")
+    }
 }
 
 /// The image file of a file object's data.

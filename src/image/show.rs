@@ -221,7 +221,8 @@ fn show_objects(o: &ObjectsImage, out: &mut dyn Write) -> Result<()> {
     for f in &o.files {
         let what = crate::objects::file_kind(&f.kind).map(|k| k.describe(f)).unwrap_or_else(|e| format!("{e:#}"));
         let owner = f.owner.as_ref().map(|o| format!(", SIGIO to {:?} {}", o.kind, o.pid)).unwrap_or_default();
-        writeln!(out, "  file {:<4} {:<12} {what}, {}{owner}", f.id, f.kind, open_flags(f.flags))?;
+        let locks: String = f.locks.iter().map(|l| format!(", {}", l.describe())).collect();
+        writeln!(out, "  file {:<4} {:<12} {what}, {}{owner}{locks}", f.id, f.kind, open_flags(f.flags))?;
     }
     for m in &o.memory {
         let what = crate::objects::memory_kind(&m.kind).map(|k| k.describe(m)).unwrap_or_else(|e| format!("{e:#}"));
@@ -328,9 +329,10 @@ fn task(t: &TaskImage, pm: &PagemapImage, objects: Option<&ObjectsImage>, out: &
             Some(f) => crate::objects::file_kind(&f.kind).map(|k| k.describe(f)).unwrap_or_else(|e| format!("{e:#}")),
             None => "?".into(),
         };
+        let locks: String = fd.posix_locks.iter().map(|l| format!(", {}", l.describe())).collect();
         writeln!(
             out,
-            "    {:>4} file object {}: {what}{}",
+            "    {:>4} file object {}: {what}{}{locks}",
             fd.fd,
             fd.file,
             if fd.cloexec { ", close-on-exec" } else { "" }

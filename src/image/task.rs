@@ -337,4 +337,8 @@ pub struct Fd {
     pub cloexec: bool,
     /// Id of the file description in objects.json.
     pub file: u32,
+    /// POSIX record locks the process took through this fd (`--file-locks`):
+    /// they belong to the process, not to the description.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posix_locks: Vec<crate::image::objects::FileLock>,
 }

@@ -221,3 +221,33 @@ fn creds(inj: &mut Injector, mem: &RemoteMem, c: &Creds, buf: u64) -> Result<()>
     }
     Ok(())
 }
+
+/// POSIX record locks, taken again from inside the process: they belong
+/// to it (and go when it closes any fd of the file), not to a description.
+pub fn take_posix_locks(
+    inj: &mut Injector,
+    mem: &RemoteMem,
+    fds: &[crate::image::task::Fd],
+    scratch: &Scratch,
+) -> Result<()> {
+    const F_SETLK: u64 = 6;
+    let buf = scratch.data();
+    for fd in fds {
+        for l in &fd.posix_locks {
+            // struct flock, the same on every 64-bit architecture: short
+            // l_type, short l_whence, (pad), off_t l_start, off_t l_len,
+            // pid_t l_pid, (pad).
+            let mut fl = [0u8; 32];
+            let ty: i16 = if l.write { libc::F_WRLCK as i16 } else { libc::F_RDLCK as i16 };
+            fl[0..2].copy_from_slice(&ty.to_ne_bytes());
+            fl[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
+            fl[8..16].copy_from_slice(&(l.start as i64).to_ne_bytes());
+            fl[16..24].copy_from_slice(&(l.len as i64).to_ne_bytes());
+            mem.write(buf, &fl)?;
+            inj.call(Syscall::Fcntl, &[fd.fd as u64, F_SETLK, buf], || {
+                format!("taking its {} on fd {} again (another process holds it now?)", l.describe(), fd.fd)
+            })?;
+        }
+    }
+    Ok(())
+}

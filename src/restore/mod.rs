@@ -223,6 +223,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
             .chain(pp.task.threads.iter().flat_map(|t| t.pending.iter().map(move |p| (t.tid, p))))
             .collect();
         finish::queue_signals(&mut inj, &mem, pp.task.pid, &pending, &b.scratch)?;
+        finish::take_posix_locks(&mut inj, &mem, &pp.task.fds, &b.scratch)?;
         if matches!(pp.task.prctl.dumpable, 0 | 1) {
             // After every thread's credentials: a uid change resets it.
             inj.call(Syscall::Prctl, &[libc::PR_SET_DUMPABLE as u64, pp.task.prctl.dumpable as u64], || {

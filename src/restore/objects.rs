@@ -161,6 +161,7 @@ fn take_lock(fd: &OwnedFd, l: &crate::image::objects::FileLock) -> Result<()> {
             // SAFETY: flock takes no pointers.
             unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) }
         }
+        LockKind::Posix => bail!("a POSIX lock belongs to a process, not to a description"),
         LockKind::Ofd => {
             // SAFETY: a zeroed struct flock, filled below.
             let mut fl: libc::flock = unsafe { std::mem::zeroed() };
