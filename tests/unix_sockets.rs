@@ -165,3 +165,35 @@ fn descriptors_in_flight_are_refused_and_stay_queued() {
     let fds = std::fs::read_dir(format!("/proc/{}/fd", t.pid)).unwrap().count();
     assert_eq!(fds, 5, "python's stdio and the pair");
 }
+
+/// A restore that fails after the listener took its path over (here the
+/// task's cwd is gone, so its setup fails) puts the old socket file back,
+/// the same inode, and leaves nothing of its own beside it.
+#[test]
+fn a_failed_restore_gives_the_socket_path_back() {
+    use std::os::unix::fs::MetadataExt;
+    let w = workdir();
+    let cwd = w.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let path = w.path().join("srv.sock");
+    let script = format!(
+        "import socket, time\nl = socket.socket(socket.AF_UNIX)\nl.bind({:?})\nl.listen(4)\n\
+         print('ready', flush=True)\ntime.sleep(60)\n",
+        path.to_str().unwrap()
+    );
+    let mut c = Command::new("/usr/bin/python3");
+    c.args(["-c", &script]).current_dir(&cwd);
+    let mut t = spawn_command(c, &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    let ino = std::fs::symlink_metadata(&path).unwrap().ino();
+    std::fs::remove_dir(&cwd).unwrap();
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
+    assert!(err.contains(&format!("chdir {}", cwd.display())), "{err}");
+    assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ino, "the old socket file is back");
+    let names: Vec<String> =
+        std::fs::read_dir(w.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains(".ferry-")), "{names:?}");
+}
