@@ -197,3 +197,41 @@ fn a_failed_restore_gives_the_socket_path_back() {
         std::fs::read_dir(w.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.contains(".ferry-")), "{names:?}");
 }
+
+/// A datagram server bound to a path with messages queued (from a client
+/// connected to it and from an unnamed sender), that client, and sockets
+/// neither bound nor connected: after restore the server reads the same
+/// messages in order, the client still reaches it, and its socket file has
+/// its mode.
+#[test]
+fn a_datagram_server_keeps_its_messages_and_its_client() {
+    let w = workdir();
+    let path = w.path().join("dgram.sock");
+    let script = format!(
+        "import os, signal, socket\np = {:?}\nsrv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\nsrv.bind(p)\n\
+         os.chmod(p, 0o620)\ncli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ncli.connect(p)\n\
+         cli.send(b'one')\ncli.send(b'two!')\nanon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         anon.sendto(b'three', p)\nidle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nprint('ready', flush=True)\n\
+         signal.sigwait([signal.SIGUSR1])\ngot = [srv.recv(16) for _ in range(3)]\ncli.send(b'four')\n\
+         got.append(srv.recv(16))\nprint(got, oct(os.stat(p).st_mode & 0o777), flush=True)\n",
+        path.to_str().unwrap()
+    );
+    let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    for s in [
+        format!("bound to {}, unconnected, 3 messages (12 bytes) queued", path.display()),
+        format!("connected to {}, peer socket:[", path.display()),
+        "unix stream socket:".to_string(),
+    ] {
+        assert!(show.contains(&s), "{s:?} not in {show}");
+    }
+    t.reap_killed();
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("[b'one', b'two!', b'three', b'four'] 0o620\n"), "{}", t.output());
+}

@@ -26,9 +26,13 @@
 //! and owner it had. A relative name is bound under the cwd the task had
 //! at dump.
 //!
+//! A socket neither connected nor listening is made again, bound to its
+//! name if it had one; a bound datagram socket gets its queued messages
+//! back, sent from an unnamed socket (the senders' addresses are lost).
+//!
 //! Not yet (refused by name): connections waiting to be accepted, other
-//! bound sockets, unconnected datagram sockets, file descriptors in
-//! flight (SCM_RIGHTS).
+//! bound connected sockets, messages queued in an unbound unconnected
+//! socket, file descriptors in flight (SCM_RIGHTS).
 
 use super::{FdProbe, FileKind, OpenContext, OpenFiles, Registry};
 use crate::image::objects::FileObject;
@@ -68,6 +72,22 @@ pub struct State {
     /// An accepted connection: the listener's name it carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_on: Option<String>,
+    /// Neither connected nor listening (a datagram socket that receives
+    /// with recvfrom, a socket not used yet), bound to a name or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconnected: Option<Unconnected>,
+    /// A datagram socket connected to a named one in the tree that is not
+    /// connected back (a client of a datagram server): connected to the
+    /// name again once every socket is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connects_to: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Unconnected {
+    /// Its name (backlog unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<Listening>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -262,10 +282,8 @@ impl FileKind for UnixSocket {
         if s.state == 10 {
             return dump_listener(fd, s, &what);
         }
-        let mut peer = match s.peer {
-            Some(p) => p,
-            None if s.kind == libc::SOCK_DGRAM => bail!("{what}: unconnected datagram sockets are not supported yet"),
-            None => bail!("{what}: unconnected unix sockets are not supported yet"),
+        let Some(mut peer) = s.peer else {
+            return dump_unconnected(fd, s, &what, reg);
         };
         let accepted_on = match &s.name {
             None => None,
@@ -290,9 +308,17 @@ impl FileKind for UnixSocket {
                 }
             }
         }
+        let mut connects_to = None;
+        if s.kind == libc::SOCK_DGRAM && external.is_none() {
+            if let Some(p) = all.get(&peer).filter(|p| p.peer != Some(s.ino)) {
+                let name = p.name.clone().with_context(|| format!("{what}: connected to a socket with no name"))?;
+                connects_to = Some(name);
+            }
+        }
         let copy = fd.copy()?;
         let mut state = socket_state(s, peer, None, copy.as_ref())?;
-        let dgram_out = s.kind == libc::SOCK_DGRAM && external.is_some();
+        let dgram_out = s.kind == libc::SOCK_DGRAM && (external.is_some() || connects_to.is_some());
+        state.connects_to = connects_to;
         state.external = external;
         state.accepted_on = accepted_on;
         // The first look (the tree still running) reads no queue.
@@ -303,7 +329,7 @@ impl FileKind for UnixSocket {
             if dgram_out && !messages.is_empty() {
                 // Only its peer may send to a connected datagram socket,
                 // and the peer is not ferry's to send from.
-                bail!("{what}: {} messages from its peer outside the tree wait in it", messages.len());
+                bail!("{what}: {} messages from the socket it is connected to wait in it", messages.len());
             }
             state.queued = messages.len() as u32;
             state.queued_bytes = messages.iter().map(|m| m.len() as u64).sum();
@@ -315,6 +341,17 @@ impl FileKind for UnixSocket {
     fn open(file: &FileObject, s: &State, ctx: &OpenContext) -> Result<OwnedFd> {
         if let Some(l) = &s.listening {
             return listen_again(s, l, ctx);
+        }
+        if let Some(u) = &s.unconnected {
+            return open_unconnected(file, s, u, ctx);
+        }
+        if s.connects_to.is_some() {
+            // Connected in `link`, once its peer is bound.
+            let sock = unix_socket(s.kind)?;
+            setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
+            setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
+            setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+            return Ok(sock);
         }
         if let (libc::SOCK_DGRAM, Some(ext)) = (s.kind, &s.external) {
             let name = ext.name.as_deref().context("an outside peer without a name")?;
@@ -360,6 +397,14 @@ impl FileKind for UnixSocket {
     fn link(file: &FileObject, s: &State, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
         // The end with the lower inode fills both (the peer's data must be
         // in before either end's shutdown).
+        if let Some(name) = &s.connects_to {
+            let (addr, len) = sockaddr(name)?;
+            // SAFETY: connect with the local sockaddr_un and its length.
+            if unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+                bail!("connecting to {name} again: {}", std::io::Error::last_os_error());
+            }
+            return finish(fd.as_raw_fd(), s);
+        }
         if s.listening.is_some() || s.external.is_some() || s.peer == 0 || s.peer < s.ino {
             return Ok(());
         }
@@ -395,6 +440,15 @@ impl FileKind for UnixSocket {
                 l.backlog
             );
         }
+        if let Some(u) = &s.unconnected {
+            let bound = u.bound.as_ref().map(|l| format!("bound to {}", l.name)).unwrap_or("unbound".into());
+            let queued = if s.queued == 0 {
+                String::new()
+            } else {
+                format!(", {} messages ({} bytes) queued", s.queued, s.queued_bytes)
+            };
+            return format!("unix {} socket:[{}], {bound}, unconnected{queued}", kind_name(s.kind), s.ino);
+        }
         let peer = match (&s.external, s.peer) {
             (Some(e), _) => format!(
                 "peer socket:[{}] outside the tree{}",
@@ -404,9 +458,10 @@ impl FileKind for UnixSocket {
             (None, 0) => "peer closed".to_string(),
             (None, p) => format!("peer socket:[{p}]"),
         };
-        let peer = match &s.accepted_on {
-            Some(name) => format!("accepted on {name}, {peer}"),
-            None => peer,
+        let peer = match (&s.accepted_on, &s.connects_to) {
+            (Some(name), _) => format!("accepted on {name}, {peer}"),
+            (None, Some(name)) => format!("connected to {name}, {peer}"),
+            (None, None) => peer,
         };
         let shut = match s.shutdown & 3 {
             1 => ", read shut",
@@ -461,7 +516,15 @@ fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<
     if !s.pending.is_empty() || s.rqueue > 0 {
         bail!("{what} listening on {name}: connections waiting to be accepted are not supported yet");
     }
-    let mut l = Listening { name: name.clone(), backlog: s.wqueue, dir: None, file: None };
+    let mut l = bound_name(fd, s, &name, what)?;
+    l.backlog = s.wqueue;
+    socket_state(s, 0, Some(l), fd.copy()?.as_ref())
+}
+
+/// A socket's name, with the cwd a relative one is under and its socket
+/// file's mode and owner (backlog 0).
+fn bound_name(fd: &FdProbe, s: &unix_diag::UnixSocket, name: &str, what: &str) -> Result<Listening> {
+    let mut l = Listening { name: name.to_string(), backlog: 0, dir: None, file: None };
     if !name.starts_with('@') {
         // Seen from the task: its root, and its cwd for a relative name.
         let path = if name.starts_with('/') {
@@ -469,16 +532,73 @@ fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<
         } else {
             let cwd = fd.proc.read_link("cwd")?;
             l.dir = Some(cwd.to_string_lossy().into_owned());
-            fd.proc.path("cwd").join(&name)
+            fd.proc.path("cwd").join(name)
         };
         match std::fs::symlink_metadata(&path) {
             Ok(m) if s.is_file(&m) => {
                 l.file = Some(SocketFile { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), ino: m.ino() });
             }
-            _ => bail!("{what} listening on {name}: its socket file was removed or replaced; not supported yet"),
+            _ => bail!("{what} bound to {name}: its socket file was removed or replaced; not supported yet"),
         }
     }
-    socket_state(s, 0, Some(l), fd.copy()?.as_ref())
+    Ok(l)
+}
+
+/// Neither connected nor listening: its name, if bound, and (a datagram
+/// socket's) the messages waiting, put back on restore from an unnamed
+/// socket (their senders' addresses are not kept).
+fn dump_unconnected(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str, reg: &mut dyn Registry) -> Result<State> {
+    let bound = s.name.as_deref().map(|n| bound_name(fd, s, n, what)).transpose()?;
+    let copy = fd.copy()?;
+    let mut state = socket_state(s, 0, None, copy.as_ref())?;
+    // Only a datagram socket receives without a connection.
+    if let (Some(copy), libc::SOCK_DGRAM) = (copy, s.kind) {
+        let messages = peek_all(copy.as_raw_fd(), s.shutdown & 1 != 0, what)?;
+        if !messages.is_empty() && bound.is_none() {
+            bail!("{what}: {} messages wait in it, unbound and unconnected; not supported yet", messages.len());
+        }
+        state.queued = messages.len() as u32;
+        state.queued_bytes = messages.iter().map(|m| m.len() as u64).sum();
+        reg.data(frame(&messages));
+    }
+    state.unconnected = Some(Unconnected { bound });
+    Ok(state)
+}
+
+fn open_unconnected(file: &FileObject, s: &State, u: &Unconnected, ctx: &OpenContext) -> Result<OwnedFd> {
+    let (sock, full) = match &u.bound {
+        Some(l) => {
+            let (sock, full) = bind_again(s, l, ctx)?;
+            (sock, Some(full))
+        }
+        None => (unix_socket(s.kind)?, None),
+    };
+    setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
+    setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
+    setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+    let data = ctx.data(file)?;
+    if let (false, Some(full)) = (data.is_empty(), &full) {
+        let from = unix_socket(libc::SOCK_DGRAM)?;
+        let (addr, len) = sockaddr(full)?;
+        for m in unframe(&data)? {
+            // SAFETY: sendto from a live buffer to the local address.
+            let n = unsafe {
+                libc::sendto(
+                    from.as_raw_fd(),
+                    m.as_ptr().cast(),
+                    m.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    len,
+                )
+            };
+            if n < 0 {
+                bail!("putting a queued message back into {full}: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    finish(sock.as_raw_fd(), s)?;
+    Ok(sock)
 }
 
 /// What every unix socket records, its options read from ferry's `copy`
@@ -503,6 +623,8 @@ fn socket_state(
         listening,
         external: None,
         accepted_on: None,
+        unconnected: None,
+        connects_to: None,
     };
     if let Some(copy) = copy {
         let sock = copy.as_raw_fd();
@@ -545,6 +667,19 @@ fn sockaddr(name: &str) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
 /// own or nothing answers on it; another file, or a socket something else
 /// listens on, is an error.
 fn listen_again(s: &State, l: &Listening, ctx: &OpenContext) -> Result<OwnedFd> {
+    let (sock, full) = bind_again(s, l, ctx)?;
+    // SAFETY: plain listen on our socket.
+    if unsafe { libc::listen(sock.as_raw_fd(), l.backlog as i32) } != 0 {
+        bail!("listening on {full}: {}", std::io::Error::last_os_error());
+    }
+    setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+    Ok(sock)
+}
+
+/// A new socket bound to `l`'s name again (the full path it was bound
+/// at), its socket file with its mode and owner before anyone can
+/// connect.
+fn bind_again(s: &State, l: &Listening, ctx: &OpenContext) -> Result<(OwnedFd, String)> {
     let sock = unix_socket(s.kind)?;
     let full = match (&l.dir, l.name.starts_with('/') || l.name.starts_with('@')) {
         (Some(dir), false) => format!("{}/{}", dir.trim_end_matches('/'), l.name),
@@ -565,25 +700,17 @@ fn listen_again(s: &State, l: &Listening, ctx: &OpenContext) -> Result<OwnedFd> 
             ctx.taken_paths.borrow_mut().push(super::socket_path::TakenPath::take(path)?);
         }
     }
-    // SAFETY: bind and listen with the local sockaddr_un and its length.
-    unsafe {
-        if libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-            bail!("binding {full}: {}", std::io::Error::last_os_error());
-        }
-        if libc::listen(sock.as_raw_fd(), l.backlog as i32) != 0 {
-            bail!("listening on {}: {}", l.name, std::io::Error::last_os_error());
-        }
+    // SAFETY: bind with the local sockaddr_un and its length.
+    if unsafe { libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+        bail!("binding {full}: {}", std::io::Error::last_os_error());
     }
     if let Some(f) = &l.file {
-        // Before clients can find it with the wrong mode: listen() has run,
-        // but the task that accepts is not back yet.
         let path = std::path::Path::new(&full);
         std::os::unix::fs::chown(path, Some(f.uid), Some(f.gid)).with_context(|| format!("chown {full}"))?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
             .with_context(|| format!("chmod {full}"))?;
     }
-    setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
-    Ok(sock)
+    Ok((sock, full))
 }
 
 /// Whether a listener of `kind` accepts a connection on `path` now.
