@@ -235,3 +235,40 @@ fn a_datagram_server_keeps_its_messages_and_its_client() {
     assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
     assert!(t.output().ends_with("[b'one', b'two!', b'three', b'four'] 0o620\n"), "{}", t.output());
 }
+
+/// A connection waiting to be accepted: refused by name without
+/// --ext-unix-sk; with it, let go (its client sees it closed) and the
+/// restored listener accepts the next client first.
+#[test]
+fn a_waiting_connection_from_outside_is_let_go() {
+    use std::io::{Read, Write};
+    let w = workdir();
+    let path = w.path().join("srv.sock");
+    let script = format!(
+        "import signal, socket\nl = socket.socket(socket.AF_UNIX)\nl.bind({:?})\nl.listen(4)\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\nprint('ready', flush=True)\n\
+         signal.sigwait([signal.SIGUSR1])\nc, _ = l.accept()\nprint(c.recv(16), flush=True)\n",
+        path.to_str().unwrap()
+    );
+    let mut t = spawn(&["/usr/bin/python3", "-c", &script], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let mut early = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    early.write_all(b"early").unwrap();
+    let img = w.path().join("img");
+    let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
+    assert!(err.contains("1 connections wait to be accepted; --ext-unix-sk lets them go"), "{err}");
+    t.assert_running_untraced();
+    std::fs::remove_dir_all(&img).ok();
+    let out = dump(t.pid, &img, &["--ext-unix-sk"]);
+    let warned = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(warned.contains("1 connections waiting to be accepted are let go"), "{warned}");
+    t.reap_killed();
+    let mut rest = Vec::new();
+    assert!(early.read_to_end(&mut rest).is_err() || rest.is_empty(), "the early client sees its connection end");
+    restore_detached(&img, &[]);
+    let mut late = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    late.write_all(b"late").unwrap();
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert!(t.output().ends_with("b'late'\n"), "{}", t.output());
+}

@@ -280,7 +280,7 @@ impl FileKind for UnixSocket {
         let s = all.get(&ino).with_context(|| format!("{}: sock_diag does not know socket {ino}", fd.what()))?;
         let what = format!("{}: unix {} socket", fd.what(), kind_name(s.kind));
         if s.state == 10 {
-            return dump_listener(fd, s, &what);
+            return dump_listener(fd, s, &what, reg);
         }
         let Some(mut peer) = s.peer else {
             return dump_unconnected(fd, s, &what, reg);
@@ -509,12 +509,26 @@ fn external_peer(
     Ok(ExternalPeer { ino: peer, name })
 }
 
-/// A listening socket: its name, backlog and socket file; connections
-/// waiting to be accepted are refused for now.
-fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str) -> Result<State> {
+/// A listening socket: its name, backlog and socket file. Connections
+/// waiting to be accepted are let go with `--ext-unix-sk` (their clients
+/// see them closed, as when a server restarts: the bytes they sent cannot
+/// be read without accepting them, which a dump that fails could not
+/// undo, and sock_diag cannot even say whose they are: a connection not
+/// accepted yet has no inode), and refused without it.
+fn dump_listener(fd: &FdProbe, s: &unix_diag::UnixSocket, what: &str, reg: &mut dyn Registry) -> Result<State> {
     let name = s.name.clone().with_context(|| format!("{what}: listening without a name"))?;
-    if !s.pending.is_empty() || s.rqueue > 0 {
-        bail!("{what} listening on {name}: connections waiting to be accepted are not supported yet");
+    let waiting = s.pending.len().max(s.rqueue as usize);
+    if waiting > 0 {
+        if !fd.policy.ext_unix_sk.allows(s.ino) {
+            bail!(
+                "{what} listening on {name}: {waiting} connections wait to be accepted; --ext-unix-sk lets them \
+                 go (their clients see them closed)"
+            );
+        }
+        reg.warn(format!(
+            "{what} listening on {name}: {waiting} connections waiting to be accepted are let go \
+             (--ext-unix-sk): their clients see them closed"
+        ));
     }
     let mut l = bound_name(fd, s, &name, what)?;
     l.backlog = s.wqueue;
