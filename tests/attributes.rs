@@ -120,7 +120,7 @@ fn a_deleted_cwd_stays_deleted() {
         let pids = tree_pids(t.pid);
         let img = w.path().join("img");
         dump(t.pid, &img, &[]);
-        let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+        let show = show_image(img.to_str().unwrap());
         assert!(show.contains(&format!("cwd {} (deleted)", dir.display())), "{show}");
         t.reap_killed();
         reap_all(&pids, T);

@@ -339,14 +339,11 @@ fn deleted_file_open_and_mapped_is_one_object() {
     t.wait_output("ready", T);
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     assert!(
         show.contains("memory 0  deleted-file") && !show.contains("memory 1 "),
         "one object for the fd and the mapping:\n{show}"
     );
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert!(t.output().ends_with("ok\n"), "{}", t.output());
+    let out = restore_and_wake(&mut t, &img);
+    assert!(out.ends_with("ok\n"), "{out}");
 }

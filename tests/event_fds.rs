@@ -14,7 +14,7 @@ fn event_fds_keep_their_state() {
     t.wait_output("ready", Duration::from_secs(30));
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     for what in [
         "eventfd, counter 7,",
         "eventfd, counter 3, semaphore",

@@ -64,7 +64,7 @@ fn locks_come_back_held_with_file_locks() {
     assert_eq!(posix_owner(&file), Some(t.pid));
     let img = w.path().join("img");
     dump(t.pid, &img, &["--file-locks"]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     for l in ["flock write lock", "OFD write lock on bytes 100-149", "POSIX read lock on bytes 200-209"] {
         assert!(show.contains(l), "{l:?} not in {show}");
     }

@@ -31,7 +31,7 @@ fn pipes_keep_their_bytes_in_flight() {
     let img = w.path().join("img");
     let pids = tree_pids(t.pid);
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     assert!(show.contains("131072-byte buffer, 3000 bytes in flight"), "{show}");
     assert!(show.contains("1000 bytes in flight, O_RDONLY"), "{show}");
     assert!(show.contains(&format!("FIFO {}", w.path().join("fifo").display())), "{show}");

@@ -20,7 +20,7 @@ fn socketpairs_keep_their_queues_and_shutdowns() {
     let pids = tree_pids(t.pid);
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     for what in ["3000 bytes queued", "3 messages (510 bytes) queued", "peer closed, 50 bytes queued", "write shut"] {
         assert!(show.contains(what), "{what:?} not in:\n{show}");
     }
@@ -69,18 +69,15 @@ fn a_peer_outside_the_tree_needs_ext_unix_sk() {
     t.assert_running_untraced();
     std::fs::remove_dir_all(&img).ok();
     dump(t.pid, &img, &[&format!("--ext-unix-sk={ino}")]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", &dir]).stdout).into_owned();
+    let show = show_image(&dir);
     assert!(show.contains("outside the tree, 21 bytes queued"), "{show}");
     // The dumped end went with the task, its bytes unread: the test's
     // end sees the connection reset (the kernel's answer to that).
     let mut rest = Vec::new();
     let e = mine.read_to_end(&mut rest).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert!(t.output().ends_with("ready\nb'sent before the dump\\n'\n"), "{}", t.output());
+    let out = restore_and_wake(&mut t, &img);
+    assert!(out.ends_with("ready\nb'sent before the dump\\n'\n"), "{out}");
 }
 
 /// A datagram socket connected to a named socket outside the tree (as to
@@ -106,7 +103,7 @@ fn a_datagram_peer_outside_the_tree_is_connected_again() {
     assert!(err.contains("--ext-unix-sk lets it go"), "{err}");
     std::fs::remove_dir_all(&img).ok();
     dump(t.pid, &img, &["--ext-unix-sk"]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     assert!(show.contains(&format!("outside the tree ({})", log.display())), "{show}");
     t.reap_killed();
     restore_detached(&img, &[]);
@@ -136,7 +133,7 @@ fn an_accepted_connection_and_its_listener_come_back() {
     t.wait_output("ready", T);
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     assert!(show.contains(&format!("accepted on {}, peer socket:[", path.display())), "{show}");
     t.reap_killed();
     // A socket file left behind by the dumped listener is replaced.
@@ -221,7 +218,7 @@ fn a_datagram_server_keeps_its_messages_and_its_client() {
     t.wait_output("ready", T);
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
-    let show = String::from_utf8_lossy(&ferry_ok(&["show", img.to_str().unwrap()]).stdout).into_owned();
+    let show = show_image(img.to_str().unwrap());
     for s in [
         format!("bound to {}, unconnected, 3 messages (12 bytes) queued", path.display()),
         format!("connected to {}, peer socket:[", path.display()),
@@ -229,11 +226,8 @@ fn a_datagram_server_keeps_its_messages_and_its_client() {
     ] {
         assert!(show.contains(&s), "{s:?} not in {show}");
     }
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert!(t.output().ends_with("[b'one', b'two!', b'three', b'four'] 0o620\n"), "{}", t.output());
+    let out = restore_and_wake(&mut t, &img);
+    assert!(out.ends_with("[b'one', b'two!', b'three', b'four'] 0o620\n"), "{out}");
 }
 
 /// A connection waiting to be accepted: refused by name without

@@ -348,9 +348,7 @@ impl FileKind for UnixSocket {
         if s.connects_to.is_some() {
             // Connected in `link`, once its peer is bound.
             let sock = unix_socket(s.kind)?;
-            setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
-            setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
-            setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+            set_options(sock.as_raw_fd(), s)?;
             return Ok(sock);
         }
         if let (libc::SOCK_DGRAM, Some(ext)) = (s.kind, &s.external) {
@@ -361,9 +359,7 @@ impl FileKind for UnixSocket {
             if unsafe { libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
                 bail!("connecting to {name} (its peer outside the tree): {}", std::io::Error::last_os_error());
             }
-            setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
-            setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
-            setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+            set_options(sock.as_raw_fd(), s)?;
             finish(sock.as_raw_fd(), s)?;
             return Ok(sock);
         }
@@ -384,10 +380,7 @@ impl FileKind for UnixSocket {
             }
         };
         let sock = mine.as_raw_fd();
-        // The kernel doubles what is set, and reports the doubled value.
-        setsockopt(sock, libc::SO_SNDBUF, s.sndbuf / 2)?;
-        setsockopt(sock, libc::SO_RCVBUF, s.rcvbuf / 2)?;
-        setsockopt(sock, libc::SO_PASSCRED, i32::from(s.passcred))?;
+        set_options(sock, s)?;
         if s.peer == 0 {
             finish(sock, s)?;
         }
@@ -587,9 +580,7 @@ fn open_unconnected(file: &FileObject, s: &State, u: &Unconnected, ctx: &OpenCon
         }
         None => (unix_socket(s.kind)?, None),
     };
-    setsockopt(sock.as_raw_fd(), libc::SO_SNDBUF, s.sndbuf / 2)?;
-    setsockopt(sock.as_raw_fd(), libc::SO_RCVBUF, s.rcvbuf / 2)?;
-    setsockopt(sock.as_raw_fd(), libc::SO_PASSCRED, i32::from(s.passcred))?;
+    set_options(sock.as_raw_fd(), s)?;
     let data = ctx.data(file)?;
     if let (false, Some(full)) = (data.is_empty(), &full) {
         let from = unix_socket(libc::SOCK_DGRAM)?;
@@ -769,6 +760,14 @@ fn send_all(from: RawFd, messages: &[&[u8]], receiver: &State) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Buffer sizes and SO_PASSCRED as dumped (the kernel doubles a size
+/// that is set, and reports the doubled value: half goes in).
+fn set_options(sock: RawFd, s: &State) -> Result<()> {
+    setsockopt(sock, libc::SO_SNDBUF, s.sndbuf / 2)?;
+    setsockopt(sock, libc::SO_RCVBUF, s.rcvbuf / 2)?;
+    setsockopt(sock, libc::SO_PASSCRED, i32::from(s.passcred))
 }
 
 /// Shutdown state and peek offset, once the messages are in.

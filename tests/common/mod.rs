@@ -272,6 +272,11 @@ pub fn dump(pid: i32, dir: &Path, extra: &[&str]) -> Output {
     ferry_ok(&args)
 }
 
+/// What `ferry show DIR` prints.
+pub fn show_image(dir: &str) -> String {
+    String::from_utf8_lossy(&ferry_ok(&["show", dir]).stdout).into_owned()
+}
+
 /// Restore detached: ferry exits once the task runs.
 pub fn restore_detached(dir: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["restore", "-d", "-D", dir.to_str().unwrap()];
@@ -291,6 +296,16 @@ pub fn dump_and_restore(t: &mut Target, dir: &Path, extra: &[&str]) {
 
 /// For the self-checking test programs: dump and restore the ready task,
 /// send SIGUSR1, and require it to print "ok" last and exit 0.
+/// Reap the dumped task, restore it detached, wake it with SIGUSR1 and
+/// wait for it to exit 0; returns its output.
+pub fn restore_and_wake(t: &mut Target, img: &Path) -> String {
+    t.reap_killed();
+    restore_detached(img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(Duration::from_secs(30)), WaitResult::Exited(0), "output: {}", t.output());
+    t.output()
+}
+
 pub fn restore_and_self_check(t: &mut Target, img: &Path, extra: &[&str]) {
     dump_and_restore(t, img, extra);
     t.signal(libc::SIGUSR1);
