@@ -67,7 +67,7 @@ const CRIU: &[(&str, Arg, bool)] = &[
     ("enable-external-sharing", Arg::None, false),
     ("enable-external-masters", Arg::None, false),
     ("freeze-cgroup", Arg::Value, false),
-    ("ghost-limit", Arg::Value, false),
+    ("ghost-limit", Arg::Value, true),
     ("irmap-scan-path", Arg::Value, false),
     ("lsm-profile", Arg::Value, false),
     ("timeout", Arg::Value, false),
@@ -130,6 +130,7 @@ fn words(name: &str, arg: Arg, no: bool) -> Vec<String> {
     let value = match name {
         "tree" | "port" | "status-fd" | "close" | "timeout" => "7".to_string(),
         "tls-cacert" | "tls-cert" | "tls-key" => "/etc/ferry/tls/x.pem".into(),
+        "ghost-limit" => "1M".into(),
         _ => "x".into(),
     };
     let flag = format!("--{}{name}", if no { "no-" } else { "" });

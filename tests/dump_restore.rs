@@ -98,23 +98,36 @@ fn signal_state_survives() {
     restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
+/// File mappings (private with a page written, shared) and an offset;
+/// then the same with the privately mapped (and open) file deleted before
+/// the dump, as a library an upgrade replaced under a running program:
+/// its content goes into the image and the pages come back the same.
 #[test]
 fn file_mappings_and_offsets_survive() {
-    let w = workdir();
-    let private = w.path().join("private.dat");
-    let shared = w.path().join("shared.dat");
-    let mut data = vec![0u8; 4 * 4096];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
+    for deleted in [false, true] {
+        let w = workdir();
+        let private = w.path().join("private.dat");
+        let shared = w.path().join("shared.dat");
+        let mut data = vec![0u8; 4 * 4096];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        std::fs::write(&private, &data).unwrap();
+        std::fs::write(&shared, vec![b'.'; 4096]).unwrap();
+        let mut t = spawn(
+            &[testprog("tp-filemap").to_str().unwrap(), private.to_str().unwrap(), shared.to_str().unwrap()],
+            &w.path().join("out"),
+        );
+        t.wait_output("ready", T);
+        if deleted {
+            std::fs::remove_file(&private).unwrap();
+        }
+        restore_and_self_check(&mut t, &w.path().join("img"), &[]);
+        if deleted {
+            let shown = show_image(w.path().join("img").to_str().unwrap());
+            assert!(shown.contains(&format!("{} (deleted), kept in the image", private.display())), "{shown}");
+        }
     }
-    std::fs::write(&private, &data).unwrap();
-    std::fs::write(&shared, vec![b'.'; 4096]).unwrap();
-    let mut t = spawn(
-        &[testprog("tp-filemap").to_str().unwrap(), private.to_str().unwrap(), shared.to_str().unwrap()],
-        &w.path().join("out"),
-    );
-    t.wait_output("ready", T);
-    restore_and_self_check(&mut t, &w.path().join("img"), &[]);
 }
 
 #[test]

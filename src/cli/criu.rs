@@ -101,7 +101,6 @@ criu_flags! {
         skip_mnt = "skip-mnt";
         enable_fs = "enable-fs";
         freeze_cgroup = "freeze-cgroup";
-        ghost_limit = "ghost-limit";
         irmap_scan_path = "irmap-scan-path";
         lsm_profile = "lsm-profile";
         timeout = "timeout";
@@ -124,6 +123,18 @@ criu_flags! {
         cpu_cap = "cpu-cap";
         manage_cgroups = "manage-cgroups";
     }
+}
+
+/// A size as CRIU takes it: bytes, or with a K, M or G suffix (`1M`).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (bytes, or with K, M or G: 4M)"))?;
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("{s} is too large"))
 }
 
 impl CriuFlags {

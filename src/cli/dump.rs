@@ -56,6 +56,10 @@ pub struct DumpArgs {
     #[arg(short = 'x', long = "ext-unix-sk", value_name = "INODE,...", num_args = 0..=1, default_missing_value = "",
           require_equals = true, action = clap::ArgAction::Append)]
     pub ext_unix_sk: Vec<String>,
+    /// The most of a deleted file's content (open or mapped shared) the
+    /// image keeps; a larger one is refused, naming it (as CRIU)
+    #[arg(long = "ghost-limit", value_name = "SIZE", default_value = "1M", value_parser = super::criu::parse_size)]
+    pub ghost_limit: u64,
     #[command(flatten)]
     pub chain: ChainArgs,
     /// Leave the pages changed since the last round on this machine and
@@ -159,6 +163,9 @@ pub struct PreDumpArgs {
     /// Accepted as with dump (a pre-dump reads no files)
     #[arg(short = 'l', long = "file-locks", hide = true)]
     pub file_locks: bool,
+    /// Accepted as with dump (a pre-dump keeps no files)
+    #[arg(long = "ghost-limit", value_name = "SIZE", hide = true)]
+    pub ghost_limit: Option<String>,
     /// Accepted as with dump (a pre-dump keeps no sockets)
     #[arg(short = 'x', long = "ext-unix-sk", num_args = 0..=1, default_missing_value = "", require_equals = true,
           hide = true, action = clap::ArgAction::Append)]
@@ -203,6 +210,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.shell_job = a.shell_job;
     o.file_locks = a.file_locks;
     o.ext_unix_sk = crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?;
+    o.ghost_limit = a.ghost_limit;
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {

@@ -41,6 +41,9 @@ pub struct MigrateArgs {
     #[arg(short = 'x', long = "ext-unix-sk", value_name = "INODE,...", num_args = 0..=1, default_missing_value = "",
           require_equals = true, action = clap::ArgAction::Append)]
     pub ext_unix_sk: Vec<String>,
+    /// The most of a deleted file's content taken along (see `ferry dump --ghost-limit`)
+    #[arg(long = "ghost-limit", value_name = "SIZE", default_value = "1M", value_parser = super::criu::parse_size)]
+    pub ghost_limit: u64,
     /// How long to keep trying to reach the destination after a cut
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
@@ -83,6 +86,7 @@ pub fn run_migrate(a: MigrateArgs, work_dir: Option<PathBuf>) -> Result<ExitCode
         shell_job: a.shell_job,
         file_locks: a.file_locks,
         ext_unix_sk: crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?,
+        ghost_limit: a.ghost_limit,
         reconnect: Duration::from_secs(a.reconnect_timeout),
     })?;
     Ok(ExitCode::SUCCESS)

@@ -36,6 +36,9 @@ pub struct RestoreArgs {
     /// Accepted as with CRIU: the locks an image holds are always taken
     #[arg(short = 'l', long = "file-locks", hide = true)]
     pub file_locks: bool,
+    /// Accepted as with CRIU: the limit is the dump's
+    #[arg(long = "ghost-limit", value_name = "SIZE", hide = true)]
+    pub ghost_limit: Option<String>,
     /// Accepted as with CRIU: what the dump allowed is restored
     #[arg(short = 'x', long = "ext-unix-sk", num_args = 0..=1, default_missing_value = "", require_equals = true,
           hide = true, action = clap::ArgAction::Append)]

@@ -58,6 +58,7 @@ pub fn plan(proc: &ProcDir, pid: i32, maps: &[Mapping], table: &mut ObjectTable)
                 }
                 Some(n) => return Err(unsupported(n)),
                 None if m.path.is_empty() => VmaKind::Anon,
+                // (deleted files are memory objects: claimed above)
                 None if m.is_deleted() => {
                     return Err(unsupported(&format!("{}: mappings of deleted files", m.path)));
                 }

@@ -52,6 +52,8 @@ pub struct DumpOptions {
     pub file_locks: bool,
     /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.
     pub ext_unix_sk: crate::objects::ExtUnixSk,
+    /// `--ghost-limit`: the most of a deleted file's content kept.
+    pub ghost_limit: u64,
     /// The previous round's images, relative to `dir` (CRIU's convention).
     pub prev: Option<PathBuf>,
     /// Keep tracking memory changes for a later round.
@@ -152,6 +154,7 @@ impl DumpOptions {
             shell_job: false,
             file_locks: false,
             ext_unix_sk: Default::default(),
+            ghost_limit: crate::objects::deleted_file::DEFAULT_GHOST_LIMIT,
             prev: None,
             track_mem: false,
             tracker: track::Choice::Auto,
@@ -228,6 +231,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
 /// Dump; a lazy dump returns with the task still frozen.
 pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let t0 = Instant::now();
+    crate::objects::deleted_file::set_ghost_limit(opts.ghost_limit);
     let pre = opts.kind == ImageKind::PreDump;
     if !pre && opts.track_mem && opts.prev.is_none() && !opts.leave_running {
         bail!(
@@ -417,6 +421,7 @@ fn fs_state(proc: &ProcDir, pid: i32, umask: Option<u32>) -> Result<FsState> {
 /// The first look: refuse what cannot be dumped while the tree runs on
 /// untouched.
 pub fn check(opts: &DumpOptions) -> Result<()> {
+    crate::objects::deleted_file::set_ghost_limit(opts.ghost_limit);
     let mut attempt = 0;
     loop {
         let live = tree::discover(opts.pid)?;

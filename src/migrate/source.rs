@@ -33,6 +33,8 @@ pub struct MigrateOptions {
     pub file_locks: bool,
     /// `--ext-unix-sk`, as with dump.
     pub ext_unix_sk: crate::objects::ExtUnixSk,
+    /// `--ghost-limit`, as with dump.
+    pub ghost_limit: u64,
     /// How long to try to reach the destination again after a cut.
     pub reconnect: Duration,
 }
@@ -54,6 +56,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     first.shell_job = o.shell_job;
     first.file_locks = o.file_locks;
     first.ext_unix_sk = o.ext_unix_sk.clone();
+    first.ghost_limit = o.ghost_limit;
     first.lazy = Some(LazyServe::Caller);
     dump::check(&first)?;
     let mut stream = connect(&o.to, &o.creds, START)?;
@@ -75,6 +78,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
             d.shell_job = true;
             d.file_locks = o.file_locks;
             d.ext_unix_sk = o.ext_unix_sk.clone();
+            d.ghost_limit = o.ghost_limit;
             d.tracker = o.tracker;
             d.track_owner = Some(std::process::id() as i32);
             if round > 1 {
@@ -131,6 +135,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     d.shell_job = o.shell_job;
     d.file_locks = o.file_locks;
     d.ext_unix_sk = o.ext_unix_sk.clone();
+    d.ghost_limit = o.ghost_limit;
     d.lazy = Some(LazyServe::Caller);
     let dumped = dump::dump_frozen(&d)?;
     let frozen = dumped.frozen.expect("a lazy dump keeps the task frozen");

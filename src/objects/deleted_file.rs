@@ -1,8 +1,9 @@
-//! A file deleted while still mapped MAP_SHARED or held open (a POSIX
+//! A file deleted while still mapped (shared or private: a library an
+//! upgrade replaced under a running program) or held open (a POSIX
 //! semaphore of Python's multiprocessing: sem_open, then sem_unlink at
 //! once; a scratch file unlinked after opening): nobody can open it by
 //! name again, so it is memory that the processes holding it share. Dump
-//! saves its content (up to 1 MiB, CRIU's default ghost limit) as one
+//! saves its content (up to `--ghost-limit`, 1 MiB by default as CRIU) as one
 //! memory object, whether it is mapped, open, or both; restore makes a
 //! memfd of that size and name, which every mapping maps and every open
 //! description reopens (so writes through an fd show in the mappings, as
@@ -18,8 +19,17 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-/// The most of a deleted file's content an image takes.
-pub const GHOST_LIMIT: u64 = 1 << 20;
+/// The most of a deleted file's content an image takes by default
+/// (CRIU's `--ghost-limit` default).
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+/// This dump's `--ghost-limit` (one dump per ferry process, set before the
+/// tree is looked at; the memory kinds' identify has no options to carry it).
+static GHOST_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(DEFAULT_GHOST_LIMIT);
+
+pub fn set_ghost_limit(bytes: u64) {
+    GHOST_LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
 
 pub struct DeletedFile;
 
@@ -34,8 +44,12 @@ pub struct State {
 pub fn identify_path(path: PathBuf, name: String, how: &str) -> Result<Identified> {
     let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
     let size = meta.size();
-    if size > GHOST_LIMIT {
-        bail!("{name} was deleted while {how} and holds {size} bytes, over the {GHOST_LIMIT}-byte limit for deleted files");
+    let limit = GHOST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    if size > limit {
+        bail!(
+            "{name} was deleted while {how} and holds {size} bytes, over the {limit}-byte limit for deleted files \
+             (--ghost-limit)"
+        );
     }
     Ok((
         MemoryKey::Inode { dev: meta.dev(), ino: meta.ino() },
@@ -55,7 +69,10 @@ impl MemoryKind for DeletedFile {
     type State = State;
 
     fn claims_mapping(m: &Mapping) -> bool {
-        m.shared && m.is_deleted()
+        // Private too: a library replaced by an upgrade while the program
+        // runs; its pages the task changed are saved as any private
+        // page, the rest come from the kept content.
+        m.is_deleted()
     }
 
     fn identify(proc: &ProcDir, m: &Mapping) -> Result<Identified> {

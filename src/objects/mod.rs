@@ -463,7 +463,7 @@ pub static MEMORY_KINDS: &[&dyn MemoryOps] = &[
     &Memory::<shmem::SharedAnon>::KIND,
     &Memory::<memfd::MemfdMemory>::KIND,
     &Memory::<sysv_shm::SysvShm>::KIND,
-    // Last: any other shared mapping of a deleted file.
+    // Last: any other mapping of a deleted file.
     &Memory::<deleted_file::DeletedFile>::KIND,
 ];
 
