@@ -288,11 +288,10 @@ impl FileKind for UnixSocket {
         let accepted_on = match &s.name {
             None => None,
             // Accepted from a client in another namespace, the socket lives
-            // in the client's; its listener, in the tree's (ferry's).
+            // in the client's; its listener, in the task's.
             Some(name)
                 if s.kind != libc::SOCK_DGRAM
-                    && (is_listened_on(&all, name, s.kind)
-                        || netns.is_some() && is_listened_on(&unix_diag::all()?, name, s.kind)) =>
+                    && (is_listened_on(&all, name, s.kind) || listened_on_in_task_netns(fd, name, s.kind)?) =>
             {
                 Some(name.clone())
             }
@@ -475,6 +474,18 @@ impl FileKind for UnixSocket {
 /// socket named so was accepted from it).
 fn is_listened_on(all: &std::collections::HashMap<u64, unix_diag::UnixSocket>, name: &str, kind: i32) -> bool {
     all.values().any(|o| o.state == 10 && o.kind == kind && o.name.as_deref() == Some(name))
+}
+
+/// Whether a listener named `name` is in the task's own network
+/// namespace (looked at only when the socket is not there).
+fn listened_on_in_task_netns(fd: &FdProbe, name: &str, kind: i32) -> Result<bool> {
+    let ns =
+        std::fs::File::open(fd.proc.path("ns/net")).with_context(|| format!("{}: its network namespace", fd.what()))?;
+    let ours = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let ns = OwnedFd::from(ns);
+    let foreign = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd()))?.ino() != ours;
+    let all = unix_diag::all_in(foreign.then_some(&ns))?;
+    Ok(is_listened_on(&all, name, kind))
 }
 
 /// A peer held outside the tree: allowed by `--ext-unix-sk` (a datagram
