@@ -8,12 +8,14 @@
 //!   [`ptrace`] the tracing and injection engine, [`probe`] the kernel
 //!   feature probes behind `ferry check`.
 
+pub mod action_script;
 pub mod cli;
 pub mod dump;
 pub mod image;
 pub mod lazy;
 pub mod migrate;
 pub mod net;
+pub mod netlock;
 pub mod objects;
 pub mod pidfd;
 pub mod probe;

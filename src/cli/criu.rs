@@ -68,7 +68,6 @@ criu_flags! {
     }
     bools {
         restore_sibling, no_restore_sibling = "restore-sibling", short = 'S';
-        tcp_established, no_tcp_established = "tcp-established";
         log_pid, no_log_pid = "log-pid";
         evasive_devices, no_evasive_devices = "evasive-devices";
         link_remap, no_link_remap = "link-remap";
@@ -76,11 +75,9 @@ criu_flags! {
         force_irmap, no_force_irmap = "force-irmap";
         extra, no_extra = "extra";
         experimental, no_experimental = "experimental";
-        skip_in_flight, no_skip_in_flight = "skip-in-flight";
         deprecated, no_deprecated = "deprecated";
         display_stats, no_display_stats = "display-stats";
         weak_sysctls, no_weak_sysctls = "weak-sysctls";
-        tcp_close, no_tcp_close = "tcp-close";
         stream, no_stream = "stream";
         skip_file_rwx_check, no_skip_file_rwx_check = "skip-file-rwx-check";
         mntns_compat_mode, no_mntns_compat_mode = "mntns-compat-mode";
@@ -93,7 +90,6 @@ criu_flags! {
         root = "root", short = 'r';
         close = "close";
         veth_pair = "veth-pair";
-        action_script = "action-script";
         libdir = "libdir", short = 'L';
         ext_mount_map = "ext-mount-map", short = 'M';
         cgroup_root = "cgroup-root";
@@ -117,7 +113,6 @@ criu_flags! {
         pre_dump_mode = "pre-dump-mode";
         file_validation = "file-validation";
         lsm_mount_context = "lsm-mount-context";
-        network_lock = "network-lock";
     }
     optional {
         cpu_cap = "cpu-cap";

@@ -73,6 +73,8 @@ pub struct DumpArgs {
     #[arg(long = "lazy-wait", value_name = "SECONDS", default_value_t = 600)]
     pub lazy_wait: u64,
     #[command(flatten)]
+    pub tcp: super::tcp::TcpArgs,
+    #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
@@ -177,6 +179,8 @@ pub struct PreDumpArgs {
     #[arg(long = "lazy-pages", hide = true)]
     pub lazy_pages: bool,
     #[command(flatten)]
+    pub tcp: super::tcp::TcpArgs,
+    #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
@@ -211,6 +215,10 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.file_locks = a.file_locks;
     o.ext_unix_sk = crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?;
     o.ghost_limit = a.ghost_limit;
+    o.tcp_established = a.tcp.tcp_established;
+    o.skip_in_flight = a.tcp.skip_in_flight;
+    o.network_lock = a.tcp.lock();
+    o.scripts = a.tcp.scripts();
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {
@@ -243,6 +251,9 @@ pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
     o.shell_job = true;
     o.file_locks = true;
     o.ext_unix_sk = crate::objects::ExtUnixSk::Any;
+    o.tcp_established = true;
+    o.skip_in_flight = true;
+    o.scripts = a.tcp.scripts();
     let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
     upload(server, &o.dir)?;

@@ -47,6 +47,8 @@ pub struct MigrateArgs {
     /// How long to keep trying to reach the destination after a cut
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
+    #[command(flatten)]
+    pub tcp: super::tcp::TcpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +71,8 @@ pub struct ReceiveArgs {
     /// killing the restored task (its remaining pages are lost)
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
+    #[command(flatten)]
+    pub tcp: super::tcp::TcpArgs,
 }
 
 /// `work_dir`: -W, where each round's images are staged before they are
@@ -88,6 +92,10 @@ pub fn run_migrate(a: MigrateArgs, work_dir: Option<PathBuf>) -> Result<ExitCode
         ext_unix_sk: crate::objects::ExtUnixSk::parse(&a.ext_unix_sk)?,
         ghost_limit: a.ghost_limit,
         reconnect: Duration::from_secs(a.reconnect_timeout),
+        tcp_established: a.tcp.tcp_established,
+        skip_in_flight: a.tcp.skip_in_flight,
+        network_lock: a.tcp.lock(),
+        scripts: a.tcp.scripts(),
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -100,6 +108,8 @@ pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
         shell_job: a.shell_job,
         pidfile: a.pidfile,
         reconnect: Duration::from_secs(a.reconnect_timeout),
+        tcp_close: a.tcp.tcp_close,
+        scripts: a.tcp.scripts(),
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod restore;
 pub mod security;
 pub mod show;
+pub mod tcp;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -75,6 +76,16 @@ pub enum Command {
     Receive(migrate::ReceiveArgs),
     /// Print an image directory, or one file of it, in readable form
     Show(show::ShowArgs),
+    /// (internal) Removes a network lock if the ferry that took it dies
+    #[command(hide = true)]
+    NetworkLockGuard(GuardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GuardArgs {
+    method: crate::netlock::Method,
+    name: String,
+    netns: Option<PathBuf>,
 }
 
 impl Command {
@@ -89,6 +100,7 @@ impl Command {
             Command::Migrate(_) => "migrate",
             Command::Receive(_) => "receive",
             Command::Show(_) => "show",
+            Command::NetworkLockGuard(_) => "network-lock-guard",
         }
     }
 
@@ -100,7 +112,7 @@ impl Command {
             Command::LazyPages(a) => Some(&a.images_dir),
             Command::PageServer(a) => Some(&a.images_dir),
             Command::Receive(a) => Some(&a.images_dir),
-            Command::Check(_) | Command::Show(_) | Command::Migrate(_) => None,
+            Command::Check(_) | Command::Show(_) | Command::Migrate(_) | Command::NetworkLockGuard(_) => None,
         }
     }
 }
@@ -119,6 +131,10 @@ impl Cli {
             Command::Migrate(a) => migrate::run_migrate(a, self.work_dir),
             Command::Receive(a) => migrate::run_receive(a),
             Command::Show(a) => show::run(a),
+            Command::NetworkLockGuard(a) => {
+                crate::netlock::guard(a.method, &a.name, crate::netlock::Netns(a.netns))?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 

@@ -44,6 +44,8 @@ pub struct RestoreArgs {
           hide = true, action = clap::ArgAction::Append)]
     pub ext_unix_sk: Vec<String>,
     #[command(flatten)]
+    pub tcp: super::tcp::TcpArgs,
+    #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
@@ -90,5 +92,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         pid_wait: std::time::Duration::from_secs(a.pid_wait),
         lazy: a.lazy_pages.then_some(crate::restore::LazyRestore::Daemon),
         inherited: crate::restore::parse_inherit_fds(&a.inherit_fd)?,
+        tcp_close: a.tcp.tcp_close,
+        scripts: a.tcp.scripts(),
     })
 }

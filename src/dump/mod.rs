@@ -21,6 +21,7 @@ pub mod thread;
 pub mod tracking;
 pub mod tree;
 
+use crate::action_script::Action;
 use crate::image::chain::MemoryView;
 use crate::image::inventory::{ImageKind, Inventory};
 use crate::image::objects::OBJECTS;
@@ -54,6 +55,14 @@ pub struct DumpOptions {
     pub ext_unix_sk: crate::objects::ExtUnixSk,
     /// `--ghost-limit`: the most of a deleted file's content kept.
     pub ghost_limit: u64,
+    /// `--tcp-established`: take established TCP connections along.
+    pub tcp_established: bool,
+    /// `--skip-in-flight`: let connections not yet accepted go.
+    pub skip_in_flight: bool,
+    /// `--network-lock`: how the connections' packets are held.
+    pub network_lock: crate::netlock::Method,
+    /// `--action-script`: run at CRIU's points.
+    pub scripts: crate::action_script::Scripts,
     /// The previous round's images, relative to `dir` (CRIU's convention).
     pub prev: Option<PathBuf>,
     /// Keep tracking memory changes for a later round.
@@ -95,6 +104,10 @@ pub struct Frozen {
     pub processes: Vec<LazyProcess>,
     /// When the tree stopped running (for the downtime).
     pub since: Instant,
+    /// Its TCP connections, in repair mode.
+    pub repaired: crate::objects::tcp_connection::Repaired,
+    /// The network lock holding their packets.
+    pub lock: std::sync::Mutex<Option<crate::netlock::Lock>>,
 }
 
 /// One process of a lazy dump.
@@ -128,10 +141,20 @@ impl Frozen {
 
     /// Let the task run on here.
     pub fn release(&self) {
+        self.repaired.release();
+        self.unlock();
         self.tree.release(|_| {});
     }
+    /// The destination has the task: the source's copy goes, its
+    /// connections without a packet, and the lock here with it.
     pub fn kill(&self) -> Result<()> {
-        self.tree.kill()
+        let r = self.tree.kill();
+        self.repaired.close_silently();
+        self.unlock();
+        r
+    }
+    fn unlock(&self) {
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
     pub fn set_options(&self, options: u64) -> Result<()> {
         self.tree.set_options(options)
@@ -155,6 +178,10 @@ impl DumpOptions {
             file_locks: false,
             ext_unix_sk: Default::default(),
             ghost_limit: crate::objects::deleted_file::DEFAULT_GHOST_LIMIT,
+            tcp_established: false,
+            skip_in_flight: false,
+            network_lock: Default::default(),
+            scripts: Default::default(),
             prev: None,
             track_mem: false,
             tracker: track::Choice::Auto,
@@ -256,16 +283,20 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         bail!("--lazy-pages goes with the final dump, not pre-dump");
     }
     let mut writer = ImageWriter::create(&opts.dir)?;
+    opts.scripts.run(Action::PreDump, &opts.dir, Some(opts.pid))?;
 
     let frozen_at = Instant::now();
     let frozen = tree::freeze(opts.pid, O_TRACESYSGOOD)?;
     info!(pid = opts.pid, processes = frozen.processes.len(), "tree frozen");
     testhook::stage("freeze");
+    // Before any socket is read: their packets are held from here on.
+    let lock = if pre { None } else { lock_network(&frozen, opts)? };
 
     // The tree may have changed between the first look and the freeze:
     // this look is the one that counts.
     let mut table = ObjectTable::new(frozen.processes.iter().map(|p| (p.pid, p.vpid)).collect());
     let (tree_image, inspections) = look(&frozen.processes, opts, Some(&mut table))?;
+    let repaired = table.take_repaired();
 
     let mut processes = Vec::new();
     for (p, insp) in frozen.alive().zip(&inspections) {
@@ -345,6 +376,11 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     if let Some(r) = &record {
         writer.write_json(TRACK_FILE, r)?;
     }
+    // The task is killed at the end: the lock stays for the restore.
+    let kill = !pre && opts.lazy.is_none() && !opts.leave_running;
+    if let (true, Some(l)) = (kill, &lock) {
+        writer.write_json(crate::netlock::RECORD_FILE, l.record())?;
+    }
     testhook::stage("write");
 
     let page = crate::page_size();
@@ -367,6 +403,9 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     inventory.tasks = frozen.alive().map(|p| p.vpid).collect();
     inventory.parent = parent.as_ref().map(|p| p.rel.to_string_lossy().into_owned());
     writer.commit(inventory)?;
+    if !pre {
+        opts.scripts.run(Action::PostDump, &opts.dir, Some(opts.pid))?;
+    }
 
     if !keep_tracking {
         for h in holders.values() {
@@ -376,10 +415,23 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     }
     if opts.lazy.is_some() {
         let processes = pagemaps.into_iter().map(|(vpid, pid, pagemap)| LazyProcess { vpid, pid, pagemap }).collect();
-        return Ok(Dumped { stats, frozen: Some(Frozen { tree: frozen, pid: opts.pid, processes, since: frozen_at }) });
+        let frozen = Frozen {
+            tree: frozen,
+            pid: opts.pid,
+            processes,
+            since: frozen_at,
+            repaired,
+            lock: std::sync::Mutex::new(lock),
+        };
+        return Ok(Dumped { stats, frozen: Some(frozen) });
     } else if pre {
         info!(pid = opts.pid, "pre-dump complete");
     } else if opts.leave_running {
+        repaired.release();
+        if lock.is_some() {
+            opts.scripts.run(Action::NetworkUnlock, &opts.dir, Some(opts.pid))?;
+        }
+        drop(lock);
         frozen.release(|q| {
             let deferred = processes
                 .iter()
@@ -390,9 +442,31 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         info!(pid = opts.pid, "tree released");
     } else {
         frozen.kill()?;
+        // Still in repair mode: closed without a packet.
+        repaired.close_silently();
+        if let Some(l) = lock {
+            let r = l.keep();
+            info!(name = r.name, "the network lock stays until the restore");
+        }
         info!(pid = opts.pid, "tree killed after dump");
     }
     Ok(Dumped { stats, frozen: None })
+}
+
+/// Hold the packets of the frozen tree's established TCP connections
+/// (none without --tcp-established: such a dump refuses them).
+fn lock_network(frozen: &tree::FrozenTree, opts: &DumpOptions) -> Result<Option<crate::netlock::Lock>> {
+    if !opts.tcp_established || opts.network_lock == crate::netlock::Method::Skip {
+        return Ok(None);
+    }
+    let pids: Vec<i32> = frozen.alive().map(|p| p.pid).collect();
+    let conns = crate::proc::tcp_table::held_by(&pids)?;
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    opts.scripts.run(Action::NetworkLock, &opts.dir, Some(opts.pid))?;
+    let ns = crate::netlock::Netns::of(opts.pid);
+    crate::netlock::Lock::take(opts.network_lock, ns, &format!("ferry-lock-{}", opts.pid), &conns)
 }
 
 /// cwd, root and umask; a cwd that was deleted is kept as where it was,
@@ -477,6 +551,9 @@ fn look(
                     shell_job: opts.shell_job,
                     file_locks: opts.file_locks,
                     ext_unix_sk: opts.ext_unix_sk.clone(),
+                    tcp_established: opts.tcp_established,
+                    skip_in_flight: opts.skip_in_flight,
+                    repair: frozen && opts.kind != ImageKind::PreDump,
                 },
                 frozen,
             };

@@ -61,6 +61,8 @@ pub struct ObjectTable {
     /// A first look (the tree still runs): no warnings from it, the
     /// frozen look says them.
     quiet: bool,
+    /// TCP sockets put in repair mode.
+    repaired: crate::objects::tcp_connection::Repaired,
 }
 
 impl Registry for ObjectTable {
@@ -101,12 +103,21 @@ impl Registry for ObjectTable {
             tracing::warn!("{message}");
         }
     }
+
+    fn repaired(&mut self, sock: OwnedFd) {
+        self.repaired.push(sock);
+    }
 }
 
 impl ObjectTable {
     /// `vpids`: ferry's PID of every task of the tree → its PID in the tree.
     pub fn new(vpids: HashMap<i32, i32>) -> ObjectTable {
         ObjectTable { vpids, ..Default::default() }
+    }
+
+    /// The TCP sockets the look put in repair mode.
+    pub fn take_repaired(&mut self) -> crate::objects::tcp_connection::Repaired {
+        std::mem::take(&mut self.repaired)
     }
 
     /// For a first look, whose findings the frozen look repeats.

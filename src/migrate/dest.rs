@@ -25,6 +25,9 @@ pub struct ReceiveOptions {
     pub pidfile: Option<PathBuf>,
     /// How long to wait for the source to come back after a cut.
     pub reconnect: Duration,
+    /// `--tcp-close` and `--action-script`, as with restore.
+    pub tcp_close: bool,
+    pub scripts: crate::action_script::Scripts,
 }
 
 fn say(msg: &str) {
@@ -86,6 +89,8 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         pid_wait: Duration::from_secs(10),
         lazy: Some(LazyRestore::Caller),
         inherited: Default::default(),
+        tcp_close: o.tcp_close,
+        scripts: o.scripts.clone(),
     };
     // Two-phase hand-over: the task is ready but does not run until the
     // source has made sure its own copy never will.

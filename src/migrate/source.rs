@@ -37,6 +37,27 @@ pub struct MigrateOptions {
     pub ghost_limit: u64,
     /// How long to try to reach the destination again after a cut.
     pub reconnect: Duration,
+    /// `--tcp-established`, `--skip-in-flight`, `--network-lock` and
+    /// `--action-script`, as with dump.
+    pub tcp_established: bool,
+    pub skip_in_flight: bool,
+    pub network_lock: crate::netlock::Method,
+    pub scripts: crate::action_script::Scripts,
+}
+
+impl MigrateOptions {
+    /// A dump with this migration's options.
+    fn dump_options(&self, dir: PathBuf) -> DumpOptions {
+        let mut d = DumpOptions::new(self.pid, dir);
+        d.shell_job = self.shell_job;
+        d.file_locks = self.file_locks;
+        d.ext_unix_sk = self.ext_unix_sk.clone();
+        d.ghost_limit = self.ghost_limit;
+        d.tcp_established = self.tcp_established;
+        d.skip_in_flight = self.skip_in_flight;
+        d.network_lock = self.network_lock;
+        d
+    }
 }
 
 fn connect(to: &str, creds: &Credentials, hello: &str) -> Result<Link> {
@@ -52,11 +73,7 @@ fn say(msg: &str) {
 pub fn run(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
-    let mut first = DumpOptions::new(pid, o.work_dir.clone());
-    first.shell_job = o.shell_job;
-    first.file_locks = o.file_locks;
-    first.ext_unix_sk = o.ext_unix_sk.clone();
-    first.ghost_limit = o.ghost_limit;
+    let mut first = o.dump_options(o.work_dir.clone());
     first.lazy = Some(LazyServe::Caller);
     dump::check(&first)?;
     let mut stream = connect(&o.to, &o.creds, START)?;
@@ -79,6 +96,8 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
             d.file_locks = o.file_locks;
             d.ext_unix_sk = o.ext_unix_sk.clone();
             d.ghost_limit = o.ghost_limit;
+            d.tcp_established = true;
+            d.skip_in_flight = true;
             d.tracker = o.tracker;
             d.track_owner = Some(std::process::id() as i32);
             if round > 1 {
@@ -129,13 +148,10 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     // Final: frozen from here on; only the pages changed since the last round
     // stay behind, served lazily.
     let final_dir = work.path().join("final");
-    let mut d = DumpOptions::new(pid, final_dir.clone());
+    let mut d = o.dump_options(final_dir.clone());
     d.prev = Some(PathBuf::from(format!("../{rounds}")));
     d.track_mem = true;
-    d.shell_job = o.shell_job;
-    d.file_locks = o.file_locks;
-    d.ext_unix_sk = o.ext_unix_sk.clone();
-    d.ghost_limit = o.ghost_limit;
+    d.scripts = o.scripts.clone();
     d.lazy = Some(LazyServe::Caller);
     let dumped = dump::dump_frozen(&d)?;
     let frozen = dumped.frozen.expect("a lazy dump keeps the task frozen");

@@ -12,6 +12,7 @@ pub mod deleted_file;
 pub mod directory;
 pub mod epoll;
 pub mod eventfd;
+pub mod inet;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;
@@ -20,8 +21,11 @@ pub mod shmem;
 pub mod signalfd;
 pub mod socket_path;
 pub mod sysv_shm;
+pub mod tcp_connection;
+pub mod tcp_listener;
 pub mod timerfd;
 pub mod tty;
+pub mod udp_socket;
 pub mod unix_socket;
 
 use crate::image::objects::{FileObject, MemoryObject};
@@ -64,6 +68,13 @@ pub struct FdPolicy {
     pub file_locks: bool,
     /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.
     pub ext_unix_sk: ExtUnixSk,
+    /// `--tcp-established`: established TCP connections are taken along.
+    pub tcp_established: bool,
+    /// `--skip-in-flight`: connections not yet accepted are let go.
+    pub skip_in_flight: bool,
+    /// The look that counts of a final dump: connections are put in
+    /// repair mode and read (a pre-dump and the first look only check).
+    pub repair: bool,
 }
 
 /// CRIU's `--ext-unix-sk[=INODE,...]`: which of the tree's unix sockets
@@ -189,6 +200,9 @@ pub trait Registry {
     fn first_sight(&mut self, key: (&'static str, u64)) -> bool;
     /// A warning for the user (said once, on the look that counts).
     fn warn(&mut self, message: String);
+    /// A TCP socket the dump put in repair mode (ferry's copy): held until
+    /// the task's fate is known ([`tcp_connection::Repaired`]).
+    fn repaired(&mut self, sock: OwnedFd);
 }
 
 /// How dump tells memory objects apart.
@@ -238,6 +252,14 @@ pub struct OpenContext<'a> {
     pub kept: std::cell::RefCell<std::collections::HashMap<(&'static str, u64), Vec<OwnedFd>>>,
     /// Socket paths taken over, given back if the restore fails.
     pub taken_paths: std::cell::RefCell<Vec<socket_path::TakenPath>>,
+    /// `--tcp-close`: established connections come back aborted.
+    pub tcp_close: bool,
+}
+
+/// What a kind may need when the tree is about to run.
+pub struct LiveContext<'a> {
+    pub images: &'a crate::image::ImageDir,
+    pub tcp_close: bool,
 }
 
 impl OpenContext<'_> {
@@ -282,6 +304,11 @@ pub trait FileKind: Sync + 'static {
     fn link(_file: &FileObject, _state: &Self::State, _fd: &OwnedFd, _files: &OpenFiles) -> Result<()> {
         Ok(())
     }
+    /// Restore, just before the tree runs (a TCP connection leaves repair
+    /// mode).
+    fn go_live(_file: &FileObject, _state: &Self::State, _fd: &OwnedFd, _ctx: &LiveContext) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every description ferry opened at restore, and each process's fd table
@@ -315,6 +342,7 @@ pub trait FileOps: Sync {
     fn describe(&self, file: &FileObject) -> String;
     fn tty_rdev(&self, file: &FileObject) -> Option<u64>;
     fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()>;
+    fn go_live(&self, file: &FileObject, fd: &OwnedFd, ctx: &LiveContext) -> Result<()>;
 }
 
 pub struct File<K>(PhantomData<K>);
@@ -352,6 +380,9 @@ impl<K: FileKind> FileOps for File<K> {
     fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
         K::link(file, &state_of(K::NAME, file.id, &file.state)?, fd, files)
     }
+    fn go_live(&self, file: &FileObject, fd: &OwnedFd, ctx: &LiveContext) -> Result<()> {
+        K::go_live(file, &state_of(K::NAME, file.id, &file.state)?, fd, ctx)
+    }
 }
 
 /// Every kind of open file description ferry can dump and restore, asked
@@ -366,6 +397,9 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<epoll::Epoll>::KIND,
     &File::<inotify::Inotify>::KIND,
     &File::<unix_socket::UnixSocket>::KIND,
+    &File::<tcp_listener::TcpListener>::KIND,
+    &File::<tcp_connection::TcpConnection>::KIND,
+    &File::<udp_socket::UdpSocket>::KIND,
     &File::<directory::Directory>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,

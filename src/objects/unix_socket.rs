@@ -144,7 +144,7 @@ fn setsockopt(fd: RawFd, opt: i32, v: i32) -> Result<()> {
 }
 
 /// An extended attribute of `path` (following links), if it has one.
-fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+pub(super) fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let name = std::ffi::CString::new(name).ok()?;

@@ -8,6 +8,7 @@ pub mod maps;
 pub mod pagemap;
 pub mod stat;
 pub mod status;
+pub mod tcp_table;
 pub mod unix_diag;
 
 use anyhow::{Context, Result};

@@ -19,6 +19,7 @@ pub mod objects;
 pub mod plan;
 pub mod thread;
 
+use crate::action_script::Action;
 use crate::image::tree::ProcessState;
 use crate::proc::ProcDir;
 use crate::ptrace::inject::{find_syscall_insn, Injector};
@@ -48,6 +49,10 @@ pub struct RestoreOptions {
     /// `--inherit-fd`: ferry's fds to use for objects shared with the
     /// outside, by key (`pipe:[INODE]`).
     pub inherited: std::collections::HashMap<String, std::os::fd::RawFd>,
+    /// `--tcp-close`: established connections come back aborted.
+    pub tcp_close: bool,
+    /// `--action-script`.
+    pub scripts: crate::action_script::Scripts,
 }
 
 /// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
@@ -115,13 +120,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 /// that fails, the tree is killed and never runs (`ferry receive` waits
 /// there for the source to give the task up).
 pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+    opts.scripts.run(Action::PreRestore, &opts.dir, None)?;
     let mut plan = plan::prepare(opts)?;
     let result = build(&mut plan, opts, before_run);
     match result {
         Ok(_) => plan.opened.commit(),
         Err(_) => plan.opened.discard(),
     }
-    result
+    let restored = result?;
+    // The connections are live: the dump's lock (same host) goes.
+    let lock = plan.images.read_json::<crate::netlock::Record>(crate::netlock::RECORD_FILE).ok();
+    if lock.is_some() || plan.objects.files.iter().any(|f| f.kind == "tcp-connection") {
+        opts.scripts.run(Action::NetworkUnlock, &opts.dir, Some(restored.pid))?;
+    }
+    if let Some(record) = lock {
+        crate::netlock::remove(&record, &crate::netlock::Netns::default())?;
+        info!(name = record.name, "network unlocked");
+    }
+    opts.scripts.run(Action::PostResume, &opts.dir, Some(restored.pid))?;
+    Ok(restored)
 }
 
 /// Kills the forked root (and so, by PDEATHSIG, the processes it forked)
@@ -260,7 +277,10 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         }
         _ => lazy,
     };
+    opts.scripts.run(Action::PostRestore, &opts.dir, Some(root_pid))?;
     before_run(root_pid)?;
+    // Last before the tree runs: connections leave repair mode.
+    plan.opened.go_live(&plan.objects, &plan.images, opts.tcp_close)?;
     testhook::stage("detach");
     // Signals held back while ferry injected, and SIGSTOP for a process
     // that was stopped: queued while each is still held, so it stops

@@ -123,6 +123,7 @@ fn open_files(
         inherited: &opts.inherited,
         kept: Default::default(),
         taken_paths: Default::default(),
+        tcp_close: opts.tcp_close,
     };
     let mut files = HashMap::new();
     let r = (|| -> Result<()> {
@@ -239,6 +240,18 @@ impl Opened {
             let kind = objects::memory_kind(&obj.kind)?;
             kind.finish(obj, &self.memory[&obj.id])
                 .with_context(|| format!("memory object {} ({})", obj.id, kind.describe(obj)))?;
+        }
+        Ok(())
+    }
+
+    /// Just before the tree runs: what must wait for it (a TCP connection
+    /// leaving repair mode).
+    pub fn go_live(&self, objects: &ObjectsImage, images: &ImageDir, tcp_close: bool) -> Result<()> {
+        let ctx = objects::LiveContext { images, tcp_close };
+        for f in &objects.files {
+            let kind = objects::file_kind(&f.kind)?;
+            kind.go_live(f, &self.files[&f.id], &ctx)
+                .with_context(|| format!("file object {} ({})", f.id, kind.describe(f)))?;
         }
         Ok(())
     }

@@ -27,7 +27,8 @@ impl Test {
         // targets, redis-server, memcached and PostgreSQL real servers
         // (Debian's postgresql also sets up a cluster of its own, which
         // the tests leave alone: each makes its own with initdb); mount makes a
-        // small tmpfs for the disk-full test.
+        // small tmpfs for the disk-full test; nftables and iptables hold
+        // TCP connections' packets (the network lock, both backends).
         apt::ensure(
             sh,
             &[
@@ -41,6 +42,8 @@ impl Test {
                 "redis-tools",
                 "memcached",
                 "postgresql",
+                "nftables",
+                "iptables",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");

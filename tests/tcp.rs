@@ -1,0 +1,159 @@
+//! TCP and UDP sockets: listeners, established connections with bytes in
+//! flight both ways (TCP repair), the network lock, action scripts.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// A server and a client of tp-tcp, the client's bytes written and the
+/// server's not yet read: data in flight both ways.
+struct Pair {
+    server: Target,
+    client: Target,
+    port: u16,
+    udp_port: u16,
+}
+
+fn start(w: &std::path::Path, addr: &str, send: usize, recv: usize) -> Pair {
+    let server = spawn(&[testprog("tp-tcp").to_str().unwrap(), addr], &w.join("server.out"));
+    let out = server.wait_output("listening", Duration::from_secs(10));
+    let mut f = out.split_whitespace().skip(1);
+    let port: u16 = f.next().unwrap().parse().unwrap();
+    let udp_port: u16 = f.next().unwrap().parse().unwrap();
+    let host = if addr.starts_with('[') { "[::1]" } else { "127.0.0.1" };
+    let to = format!("{host}:{port}");
+    let (s, r) = (send.to_string(), recv.to_string());
+    let client = spawn(&[testprog("tp-tcp").to_str().unwrap(), "client", &to, &s, &r], &w.join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
+    // Let the server fill its send queue and block.
+    std::thread::sleep(Duration::from_millis(300));
+    Pair { server, client, port, udp_port }
+}
+
+impl Pair {
+    /// Wake the client: it reads and checks the server's bytes, then the
+    /// server's answer (the server checked the client's).
+    fn finish(&mut self) -> String {
+        self.client.signal(libc::SIGUSR1);
+        let r = self.client.wait_exit(Duration::from_secs(30));
+        let out = self.client.output();
+        assert_eq!(r, WaitResult::Exited(0), "client: {out}\nserver: {}", self.server.output());
+        out
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of the test's own targets.
+        unsafe {
+            libc::kill(self.server.pid, libc::SIGKILL);
+            libc::kill(self.client.pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn nft_tables() -> String {
+    let out = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn connection_kept(addr: &str, lock: &str) {
+    let w = workdir();
+    // 4 MiB from the server: more than the socket buffers hold, so part is
+    // unacknowledged or unsent; 200 KiB from the client sit unread.
+    let mut p = start(w.path(), addr, 32 << 20, 200 << 10);
+    let img = w.path().join("img");
+    dump(p.server.pid, &img, &["--tcp-established", "--network-lock", lock]);
+    let shown = show_image(img.to_str().unwrap());
+    assert!(shown.contains("TCP listener on"), "{shown}");
+    assert!(shown.contains("TCP connection"), "{shown}");
+    assert!(shown.contains("bytes to read"), "{shown}");
+    assert!(!pid_exists(p.server.pid) || p.server.status().is_some_and(|s| s.state == 'Z'));
+    p.server.reap_killed();
+    if lock == "nftables" {
+        assert!(nft_tables().contains(&format!("ferry-lock-{}", p.server.pid)), "the lock stays until the restore");
+    }
+    restore_detached(&img, &[]);
+    let name = format!("ferry-lock-{}", p.server.pid);
+    assert!(!nft_tables().contains(&name), "the restore removes the lock: {}", nft_tables());
+    let out = p.finish();
+    assert!(out.contains("server: ok nodelay=1 keepidle=77"), "{out}");
+
+    // The listener still accepts, and the UDP socket still answers.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let host = if addr.starts_with('[') { "::1" } else { "127.0.0.1" };
+    if host == "127.0.0.1" {
+        udp.send_to(b"abc", (host, p.udp_port)).unwrap();
+    }
+    let to = format!("{}:{}", if host == "::1" { "[::1]" } else { host }, p.port);
+    let mut c2 =
+        spawn(&[testprog("tp-tcp").to_str().unwrap(), "client", &to, "1000", "1000"], &w.path().join("client2.out"));
+    c2.wait_output("sent", Duration::from_secs(10));
+    c2.signal(libc::SIGUSR1);
+    assert_eq!(c2.wait_exit(Duration::from_secs(30)), WaitResult::Exited(0), "{}", c2.output());
+    if host == "127.0.0.1" {
+        let mut buf = [0u8; 16];
+        let (n, _) = udp.recv_from(&mut buf).expect("the restored UDP socket answers");
+        assert_eq!(&buf[..n], b"cba");
+    }
+}
+
+#[test]
+fn established_connection_keeps_bytes_in_flight_both_ways() {
+    connection_kept("127.0.0.1:0", "nftables");
+}
+
+#[test]
+fn ipv6_connection_with_the_iptables_lock() {
+    connection_kept("[::1]:0", "iptables");
+}
+
+#[test]
+fn established_connection_refused_without_the_flag() {
+    let w = workdir();
+    let mut p = start(w.path(), "127.0.0.1:0", 32 << 20, 1000);
+    let pid = p.server.pid.to_string();
+    let err = ferry_err(&["dump", "-t", &pid, "-D", w.path().join("img").to_str().unwrap()]);
+    assert!(err.contains("TCP connection 127.0.0.1:"), "{err}");
+    assert!(err.contains("dump with --tcp-established"), "{err}");
+    p.server.assert_running_untraced();
+    let out = p.finish();
+    assert!(out.contains("server: ok"), "{out}");
+}
+
+#[test]
+fn failing_action_script_leaves_the_task_and_its_connections() {
+    let w = workdir();
+    let mut p = start(w.path(), "127.0.0.1:0", 32 << 20, 1000);
+    let log = w.path().join("actions.log");
+    let script = w.path().join("script.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID\" >> {}\n[ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ]\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pid = p.server.pid.to_string();
+    let img = w.path().join("img");
+    let err = ferry_err(&[
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        img.to_str().unwrap(),
+        "--tcp-established",
+        "--action-script",
+        script.to_str().unwrap(),
+    ]);
+    assert!(err.contains("failed at post-dump"), "{err}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log, format!("pre-dump {pid}\nnetwork-lock {pid}\npost-dump {pid}\n"));
+    p.server.assert_running_untraced();
+    assert!(!nft_tables().contains(&format!("ferry-lock-{pid}")), "a failed dump removes its lock");
+    let out = p.finish();
+    assert!(out.contains("server: ok nodelay=1"), "{out}");
+}
