@@ -157,3 +157,120 @@ fn failing_action_script_leaves_the_task_and_its_connections() {
     let out = p.finish();
     assert!(out.contains("server: ok nodelay=1"), "{out}");
 }
+
+/// One RESP command on a held connection; the reply's first line.
+fn resp(c: &mut std::net::TcpStream, args: &[&str]) -> String {
+    use std::io::{BufRead, Write};
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    c.write_all(req.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).expect("a reply");
+    if let Some(len) = line.strip_prefix('$') {
+        // A bulk string: its bytes are on the next line.
+        if len.trim() != "-1" {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+        }
+    }
+    line.trim().to_string()
+}
+
+/// redis-server on TCP with 100,000 keys and a client connection held
+/// open across dump and restore: the same connection goes on answering,
+/// under the same name, and the server keeps every key.
+#[test]
+fn redis_keeps_a_tcp_client_connected() {
+    let w = workdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let dir = w.path().to_str().unwrap();
+    let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir];
+    let mut c = std::process::Command::new("redis-server");
+    c.args(args);
+    let mut t = spawn_command(c, &w.path().join("log"));
+    let addr = format!("127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    let mut held = loop {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "redis-server did not start: {}", t.output());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    held.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(resp(&mut held, &["CLIENT", "SETNAME", "held"]), "+OK");
+    let mut load = String::new();
+    for n in 0..100_000 {
+        load.push_str(&format!("SET key:{n} value:{n}\r\n"));
+    }
+    let mut pipe = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli (redis-tools)");
+    std::io::Write::write_all(&mut pipe.stdin.take().unwrap(), load.as_bytes()).unwrap();
+    assert!(pipe.wait().unwrap().success());
+    assert_eq!(resp(&mut held, &["DBSIZE"]), ":100000");
+
+    let img = w.path().join("img");
+    dump(t.pid, &img, &["--tcp-established"]);
+    t.reap_killed();
+    // Asked while the server is away: the lock holds the request, TCP
+    // sends it again once the restored server is there.
+    let mut asking = held.try_clone().unwrap();
+    let during = std::thread::spawn(move || resp(&mut asking, &["GET", "key:4242"]));
+    std::thread::sleep(Duration::from_millis(200));
+    restore_detached(&img, &[]);
+    assert_eq!(during.join().unwrap(), "value:4242");
+    assert_eq!(resp(&mut held, &["CLIENT", "GETNAME"]), "held");
+    assert_eq!(resp(&mut held, &["SET", "after", "restore"]), "+OK");
+    assert_eq!(resp(&mut held, &["DBSIZE"]), ":100001");
+    let info = std::process::Command::new("redis-cli").args(["-p", &port, "info", "server"]).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains(&format!("process_id:{}", t.pid)), "{info}");
+    // SAFETY: plain kill(2) of the restored server.
+    unsafe { libc::kill(t.pid, libc::SIGKILL) };
+}
+
+/// --tcp-close: the restored server finds its connection aborted, and the
+/// client hears nothing from the restore (its connection is still open
+/// on its side until it talks).
+#[test]
+fn tcp_close_restores_connections_aborted() {
+    let w = workdir();
+    let mut p = start(w.path(), "127.0.0.1:0", 32 << 20, 1000);
+    let img = w.path().join("img");
+    dump(p.server.pid, &img, &["--tcp-established"]);
+    p.server.reap_killed();
+    restore_detached(&img, &["--tcp-close"]);
+    // The server's blocked write fails; it goes back to accepting.
+    p.server.wait_output("connection:", Duration::from_secs(30));
+    let out = p.server.output();
+    assert!(out.contains("connection abort"), "{out}");
+}
+
+/// ferry killed in the middle of a dump, its lock in place: the guard
+/// removes the lock, the task runs on and its connection carries on.
+#[test]
+fn ferry_killed_mid_dump_leaves_no_lock() {
+    let w = workdir();
+    let mut p = start(w.path(), "127.0.0.1:0", 32 << 20, 1000);
+    let pid = p.server.pid.to_string();
+    let img = w.path().join("img");
+    let mut f = ferry_held_at(&["dump", "-t", &pid, "-D", img.to_str().unwrap(), "--tcp-established"], "write");
+    let name = format!("ferry-lock-{pid}");
+    assert!(nft_tables().contains(&name), "locked while dumping: {}", nft_tables());
+    f.kill().unwrap();
+    f.wait().unwrap();
+    let start = std::time::Instant::now();
+    while nft_tables().contains(&name) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the lock outlived ferry: {}", nft_tables());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = p.finish();
+    assert!(out.contains("server: ok nodelay=1"), "{out}");
+}

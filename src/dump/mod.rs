@@ -442,7 +442,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         info!(pid = opts.pid, "tree released");
     } else {
         frozen.kill()?;
-        // Still in repair mode: closed without a packet.
+        // Back in repair mode and closed: no packet.
         repaired.close_silently();
         if let Some(l) = lock {
             let r = l.keep();

@@ -36,6 +36,7 @@ const TCP_QUEUE_SEQ: i32 = 21;
 const TCP_REPAIR_OPTIONS: i32 = 22;
 const TCP_TIMESTAMP: i32 = 24;
 const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 const TCP_NO_QUEUE: i32 = 0;
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
@@ -111,10 +112,14 @@ fn ioctl_int(sock: RawFd, req: libc::c_ulong, name: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-/// The sockets a final dump put in repair mode, held by ferry until the
-/// task's fate is known: if it lives on (--leave-running, a failed dump,
-/// a migration given up) they leave repair mode; if it is killed they are
-/// closed in repair mode, silently.
+/// ferry's copies of the sockets a final dump read, held until the task's
+/// fate is known: if it lives on (--leave-running, a failed dump, a
+/// migration given up) they are just closed; if it is killed, each goes
+/// back into repair mode and is closed last, so the kernel sends neither
+/// FIN nor RST. (Between the read and the kill the socket is out of
+/// repair mode: a ferry killed in the middle leaves the task connections
+/// it can use. The task is frozen and the lock holds the packets, so
+/// nothing changes them meanwhile.)
 #[derive(Default)]
 pub struct Repaired(Mutex<Vec<OwnedFd>>);
 
@@ -123,29 +128,18 @@ impl Repaired {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(sock);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    }
-
-    /// The task runs on: its connections are live again.
+    /// The task runs on.
     pub fn release(&self) {
-        for s in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            if let Err(e) = tcp_set(s.as_raw_fd(), TCP_REPAIR, 0) {
-                tracing::warn!("a TCP connection could not leave repair mode: {e:#}");
-            }
-        }
-    }
-
-    /// The task is killed: ferry's copies go last, still in repair mode, so
-    /// the kernel closes the connections without a FIN or RST.
-    pub fn close_silently(&self) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
-}
 
-impl Drop for Repaired {
-    fn drop(&mut self) {
-        self.release();
+    /// The task is killed: closed without a packet.
+    pub fn close_silently(&self) {
+        for s in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            if let Err(e) = tcp_set(s.as_raw_fd(), TCP_REPAIR, 1) {
+                tracing::warn!("a TCP connection could not go back to repair mode to be closed silently: {e:#}");
+            }
+        }
     }
 }
 
@@ -257,9 +251,11 @@ impl FileKind for TcpConnection {
         let mut state = State { local, peer, options, repair: None };
         if fd.policy.repair && fd.pidfd.is_some() {
             tcp_set(sock, TCP_REPAIR, 1).with_context(|| format!("{what}: entering repair mode"))?;
-            let repaired = copy.try_clone().context("dup")?;
-            reg.repaired(repaired);
-            state.repair = Some(read_repair(sock, &what, reg)?);
+            let read = read_repair(sock, &what, reg);
+            // Out again at once, without a window probe.
+            tcp_set(sock, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP).with_context(|| format!("{what}: leaving repair mode"))?;
+            state.repair = Some(read?);
+            reg.repaired(copy);
         }
         Ok(state)
     }
