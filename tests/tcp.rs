@@ -274,3 +274,43 @@ fn ferry_killed_mid_dump_leaves_no_lock() {
     let out = p.finish();
     assert!(out.contains("server: ok nodelay=1"), "{out}");
 }
+
+/// A TCP server moved with `ferry migrate` from the source to the
+/// destination namespace while a client in a third one holds a connection
+/// with bytes in flight both ways; an action script moves the service
+/// address. The client reads every byte and gets the server's answer on
+/// the same connection, then connects again to the moved listener.
+#[test]
+fn tcp_server_migrates_with_its_client_connected() {
+    use common::ns::{Lan, Net};
+    use common::route::Route;
+    let w = workdir();
+    let net = Net::new();
+    let lan = Lan::new(&net);
+    let script = w.path().join("move-address.sh");
+    std::fs::write(&script, lan.move_address_script()).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = script.to_str().unwrap();
+    let route = Route::across_net(net, &["--action-script", s]);
+    let tp = testprog("tp-tcp");
+    let tp = tp.to_str().unwrap();
+    let mut server = spawn_command(route.command(tp, &[&format!("{}:0", lan.svc_ip)]), &w.path().join("server.out"));
+    let out = server.wait_output("listening", Duration::from_secs(10));
+    let port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let to = format!("{}:{port}", lan.svc_ip);
+    let client = spawn_command(lan.in_cli(tp, &["client", &to, "33554432", "204800"]), &w.path().join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let landed = route.carry(&mut server, w.path(), &["--tcp-established", "--action-script", s]);
+    client.signal(libc::SIGUSR1);
+    let mut client = client;
+    let r = client.wait_exit(Duration::from_secs(60));
+    assert_eq!(r, WaitResult::Exited(0), "client: {}", client.output());
+    assert!(client.output().contains("server: ok nodelay=1 keepidle=77"), "{}", client.output());
+    let mut again = spawn_command(lan.in_cli(tp, &["client", &to, "1000", "1000"]), &w.path().join("again.out"));
+    again.wait_output("sent", Duration::from_secs(10));
+    again.signal(libc::SIGUSR1);
+    assert_eq!(again.wait_exit(Duration::from_secs(30)), WaitResult::Exited(0), "{}", again.output());
+    landed.signal(server.pid, libc::SIGKILL);
+    landed.wait_gone(server.pid, Duration::from_secs(30));
+}

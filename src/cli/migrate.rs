@@ -110,6 +110,7 @@ pub fn run_receive(a: ReceiveArgs) -> Result<ExitCode> {
         reconnect: Duration::from_secs(a.reconnect_timeout),
         tcp_close: a.tcp.tcp_close,
         scripts: a.tcp.scripts(),
+        network_lock: a.tcp.lock(),
     })?;
     Ok(ExitCode::SUCCESS)
 }

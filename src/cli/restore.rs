@@ -94,5 +94,6 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         inherited: crate::restore::parse_inherit_fds(&a.inherit_fd)?,
         tcp_close: a.tcp.tcp_close,
         scripts: a.tcp.scripts(),
+        network_lock: a.tcp.lock(),
     })
 }

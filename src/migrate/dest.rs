@@ -25,9 +25,10 @@ pub struct ReceiveOptions {
     pub pidfile: Option<PathBuf>,
     /// How long to wait for the source to come back after a cut.
     pub reconnect: Duration,
-    /// `--tcp-close` and `--action-script`, as with restore.
+    /// `--tcp-close`, `--action-script` and `--network-lock`, as with restore.
     pub tcp_close: bool,
     pub scripts: crate::action_script::Scripts,
+    pub network_lock: crate::netlock::Method,
 }
 
 fn say(msg: &str) {
@@ -91,6 +92,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         inherited: Default::default(),
         tcp_close: o.tcp_close,
         scripts: o.scripts.clone(),
+        network_lock: o.network_lock,
     };
     // Two-phase hand-over: the task is ready but does not run until the
     // source has made sure its own copy never will.

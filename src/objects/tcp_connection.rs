@@ -30,6 +30,9 @@ use std::sync::Mutex;
 
 pub struct TcpConnection;
 
+/// Its kind's name in images.
+pub const NAME: &str = "tcp-connection";
+
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
 const TCP_QUEUE_SEQ: i32 = 21;
@@ -218,7 +221,7 @@ fn read_repair(sock: RawFd, what: &str, reg: &mut dyn Registry) -> Result<Repair
 }
 
 impl FileKind for TcpConnection {
-    const NAME: &'static str = "tcp-connection";
+    const NAME: &'static str = NAME;
     type State = State;
 
     fn claims(fd: &FdProbe) -> bool {

@@ -53,6 +53,9 @@ pub struct RestoreOptions {
     pub tcp_close: bool,
     /// `--action-script`.
     pub scripts: crate::action_script::Scripts,
+    /// `--network-lock`: how the connections' packets are held here
+    /// until the tree runs.
+    pub network_lock: crate::netlock::Method,
 }
 
 /// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
@@ -120,6 +123,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 /// that fails, the tree is killed and never runs (`ferry receive` waits
 /// there for the source to give the task up).
 pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+    // Before the sockets exist (and before pre-restore brings a moved
+    // service address up): a packet for a connection with no socket yet
+    // would be answered with a reset.
+    let restore_lock = lock_connections(opts)?;
     opts.scripts.run(Action::PreRestore, &opts.dir, None)?;
     let mut plan = plan::prepare(opts)?;
     let result = build(&mut plan, opts, before_run);
@@ -137,8 +144,30 @@ pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Resul
         crate::netlock::remove(&record, &crate::netlock::Netns::default())?;
         info!(name = record.name, "network unlocked");
     }
+    drop(restore_lock);
     opts.scripts.run(Action::PostResume, &opts.dir, Some(restored.pid))?;
     Ok(restored)
+}
+
+/// Hold the packets of the image's TCP connections in ferry's network
+/// namespace until the tree runs.
+fn lock_connections(opts: &RestoreOptions) -> Result<Option<crate::netlock::Lock>> {
+    use crate::image::objects::{ObjectsImage, OBJECTS};
+    let images = crate::image::ImageDir::open(&opts.dir)?;
+    let objects: ObjectsImage = images.read_json(OBJECTS)?;
+    let conns: Vec<crate::netlock::Connection> = objects
+        .files
+        .iter()
+        .filter(|f| f.kind == crate::objects::tcp_connection::NAME && !opts.tcp_close)
+        .filter_map(|f| serde_json::from_value(f.state.clone()).ok())
+        .collect();
+    let root = images.read_json::<crate::image::tree::TreeImage>(crate::image::tree::TREE)?.root;
+    crate::netlock::Lock::take(
+        opts.network_lock,
+        crate::netlock::Netns::default(),
+        &format!("ferry-restore-{root}"),
+        &conns,
+    )
 }
 
 /// Kills the forked root (and so, by PDEATHSIG, the processes it forked)

@@ -57,6 +57,80 @@ impl Net {
     }
 }
 
+/// Three "machines" on one LAN: a client, a source and a destination, each
+/// a network namespace with a veth into a bridge (in a namespace of its
+/// own). The service address lives on an interface of its own, `svc0`, on
+/// the source; moving that interface to the destination moves the address
+/// with its MAC, so the client's neighbour cache stays right (between real
+/// machines an operator sends a gratuitous ARP instead). It is built
+/// around a [`Net`], the source-destination link ferry's own traffic takes.
+pub struct Lan {
+    pub cli: String,
+    bridge: String,
+    src: String,
+    dst: String,
+    pub svc_ip: String,
+}
+
+impl Lan {
+    pub fn new(net: &Net) -> Lan {
+        let n = net.src.trim_start_matches("ferry-s").to_string();
+        let (cli, bridge) = (format!("ferry-c{n}"), format!("ferry-b{n}"));
+        for ns in [&cli, &bridge] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        // (namespace, its interface, address)
+        let svc_ip = format!("10.78.{n}.100");
+        for (ns, dev, addr) in [
+            (&cli, "eth0", Some(format!("10.78.{n}.10"))),
+            (&net.src, "svc0", Some(svc_ip.clone())),
+        ] {
+            let port = format!("p{}{n}", &ns[6..7]);
+            ip(&["link", "add", dev, "netns", ns, "type", "veth", "peer", "name", &port, "netns", &bridge]);
+            ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &bridge, "link", "set", &port, "up"]);
+            if let Some(a) = addr {
+                ip(&["-n", ns, "addr", "add", &format!("{a}/24"), "dev", dev]);
+            }
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        Lan { cli, bridge, src: net.src.clone(), dst: net.dst.clone(), svc_ip }
+    }
+
+    /// A command run in the client's network namespace.
+    pub fn in_cli(&self, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.cli)).arg(prog).args(args);
+        c
+    }
+
+    /// An action script that moves the service address as an operator
+    /// would: the source lets it go after its dump, the destination takes
+    /// it before the restored task runs.
+    pub fn move_address_script(&self) -> String {
+        format!(
+            "#!/bin/sh\ncase \"$CRTOOLS_SCRIPT_ACTION\" in\n\
+             post-dump) ip -n {src} link set svc0 netns {dst} ;;\n\
+             pre-restore) ip -n {dst} addr add {ip}/24 dev svc0 && ip -n {dst} link set svc0 up ;;\n\
+             esac\n",
+            src = self.src,
+            dst = self.dst,
+            ip = self.svc_ip
+        )
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.cli]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.bridge]).output();
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.src]).output();

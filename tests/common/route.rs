@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 pub struct Route {
     /// None: dump and restore on this machine.
     pub net: Option<Net>,
+    /// Options for `ferry receive` (the destination's action script).
+    pub receive_extra: Vec<String>,
 }
 
 /// Where the tree landed.
@@ -19,11 +21,16 @@ pub struct Landed {
 
 impl Route {
     pub fn here() -> Route {
-        Route { net: None }
+        Route { net: None, receive_extra: Vec::new() }
     }
 
     pub fn across() -> Route {
-        Route { net: Some(Net::new()) }
+        Route { net: Some(Net::new()), receive_extra: Vec::new() }
+    }
+
+    /// Across `net` (a [`super::ns::Lan`]'s), with options for receive.
+    pub fn across_net(net: Net, receive_extra: &[&str]) -> Route {
+        Route { net: Some(net), receive_extra: receive_extra.iter().map(|s| s.to_string()).collect() }
     }
 
     pub fn name(&self) -> &'static str {
@@ -66,8 +73,10 @@ impl Route {
                 let dst = w.join("dst");
                 // A group of its own: nsenter forks ferry, and a kill must
                 // reach both.
+                let mut rargs = vec!["receive", "--listen", &listen, "-D", dst.to_str().unwrap(), "--auth-key", key];
+                rargs.extend(self.receive_extra.iter().map(String::as_str));
                 let mut recv = ns
-                    .ferry(&["receive", "--listen", &listen, "-D", dst.to_str().unwrap(), "--auth-key", key])
+                    .ferry(&rargs)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
