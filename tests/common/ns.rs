@@ -85,10 +85,8 @@ impl Lan {
         ip(&["-n", &bridge, "link", "set", "br0", "up"]);
         // (namespace, its interface, address)
         let svc_ip = format!("10.78.{n}.100");
-        for (ns, dev, addr) in [
-            (&cli, "eth0", Some(format!("10.78.{n}.10"))),
-            (&net.src, "svc0", Some(svc_ip.clone())),
-        ] {
+        for (ns, dev, addr) in [(&cli, "eth0", Some(format!("10.78.{n}.10"))), (&net.src, "svc0", Some(svc_ip.clone()))]
+        {
             let port = format!("p{}{n}", &ns[6..7]);
             ip(&["link", "add", dev, "netns", ns, "type", "veth", "peer", "name", &port, "netns", &bridge]);
             ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);

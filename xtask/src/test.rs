@@ -28,7 +28,8 @@ impl Test {
         // (Debian's postgresql also sets up a cluster of its own, which
         // the tests leave alone: each makes its own with initdb); mount makes a
         // small tmpfs for the disk-full test; nftables and iptables hold
-        // TCP connections' packets (the network lock, both backends).
+        // TCP connections' packets (the network lock, both backends);
+        // nginx, curl and socat serve and fetch across a migration.
         apt::ensure(
             sh,
             &[
@@ -44,6 +45,9 @@ impl Test {
                 "postgresql",
                 "nftables",
                 "iptables",
+                "nginx",
+                "curl",
+                "socat",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
