@@ -56,7 +56,7 @@ fn wait_count(t: &Target, n: u64) {
     let start = Instant::now();
     loop {
         let out = t.output();
-        let last = out.lines().filter_map(|l| l.strip_prefix("count ")).filter_map(|c| c.parse::<u64>().ok()).last();
+        let last = out.lines().rev().filter_map(|l| l.strip_prefix("count ")).find_map(|c| c.parse::<u64>().ok());
         if last.is_some_and(|c| c >= n) {
             return;
         }
