@@ -102,6 +102,43 @@ tree_restore() {
     if wait "$r"; then pass "$name"; else fail "$name" "status $?: $(tail1 "$out") $(tail1 /tmp/$name.restore)"; fi
 }
 
+# tcp_connection: a TCP listener and an established connection over
+# loopback with bytes in flight both ways (16 MiB from the server, more
+# than the socket buffers hold; 64 KiB from the client, unread), dumped
+# with --tcp-established (this kernel's TCP repair) and restored; the
+# client then reads and checks every byte and gets the server's answer
+# (its socket options read back) on the same connection. No network lock:
+# the client sends nothing while the server is away.
+tcp_connection() {
+    out=/tmp/tcp.out img=/tmp/img-tcp cout=/tmp/tcp-client.out
+    setsid tp-tcp 127.0.0.1:0 > "$out" 2>&1 < /dev/null &
+    pid=$!
+    wait_line "$out" listening || { fail tcp "did not start: $(tail1 "$out")"; return; }
+    port=$(awk '/^listening/ { print $2 }' "$out")
+    setsid tp-tcp client "127.0.0.1:$port" 16777216 65536 > "$cout" 2>&1 < /dev/null &
+    client=$!
+    wait_line "$cout" sent || { fail tcp "client: $(tail1 "$cout")"; kill -9 "$pid"; return; }
+    sleep 0.3
+    if ! ferry dump -t "$pid" -D "$img" --tcp-established --network-lock skip > /tmp/tcp.dump 2>&1; then
+        fail tcp "dump: $(tail1 /tmp/tcp.dump)"
+        kill -9 "$pid" "$client"
+        return
+    fi
+    wait "$pid" 2>/dev/null
+    if ! ferry restore -d -D "$img" > /tmp/tcp.restore 2>&1; then
+        fail tcp "restore: $(tail1 /tmp/tcp.restore)"
+        kill -9 "$client"
+        return
+    fi
+    kill -USR1 "$client"
+    if wait "$client" && grep -q "server: ok nodelay=1 keepidle=77" "$cout"; then
+        pass tcp
+    else
+        fail tcp "client: $(tail1 "$cout") server: $(tail1 "$out")"
+    fi
+    kill -9 "$pid" 2>/dev/null
+}
+
 # precopy_chain NAME [TRACKER]: pre-dump, dirty some pages, a second
 # pre-dump, dirty more, the final dump with the parent chain (with the given
 # dirty tracker, else the kernel's best); restore and let the task check
@@ -184,6 +221,7 @@ tree_restore tree tp-tree /tmp/tree-file
 tree_restore shared-memory tp-shm
 tree_restore pipes tp-pipes /tmp/fifo
 tree_restore sockets tp-sockets
+tcp_connection
 precopy_chain precopy-chain
 # Soft-dirty where the kernel has it but prefers uffd-wp (x86_64), so that
 # tracker runs on some guest whatever the best one is; hashing everywhere.
