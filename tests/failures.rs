@@ -44,7 +44,7 @@ fn unsupported_resources_are_named_and_the_task_is_untouched() {
     let img = w.path().join("img");
     let img = img.to_str().unwrap();
     let cases: &[(&str, &str)] = &[
-        ("import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\nprint('ready', flush=True)\ntime.sleep(60)", "(TCP) is not supported yet"),
+        ("import socket, time\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0, 0))\nprint('ready', flush=True)\ntime.sleep(60)", "(netlink) is not supported yet"),
         ("import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('\\0ferry-test-listener')\ns.listen()\nc = socket.socket(socket.AF_UNIX)\nc.bind('\\0ferry-test-client')\nc.connect('\\0ferry-test-listener')\na = s.accept()\nprint('ready', flush=True)\ntime.sleep(60)", "bound to @ferry-test-client: bound unix sockets are not supported yet"),
         ("import ctypes, time\nfd = ctypes.CDLL(None).fanotify_init(0, 0)\nassert fd >= 0\nprint('ready', flush=True)\ntime.sleep(60)", "anon_inode:[fanotify] is not supported yet"),
     ];

@@ -314,3 +314,122 @@ fn tcp_server_migrates_with_its_client_connected() {
     landed.signal(server.pid, libc::SIGKILL);
     landed.wait_gone(server.pid, Duration::from_secs(30));
 }
+
+/// A tp-tcp server on a LAN's service address with a client in the
+/// client namespace (bytes in flight both ways), being moved by `ferry
+/// migrate` to a `ferry receive` that holds its post-copy at `hold`.
+struct HeldMove {
+    _w: tempfile::TempDir,
+    net: common::ns::Net,
+    _lan: common::ns::Lan,
+    ns: common::ns::PidNs,
+    server: Target,
+    client: Target,
+    recv: std::process::Child,
+    migrate: std::process::Child,
+}
+
+fn held_move(hold: &str, port: u16) -> HeldMove {
+    use common::ns::{Lan, Net, PidNs};
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let w = workdir();
+    let net = Net::new();
+    let lan = Lan::new(&net);
+    let script = w.path().join("move-address.sh");
+    std::fs::write(&script, lan.move_address_script()).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = script.to_str().unwrap();
+    let tp = testprog("tp-tcp");
+    let tp = tp.to_str().unwrap();
+    // 64 MiB kept changing: post-copy always has pages to fetch.
+    let server = spawn_command(net.in_src(tp, &[&format!("{}:0", lan.svc_ip), "64"]), &w.path().join("server.out"));
+    let out = server.wait_output("listening", Duration::from_secs(10));
+    let svc_port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let to = format!("{}:{svc_port}", lan.svc_ip);
+    let client = spawn_command(lan.in_cli(tp, &["client", &to, "33554432", "204800"]), &w.path().join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
+    let ns = PidNs::new(Some(&net.dst));
+    let key = w.path().join("key");
+    std::fs::write(&key, "a shared secret of some length").unwrap();
+    let key = key.to_str().unwrap();
+    let listen = format!("{}:{port}", net.dst_ip);
+    let dst = w.path().join("dst");
+    let mut recv = ns
+        .ferry(&["receive", "--listen", &listen, "-D", dst.to_str().unwrap(), "--auth-key", key, "--action-script", s])
+        .env("FERRY_TEST_HOLD_AT", hold)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(recv.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("listening on"), "receive: {first}");
+    let pid = server.pid.to_string();
+    let args = ["migrate", "-t", &pid, "--to", &listen, "--auth-key", key, "--tcp-established", "--action-script", s];
+    let migrate = net
+        .in_src(ferry().to_str().unwrap(), &args)
+        .args(["--reconnect-timeout", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the destination holds post-copy (the restored server runs).
+    let mut err = std::io::BufReader::new(recv.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("test hold at postcopy") {
+        if err.read_line(&mut seen).unwrap() == 0 {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(recv.stdout.as_mut().unwrap(), &mut rest);
+            panic!("receive ended before post-copy: {seen}{rest}");
+        }
+    }
+    let mut log = std::fs::File::create(w.path().join("receive.err")).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut log));
+    HeldMove { _w: w, net, _lan: lan, ns, server, client, recv, migrate }
+}
+
+/// The link between source and destination goes down for 3 s during
+/// post-copy: the moved server and its client's connection both survive.
+#[test]
+fn tcp_connection_survives_a_network_cut_during_postcopy() {
+    let HeldMove { _w, net, _lan, ns, mut server, mut client, recv, migrate } = held_move("postcopy:500", 7031);
+    net.link(false);
+    std::thread::sleep(Duration::from_secs(3));
+    net.link(true);
+    let m = migrate.wait_with_output().unwrap();
+    let err = std::fs::read_to_string(_w.path().join("receive.err")).unwrap_or_default();
+    assert!(m.status.success(), "migrate: {}\nreceive: {err}", String::from_utf8_lossy(&m.stderr));
+    let r = recv.wait_with_output().unwrap();
+    let err = std::fs::read_to_string(_w.path().join("receive.err")).unwrap_or_default();
+    assert!(r.status.success(), "receive: {}{err}", String::from_utf8_lossy(&r.stdout));
+    server.reap_killed();
+    client.signal(libc::SIGUSR1);
+    assert_eq!(client.wait_exit(Duration::from_secs(60)), WaitResult::Exited(0), "{}", client.output());
+    assert!(client.output().contains("server: ok nodelay=1"), "{}", client.output());
+    drop(ns);
+}
+
+/// The destination dies during post-copy (its ferry and its restored
+/// server killed): the client sees its connection end instead of a server
+/// that neither answers nor goes, and the source does not come back.
+#[test]
+fn destination_dying_in_postcopy_ends_the_client_connection() {
+    let HeldMove { _w, net: _net, _lan, ns, mut server, mut client, mut recv, migrate } = held_move("postcopy", 7032);
+    // SAFETY: plain kill(2) of receive's own process group.
+    unsafe { libc::kill(-(recv.id() as i32), libc::SIGKILL) };
+    let _ = recv.wait();
+    drop(ns);
+    let m = migrate.wait_with_output().unwrap();
+    assert!(!m.status.success(), "migrate: {}", String::from_utf8_lossy(&m.stdout));
+    server.reap_killed();
+    assert!(!pid_exists(server.pid), "the source's server came back");
+    client.signal(libc::SIGUSR1);
+    let r = client.wait_exit(Duration::from_secs(60));
+    assert_ne!(r, WaitResult::Exited(0), "{}", client.output());
+    assert!(!client.output().contains("server: ok"), "{}", client.output());
+}

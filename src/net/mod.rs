@@ -52,8 +52,15 @@ pub enum Link {
 /// Set socket options for page traffic: no Nagle delay, and a bounded
 /// time for unacknowledged data so a dead link is noticed.
 fn tune(s: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
     let _ = s.set_nodelay(true);
-    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::TcpUserTimeout, &2000);
+    let _ = setsockopt(s, sockopt::TcpUserTimeout, &2000);
+    // An idle end learns of a cut too (the source waiting for page
+    // requests while the destination already gave the connection up):
+    // probes every second, which the user timeout turns into an error.
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    let _ = setsockopt(s, sockopt::TcpKeepIdle, &1);
+    let _ = setsockopt(s, sockopt::TcpKeepInterval, &1);
 }
 
 /// Open a TCP connection to `target` (HOST:PORT).

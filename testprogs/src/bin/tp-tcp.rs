@@ -1,8 +1,11 @@
 //! A TCP server with bytes in flight both ways, and a UDP echo socket.
 //!
 //! ```text
-//! tp-tcp ADDR      listen on ADDR (port 0: any), print "listening PORT UDPPORT"
+//! tp-tcp ADDR [MIB]   listen on ADDR (port 0: any), print "listening PORT UDPPORT"
 //! ```
+//!
+//! With MIB, a thread keeps writing to MIB MiB of memory (a migration then
+//! always leaves pages for post-copy).
 //!
 //! For each connection accepted: set TCP_NODELAY, SO_KEEPALIVE and
 //! TCP_KEEPIDLE 77, write SEND bytes of pattern (seed 1) (SEND is the
@@ -102,6 +105,20 @@ fn main() {
         return client();
     }
     let addr = ferry_testprogs::arg(1);
+    if let Some(mib) = std::env::args().nth(2).and_then(|m| m.parse::<usize>().ok()) {
+        std::thread::spawn(move || {
+            let mut mem = vec![0u8; mib << 20];
+            let mut i = 0usize;
+            loop {
+                for _ in 0..64 {
+                    let at = (i * 4096) % mem.len();
+                    mem[at] = i as u8;
+                    i = i.wrapping_add(7919);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+    }
     let l = TcpListener::bind(&addr).expect("bind");
     let local = l.local_addr().unwrap();
     let udp = UdpSocket::bind((local.ip(), 0)).expect("udp bind");
