@@ -144,7 +144,7 @@ fn assert_tree_untouched(pids: &[i32]) {
 fn unsupported_fd_in_a_grandchild_is_refused_and_the_tree_runs_on() {
     let w = workdir();
     let f = w.path().join("pids");
-    let py = "import socket, time\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\ntime.sleep(1000)";
+    let py = "import socket, time\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); s.bind((0, 0))\ntime.sleep(1000)";
     let script = format!("(/usr/bin/python3 -c \"{py}\" & echo $! > {f}; wait) & wait", f = f.display());
     let t = spawn(&["/bin/sh", "-c", &script], &w.path().join("out"));
     let grandchild: i32 = wait_lines(&f, 1)[0].parse().unwrap();
@@ -161,7 +161,7 @@ fn unsupported_fd_in_a_grandchild_is_refused_and_the_tree_runs_on() {
     let err = ferry_err(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
     let line = err.lines().next().unwrap();
     assert!(line.starts_with(&format!("ferry: dump: task {grandchild} fd 3: socket:[")), "{line}");
-    assert!(line.ends_with("(TCP) is not supported yet"), "{line}");
+    assert!(line.ends_with("(netlink) is not supported yet"), "{line}");
     assert!(!img.join("inventory.json").exists());
     assert_tree_untouched(&pids);
     assert_eq!(tree_pids(t.pid), pids);
