@@ -20,7 +20,8 @@ fn start(w: &std::path::Path, addr: &str, send: usize, recv: usize) -> Pair {
     let mut f = out.split_whitespace().skip(1);
     let port: u16 = f.next().unwrap().parse().unwrap();
     let udp_port: u16 = f.next().unwrap().parse().unwrap();
-    let host = if addr.starts_with('[') { "[::1]" } else { "127.0.0.1" };
+    // A dual-stack listener ([::]) is reached over IPv4 (a v4-mapped peer).
+    let host = if addr.starts_with("[::1]") { "[::1]" } else { "127.0.0.1" };
     let to = format!("{host}:{port}");
     let (s, r) = (send.to_string(), recv.to_string());
     let client = spawn(&[testprog("tp-tcp").to_str().unwrap(), "client", &to, &s, &r], &w.join("client.out"));
@@ -82,7 +83,7 @@ fn connection_kept(addr: &str, lock: &str) {
     // The listener still accepts, and the UDP socket still answers.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let host = if addr.starts_with('[') { "::1" } else { "127.0.0.1" };
+    let host = if addr.starts_with("[::1]") { "::1" } else { "127.0.0.1" };
     if host == "127.0.0.1" {
         udp.send_to(b"abc", (host, p.udp_port)).unwrap();
     }
@@ -107,6 +108,65 @@ fn established_connection_keeps_bytes_in_flight_both_ways() {
 #[test]
 fn ipv6_connection_with_the_iptables_lock() {
     connection_kept("[::1]:0", "iptables");
+}
+
+#[test]
+fn dual_stack_listener_with_an_ipv4_client() {
+    connection_kept("[::]:0", "nftables");
+}
+
+/// Bytes the server sent that the client had not acknowledged (its pure
+/// ACKs dropped for a while) are kept as sent and unacknowledged, and the
+/// restored socket sends them again: the client gets every byte once.
+#[test]
+fn unacknowledged_data_is_sent_again() {
+    let w = workdir();
+    let server = spawn(&[testprog("tp-tcp").to_str().unwrap(), "127.0.0.1:0"], &w.path().join("server.out"));
+    let out = server.wait_output("listening", Duration::from_secs(10));
+    let port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let tp = testprog("tp-tcp");
+    let mut client = spawn(&[tp.to_str().unwrap(), "client", &to, "33554432", "1000"], &w.path().join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
+    // From here the client's acknowledgements (segments with no data:
+    // 52 bytes with timestamps) never reach the server.
+    let table = format!("ferry-test-acks-{}", server.pid);
+    let rules = format!(
+        "table inet {table} {{ chain input {{ type filter hook input priority -300; \
+         ip daddr 127.0.0.1 tcp dport {port} ip length 52 drop; }} }}"
+    );
+    let nft = |args: &[&str], input: Option<&str>| {
+        let mut c = std::process::Command::new("nft");
+        c.args(args).stdin(std::process::Stdio::piped());
+        let mut ch = c.spawn().unwrap();
+        if let Some(i) = input {
+            std::io::Write::write_all(&mut ch.stdin.take().unwrap(), i.as_bytes()).unwrap();
+        }
+        drop(ch.stdin.take());
+        assert!(ch.wait().unwrap().success(), "nft {args:?}");
+    };
+    nft(&["-f", "-"], Some(&rules));
+    std::thread::sleep(Duration::from_millis(500));
+    let img = w.path().join("img");
+    let mut server = server;
+    dump(server.pid, &img, &["--tcp-established"]);
+    server.reap_killed();
+    nft(&["delete", "table", "inet", &table], None);
+    let shown = show_image(img.to_str().unwrap());
+    let line = shown.lines().find(|l| l.contains("TCP connection")).unwrap_or_default().to_string();
+    // "..., N to send (M not sent yet), ...": N - M were sent, unacknowledged.
+    let num = |after: &str| -> u64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("{line}")) + after.len()..];
+        rest.split_whitespace().next().unwrap().trim_start_matches('(').parse().unwrap()
+    };
+    let (outq, notsent) = (num("bytes to read, "), num(" to send "));
+    assert!(outq > notsent, "nothing sent and unacknowledged: {line}");
+    restore_detached(&img, &[]);
+    client.signal(libc::SIGUSR1);
+    assert_eq!(client.wait_exit(Duration::from_secs(60)), WaitResult::Exited(0), "{}", client.output());
+    assert!(client.output().contains("server: ok"), "{}", client.output());
+    // SAFETY: plain kill(2) of the restored server.
+    unsafe { libc::kill(server.pid, libc::SIGKILL) };
 }
 
 #[test]

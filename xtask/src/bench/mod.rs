@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: ferry against CRIU 4.1.1 in the same run.
 //! Dump/restore of a 1 GiB process (images on tmpfs), live-migration
 //! figures over loopback, then threads and trees (a 64-thread process, a
-//! 16-process tree, a tree's pre-copy + lazy migration). Reported, never asserted: the machine is shared
+//! 16-process tree, a tree's pre-copy + lazy migration), and a redis-server
+//! with 100 TCP clients checkpointed with its connections. Reported, never asserted: the machine is shared
 //! and noisy, so only ratios within one run mean much.
 
 mod dump_restore;
 mod migration;
 mod pidns;
+mod tcp;
 mod trees;
 
 use crate::{build_release, criu, project_root, require_root};
@@ -38,6 +40,7 @@ enum Part {
     DumpRestore,
     Migration,
     Trees,
+    Tcp,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -100,6 +103,10 @@ impl Bench {
         }
         if part(Part::Trees) {
             trees::run(&self, &tools)?;
+        }
+        if part(Part::Tcp) {
+            crate::apt::ensure(sh, &["redis-server", "nftables"])?;
+            tcp::run(&self, &tools)?;
         }
         let _ = std::fs::remove_dir_all(WORK);
         Ok(())
