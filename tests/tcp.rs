@@ -125,15 +125,13 @@ fn unacknowledged_data_is_sent_again() {
     let out = server.wait_output("listening", Duration::from_secs(10));
     let port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     let to = format!("127.0.0.1:{port}");
-    let tp = testprog("tp-tcp");
-    let mut client = spawn(&[tp.to_str().unwrap(), "client", &to, "33554432", "1000"], &w.path().join("client.out"));
-    client.wait_output("sent", Duration::from_secs(10));
-    // From here the client's acknowledgements (segments with no data:
-    // 52 bytes with timestamps) never reach the server.
+    // The client's bare acknowledgements (neither SYN nor PSH: its data
+    // carries PSH) never reach the server, from before it connects: what
+    // the server sends gets through and stays unacknowledged.
     let table = format!("ferry-test-acks-{}", server.pid);
     let rules = format!(
-        "table inet {table} {{ chain input {{ type filter hook input priority -300; \
-         ip daddr 127.0.0.1 tcp dport {port} ip length 52 drop; }} }}"
+        "table inet {table} {{\n chain input {{\n type filter hook input priority -300;\n \
+         ip daddr 127.0.0.1 tcp dport {port} tcp flags & (syn | psh) == 0 drop\n }}\n}}\n"
     );
     let nft = |args: &[&str], input: Option<&str>| {
         let mut c = std::process::Command::new("nft");
@@ -146,6 +144,9 @@ fn unacknowledged_data_is_sent_again() {
         assert!(ch.wait().unwrap().success(), "nft {args:?}");
     };
     nft(&["-f", "-"], Some(&rules));
+    let tp = testprog("tp-tcp");
+    let mut client = spawn(&[tp.to_str().unwrap(), "client", &to, "33554432", "1000"], &w.path().join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let img = w.path().join("img");
     let mut server = server;
