@@ -31,10 +31,7 @@ impl Move {
     fn new(w: &Path) -> Move {
         let net = Net::new();
         let lan = Lan::new(&net);
-        let script = w.join("move-address.sh");
-        std::fs::write(&script, lan.move_address_script()).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let script = script.to_str().unwrap().to_string();
+        let script = lan.write_move_script(w);
         let route = Route::across_net(net, &["--action-script", &script]);
         Move { lan, route, script }
     }
@@ -42,6 +39,34 @@ impl Move {
     /// Migrate `t`'s tree with its connections.
     fn carry(&self, t: &mut Target, w: &Path) -> common::route::Landed {
         self.route.carry(t, w, &["--tcp-established", "--action-script", &self.script])
+    }
+
+    /// Start the held client `script` (tests/programs) on `port` in the
+    /// client's namespace, carry `t` while it sends its requests, let it
+    /// go on for 100 more answers and stop it; returns where `t` landed
+    /// and the client's last line ("done ...").
+    fn carry_with_held_client(
+        &self,
+        t: &mut Target,
+        w: &Path,
+        script: &str,
+        port: &str,
+    ) -> (common::route::Landed, String) {
+        let stop = w.join("stop");
+        let py = program(script);
+        let svc = &self.lan.svc_ip;
+        let mut held = spawn_command(
+            self.lan.in_cli("python3", &[py.to_str().unwrap(), svc, port, stop.to_str().unwrap()]),
+            &w.join("held.out"),
+        );
+        wait_count(&held, 50);
+        let landed = self.carry(t, w);
+        let before = held.output().lines().filter(|l| l.starts_with("count ")).count() as u64 * 50;
+        wait_count(&held, before + 100);
+        std::fs::write(&stop, "").unwrap();
+        assert_eq!(held.wait_exit(T), WaitResult::Exited(0), "{}", held.output());
+        let done = held.output().lines().last().unwrap_or_default().to_string();
+        (landed, done)
     }
 
     /// Run a command in the client's namespace; its stdout.
@@ -95,20 +120,8 @@ fn redis_keeps_its_client_through_a_migration() {
         .unwrap();
     std::io::Write::write_all(&mut pipe.stdin.take().unwrap(), load.as_bytes()).unwrap();
     assert!(pipe.wait().unwrap().success());
-    let stop = w.path().join("stop");
-    let py = program("redis_held_client.py");
-    let mut held = spawn_command(
-        m.lan.in_cli("python3", &[py.to_str().unwrap(), &svc, "6379", stop.to_str().unwrap()]),
-        &w.path().join("held.out"),
-    );
-    wait_count(&held, 50);
-    let landed = m.carry(&mut t, w.path());
-    let before = held.output().lines().filter(|l| l.starts_with("count ")).count() as u64 * 50;
-    wait_count(&held, before + 100);
-    std::fs::write(&stop, "").unwrap();
-    assert_eq!(held.wait_exit(T), WaitResult::Exited(0), "{}", held.output());
-    let done = held.output().lines().last().unwrap_or_default().to_string();
-    assert!(done.starts_with("done ") && done.ends_with(" :100001 held"), "{}", held.output());
+    let (landed, done) = m.carry_with_held_client(&mut t, w.path(), "redis_held_client.py", "6379");
+    assert!(done.starts_with("done ") && done.ends_with(" :100001 held"), "{done}");
     assert_eq!(m.client("redis-cli", &["-h", &svc, "get", "key:4242"]), "value:4242");
     let info = m.client("redis-cli", &["-h", &svc, "info", "server"]);
     assert!(info.contains(&format!("process_id:{}", t.pid)), "{info}");
@@ -215,20 +228,8 @@ fn memcached_keeps_its_client_through_a_migration() {
         assert!(start.elapsed() < T, "memcached did not start: {}", t.output());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let stop = w.path().join("stop");
-    let py = program("memcached_held_client.py");
-    let mut held = spawn_command(
-        m.lan.in_cli("python3", &[py.to_str().unwrap(), &svc, "11211", stop.to_str().unwrap()]),
-        &w.path().join("held.out"),
-    );
-    wait_count(&held, 50);
-    let landed = m.carry(&mut t, w.path());
-    let before = held.output().lines().filter(|l| l.starts_with("count ")).count() as u64 * 50;
-    wait_count(&held, before + 100);
-    std::fs::write(&stop, "").unwrap();
-    assert_eq!(held.wait_exit(T), WaitResult::Exited(0), "{}", held.output());
-    let done = held.output().lines().last().unwrap_or_default().to_string();
-    assert!(done.ends_with(" VALUE key:4242 0 10 value:4242"), "{}", held.output());
+    let (landed, done) = m.carry_with_held_client(&mut t, w.path(), "memcached_held_client.py", "11211");
+    assert!(done.ends_with(" VALUE key:4242 0 10 value:4242"), "{done}");
     landed.signal(t.pid, libc::SIGKILL);
     landed.wait_gone(t.pid, T);
 }

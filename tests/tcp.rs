@@ -348,10 +348,8 @@ fn tcp_server_migrates_with_its_client_connected() {
     let w = workdir();
     let net = Net::new();
     let lan = Lan::new(&net);
-    let script = w.path().join("move-address.sh");
-    std::fs::write(&script, lan.move_address_script()).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let s = script.to_str().unwrap();
+    let script = lan.write_move_script(w.path());
+    let s = script.as_str();
     let route = Route::across_net(net, &["--action-script", s]);
     let tp = testprog("tp-tcp");
     let tp = tp.to_str().unwrap();
@@ -398,10 +396,8 @@ fn held_move(hold: &str, port: u16) -> HeldMove {
     let w = workdir();
     let net = Net::new();
     let lan = Lan::new(&net);
-    let script = w.path().join("move-address.sh");
-    std::fs::write(&script, lan.move_address_script()).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let s = script.to_str().unwrap();
+    let script = lan.write_move_script(w.path());
+    let s = script.as_str();
     let tp = testprog("tp-tcp");
     let tp = tp.to_str().unwrap();
     // 64 MiB kept changing: post-copy always has pages to fetch.

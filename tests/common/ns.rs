@@ -106,6 +106,14 @@ impl Lan {
         c
     }
 
+    /// Write [`Lan::move_address_script`] into `dir`, executable; its path.
+    pub fn write_move_script(&self, dir: &std::path::Path) -> String {
+        let script = dir.join("move-address.sh");
+        std::fs::write(&script, self.move_address_script()).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        script.to_str().unwrap().to_string()
+    }
+
     /// An action script that moves the service address as an operator
     /// would: the source lets it go after its dump, the destination takes
     /// it before the restored task runs.
