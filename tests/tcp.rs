@@ -385,7 +385,7 @@ struct HeldMove {
     server: Target,
     client: Target,
     recv: std::process::Child,
-    migrate: std::process::Child,
+    migrate: KillOnDrop,
 }
 
 fn held_move(hold: &str, port: u16) -> HeldMove {
@@ -427,14 +427,15 @@ fn held_move(hold: &str, port: u16) -> HeldMove {
     assert!(first.contains("listening on"), "receive: {first}");
     let pid = server.pid.to_string();
     let args = ["migrate", "-t", &pid, "--to", &listen, "--auth-key", key, "--tcp-established", "--action-script", s];
-    let migrate = net
-        .in_src(ferry().to_str().unwrap(), &args)
-        .args(["--reconnect-timeout", "3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let migrate = KillOnDrop(Some(
+        net.in_src(ferry().to_str().unwrap(), &args)
+            .args(["--reconnect-timeout", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     // Until the destination holds post-copy (the restored server runs).
     let mut err = std::io::BufReader::new(recv.stderr.take().unwrap());
     let mut seen = String::new();
@@ -458,7 +459,7 @@ fn tcp_connection_survives_a_network_cut_during_postcopy() {
     net.link(false);
     std::thread::sleep(Duration::from_secs(3));
     net.link(true);
-    let m = migrate.wait_with_output().unwrap();
+    let m = migrate.wait();
     let err = std::fs::read_to_string(_w.path().join("receive.err")).unwrap_or_default();
     assert!(m.status.success(), "migrate: {}\nreceive: {err}", String::from_utf8_lossy(&m.stderr));
     let r = recv.wait_with_output().unwrap();
@@ -481,7 +482,7 @@ fn destination_dying_in_postcopy_ends_the_client_connection() {
     unsafe { libc::kill(-(recv.id() as i32), libc::SIGKILL) };
     let _ = recv.wait();
     drop(ns);
-    let m = migrate.wait_with_output().unwrap();
+    let m = migrate.wait();
     assert!(!m.status.success(), "migrate: {}", String::from_utf8_lossy(&m.stdout));
     server.reap_killed();
     assert!(!pid_exists(server.pid), "the source's server came back");
@@ -489,4 +490,95 @@ fn destination_dying_in_postcopy_ends_the_client_connection() {
     let r = client.wait_exit(Duration::from_secs(60));
     assert_ne!(r, WaitResult::Exited(0), "{}", client.output());
     assert!(!client.output().contains("server: ok"), "{}", client.output());
+}
+
+/// CRIU's command sequence with a connection: `dump --lazy-pages
+/// --tcp-established` on the source, the images copied, `lazy-pages` and
+/// `restore --lazy-pages` on the destination, the action script moving
+/// the service address; the client keeps its connection and every byte.
+#[test]
+fn criu_sequence_moves_a_tcp_server_lazily() {
+    use common::ns::{Lan, Net, PidNs};
+    let w = workdir();
+    let net = Net::new();
+    let lan = Lan::new(&net);
+    let script = lan.write_move_script(w.path());
+    let tp = testprog("tp-tcp");
+    let tp = tp.to_str().unwrap();
+    let mut server = spawn_command(net.in_src(tp, &[&format!("{}:0", lan.svc_ip), "64"]), &w.path().join("server.out"));
+    let out = server.wait_output("listening", Duration::from_secs(10));
+    let port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let to = format!("{}:{port}", lan.svc_ip);
+    let mut client =
+        spawn_command(lan.in_cli(tp, &["client", &to, "33554432", "204800"]), &w.path().join("client.out"));
+    client.wait_output("sent", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let imgs = w.path().join("imgs");
+    let (pid, i) = (server.pid.to_string(), imgs.to_str().unwrap());
+    let dump_args = ["dump", "-t", &pid, "-D", i, "--tcp-established", "--action-script", &script, "--lazy-pages"];
+    // Killed first if the test fails: the frozen server it traces would
+    // hold the test's wait for it.
+    let src = KillOnDrop(Some(
+        net.in_src(ferry().to_str().unwrap(), &dump_args)
+            .args(["--port", "37", "--address", &net.src_ip])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let start = std::time::Instant::now();
+    // (The key for the lazy-pages daemon comes last.)
+    while !imgs.join("inventory.json").exists() || !imgs.join("lazy-pages.key").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the lazy dump wrote no images");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dst = w.path().join("dst");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&imgs).arg(&dst).status().unwrap().success());
+    let ns = PidNs::new(Some(&net.dst));
+    let d = dst.to_str().unwrap();
+    let daemon_log = w.path().join("lazy-pages.log");
+    let daemon = ns
+        .ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "37", "-D", d])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&daemon_log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !dst.join("lazy-pages.sock").exists() {
+        let log = std::fs::read_to_string(&daemon_log).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(30), "lazy-pages made no socket: {log}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = ns.ferry(&["restore", "--lazy-pages", "-D", d, "-d", "--action-script", &script]).output().unwrap();
+    assert!(r.status.success(), "restore: {}", String::from_utf8_lossy(&r.stderr));
+    let out = daemon.wait_with_output().unwrap();
+    let log = std::fs::read_to_string(&daemon_log).unwrap_or_default();
+    assert!(out.status.success(), "lazy-pages: {log}");
+    let out = src.wait();
+    assert!(out.status.success(), "lazy dump: {}", String::from_utf8_lossy(&out.stderr));
+    server.reap_killed();
+    client.signal(libc::SIGUSR1);
+    assert_eq!(client.wait_exit(Duration::from_secs(60)), WaitResult::Exited(0), "{}", client.output());
+    assert!(client.output().contains("server: ok nodelay=1 keepidle=77"), "{}", client.output());
+    drop(ns);
+}
+
+/// A ferry that traces the test's targets: killed (and waited for) when
+/// dropped, unless waited for first.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn wait(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
