@@ -153,15 +153,18 @@ pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Resul
 /// namespace until the tree runs.
 fn lock_connections(opts: &RestoreOptions) -> Result<Option<crate::netlock::Lock>> {
     use crate::image::objects::{ObjectsImage, OBJECTS};
-    let images = crate::image::ImageDir::open(&opts.dir)?;
-    let objects: ObjectsImage = images.read_json(OBJECTS)?;
+    // An image that cannot be read is refused by the restore proper,
+    // which says why; there is nothing to lock then.
+    let Ok(images) = crate::image::ImageDir::open(&opts.dir) else { return Ok(None) };
+    let Ok(objects) = images.read_json::<ObjectsImage>(OBJECTS) else { return Ok(None) };
     let conns: Vec<crate::netlock::Connection> = objects
         .files
         .iter()
         .filter(|f| f.kind == crate::objects::tcp_connection::NAME && !opts.tcp_close)
         .filter_map(|f| serde_json::from_value(f.state.clone()).ok())
         .collect();
-    let root = images.read_json::<crate::image::tree::TreeImage>(crate::image::tree::TREE)?.root;
+    let Ok(tree) = images.read_json::<crate::image::tree::TreeImage>(crate::image::tree::TREE) else { return Ok(None) };
+    let root = tree.root;
     crate::netlock::Lock::take(
         opts.network_lock,
         crate::netlock::Netns::default(),
