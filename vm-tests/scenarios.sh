@@ -125,7 +125,7 @@ tcp_connection() {
         return
     fi
     wait "$pid" 2>/dev/null
-    if ! ferry restore -d -D "$img" > /tmp/tcp.restore 2>&1; then
+    if ! ferry restore -d -D "$img" --network-lock skip > /tmp/tcp.restore 2>&1; then
         fail tcp "restore: $(tail1 /tmp/tcp.restore)"
         kill -9 "$client"
         return

@@ -133,7 +133,7 @@ fn backend(method: Method) -> Result<(Method, &'static dyn Backend)> {
         Method::Auto if found("nft") => Ok((Method::Nftables, &nftables::Nftables)),
         Method::Auto if found("iptables") => Ok((Method::Iptables, &iptables::Iptables)),
         Method::Auto => bail!(
-            "neither nft nor iptables is installed to lock the network: install nftables, or dump with \
+            "neither nft nor iptables is installed to lock the network: install nftables, or give \
              --network-lock skip if the connections' packets are held some other way"
         ),
         Method::Nftables => Ok((Method::Nftables, &nftables::Nftables)),
