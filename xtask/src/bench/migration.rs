@@ -103,14 +103,20 @@ pub(super) fn tool_cmd(tools: &Tools, tool: Tool, ns: Option<&PidNs>, args: &[&s
     c
 }
 
-/// The last error CRIU logged in any of `dirs`, for a one-line cause.
+/// The error CRIU logged in any of `dirs` that says why, for a one-line
+/// cause: the first one that is neither its summary ("Dumping FAILED",
+/// "failed with -1") nor the rlimit it cannot raise here (which it
+/// survives), else the last.
 fn criu_error(dirs: &[&Path]) -> Option<String> {
-    dirs.iter()
+    let errors: Vec<String> = dirs
+        .iter()
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
         .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .flat_map(|t| t.lines().filter(|l| l.contains("Error")).map(str::to_string).collect::<Vec<_>>())
-        .last()
+        .collect();
+    let telling = |l: &&String| !l.contains("FAILED") && !l.contains("failed with -1") && !l.contains("rlimit");
+    errors.iter().find(telling).or(errors.last()).cloned()
 }
 
 pub(super) fn explain<T>(r: Result<T>, tool: Tool, dirs: &[&Path]) -> Result<T> {

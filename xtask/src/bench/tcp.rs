@@ -12,6 +12,7 @@ use super::migration::free_port;
 use super::{run_checked, Bench, Tool, Tools, WORK};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -47,13 +48,26 @@ pub(super) fn run(b: &Bench, tools: &Tools) -> Result<()> {
                     s.frozen.as_secs_f64() * 1e3,
                     s.alive
                 ),
-                Err(e) => eprintln!("bench: tcp round {} {}: {}", round + 1, tool.name(), super::migration::one_line(e)),
+                Err(e) => eprintln!("bench: tcp round {} {}: {}", round + 1, tool.name(), cause(e)),
             }
             samples.push((tool, s));
         }
     }
     report(b, &samples);
     Ok(())
+}
+
+/// Why a round failed, in one line: the tool's own last line when it
+/// printed one.
+fn cause(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let first = super::migration::one_line(e);
+    if last.trim() == first.trim() {
+        first
+    } else {
+        format!("{first}: {}", last.trim())
+    }
 }
 
 /// One RESP command on `c`; the first line of the answer.
@@ -80,14 +94,23 @@ fn sample(mib: u64, tool: Tool, tools: &Tools, round: usize) -> Result<Sample> {
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?.to_string();
     let d = dir.to_str().context("a UTF-8 path")?;
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--enable-debug-command", "yes", "--dir", d])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (redis-server package)")?;
+        .stderr(Stdio::null());
+    // A session of its own and none of our fds (a pipe shared with us
+    // would be an object outside the tree).
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut server = c.spawn().context("starting redis-server (redis-server package)")?;
     let pid = server.id() as i32;
     let r = (|| {
         let addr = format!("127.0.0.1:{port}");
@@ -194,7 +217,7 @@ fn report(b: &Bench, samples: &[(Tool, Result<Sample>)]) {
         let name = if tool == Tool::Ferry { "ferry" } else { "criu 4.1.1" };
         if ok.is_empty() {
             if let Some(e) = failed {
-                println!("{name:<12} fails here: {}", super::migration::one_line(e));
+                println!("{name:<12} fails here: {}", cause(e));
             }
             continue;
         }
