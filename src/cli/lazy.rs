@@ -53,6 +53,7 @@ pub fn connector(addr: String, port: u16, creds: Credentials) -> crate::lazy::cl
 }
 
 pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
+    crate::image::trust::check_images_dir(&a.images_dir)?;
     let images = ImageDir::open(&a.images_dir)?;
     // Every process's lazy pages, by its PID in the tree's namespace.
     let mut lazy = std::collections::HashMap::new();
@@ -75,7 +76,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let listener =
         std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
-    let (handed, answer) = handoff::receive(&listener)?;
+    let (handed, answer) = handoff::receive(listener)?;
     let _ = std::fs::remove_file(&sock);
     let root = handed.first().map(|h| h.pid).unwrap_or(0);
     let pids: Vec<i32> = handed.iter().map(|h| h.pid).collect();

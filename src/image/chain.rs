@@ -95,6 +95,7 @@ impl Chain {
                 bail!("{}: the chain of parent images loops back to {}", here.display(), dir.display());
             }
             seen.push(canon);
+            super::trust::check_images_dir(&dir)?;
             let parent = ImageDir::open(&dir).with_context(|| format!("{}: parent image", here.display()))?;
             if !parent.inventory.tasks.contains(&pid) {
                 bail!("{}: parent image is of task {}, not {pid}", dir.display(), parent.inventory.root_pid);

@@ -107,6 +107,12 @@ impl Inventory {
             return Err(ImageError::Version { path: path.to_path_buf(), found: version, supported: VERSION });
         }
         let inv: Inventory = serde_json::from_value(value).map_err(json)?;
+        if let Some(f) = inv.files.iter().find(|f| !super::plain_name(&f.name)) {
+            return Err(ImageError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("lists {:?}, which is not a file of this directory", f.name),
+            });
+        }
         let want = inv.digest();
         match &inv.checksum {
             Some(c) if *c == want => Ok(inv),

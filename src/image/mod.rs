@@ -24,6 +24,7 @@ pub mod show;
 pub mod stats;
 pub mod task;
 pub mod tree;
+pub mod trust;
 
 use inventory::{FileEntry, Inventory};
 use serde::{de::DeserializeOwned, Serialize};
@@ -84,6 +85,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
             ImageError::Io { path: path.to_path_buf(), error: source }
         }
     }
+}
+
+/// A name an image may give one of its files: no directory part.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
 pub fn hash_hex(h: u64) -> String {

@@ -144,7 +144,7 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
             st.vmas,
             st.total_us as f64 / 1e3
         )?;
-        if st.pages_in_parent + st.pages_lazy > 0 {
+        if st.pages_in_parent > 0 || st.pages_lazy > 0 {
             writeln!(
                 out,
                 "               {} pages unchanged since the parent image, {} left on the source for lazy transfer",

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskImage {
     /// The PID in the tree's own PID namespace (the image's key).
+    #[serde(deserialize_with = "checked::pid")]
     pub pid: i32,
     pub comm: String,
     /// The task was stopped (SIGSTOP) when dumped and is stopped again after restore.
@@ -26,10 +27,79 @@ pub struct TaskImage {
     pub itimers: ITimers,
     pub prctl: PrctlState,
     pub mm: MmState,
+    #[serde(deserialize_with = "checked::vmas")]
     pub vmas: Vec<Vma>,
+    #[serde(deserialize_with = "checked::fds")]
     pub fds: Vec<Fd>,
     /// The main thread first (its TID is the PID).
+    #[serde(deserialize_with = "checked::threads")]
     pub threads: Vec<ThreadImage>,
+}
+
+/// Checks made as a task image is read, so that no reader meets a task
+/// whose numbers cannot be right: a PID the kernel could not give, areas
+/// that overlap, leave user memory or are not page-aligned, fd numbers
+/// beyond the kernel's limit, no threads.
+mod checked {
+    use super::{Fd, ThreadImage, Vma};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    /// The kernel's PID_MAX_LIMIT.
+    const PID_MAX: i32 = 1 << 22;
+    /// The kernel's limit on fs.nr_open.
+    const FD_MAX: i32 = 1 << 30;
+
+    pub fn pid<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+        let pid = i32::deserialize(d)?;
+        if !(1..=PID_MAX).contains(&pid) {
+            return Err(D::Error::custom(format!("PID {pid} is not one the kernel gives")));
+        }
+        Ok(pid)
+    }
+
+    pub fn vmas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vma>, D::Error> {
+        let vmas = Vec::<Vma>::deserialize(d)?;
+        let mut end = 0;
+        for v in &vmas {
+            let why = if v.start % 4096 != 0 || v.end % 4096 != 0 {
+                "is not page-aligned"
+            } else if v.start >= v.end || v.end > crate::image::pagemap::USER_LIMIT {
+                "is empty or outside user memory"
+            } else if v.start < end {
+                "overlaps or precedes the area before it"
+            } else if v.prot.len() != 4 || !v.prot.is_ascii() {
+                "has no rwxp protection"
+            } else {
+                end = v.end;
+                continue;
+            };
+            return Err(D::Error::custom(format!("memory area {:#x}-{:#x} {why}", v.start, v.end)));
+        }
+        Ok(vmas)
+    }
+
+    pub fn fds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Fd>, D::Error> {
+        let fds = Vec::<Fd>::deserialize(d)?;
+        let mut seen = std::collections::HashSet::new();
+        for f in &fds {
+            if !(0..FD_MAX).contains(&f.fd) || !seen.insert(f.fd) {
+                return Err(D::Error::custom(format!("fd {} is out of range or listed twice", f.fd)));
+            }
+        }
+        Ok(fds)
+    }
+
+    pub fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ThreadImage>, D::Error> {
+        let threads = Vec::<ThreadImage>::deserialize(d)?;
+        if threads.is_empty() {
+            return Err(D::Error::custom("a task with no threads"));
+        }
+        if let Some(t) = threads.iter().find(|t| !(1..=PID_MAX).contains(&t.tid)) {
+            return Err(D::Error::custom(format!("thread ID {} is not one the kernel gives", t.tid)));
+        }
+        Ok(threads)
+    }
 }
 
 impl TaskImage {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const TREE: &str = "tree.json";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Unchecked")]
 pub struct TreeImage {
     pub root: i32,
     /// The root was the init (PID 1) of a PID namespace of its own: restore
@@ -40,6 +41,48 @@ pub enum ProcessState {
     /// Exited, not yet reaped by its parent: comes back as a zombie that
     /// its parent can wait for. `status` is the wait(2) status.
     Zombie { status: i32 },
+}
+
+/// A tree as it is on disk, before [`TreeImage`] checks it.
+#[derive(Deserialize)]
+struct Unchecked {
+    root: i32,
+    pid_ns: bool,
+    processes: Vec<ProcessEntry>,
+}
+
+/// The kernel's PID_MAX_LIMIT.
+const PID_MAX: i32 = 1 << 22;
+
+impl TryFrom<Unchecked> for TreeImage {
+    type Error = String;
+
+    /// Every reader gets a tree: the root first, each other process after
+    /// its parent (so no loops), PIDs and thread IDs the kernel could give,
+    /// each once.
+    fn try_from(u: Unchecked) -> Result<TreeImage, String> {
+        let valid = |id: i32| (1..=PID_MAX).contains(&id);
+        match u.processes.first() {
+            Some(first) if first.pid == u.root && valid(u.root) => {}
+            _ => return Err(format!("the tree does not start with its root {}", u.root)),
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in u.processes.iter().enumerate() {
+            if !valid(p.pid) || (i > 0 && !seen.contains(&p.ppid)) {
+                return Err(format!("process {} (parent {}) is not listed after its parent", p.pid, p.ppid));
+            }
+            let mut tids = std::collections::HashSet::new();
+            if p.threads.iter().any(|t| !valid(*t) || !tids.insert(*t))
+                || p.threads.first().is_some_and(|t| *t != p.pid)
+            {
+                return Err(format!("process {} has thread IDs {:?}", p.pid, p.threads));
+            }
+            if !seen.insert(p.pid) {
+                return Err(format!("process {} is listed twice", p.pid));
+            }
+        }
+        Ok(TreeImage { root: u.root, pid_ns: u.pid_ns, processes: u.processes })
+    }
 }
 
 impl TreeImage {

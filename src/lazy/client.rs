@@ -178,7 +178,7 @@ impl Lane {
                                 p.reply = Some(if f.kind == Kind::Data && f.payload.len() >= 8 {
                                     Ok(Fetched(f.payload))
                                 } else {
-                                    Err(f.text())
+                                    Err(f.said())
                                 });
                             }
                         }

@@ -68,9 +68,22 @@ pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Resul
 }
 
 /// Daemon side: wait for the restore; returns every process's fd and the
-/// stream to answer on.
-pub fn receive(listener: &UnixListener) -> Result<(Vec<Handed>, UnixStream)> {
-    let (mut s, _) = listener.accept().context("waiting for `ferry restore --lazy-pages`")?;
+/// stream to answer on. Connections from other users, or that do not hand
+/// over their fds within the admission deadline, are refused and do not
+/// delay the restore.
+pub fn receive(listener: UnixListener) -> Result<(Vec<Handed>, UnixStream)> {
+    let peers =
+        crate::net::admission::Admission::start(listener, "lazy-pages handoff", |s| take(s).context("a connection"));
+    peers.next().context("waiting for `ferry restore --lazy-pages`: the socket failed")
+}
+
+fn take(mut s: UnixStream) -> Result<(Vec<Handed>, UnixStream)> {
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .context("reading the peer's credentials")?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != 0 && cred.uid() != me {
+        bail!("process {} of uid {} may not hand over a tree", cred.pid(), cred.uid());
+    }
     let mut n = [0u8; 4];
     std::io::Read::read_exact(&mut s, &mut n).context("receiving the number of userfaultfds")?;
     let n = u32::from_le_bytes(n);
@@ -97,6 +110,15 @@ pub fn receive(listener: &UnixListener) -> Result<(Vec<Handed>, UnixStream)> {
         let uffd = fd.context("the restore sent no userfaultfd")?;
         let vpid = i32::from_le_bytes(buf[..4].try_into().unwrap());
         let pid = i32::from_le_bytes(buf[4..].try_into().unwrap());
+        // The daemon kills these PIDs if the pages cannot come: never 0,
+        // -1 or a process group, and only with a real userfaultfd.
+        if vpid <= 0 || pid <= 1 {
+            bail!("the restore handed over PIDs {vpid}/{pid}");
+        }
+        let what = std::fs::read_link(format!("/proc/self/fd/{}", uffd.as_raw_fd())).unwrap_or_default();
+        if what.as_os_str() != "anon_inode:[userfaultfd]" {
+            bail!("the restore handed over {}, not a userfaultfd", what.display());
+        }
         out.push(Handed { vpid, pid, uffd });
     }
     Ok((out, s))

@@ -191,61 +191,41 @@ pub fn serve(
     wait: Duration,
     mut arm: impl FnMut() -> Result<()>,
 ) -> Result<(bool, Arc<ServeStats>)> {
-    listener.set_nonblocking(true)?;
     let stats = Arc::new(ServeStats::default());
     let done = Arc::new(AtomicBool::new(false));
     let anyone = Arc::new(AtomicBool::new(false));
-    let (arm_tx, arm_rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<bool>>();
+    let peers = crate::net::admit(listener, "page source", creds);
     let mut armed = false;
     let start = Instant::now();
     while !done.load(Ordering::SeqCst) {
-        while let Ok(reply) = arm_rx.try_recv() {
-            if !armed {
-                armed = arm().map_err(|e| warn!("cannot arm: {e:#}")).is_ok();
+        let Some(crate::net::Admitted { link: mut s, peer, hello }) = peers.try_next() else {
+            if !anyone.load(Ordering::SeqCst) && !armed && start.elapsed() > wait {
+                return Ok((false, stats));
             }
-            let _ = reply.send(armed);
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        if hello != ARM {
+            warn!("peer {peer} did not follow the protocol (asked for {hello:?})");
+            continue;
         }
-        match listener.accept() {
-            Ok((tcp, _)) => {
-                let _ = tcp.set_nonblocking(false);
-                let (creds, store, stats, done, anyone, arm_tx) =
-                    (creds.clone(), store.clone(), stats.clone(), done.clone(), anyone.clone(), arm_tx.clone());
-                std::thread::spawn(move || {
-                    let Some((mut s, peer)) = Link::admit(tcp, &creds) else { return };
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    match read_frame(&mut s) {
-                        Ok(f) if f.kind == Kind::Status && f.text() == ARM => {
-                            let (tx, rx) = std::sync::mpsc::channel();
-                            if arm_tx.send(tx).is_err() || !rx.recv().unwrap_or(false) {
-                                return;
-                            }
-                            if write_frame(&mut s, &Frame::new(Kind::Status, ARMED.as_bytes().to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                        _ => {
-                            warn!("peer {peer} did not follow the protocol");
-                            return;
-                        }
-                    }
-                    let _ = s.set_read_timeout(None);
-                    anyone.store(true, Ordering::SeqCst);
-                    info!("serving pages to {peer}");
-                    if serve_conn(s, store.as_ref(), &stats) == Ended::Done {
-                        done.store(true, Ordering::SeqCst);
-                    } else {
-                        info!("peer {peer} disconnected");
-                    }
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if !anyone.load(Ordering::SeqCst) && !armed && start.elapsed() > wait {
-                    return Ok((false, stats));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e.into()),
+        // Armed here, on the tracer's thread, before the first page goes.
+        if !armed {
+            armed = arm().map_err(|e| warn!("cannot arm: {e:#}")).is_ok();
         }
+        if !armed || write_frame(&mut s, &Frame::new(Kind::Status, ARMED.as_bytes().to_vec())).is_err() {
+            continue;
+        }
+        let (store, stats, done, anyone) = (store.clone(), stats.clone(), done.clone(), anyone.clone());
+        std::thread::spawn(move || {
+            anyone.store(true, Ordering::SeqCst);
+            info!("serving pages to {peer}");
+            if serve_conn(s, store.as_ref(), &stats) == Ended::Done {
+                done.store(true, Ordering::SeqCst);
+            } else {
+                info!("peer {peer} disconnected");
+            }
+        });
     }
     Ok((true, stats))
 }

@@ -21,16 +21,15 @@ const STORED: &str = "stored";
 pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     info!("page server listening on {listen}");
-    for conn in listener.incoming() {
-        let Some((mut s, peer)) = Link::admit(conn?, creds) else { continue };
+    let peers = crate::net::admit(listener, "page server", creds);
+    while let Some(crate::net::Admitted { link: mut s, peer, hello }) = peers.next() {
+        if hello != UPLOAD {
+            warn!("peer {peer} asked for {hello:?}, not an upload");
+            continue;
+        }
         // The dumper connects before it freezes its task and sends once the
         // dump is written: allow for a big dump in between.
         s.set_read_timeout(Some(Duration::from_secs(3600)))?;
-        match read_frame(&mut s) {
-            Ok(f) if f.kind == Kind::Status && f.text() == UPLOAD => {}
-            _ => continue,
-        }
-        s.set_read_timeout(None)?;
         // A dumper that fails (or is killed) after connecting sends nothing
         // usable: keep waiting for the next one.
         let bytes = match receive_round(&mut s, dir) {
@@ -72,7 +71,7 @@ pub fn send(mut s: Link, dir: &Path) -> Result<u64> {
     end_round(&mut s, "image", true)?;
     let reply = read_frame(&mut s).context("waiting for the page server")?;
     if reply.kind != Kind::Status || reply.text() != STORED {
-        bail!("the page server did not store the image: {}", reply.text());
+        bail!("the page server did not store the image: {}", reply.said());
     }
     let inv = crate::image::ImageDir::open(dir)?;
     for f in inv.inventory.files.iter().filter(|f| f.name.ends_with(".img") && f.name.starts_with("pages-")) {

@@ -39,22 +39,18 @@ fn say(msg: &str) {
 /// reconnections to `resumed`. Strangers are refused and logged.
 fn accept_loop(listener: TcpListener, creds: Credentials, first: mpsc::Sender<Link>, resumed: mpsc::Sender<Link>) {
     let mut started = false;
-    for conn in listener.incoming() {
-        let Ok(tcp) = conn else { continue };
-        let Some((mut s, _)) = Link::admit(tcp, &creds) else { continue };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let hello = match read_frame(&mut s) {
-            Ok(f) if f.kind == Kind::Status => f.text(),
-            _ => continue,
-        };
-        let _ = s.set_read_timeout(None);
+    let peers = crate::net::admit(listener, "receive", &creds);
+    while let Some(crate::net::Admitted { link, peer, hello }) = peers.next() {
         let sent = match hello.as_str() {
             START if !started => {
                 started = true;
-                first.send(s)
+                first.send(link)
             }
-            RESUME if started => resumed.send(s),
-            _ => continue,
+            RESUME if started => resumed.send(link),
+            _ => {
+                tracing::warn!("peer {peer} asked for {hello:?} out of turn");
+                continue;
+            }
         };
         if sent.is_err() {
             return;
@@ -101,7 +97,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         status(&mut handshake, &format!("ready {pid}"))?;
         let go = read_frame(&mut handshake).context("waiting for the source to give up the task")?;
         if go.kind != Kind::Status || go.text() != GO {
-            bail!("the source did not give up the task: {}", go.text());
+            bail!("the source did not give up the task: {}", go.said());
         }
         Ok(())
     }) {

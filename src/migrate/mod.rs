@@ -87,7 +87,7 @@ pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64
                 let (name, fin) = text.split_once(' ').unwrap_or((&text, ""));
                 return Ok((name.to_string(), fin == "final", total));
             }
-            Kind::Status => bail!("the source gave up: {}", f.text()),
+            Kind::Status => bail!("the source gave up: {}", f.said()),
             k => bail!("protocol error: unexpected {k:?} while receiving images"),
         }
     }

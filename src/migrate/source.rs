@@ -163,7 +163,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         other => {
             // The destination never ran the task: it goes on here.
             frozen.release();
-            let why = other.map(|f| f.text()).unwrap_or_else(|e| format!("{e:#}"));
+            let why = other.map(|f| f.said()).unwrap_or_else(|e| format!("{e:#}"));
             bail!("the destination could not restore the task ({why}); it runs on here");
         }
     }
@@ -174,7 +174,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     let reply = read_frame(&mut stream).context("waiting for the destination to run the task")?;
     if reply.kind != Kind::Status || !reply.text().starts_with("running") {
         frozen.kill()?;
-        bail!("the destination failed after taking over the task ({}); both copies are gone", reply.text());
+        bail!("the destination failed after taking over the task ({}); both copies are gone", reply.said());
     }
     let downtime = frozen.since.elapsed();
     say(&format!(

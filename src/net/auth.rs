@@ -4,7 +4,7 @@
 //! TLS with client certificates the key may be left out; both ends must
 //! agree on that, and say so clearly when they do not.
 
-use crate::net::wire::{read_frame, write_frame, Frame, Kind};
+use crate::net::wire::{read_frame_limited, write_frame, Frame, Kind, SMALL};
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -73,7 +73,7 @@ fn nonce() -> Result<[u8; 32]> {
 fn expect(f: Frame, kind: Kind) -> Result<Frame> {
     match f.kind {
         k if k == kind => Ok(f),
-        Kind::Denied => bail!("the peer refused us: {}", f.text()),
+        Kind::Denied => bail!("the peer refused us: {}", f.said()),
         k => bail!("protocol error: expected {kind:?}, got {k:?}"),
     }
 }
@@ -93,7 +93,7 @@ fn deny(s: &mut impl Write, why: &str) -> Result<()> {
 /// Server side: returns once the client proved the key (and got our proof).
 /// `None`: TLS client certificates already authenticated the peer.
 pub fn accept(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
-    let h = expect(read_frame(s)?, Kind::Hello)?;
+    let h = expect(read_frame_limited(s, SMALL)?, Kind::Hello)?;
     let with_key = match h.payload.strip_prefix(PROTOCOL) {
         Some([k]) => *k == 1,
         _ => bail!("not a ferry peer (protocol {:?})", h.text()),
@@ -108,7 +108,7 @@ pub fn accept(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
     };
     let ns = nonce()?;
     write_frame(s, &Frame::new(Kind::Challenge, ns.to_vec()))?;
-    let r = expect(read_frame(s)?, Kind::Response)?;
+    let r = expect(read_frame_limited(s, SMALL)?, Kind::Response)?;
     if r.payload.len() != 64 {
         bail!("malformed authentication response");
     }
@@ -127,10 +127,10 @@ pub fn accept(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
 pub fn connect(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
     write_frame(s, &Frame::new(Kind::Hello, hello(key.is_some())))?;
     let Some(key) = key else {
-        expect(read_frame(s)?, Kind::Proof)?;
+        expect(read_frame_limited(s, SMALL)?, Kind::Proof)?;
         return Ok(());
     };
-    let ch = expect(read_frame(s)?, Kind::Challenge)?;
+    let ch = expect(read_frame_limited(s, SMALL)?, Kind::Challenge)?;
     if ch.payload.len() != 32 {
         bail!("malformed authentication challenge");
     }
@@ -139,7 +139,7 @@ pub fn connect(s: &mut (impl Read + Write), key: Option<&Key>) -> Result<()> {
     let mut payload = nc.to_vec();
     payload.extend_from_slice(&mac);
     write_frame(s, &Frame::new(Kind::Response, payload))?;
-    let proof = expect(read_frame(s)?, Kind::Proof)?;
+    let proof = expect(read_frame_limited(s, SMALL)?, Kind::Proof)?;
     if key.mac(b"server", &nc, &ch.payload).verify_slice(&proof.payload).is_err() {
         bail!("authentication failed: the server does not have our key");
     }

@@ -3,6 +3,7 @@
 //! inside TLS with certificates on both sides ([`tls`]); [`wire`] is the
 //! framing on top. Nothing is sent or accepted before the peer is proven.
 
+pub mod admission;
 pub mod auth;
 pub mod tls;
 pub mod wire;
@@ -37,6 +38,34 @@ impl Credentials {
 
 /// How long a peer may take to authenticate.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// A proven peer of a listening endpoint and the request it opened with.
+pub struct Admitted {
+    pub link: Link,
+    pub peer: String,
+    /// Its first frame, a Status naming what it wants.
+    pub hello: String,
+}
+
+/// Listen on `listener` for peers that authenticate and then say what they
+/// want (one Status frame), all within the admission deadline; strangers
+/// and silent peers are refused with a log line and never delay the others.
+pub fn admit(
+    listener: std::net::TcpListener,
+    what: &'static str,
+    creds: &Credentials,
+) -> admission::Admission<Admitted> {
+    let creds = creds.clone();
+    admission::Admission::start(listener, what, move |tcp: TcpStream| {
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut link = Link::accept(tcp, &creds).with_context(|| format!("peer {peer}"))?;
+        let first = wire::read_frame_limited(&mut link, wire::SMALL).with_context(|| format!("peer {peer}"))?;
+        if first.kind != wire::Kind::Status {
+            bail!("peer {peer} did not follow the protocol (sent {:?} first)", first.kind);
+        }
+        Ok(Admitted { link, peer, hello: first.text() })
+    })
+}
 
 /// One authenticated connection.
 #[derive(Debug)]
@@ -132,20 +161,6 @@ impl Link {
             Ok(link)
         };
         handshake().with_context(|| format!("authenticating with {target}"))
-    }
-
-    /// Authenticate an accepted connection as the server; a peer that
-    /// fails is refused with a log line, so the listener can go on waiting
-    /// for the right one. Returns the link and the peer's address.
-    pub fn admit(tcp: TcpStream, creds: &Credentials) -> Option<(Link, String)> {
-        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        match Link::accept(tcp, creds) {
-            Ok(s) => Some((s, peer)),
-            Err(e) => {
-                tracing::warn!("refused peer {peer}: {e:#}");
-                None
-            }
-        }
     }
 
     /// Authenticate an accepted connection as the server.

@@ -104,6 +104,17 @@ impl Frame {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
+
+    /// The payload as a message the peer wrote, fit for a log line: control
+    /// characters escaped, at most 300 characters.
+    pub fn said(&self) -> String {
+        let text = self.text();
+        let mut out: String = text.chars().take(300).flat_map(|c| c.escape_debug()).collect();
+        if text.chars().count() > 300 {
+            out.push('…');
+        }
+        out
+    }
 }
 
 pub fn write_frame(w: &mut impl Write, f: &Frame) -> Result<()> {
@@ -131,7 +142,16 @@ pub fn write_data(w: &mut impl Write, id: u32, addr: u64, bytes: &[u8]) -> Resul
     Ok(())
 }
 
+/// Largest frame a peer may send before it is proven (or as its opening
+/// request): authentication messages and status words are short.
+pub const SMALL: u64 = 4096;
+
 pub fn read_frame(r: &mut impl Read) -> Result<Frame> {
+    read_frame_limited(r, MAX_PAYLOAD)
+}
+
+/// Read a frame whose payload may be at most `max` bytes.
+pub fn read_frame_limited(r: &mut impl Read, max: u64) -> Result<Frame> {
     let mut h = [0u8; 16];
     // The magic alone first: a TLS alert is shorter than a header.
     r.read_exact(&mut h[..2]).context("receiving")?;
@@ -145,11 +165,16 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame> {
     r.read_exact(&mut h[2..]).context("receiving")?;
     let kind = Kind::from_u8(h[2]).with_context(|| format!("unknown frame kind {}", h[2]))?;
     let len = u64::from_le_bytes(h[8..16].try_into().unwrap());
-    if len > MAX_PAYLOAD {
-        bail!("frame of {len} bytes is larger than allowed");
+    if len > max {
+        bail!("frame of {len} bytes is larger than allowed ({max})");
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).context("receiving")?;
+    // Grow with what arrives: a large length followed by nothing costs
+    // nothing.
+    let mut payload = Vec::with_capacity(len.min(1 << 20) as usize);
+    r.take(len).read_to_end(&mut payload).context("receiving")?;
+    if payload.len() as u64 != len {
+        bail!("receiving: the frame ended after {} of {len} bytes", payload.len());
+    }
     Ok(Frame { kind, prio: h[3], id: u32::from_le_bytes(h[4..8].try_into().unwrap()), payload })
 }
 

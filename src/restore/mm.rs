@@ -363,6 +363,22 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
             .with_context(|| format!("mapping {}", view.images.path(name).display()))?;
         maps.push(Some(map));
     }
+    // A pagemap that points past its pages file (both checksummed, so an
+    // image made wrong rather than damaged) is refused, not read past.
+    for s in &plan.sources {
+        let len = maps[s.view].as_ref().map_or(0, |m| m.len() as u64);
+        if s.offset.checked_add(s.len).is_none_or(|end| end > len) {
+            let view = &chain.views[s.view];
+            bail!(
+                "{}: pages at {:#x} ({} bytes at offset {}) lie beyond the end of {} ({len} bytes)",
+                view.images.dir.display(),
+                s.vaddr,
+                s.len,
+                s.offset,
+                view.pagemap.pages_file
+            );
+        }
+    }
     // Work items: one block of one file, and the task ranges its bytes fill.
     let mut work: Vec<(usize, usize, Vec<Part>)> = Vec::new();
     for (v, map) in maps.iter().enumerate() {

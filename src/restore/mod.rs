@@ -123,6 +123,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
 /// that fails, the tree is killed and never runs (`ferry receive` waits
 /// there for the source to give the task up).
 pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+    crate::image::trust::check_images_dir(&opts.dir)?;
     // Before the sockets exist (and before pre-restore brings a moved
     // service address up): a packet for a connection with no socket yet
     // would be answered with a reset.

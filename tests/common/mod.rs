@@ -2,6 +2,7 @@
 //! binary, real kernel. Tests run as root.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod ns;
 pub mod pki;
 pub mod route;

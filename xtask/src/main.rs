@@ -9,6 +9,7 @@ mod criu;
 mod cross;
 mod demo;
 mod dist;
+mod fuzz;
 mod package;
 mod test;
 mod vm;
@@ -39,6 +40,10 @@ enum Cmd {
     Package(package::Package),
     /// Source and vendored-crates tarballs for distribution packagers
     Dist(dist::Dist),
+    /// Mutated images and malformed network frames against ferry, many cases
+    Fuzz(fuzz::Fuzz),
+    /// Hundreds of dump/restore cycles and migrations, counting what could leak
+    Soak(fuzz::Soak),
 }
 
 fn main() {
@@ -61,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::VmTest(c) => c.run(&sh),
         Cmd::Package(c) => c.run(&sh),
         Cmd::Dist(c) => c.run(&sh),
+        Cmd::Fuzz(c) => c.run(&sh),
+        Cmd::Soak(c) => c.run(&sh),
     }
 }
 
