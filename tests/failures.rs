@@ -360,3 +360,62 @@ fn restore_failing_in_the_child_leaves_nothing() {
     let err = restore_err(&img, t.pid);
     assert_eq!(err, format!("ferry: restore: task {}: chdir {}: No such file or directory", t.pid, cwd.display()));
 }
+
+/// Images are trusted like root: a directory (or file) other users may
+/// write is refused before anything is made (the trust model).
+#[test]
+fn images_writable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains("writable by other users (mode 0777)") && err.contains("chmod go-w"), "{err}");
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let task = img.join(format!("task-{pid}.json"));
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains(&format!("task-{pid}.json: refusing this image file")), "{err}");
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Owned by someone else.
+    nix::unistd::chown(&img, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let err = restore_err(&img, pid);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    nix::unistd::chown(&img, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    // Put right, it restores.
+    let out = restore_detached(&img, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap_all(&[pid], Duration::from_secs(10));
+}
+
+/// Found by the image fuzzer: a consistent image (checksums right) whose
+/// pagemap lists more pages than its pages file holds was read past the
+/// end of the mapping (a panic). Now it is refused by name.
+#[test]
+fn pagemap_pointing_past_its_pages_file_is_refused() {
+    let w = workdir();
+    let (img, pid) = dumped(w.path());
+    let pages = img.join(format!("pages-{pid}.img"));
+    std::fs::OpenOptions::new().write(true).open(&pages).unwrap().set_len(4096).unwrap();
+    common::fuzz::reseal(&img, true);
+    let err = restore_err(&img, pid);
+    assert!(err.contains("lie beyond the end of") && err.contains(&format!("pages-{pid}.img (4096 bytes)")), "{err}");
+}
+
+/// Found by the image fuzzer: `ferry show` added counters of stats.json
+/// and overflowed on absurd ones; it shows them as they are.
+#[test]
+fn show_survives_absurd_counters() {
+    let w = workdir();
+    let (img, _pid) = dumped(w.path());
+    let stats = img.join("stats.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    v["pages_in_parent"] = serde_json::json!(u64::MAX);
+    v["pages_lazy"] = serde_json::json!(u64::MAX);
+    std::fs::write(&stats, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    common::fuzz::reseal(&img, true);
+    let out = ferry_ok(&["show", img.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} pages unchanged", u64::MAX)));
+}

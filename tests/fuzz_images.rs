@@ -1,5 +1,5 @@
 //! Image fuzzing: real images of real processes (one process; a tree of
-//! processes with threads; a pre-dump chain), mutated by proptest (bit
+//! processes with threads; a pre-dump chain; a lazy dump's), mutated by proptest (bit
 //! flips and truncations of any file, and edits of the metadata with the
 //! checksums made right again, so the parsers and the semantic checks are
 //! reached rather than the checksum alone), then `ferry show` and
@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::fuzz::{kill_trees, leftovers, run_bounded, runner, settings};
+use common::fuzz::{kill_trees, leftovers, reseal, run_bounded, runner, settings};
 use common::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -120,9 +120,8 @@ fn case() -> impl Strategy<Value = (Vec<Mutation>, bool)> {
 /// A real image made here, and where its restore puts processes.
 struct Seed {
     name: &'static str,
-    /// The directory restored (the chain's newest image), relative to the
-    /// seed's directory; the whole seed directory is copied per case.
-    top: &'static str,
+    /// Holds `top` (the image restored) and, for the chain, `pre` (its
+    /// parent); the whole directory is copied per case.
     dir: PathBuf,
     pids: Vec<i32>,
 }
@@ -138,28 +137,36 @@ fn dump_seed(w: &Path, name: &'static str, prog: &str, args: &[&str]) -> Seed {
     std::thread::sleep(Duration::from_millis(200));
     let pids = tree_pids(t.pid);
     let pid = t.pid.to_string();
-    let top = if name == "chain" {
+    // The chain: a pre-dump, then the dump on top of it.
+    let mut top = vec!["dump", "-t", &pid, "-D"];
+    let top_dir = dir.join("top").display().to_string();
+    top.push(&top_dir);
+    if name == "chain" {
         ferry_ok(&["pre-dump", "-t", &pid, "-D", dir.join("pre").to_str().unwrap()]);
         std::thread::sleep(Duration::from_millis(100));
-        ferry_ok(&[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            dir.join("top").to_str().unwrap(),
-            "--prev-images-dir",
-            "../pre",
-            "--track-mem",
-        ]);
-        "top"
+        top.extend(["--prev-images-dir", "../pre", "--track-mem"]);
+    }
+    if name == "lazy" {
+        // A lazy dump serves its pages until fetched: once its images are
+        // written, it is killed (and its task with it, or by us).
+        top.extend(["--lazy-pages", "--port", "7390", "--address", "127.0.0.1"]);
+        let mut lazy = Command::new(ferry()).args(&top).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let start = std::time::Instant::now();
+        while !dir.join("top/inventory.json").exists() {
+            assert!(start.elapsed() < T, "the lazy dump wrote no images");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lazy.kill().unwrap();
+        lazy.wait().unwrap();
+        // SAFETY: plain kill(2) of the dumped task.
+        unsafe { libc::kill(t.pid, libc::SIGKILL) };
     } else {
-        ferry_ok(&["dump", "-t", &pid, "-D", dir.join("top").to_str().unwrap()]);
-        "top"
-    };
+        ferry_ok(&top);
+    }
     t.reap_killed();
     reap_all(&pids, T);
     std::mem::forget(t);
-    Seed { name, top, dir, pids }
+    Seed { name, dir, pids }
 }
 
 /// Names, sizes, times, modes and owners of everything under `root`
@@ -263,26 +270,6 @@ fn files_of(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Make each directory's inventory vouch for its files again (`files`:
-/// the other files changed too, else only the inventory itself did).
-fn reseal(dir: &Path, files: bool) {
-    use ferry::image::inventory::Inventory;
-    let path = dir.join("inventory.json");
-    let Ok(bytes) = std::fs::read(&path) else { return };
-    let Ok(mut inv) = serde_json::from_slice::<Inventory>(&bytes) else { return };
-    for f in inv.files.iter_mut().filter(|_| files) {
-        // A name that now points elsewhere is left as it is.
-        if f.name.contains('/') || f.name.is_empty() {
-            continue;
-        }
-        if let Ok(data) = std::fs::read(dir.join(&f.name)) {
-            f.size = data.len() as u64;
-            f.xxh3 = ferry::image::hash_hex(ferry::image::digest::of(&data));
-        }
-    }
-    std::fs::write(&path, inv.to_bytes_with_checksum()).unwrap();
-}
-
 /// Build a case's image in `case` from the seed.
 fn prepare(seed: &Seed, case: &Path, mutations: &[Mutation], seal: bool, canary: &Path, other: &Path) {
     let _ = std::fs::remove_dir_all(case);
@@ -381,7 +368,7 @@ fn check_case(
     before: &BTreeMap<PathBuf, (u64, i64, i64, u32, u32)>,
     tally: &mut Tally,
 ) -> Result<(), String> {
-    let top = case.join(seed.top);
+    let top = case.join("top");
     let scratch = case.parent().unwrap();
     tally.cases += 1;
     let show = run_bounded(
@@ -437,6 +424,7 @@ fn mutated_images_end_in_an_error_or_a_restore() {
         dump_seed(w.path(), "single", "tp-sleeper", &["100000"]),
         dump_seed(w.path(), "tree", "tp-fleet", &["2", "1", "0", "3"]),
         dump_seed(w.path(), "chain", "tp-churn", &["8", "5", "layout"]),
+        dump_seed(w.path(), "lazy", "tp-bigmem", &["4"]),
     ];
     let canary = w.path().join("canary");
     std::fs::create_dir_all(canary.join("dir")).unwrap();

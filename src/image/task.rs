@@ -100,6 +100,36 @@ mod checked {
         }
         Ok(threads)
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::Vma;
+
+        fn vmas(list: &str) -> Result<Vec<Vma>, String> {
+            let mut d = serde_json::Deserializer::from_str(list);
+            super::vmas(&mut d).map_err(|e| e.to_string())
+        }
+
+        fn vma(start: u64, end: u64) -> String {
+            format!(
+                r#"{{"start": "{start:#x}", "end": "{end:#x}", "prot": "rw-p", "kind": {{"type": "anon"}}, "growsdown": false, "noreserve": false, "may_write": true, "locked": false, "sealed": false}}"#
+            )
+        }
+
+        #[test]
+        fn areas_out_of_order_unaligned_or_outside_user_memory_are_refused() {
+            assert!(vmas(&format!("[{}, {}]", vma(0x1000, 0x3000), vma(0x3000, 0x4000))).is_ok());
+            // end < start made `len()` underflow in `ferry show`.
+            assert!(vmas(&format!("[{}]", vma(0x3000, 0x1000))).unwrap_err().contains("empty or outside"));
+            assert!(vmas(&format!("[{}, {}]", vma(0x1000, 0x3000), vma(0x2000, 0x4000)))
+                .unwrap_err()
+                .contains("overlaps"));
+            assert!(vmas(&format!("[{}]", vma(0x1001, 0x3000))).unwrap_err().contains("page-aligned"));
+            assert!(vmas(&format!("[{}]", vma(0xffff_8000_0000_0000, 0xffff_8000_0000_1000)))
+                .unwrap_err()
+                .contains("outside"));
+        }
+    }
 }
 
 impl TaskImage {

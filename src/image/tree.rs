@@ -99,3 +99,30 @@ impl TreeImage {
         self.processes.iter().filter(|p| p.state == ProcessState::Alive)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(processes: &str) -> Result<TreeImage, String> {
+        serde_json::from_str(&format!(r#"{{"root": 10, "pid_ns": false, "processes": [{processes}]}}"#))
+            .map_err(|e| e.to_string())
+    }
+
+    fn p(pid: i32, ppid: i32) -> String {
+        format!(
+            r#"{{"pid": {pid}, "comm": "x", "ppid": {ppid}, "pgid": 10, "sid": 10, "exit_signal": 17, "threads": [{pid}], "state": {{"state": "alive"}}}}"#
+        )
+    }
+
+    #[test]
+    fn trees_with_loops_or_unlisted_parents_are_refused() {
+        assert!(tree(&[p(10, 0), p(11, 10), p(12, 11)].join(",")).is_ok());
+        // 11 and 12 are each other's parents: a loop a reader would follow forever.
+        assert!(tree(&[p(10, 0), p(11, 12), p(12, 11)].join(",")).unwrap_err().contains("not listed after its parent"));
+        assert!(tree(&[p(11, 10), p(10, 0)].join(",")).unwrap_err().contains("does not start with its root"));
+        assert!(tree(&[p(10, 0), p(10, 10)].join(",")).unwrap_err().contains("listed twice"));
+        assert!(tree(&[p(10, 0), p(0, 10)].join(",")).is_err());
+        assert!(tree("").is_err());
+    }
+}

@@ -128,3 +128,37 @@ fn take(mut s: UnixStream) -> Result<(Vec<Handed>, UnixStream)> {
 pub fn answer(mut s: UnixStream, text: &str) {
     let _ = s.write_all(format!("{}\n", text.replace('\n', " ")).as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand `fd` over with PIDs `vpid`/`pid`, the way the restore does.
+    fn hand(fd: RawFd, vpid: i32, pid: i32) -> String {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut a2 = a.try_clone().unwrap();
+        a2.write_all(&1u32.to_le_bytes()).unwrap();
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&vpid.to_le_bytes());
+        bytes[4..].copy_from_slice(&pid.to_le_bytes());
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &[ControlMessage::ScmRights(&[fd])],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        take(b).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn handoff_takes_only_userfaultfds_and_real_pids() {
+        // The daemon kills the handed PIDs when pages cannot come: a peer
+        // must not be able to name -1 (everyone) or hand over any fd.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(hand(null.as_raw_fd(), 5, 1234).contains("not a userfaultfd"));
+        assert!(hand(null.as_raw_fd(), 5, -1).contains("PIDs 5/-1"));
+        assert!(hand(null.as_raw_fd(), 0, 1234).contains("PIDs 0/1234"));
+    }
+}

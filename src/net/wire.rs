@@ -183,6 +183,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_huge_length_followed_by_nothing_is_refused_without_allocating_it() {
+        let mut h = Vec::new();
+        write_frame(&mut h, &Frame::new(Kind::Hello, Vec::new())).unwrap();
+        h[8..16].copy_from_slice(&(64u64 << 20).to_le_bytes());
+        let err = read_frame(&mut &h[..]).unwrap_err().to_string();
+        assert!(err.contains("ended after 0 of 67108864"), "{err}");
+        let err = read_frame_limited(&mut &h[..], SMALL).unwrap_err().to_string();
+        assert!(err.contains("larger than allowed (4096)"), "{err}");
+        h[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read_frame(&mut &h[..]).unwrap_err().to_string().contains("larger than allowed"));
+    }
+
+    #[test]
+    fn a_peers_words_are_escaped_and_cut_for_the_log() {
+        let f = Frame::new(
+            Kind::Denied,
+            b"no\n\x1b[31mred".iter().copied().chain(std::iter::repeat_n(b'x', 500)).collect(),
+        );
+        let said = f.said();
+        assert!(said.starts_with("no\\n\\u{1b}[31mred") && said.ends_with('…') && said.chars().count() < 330, "{said}");
+    }
+
+    #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
         write_frame(&mut buf, &Frame::get(7, URGENT, 42, 0x7f00_0000_1000, 4096)).unwrap();
