@@ -362,6 +362,10 @@ fn fuzz(endpoint: &mut Endpoint, target: &Target, key: &Key, seed: u64) {
 struct Silent(#[allow(dead_code)] Vec<Stream>);
 
 fn silent(target: &Target) -> Silent {
+    silent_n(target, SILENT)
+}
+
+fn silent_n(target: &Target, n: usize) -> Silent {
     let t = target.clone();
     let netns = match target {
         Target::Tcp { netns, .. } => Some(netns.clone()),
@@ -371,7 +375,7 @@ fn silent(target: &Target) -> Silent {
         if let Some(n) = netns {
             enter_netns(&n);
         }
-        Silent((0..SILENT).map(|_| open(&t).expect("a silent connection")).collect())
+        Silent((0..n).map(|_| open(&t).expect("a silent connection")).collect())
     })
     .join()
     .unwrap()
@@ -379,7 +383,7 @@ fn silent(target: &Target) -> Silent {
 
 /// With the silent peers connected, the right one proves itself (and is
 /// answered) within a second.
-fn right_peer_admitted(target: &Target, key: &Key, hello: &str) {
+fn right_peer_admitted(target: &Target, key: &Key, hello: &str, connected: usize) {
     let (t, k, hello) = (target.clone(), key.clone(), hello.to_string());
     let took = std::thread::spawn(move || {
         let Target::Tcp { addr, netns } = &t else { unreachable!() };
@@ -394,8 +398,16 @@ fn right_peer_admitted(target: &Target, key: &Key, hello: &str) {
     })
     .join()
     .unwrap();
-    assert!(took < Duration::from_secs(1), "the right peer waited {took:?} behind {SILENT} silent ones");
-    eprintln!("authenticated in {took:?} with {SILENT} silent peers connected");
+    assert!(took < Duration::from_secs(1), "the right peer waited {took:?} behind {connected} silent ones");
+    eprintln!("authenticated in {took:?} with {connected} silent peers connected");
+}
+
+/// Room for a flood of connections in this process (the soft limit may
+/// rise to the hard one without privilege).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
 }
 
 fn key(w: &Path) -> (String, Key) {
@@ -461,8 +473,16 @@ fn page_server_and_receive() {
         wait_listening(&target);
         fuzz(&mut ep, &target, &k, port.parse().unwrap());
         ep.check().unwrap();
+        // A flood first: more connections than handshakes may run at once,
+        // all held open; the oldest are cut, memory stays bounded, and the
+        // right peer still gets in.
+        raise_fd_limit();
+        let flood = silent_n(&target, 2000);
+        right_peer_admitted(&target, &k, "probe", 2000);
+        ep.check().unwrap();
+        drop(flood);
         let quiet = silent(&target);
-        right_peer_admitted(&target, &k, "probe");
+        right_peer_admitted(&target, &k, "probe", SILENT);
         // The real work, with the silent peers still connected.
         let mut t = spawn_command(
             net.in_src(&testprog("tp-churn").display().to_string(), &["16", "5"]),
@@ -606,7 +626,7 @@ fn lazy_source_and_handoff_while_the_daemon_reconnects() {
     // cut during post-copy: the daemon reconnects past them.
     let quiet_src = silent(&src_target);
     let quiet_hand = silent(&hand);
-    right_peer_admitted(&src_target, &k, "probe");
+    right_peer_admitted(&src_target, &k, "probe", SILENT);
     let out = ns.ferry(&["restore", "--lazy-pages", "-D", imgs.to_str().unwrap(), "-d"]).output().unwrap();
     assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
     net.link(false);
