@@ -28,9 +28,6 @@ const T: Duration = Duration::from_secs(90);
 /// Resident memory an endpoint may reach, whatever it is sent.
 const MAX_RSS_KIB: u64 = 256 << 10;
 const SILENT: usize = 100;
-/// Cases that got past authentication (reported: a fuzzer that never gets
-/// in tests nothing behind the lock).
-static PROVEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// One piece of what a fuzzing peer sends.
 #[derive(Clone, Debug)]
@@ -143,6 +140,19 @@ impl Stream {
     }
 }
 
+/// Run `f` on a thread in the network namespace peers of `target` live in.
+fn as_peer<T: Send + 'static>(target: &Target, f: impl FnOnce(Target) -> T + Send + 'static) -> T {
+    let t = target.clone();
+    std::thread::spawn(move || {
+        if let Target::Tcp { netns, .. } = &t {
+            enter_netns(netns);
+        }
+        f(t)
+    })
+    .join()
+    .unwrap()
+}
+
 /// Enter network namespace `name` on this thread.
 fn enter_netns(name: &str) {
     let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
@@ -168,20 +178,19 @@ fn open(target: &Target) -> Option<Stream> {
     }
 }
 
-/// Send one case; every error of ours is ignored (the endpoint may hang up).
-fn send_case(target: &Target, key: &Key, chunks: &[Chunk]) {
-    let Some(s) = open(target) else { return };
+/// Send one case; every error of ours is ignored (the endpoint may hang
+/// up). Returns whether it got past authentication.
+fn send_case(target: &Target, key: &Key, chunks: &[Chunk]) -> bool {
+    let Some(s) = open(target) else { return false };
+    let mut proven = false;
     for c in chunks {
         let ok = match c {
             Chunk::Bytes(b) => s.write_all(b),
             Chunk::Frame { kind, prio, id, len, payload } => s.write_all(&frame(*kind, *prio, *id, len, payload)),
             Chunk::Word(i) => s.write_all(&frame(15, 1, 0, &Len::Exact, WORDS[*i].as_bytes())),
             Chunk::Handshake => {
-                let ok = s.handshake(key);
-                if ok {
-                    PROVEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                ok
+                proven = s.handshake(key);
+                proven
             }
             Chunk::Fd(bytes) => match &s {
                 Stream::Unix(u) => {
@@ -212,6 +221,7 @@ fn send_case(target: &Target, key: &Key, chunks: &[Chunk]) {
     let mut sink = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_millis(50);
     while Instant::now() < deadline && matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    proven
 }
 
 /// A listening ferry, its log, and how to start it again after an
@@ -296,13 +306,11 @@ fn logged(mut c: Command, log: &Path) -> Child {
 fn fuzz(endpoint: &mut Endpoint, target: &Target, key: &Key, seed: u64) {
     let (cases, s) = settings(150);
     let mut run = runner(cases, s.wrapping_add(seed));
-    let netns = match target {
-        Target::Tcp { netns, .. } => Some(netns.clone()),
-        Target::Unix(_) => None,
-    };
-    // Wait for the endpoint to listen.
-    let (t, k) = (target.clone(), key.clone());
+    let k = key.clone();
     let cases_sent = std::cell::Cell::new(0u32);
+    // Cases that got past authentication (a fuzzer that never gets in
+    // tests nothing behind the lock).
+    let proven = std::cell::Cell::new(0u32);
     let ep = std::cell::RefCell::new(endpoint);
     // Half the cases prove the key first and most of those then name a
     // request, so that what follows reaches the protocol behind the lock.
@@ -317,21 +325,16 @@ fn fuzz(endpoint: &mut Endpoint, target: &Target, key: &Key, seed: u64) {
             c
         });
     let result = run.run(&case, |chunks| {
-        let (t, k, n) = (t.clone(), k.clone(), netns.clone());
-        std::thread::spawn(move || {
-            if let Some(n) = n {
-                enter_netns(&n);
-            }
-            send_case(&t, &k, &chunks);
-        })
-        .join()
-        .unwrap();
+        let k = k.clone();
+        if as_peer(target, move |t| send_case(&t, &k, &chunks)) {
+            proven.set(proven.get() + 1);
+        }
         cases_sent.set(cases_sent.get() + 1);
         ep.borrow_mut().check().map_err(TestCaseError::fail)?;
         Ok(())
     });
     let ep = ep.into_inner();
-    let proven = PROVEN.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let proven = proven.get();
     eprintln!("fuzz network {}: {} cases, {proven} authenticated, {} restarts", ep.name, cases_sent.get(), ep.restarts);
     // (The handoff socket has no key: its peers are checked by uid.)
     if matches!(target, Target::Tcp { .. }) {
@@ -366,28 +369,15 @@ fn silent(target: &Target) -> Silent {
 }
 
 fn silent_n(target: &Target, n: usize) -> Silent {
-    let t = target.clone();
-    let netns = match target {
-        Target::Tcp { netns, .. } => Some(netns.clone()),
-        Target::Unix(_) => None,
-    };
-    std::thread::spawn(move || {
-        if let Some(n) = netns {
-            enter_netns(&n);
-        }
-        Silent((0..n).map(|_| open(&t).expect("a silent connection")).collect())
-    })
-    .join()
-    .unwrap()
+    as_peer(target, move |t| Silent((0..n).map(|_| open(&t).expect("a silent connection")).collect()))
 }
 
 /// With the silent peers connected, the right one proves itself (and is
 /// answered) within a second.
 fn right_peer_admitted(target: &Target, key: &Key, hello: &str, connected: usize) {
-    let (t, k, hello) = (target.clone(), key.clone(), hello.to_string());
-    let took = std::thread::spawn(move || {
-        let Target::Tcp { addr, netns } = &t else { unreachable!() };
-        enter_netns(netns);
+    let (k, hello) = (key.clone(), hello.to_string());
+    let took = as_peer(target, move |t| {
+        let Target::Tcp { addr, .. } = &t else { unreachable!() };
         let start = Instant::now();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -395,9 +385,7 @@ fn right_peer_admitted(target: &Target, key: &Key, hello: &str, connected: usize
         let took = start.elapsed();
         s.write_all(&frame(15, 1, 0, &Len::Exact, hello.as_bytes())).unwrap();
         took
-    })
-    .join()
-    .unwrap();
+    });
     assert!(took < Duration::from_secs(1), "the right peer waited {took:?} behind {connected} silent ones");
     eprintln!("authenticated in {took:?} with {connected} silent peers connected");
 }
@@ -422,15 +410,7 @@ fn wait_listening(target: &Target) {
 
 fn listening(target: &Target, wait: Duration) -> bool {
     let start = Instant::now();
-    let t = target.clone();
-    let netns = match target {
-        Target::Tcp { netns, .. } => Some(netns.clone()),
-        Target::Unix(_) => None,
-    };
-    std::thread::spawn(move || {
-        if let Some(n) = netns {
-            enter_netns(&n);
-        }
+    as_peer(target, move |t| {
         while open(&t).is_none() {
             if start.elapsed() > wait {
                 return false;
@@ -439,8 +419,6 @@ fn listening(target: &Target, wait: Duration) -> bool {
         }
         true
     })
-    .join()
-    .unwrap()
 }
 
 #[test]

@@ -32,29 +32,25 @@ pub trait Listen: AsFd + Send + 'static {
     fn set_nonblock(&self) -> std::io::Result<()>;
 }
 
-impl Listen for std::net::TcpListener {
-    type Conn = std::net::TcpStream;
-    fn accept_conn(&self) -> std::io::Result<Self::Conn> {
-        let (c, _) = self.accept()?;
-        c.set_nonblocking(false)?;
-        Ok(c)
-    }
-    fn set_nonblock(&self) -> std::io::Result<()> {
-        self.set_nonblocking(true)
-    }
+/// TCP and unix listeners work alike.
+macro_rules! listen_impl {
+    ($listener:ty, $conn:ty) => {
+        impl Listen for $listener {
+            type Conn = $conn;
+            fn accept_conn(&self) -> std::io::Result<Self::Conn> {
+                let (c, _) = self.accept()?;
+                c.set_nonblocking(false)?;
+                Ok(c)
+            }
+            fn set_nonblock(&self) -> std::io::Result<()> {
+                self.set_nonblocking(true)
+            }
+        }
+    };
 }
 
-impl Listen for std::os::unix::net::UnixListener {
-    type Conn = std::os::unix::net::UnixStream;
-    fn accept_conn(&self) -> std::io::Result<Self::Conn> {
-        let (c, _) = self.accept()?;
-        c.set_nonblocking(false)?;
-        Ok(c)
-    }
-    fn set_nonblock(&self) -> std::io::Result<()> {
-        self.set_nonblocking(true)
-    }
-}
+listen_impl!(std::net::TcpListener, std::net::TcpStream);
+listen_impl!(std::os::unix::net::UnixListener, std::os::unix::net::UnixStream);
 
 struct Pending {
     id: u64,

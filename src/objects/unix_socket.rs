@@ -122,25 +122,13 @@ pub struct ExternalPeer {
     pub name: Option<String>,
 }
 
+/// A socket-level int option (the syscalls are inet's, shared).
 fn getsockopt(fd: RawFd, opt: i32) -> Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized option into a local.
-    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) } != 0 {
-        bail!("getsockopt({opt}): {}", std::io::Error::last_os_error());
-    }
-    Ok(v)
+    super::inet::get_int(fd, libc::SOL_SOCKET, opt).with_context(|| format!("getsockopt({opt})"))
 }
 
 fn setsockopt(fd: RawFd, opt: i32, v: i32) -> Result<()> {
-    // SAFETY: an int-sized option from a local.
-    let r = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&v as *const libc::c_int).cast(), std::mem::size_of_val(&v) as u32)
-    };
-    if r != 0 {
-        bail!("setsockopt({opt}, {v}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    super::inet::set_int(fd, libc::SOL_SOCKET, opt, v)
 }
 
 /// An extended attribute of `path` (following links), if it has one.
