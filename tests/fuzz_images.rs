@@ -419,7 +419,7 @@ fn check_case(
 #[test]
 fn mutated_images_end_in_an_error_or_a_restore() {
     let w = workdir();
-    let (cases, seed) = settings(120);
+    let (cases, seed) = settings(200);
     let seeds = [
         dump_seed(w.path(), "single", "tp-sleeper", &["100000"]),
         dump_seed(w.path(), "tree", "tp-fleet", &["2", "1", "0", "3"]),

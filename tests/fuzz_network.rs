@@ -304,7 +304,7 @@ fn logged(mut c: Command, log: &Path) -> Child {
 
 /// Fuzz `endpoint` at `target` from a thread in the right namespace.
 fn fuzz(endpoint: &mut Endpoint, target: &Target, key: &Key, seed: u64) {
-    let (cases, s) = settings(150);
+    let (cases, s) = settings(200);
     let mut run = runner(cases, s.wrapping_add(seed));
     let k = key.clone();
     let cases_sent = std::cell::Cell::new(0u32);
