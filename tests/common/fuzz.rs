@@ -122,13 +122,15 @@ pub fn leftovers() -> Vec<i32> {
 
 /// Kill `pids` and every process below them, and wait for them to go.
 pub fn kill_trees(pids: &[i32]) {
-    for &p in pids {
-        for q in super::tree_pids(p) {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(q, libc::SIGKILL) };
-        }
+    // Every process first: children of a killed parent come to us (the
+    // subreaper) and must be reaped too, or their PIDs stay taken by
+    // zombies that the next restore would wait for.
+    let all: Vec<i32> = pids.iter().flat_map(|&p| super::tree_pids(p)).collect();
+    for &q in &all {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(q, libc::SIGKILL) };
     }
-    super::reap_all(pids, Duration::from_secs(10));
+    super::reap_all(&all, Duration::from_secs(10));
     leftovers();
 }
 
