@@ -184,13 +184,24 @@ where
         };
         let Ok(dup) = conn.as_fd().try_clone_to_owned() else { continue };
         let id = table.enter(dup);
-        let (table2, handshake, tx) = (table.clone(), handshake.clone(), tx.clone());
+        let (table2, handshake, tx, stopping) = (table.clone(), handshake.clone(), tx.clone(), stop.clone());
+        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.as_fd().as_raw_fd())
+            .ok()
+            .map(|a| a.to_string())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "a local peer".into());
+        let since = Instant::now();
         let spawned = std::thread::Builder::new().name("admit".into()).stack_size(STACK).spawn(move || {
             let result = handshake(conn);
             table2.leave(id);
             match result {
                 Ok(t) => {
                     let _ = tx.send(t);
+                }
+                // Cut because the endpoint is done: nothing to say.
+                Err(_) if stopping.load(Ordering::SeqCst) => {}
+                Err(_) if since.elapsed() >= DEADLINE => {
+                    tracing::warn!("{what}: cut {peer}: not proven within {} s", DEADLINE.as_secs())
                 }
                 Err(e) => tracing::warn!("{what}: refused {e:#}"),
             }
