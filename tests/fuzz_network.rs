@@ -304,6 +304,9 @@ fn logged(mut c: Command, log: &Path) -> Child {
 
 /// Fuzz `endpoint` at `target` from a thread in the right namespace.
 fn fuzz(endpoint: &mut Endpoint, target: &Target, key: &Key, seed: u64) {
+    if !common::fuzz::wanted(endpoint.name) {
+        return;
+    }
     let (cases, s) = settings(200);
     let mut run = runner(cases, s.wrapping_add(seed));
     let k = key.clone();

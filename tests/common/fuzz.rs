@@ -16,6 +16,12 @@ pub fn settings(default_cases: u32) -> (u32, u64) {
     (num("FERRY_FUZZ_CASES").map_or(default_cases, |n| n as u32), num("FERRY_FUZZ_SEED").unwrap_or(1))
 }
 
+/// Whether target `name` is to be fuzzed: all of them unless
+/// `FERRY_FUZZ_ONLY` lists some (comma-separated).
+pub fn wanted(name: &str) -> bool {
+    std::env::var("FERRY_FUZZ_ONLY").ok().is_none_or(|only| only.split(',').any(|t| t.trim() == name))
+}
+
 /// A proptest runner with a fixed seed and no failure files.
 pub fn runner(cases: u32, seed: u64) -> proptest::test_runner::TestRunner {
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};

@@ -15,6 +15,10 @@ pub struct Fuzz {
     /// Seed of the case generator: the same seed makes the same cases
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Only these targets (images: single, tree, chain, lazy; endpoints:
+    /// page-server, receive, lazy dump, lazy-pages handoff)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 impl Fuzz {
@@ -23,6 +27,7 @@ impl Fuzz {
         cmd!(sh, "cargo build --release -p ferry-testprogs").run()?;
         let _c = sh.push_env("FERRY_FUZZ_CASES", self.cases.to_string());
         let _s = sh.push_env("FERRY_FUZZ_SEED", self.seed.to_string());
+        let _o = (!self.only.is_empty()).then(|| sh.push_env("FERRY_FUZZ_ONLY", self.only.join(",")));
         // One target at a time: the figures each prints stay readable.
         cmd!(sh, "cargo test -p ferry --test fuzz_images --test fuzz_network -- --nocapture --test-threads 1").run()?;
         Ok(())
