@@ -118,7 +118,11 @@ tcp_connection() {
     setsid tp-tcp client "127.0.0.1:$port" 16777216 65536 > "$cout" 2>&1 < /dev/null &
     client=$!
     wait_line "$cout" sent || { fail tcp "client: $(tail1 "$cout")"; kill -9 "$pid"; return; }
-    sleep 0.3
+    # No lock here, so the dump must find the connection at rest: both
+    # receive buffers full, nothing in flight. Under emulation that takes
+    # longer than the 0.3 s that sufficed on x86_64 (aarch64-16k failed
+    # with data past byte 13 MiB differing, 2 runs of 3, on 2026-12-03).
+    sleep 2
     if ! ferry dump -t "$pid" -D "$img" --tcp-established --network-lock skip > /tmp/tcp.dump 2>&1; then
         fail tcp "dump: $(tail1 /tmp/tcp.dump)"
         kill -9 "$pid" "$client"
