@@ -87,6 +87,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
+/// The kernel's PID_MAX_LIMIT: no PID or thread ID in an image is larger.
+pub const PID_MAX: i32 = 1 << 22;
+
 /// A name an image may give one of its files: no directory part.
 pub fn plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')

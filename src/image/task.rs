@@ -45,8 +45,7 @@ mod checked {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer};
 
-    /// The kernel's PID_MAX_LIMIT.
-    const PID_MAX: i32 = 1 << 22;
+    use crate::image::PID_MAX;
     /// The kernel's limit on fs.nr_open.
     const FD_MAX: i32 = 1 << 30;
 

@@ -51,9 +51,6 @@ struct Unchecked {
     processes: Vec<ProcessEntry>,
 }
 
-/// The kernel's PID_MAX_LIMIT.
-const PID_MAX: i32 = 1 << 22;
-
 impl TryFrom<Unchecked> for TreeImage {
     type Error = String;
 
@@ -61,7 +58,7 @@ impl TryFrom<Unchecked> for TreeImage {
     /// its parent (so no loops), PIDs and thread IDs the kernel could give,
     /// each once.
     fn try_from(u: Unchecked) -> Result<TreeImage, String> {
-        let valid = |id: i32| (1..=PID_MAX).contains(&id);
+        let valid = |id: i32| (1..=super::PID_MAX).contains(&id);
         match u.processes.first() {
             Some(first) if first.pid == u.root && valid(u.root) => {}
             _ => return Err(format!("the tree does not start with its root {}", u.root)),

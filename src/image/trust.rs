@@ -11,7 +11,8 @@ const GROUP_OR_OTHER_WRITE: u32 = 0o022;
 const OTHER_WRITE: u32 = 0o002;
 const STICKY: u32 = 0o1000;
 
-fn trusted_owner(uid: u32) -> bool {
+/// Root or ferry's own user: the only owners whose files ferry acts on.
+pub fn trusted_owner(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 

@@ -198,12 +198,16 @@ pub fn serve(
     let mut armed = false;
     let start = Instant::now();
     while !done.load(Ordering::SeqCst) {
-        let Some(crate::net::Admitted { link: mut s, peer, hello }) = peers.try_next() else {
-            if !anyone.load(Ordering::SeqCst) && !armed && start.elapsed() > wait {
-                return Ok((false, stats));
+        let crate::net::Admitted { link: mut s, peer, hello } = match peers.next_timeout(Duration::from_millis(2)) {
+            Ok(a) => a,
+            // The listener failed (as an accept error did before).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("the page source stopped listening"),
+            Err(_) => {
+                if !anyone.load(Ordering::SeqCst) && !armed && start.elapsed() > wait {
+                    return Ok((false, stats));
+                }
+                continue;
             }
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
         };
         if hello != ARM {
             warn!("peer {peer} did not follow the protocol (asked for {hello:?})");

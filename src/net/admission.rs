@@ -132,10 +132,6 @@ impl<T: Send + 'static> Admission<T> {
     pub fn next_timeout(&self, wait: Duration) -> Result<T, RecvTimeoutError> {
         self.rx.recv_timeout(wait)
     }
-
-    pub fn try_next(&self) -> Option<T> {
-        self.rx.try_recv().ok()
-    }
 }
 
 impl<T> Drop for Admission<T> {
