@@ -213,7 +213,10 @@ fn terminal_reader_with_shell_job() {
     let w = workdir();
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pty.slave))).unwrap();
-    drop(pty.slave);
+    // Held open for the whole test: while no slave is open (between the
+    // dump's kill and the restore, or once the reader has exited) a read on
+    // the master fails with EIO, and the reader's last words could be lost.
+    let _slave = pty.slave;
     let mut master = std::fs::File::from(pty.master);
     let t_out = w.path().join("unused");
     let mut t = spawn_with(&[testprog("tp-ttyreader").to_str().unwrap()], &t_out, Stdin::Tty(slave));
@@ -239,6 +242,11 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, what: &str) {
     let mut buf = [0u8; 256];
     while !seen.contains(what) {
         assert!(start.elapsed() < T, "terminal never showed {what:?}: {seen:?}");
+        let fd = std::os::fd::AsFd::as_fd(master);
+        let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16)).unwrap() == 0 {
+            continue;
+        }
         let n = master.read(&mut buf).unwrap();
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
