@@ -400,7 +400,7 @@ fn held_move(hold: &str, port: u16) -> HeldMove {
     let s = script.as_str();
     let tp = testprog("tp-tcp");
     let tp = tp.to_str().unwrap();
-    // 64 MiB kept changing: post-copy always has pages to fetch.
+    // 64 MiB kept changing: post-copy has pages to fetch.
     let server = spawn_command(net.in_src(tp, &[&format!("{}:0", lan.svc_ip), "64"]), &w.path().join("server.out"));
     let out = server.wait_output("listening", Duration::from_secs(10));
     let svc_port: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -430,6 +430,10 @@ fn held_move(hold: &str, port: u16) -> HeldMove {
     let migrate = KillOnDrop(Some(
         net.in_src(ferry().to_str().unwrap(), &args)
             .args(["--reconnect-timeout", "3"])
+            // The server runs (and changes pages) for a while between the
+            // last round and the freeze: post-copy always has pages to
+            // fetch, even when the server was starved of CPU before.
+            .env("FERRY_TEST_HOLD_AT", "precopy-done:300")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

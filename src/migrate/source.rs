@@ -145,6 +145,7 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         }
     };
 
+    crate::testhook::stage("precopy-done");
     // Final: frozen from here on; only the pages changed since the last round
     // stay behind, served lazily.
     let final_dir = work.path().join("final");

@@ -174,7 +174,17 @@ fn queue_name(q: i32) -> &'static str {
     }
 }
 
-fn read_repair(sock: RawFd, what: &str, reg: &mut dyn Registry) -> Result<Repair> {
+/// Queue lengths and sequence numbers, read together.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Counters {
+    inq: u32,
+    outq: u32,
+    notsent: u32,
+    write_seq: u32,
+    rcv_nxt: u32,
+}
+
+fn read_counters(sock: RawFd) -> Result<Counters> {
     let inq = ioctl_int(sock, libc::FIONREAD as _, "SIOCINQ")?;
     let outq = ioctl_int(sock, SIOCOUTQ, "SIOCOUTQ")?;
     let notsent = ioctl_int(sock, SIOCOUTQNSD, "SIOCOUTQNSD")?;
@@ -182,8 +192,32 @@ fn read_repair(sock: RawFd, what: &str, reg: &mut dyn Registry) -> Result<Repair
     let write_seq = tcp_get(sock, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (send)")? as u32;
     tcp_set(sock, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
     let rcv_nxt = tcp_get(sock, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive)")? as u32;
-    let recv = peek_queue(sock, TCP_RECV_QUEUE, inq, what)?;
-    let send = peek_queue(sock, TCP_SEND_QUEUE, outq, what)?;
+    tcp_set(sock, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    Ok(Counters { inq, outq, notsent, write_seq, rcv_nxt })
+}
+
+/// Both queues with the counters they belong to. Repair mode does not stop
+/// the kernel from taking in segments: without a network lock an ACK can
+/// shorten the send queue, or data lengthen the receive queue, between two
+/// reads, and queues paired with counters read at another moment restore a
+/// stream with a gap. So read, peek, read again, and start over until
+/// nothing moved.
+fn read_queues(sock: RawFd, what: &str) -> Result<(Counters, Vec<u8>, Vec<u8>)> {
+    const TRIES: u32 = 50;
+    for _ in 0..TRIES {
+        let before = read_counters(sock)?;
+        let recv = peek_queue(sock, TCP_RECV_QUEUE, before.inq, what);
+        let send = peek_queue(sock, TCP_SEND_QUEUE, before.outq, what);
+        if read_counters(sock)? == before {
+            return Ok((before, recv?, send?));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    bail!("{what}: its queues kept changing while they were read ({TRIES} tries); dump with the network locked")
+}
+
+fn read_repair(sock: RawFd, what: &str, reg: &mut dyn Registry) -> Result<Repair> {
+    let (Counters { inq, outq, notsent, write_seq, rcv_nxt }, recv, send) = read_queues(sock, what)?;
     let info = inet::tcp_info(sock)?;
     let mss = tcp_get(sock, libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
     let timestamps = info.options & inet::TCPI_OPT_TIMESTAMPS != 0;
