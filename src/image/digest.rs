@@ -46,11 +46,16 @@ impl Streaming {
         }
     }
 
-    pub fn finish(mut self) -> u64 {
+    pub fn finish(self) -> u64 {
+        combine(&self.blocks())
+    }
+
+    /// The hash of each block.
+    pub fn blocks(mut self) -> Vec<u64> {
         if let Some(h) = self.current.take() {
             self.done.push(h.digest());
         }
-        combine(&self.done)
+        self.done
     }
 }
 

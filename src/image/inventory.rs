@@ -22,6 +22,10 @@ pub struct FileEntry {
     pub name: String,
     pub size: u64,
     pub xxh3: String,
+    /// The xxh3 of each 4 MiB block (files of more than one block): a part
+    /// of a large file can be checked without reading the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +137,12 @@ mod tests {
         inv.created_unix = 1_790_000_000;
         inv.ferry_version = "0.1.0".into();
         inv.arch = Arch::X86_64;
-        inv.files.push(FileEntry { name: "task-4242.json".into(), size: 10, xxh3: "00112233aabbccdd".into() });
+        inv.files.push(FileEntry {
+            name: "task-4242.json".into(),
+            size: 10,
+            xxh3: "00112233aabbccdd".into(),
+            blocks: Vec::new(),
+        });
         inv
     }
 

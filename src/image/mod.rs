@@ -205,7 +205,7 @@ pub struct RawImage {
     file: File,
     digest: digest::Streaming,
     /// Set by [`RawImage::fill_parallel`], which hashes as it goes.
-    filled: Option<u64>,
+    filled: Option<Vec<u64>>,
     size: u64,
 }
 
@@ -283,15 +283,17 @@ impl RawImage {
         })?;
         drop(map);
         self.size = len;
-        self.filled = Some(digest::combine(&hashes.into_inner().unwrap()));
+        self.filled = Some(hashes.into_inner().unwrap());
         Ok(())
     }
 
     pub fn finish(self, writer: &mut ImageWriter) -> Result<()> {
         // fallocate may have reserved more than was written.
         self.file.set_len(self.size).map_err(self.io_err())?;
-        let digest = self.filled.unwrap_or_else(|| self.digest.finish());
-        writer.entries.push(FileEntry { name: self.name, size: self.size, xxh3: hash_hex(digest) });
+        let blocks = self.filled.unwrap_or_else(|| self.digest.blocks());
+        let xxh3 = hash_hex(digest::combine(&blocks));
+        let blocks = if blocks.len() > 1 { blocks.into_iter().map(hash_hex).collect() } else { Vec::new() };
+        writer.entries.push(FileEntry { name: self.name, size: self.size, xxh3, blocks });
         Ok(())
     }
 }
@@ -335,6 +337,37 @@ impl ImageDir {
             .ok_or_else(|| ImageError::Unlisted { path: self.path(name) })
     }
 
+    /// The expected hash of each 4 MiB block of a file, if the inventory
+    /// lists them (files of more than one block, written by this version);
+    /// the list must add up to the file's own checksum.
+    pub fn block_hashes(&self, name: &str) -> Result<Option<Vec<u64>>> {
+        let entry = self.entry(name)?;
+        if entry.blocks.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |reason: String| ImageError::Invalid { path: self.path(INVENTORY), reason };
+        let want = entry.size.div_ceil(digest::BLOCK as u64);
+        if entry.blocks.len() as u64 != want {
+            return Err(invalid(format!(
+                "{name}: {} block checksums listed, its {} bytes make {want} blocks",
+                entry.blocks.len(),
+                entry.size
+            )));
+        }
+        let hashes = entry
+            .blocks
+            .iter()
+            .map(|h| {
+                u64::from_str_radix(h, 16).map_err(|_| invalid(format!("{name}: block checksum {h:?} is not hex")))
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        let got = hash_hex(digest::combine(&hashes));
+        if got != entry.xxh3 {
+            return Err(invalid(format!("{name}: its block checksums add up to {got}, not to {}", entry.xxh3)));
+        }
+        Ok(Some(hashes))
+    }
+
     /// Read a whole file, checking size and checksum.
     pub fn read_verified(&self, name: &str) -> Result<Vec<u8>> {
         let entry = self.entry(name)?;
@@ -366,6 +399,7 @@ impl ImageDir {
 
     /// Check a raw file's size and checksum, hashing blocks in parallel.
     pub fn verify_raw(&self, name: &str) -> Result<()> {
+        self.block_hashes(name)?;
         let entry = self.entry(name)?;
         let path = self.path(name);
         let file = self.open_raw(name)?;
@@ -391,5 +425,39 @@ fn check_size(path: &Path, size: u64, expected: u64) -> Result<()> {
         Err(ImageError::WrongSize { path: path.to_path_buf(), size, expected })
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of 2 blocks and a byte: three block hashes listed, which add
+    /// up to the file's checksum; a list edited in any way is refused.
+    #[test]
+    fn large_files_list_their_block_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ImageWriter::create(dir.path()).unwrap();
+        let data: Vec<u8> = (0..2 * digest::BLOCK + 1).map(|i| (i % 251) as u8).collect();
+        let mut raw = w.raw("pages-1.img").unwrap();
+        raw.write(&data).unwrap();
+        raw.finish(&mut w).unwrap();
+        w.write_json("small.json", &1).unwrap();
+        w.commit(inventory::Inventory::new(inventory::ImageKind::Dump, 1, 4096)).unwrap();
+        let img = ImageDir::open(dir.path()).unwrap();
+        let blocks = img.block_hashes("pages-1.img").unwrap().unwrap();
+        let want: Vec<u64> = data.chunks(digest::BLOCK).map(digest::block_hash).collect();
+        assert_eq!(blocks, want);
+        assert_eq!(img.block_hashes("small.json").unwrap(), None);
+        img.verify_raw("pages-1.img").unwrap();
+
+        let edited = |f: &dyn Fn(&mut Vec<String>)| {
+            let mut img = img.clone();
+            f(&mut img.inventory.files.iter_mut().find(|e| e.name == "pages-1.img").unwrap().blocks);
+            img.block_hashes("pages-1.img").unwrap_err().to_string()
+        };
+        assert!(edited(&|b| b.swap(0, 1)).contains("add up to"));
+        assert!(edited(&|b| b.truncate(2)).contains("2 block checksums listed"));
+        assert!(edited(&|b| b[0] = "zz".into()).contains("not hex"));
     }
 }

@@ -340,9 +340,11 @@ const SHM_EXEC: u64 = 0o100000;
 /// Copy the saved pages into the child from ferry, several blocks at once:
 /// one copy, from the page cache of the mapped pages files (this image's
 /// and its parents') straight into the child's memory, which `build` mapped
-/// writable. Every 4 MiB block of every pages file used is hashed as it is
-/// copied (while it is in the cache); a mismatch with an inventory fails the
-/// restore before the task ever runs.
+/// writable. Blocks are hashed as they are copied (while in the cache); a
+/// mismatch with an inventory fails the restore before the task ever runs.
+/// Where the inventory lists each block's hash, only the blocks read are
+/// hashed (a parent whose pages later rounds replaced is not read at all);
+/// otherwise every block of every pages file used.
 fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
     let chain = &plan.chain;
     let mut used = vec![false; chain.views.len()];
@@ -379,6 +381,15 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
             );
         }
     }
+    let expected: Vec<Option<Vec<u64>>> = chain
+        .views
+        .iter()
+        .zip(&maps)
+        .map(|(view, m)| match m {
+            Some(_) => view.images.block_hashes(&view.pagemap.pages_file),
+            None => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
     // Work items: one block of one file, and the task ranges its bytes fill.
     let mut work: Vec<(usize, usize, Vec<Part>)> = Vec::new();
     for (v, map) in maps.iter().enumerate() {
@@ -410,6 +421,8 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
     for (_, _, parts) in work.iter_mut() {
         parts.sort_unstable_by_key(|p| p.off);
     }
+    // Blocks checked one by one need reading only where they give pages.
+    work.retain(|(v, _, parts)| expected[*v].is_none() || !parts.is_empty());
     let hashes: Vec<std::sync::Mutex<Vec<u64>>> = maps
         .iter()
         .map(|m| std::sync::Mutex::new(vec![0; m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK))]))
@@ -437,12 +450,24 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
             continue;
         }
         let name = &view.pagemap.pages_file;
-        let expected = &view.images.entry(name)?.xxh3;
-        let got = crate::image::hash_hex(digest::combine(&hashes[v].lock().unwrap()));
-        if &got != expected {
-            let path = view.images.path(name);
-            return Err(ImageError::Checksum { path, expected: expected.clone(), got }.into());
-        }
+        let hashes = hashes[v].lock().unwrap();
+        let (want, got) = match &expected[v] {
+            Some(blocks) => match work.iter().find(|(w, b, _)| *w == v && hashes[*b] != blocks[*b]) {
+                Some((_, b, _)) => (blocks[*b], hashes[*b]),
+                None => continue,
+            },
+            None => {
+                let want = &view.images.entry(name)?.xxh3;
+                let got = crate::image::hash_hex(digest::combine(&hashes));
+                if &got == want {
+                    continue;
+                }
+                let path = view.images.path(name);
+                return Err(ImageError::Checksum { path, expected: want.clone(), got }.into());
+            }
+        };
+        let (expected, got) = (crate::image::hash_hex(want), crate::image::hash_hex(got));
+        return Err(ImageError::Checksum { path: view.images.path(name), expected, got }.into());
     }
     Ok(())
 }
