@@ -20,6 +20,7 @@ pub mod objects;
 pub mod pidfd;
 pub mod probe;
 pub mod proc;
+pub mod progress;
 pub mod ptrace;
 pub mod restore;
 pub mod testhook;

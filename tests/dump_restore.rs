@@ -368,3 +368,55 @@ fn deleted_file_open_and_mapped_is_one_object() {
     let out = restore_and_wake(&mut t, &img);
     assert!(out.ends_with("ok\n"), "{out}");
 }
+
+/// Run ferry with stderr on a new terminal; returns all it drew there.
+fn ferry_on_terminal(args: &[&str]) -> String {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let status = std::process::Command::new(ferry())
+        .args(args)
+        .env("FERRY_PROGRESS_DELAY_MS", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::from(pty.slave))
+        .status()
+        .unwrap();
+    assert!(status.success(), "ferry {args:?}: {status}");
+    // The slave is closed now: read what is left, up to EIO.
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// On a terminal, dump and restore draw a bar with bytes, rate and time
+/// left; into a pipe they print no bar and no terminal codes. The memory
+/// comes back whole either way.
+#[test]
+fn progress_bars_on_a_terminal_only() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    let drawn = ferry_on_terminal(&["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]);
+    assert!(drawn.contains("dumping pages [") && drawn.contains("/64.") && drawn.contains("B/s"), "{drawn:?}");
+    t.reap_killed();
+    let drawn = ferry_on_terminal(&["restore", "-d", "-D", img.to_str().unwrap()]);
+    assert!(drawn.contains("restoring pages [") && drawn.contains(" left"), "{drawn:?}");
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "{}", t.output());
+
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out2"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img2");
+    let mut c = std::process::Command::new(ferry());
+    c.args(["dump", "-t", &t.pid.to_string(), "-D", img.to_str().unwrap()]).env("FERRY_PROGRESS_DELAY_MS", "0");
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("dumping pages") && !err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    restore_and_wake(&mut t, &img);
+}

@@ -52,7 +52,7 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
         .with_target(level >= 4)
         .with_ansi(file.is_none() && std::io::stderr().is_terminal());
     if level <= DEFAULT_LEVEL && file.is_none() {
-        builder.event_format(Plain).with_writer(std::io::stderr).init();
+        builder.event_format(Plain).with_writer(|| crate::progress::Stderr).init();
         return Ok(());
     }
     let builder = builder.with_timer(tracing_subscriber::fmt::time::uptime());
@@ -75,7 +75,7 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
                 .with_context(|| format!("opening log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder.with_writer(|| crate::progress::Stderr).init(),
     }
     Ok(())
 }

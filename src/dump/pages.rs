@@ -308,6 +308,7 @@ fn copy_pages(
     let blocks = total.div_ceil(BLOCK as u64);
     let done = AtomicU64::new(0);
     let lost_all = Mutex::new(Vec::new());
+    let progress = crate::progress::Progress::new("dumping pages", Some(total));
     out.fill_parallel(total, |offset, block| {
         let first = (offset / page) as usize;
         let idx = &copy[first..first + block.len() / ps];
@@ -318,6 +319,7 @@ fn copy_pages(
             }
         }
         lost_all.lock().unwrap().extend(lost);
+        progress.inc(block.len() as u64);
         if done.fetch_add(1, Ordering::Relaxed) + 1 == blocks.div_ceil(2) {
             crate::testhook::stage("memory");
         }

@@ -305,7 +305,9 @@ pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
         })
         .collect();
     let mut report = Report { processes: processes as u64, ..Default::default() };
+    let progress = crate::progress::Progress::new("post-copy", Some(total));
     loop {
+        progress.set(sh.pushed.load(Ordering::Relaxed) + report.faults * page);
         type Watch = (usize, Arc<Uffd>, Option<Arc<OwnedFd>>);
         let watched: Vec<Watch> = {
             let spaces = sh.spaces.lock().unwrap();

@@ -32,7 +32,7 @@ pub struct ReceiveOptions {
 }
 
 fn say(msg: &str) {
-    println!("receive: {msg}");
+    crate::progress::above(|| println!("receive: {msg}"));
 }
 
 /// Accept authenticated peers; the first migration goes to `first`, later

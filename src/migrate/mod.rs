@@ -32,6 +32,8 @@ pub fn send_image(w: &mut impl Write, dir: &Path, prefix: &str) -> Result<u64> {
     let mut names: Vec<String> = inv.files.iter().map(|f| f.name.clone()).collect();
     names.push(INVENTORY.to_string());
     let mut buf = vec![0u8; CHUNK];
+    let size: u64 = inv.files.iter().map(|f| f.size).sum::<u64>() + inv_bytes.len() as u64;
+    let progress = crate::progress::Progress::new(&format!("sending {prefix}"), Some(size));
     for name in names {
         let path = dir.join(&name);
         let mut f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -44,6 +46,7 @@ pub fn send_image(w: &mut impl Write, dir: &Path, prefix: &str) -> Result<u64> {
             }
             write_frame(w, &Frame::new(Kind::FileData, buf[..n].to_vec()))?;
             total += n as u64;
+            progress.inc(n as u64);
         }
         write_frame(w, &Frame::new(Kind::FileEnd, Vec::new()))?;
     }
@@ -54,6 +57,7 @@ pub fn send_image(w: &mut impl Write, dir: &Path, prefix: &str) -> Result<u64> {
 pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64)> {
     let mut out: Option<std::fs::File> = None;
     let mut total = 0;
+    let progress = crate::progress::Progress::new("receiving", None);
     loop {
         let f = read_frame(r)?;
         match f.kind {
@@ -80,6 +84,7 @@ pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64
             Kind::FileData => {
                 out.as_mut().context("file data without a file")?.write_all(&f.payload)?;
                 total += f.payload.len() as u64;
+                progress.inc(f.payload.len() as u64);
             }
             Kind::FileEnd => out = None,
             Kind::RoundEnd => {

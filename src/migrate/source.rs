@@ -67,7 +67,7 @@ fn connect(to: &str, creds: &Credentials, hello: &str) -> Result<Link> {
 }
 
 fn say(msg: &str) {
-    println!("migrate: {msg}");
+    crate::progress::above(|| println!("migrate: {msg}"));
 }
 
 pub fn run(o: &MigrateOptions) -> Result<()> {
@@ -193,29 +193,33 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
     if frozen.lazy_bytes() == 0 {
         let _ = read_frame(&mut stream);
     } else {
-        loop {
-            match serve::serve_conn(stream, &store, &stats) {
-                Ended::Done => break,
-                Ended::Disconnected => {
-                    say("connection lost during post-copy; reconnecting");
-                    let start = Instant::now();
-                    stream = loop {
-                        match connect(&o.to, &o.creds, RESUME) {
-                            Ok(s) => break s,
-                            Err(e) if start.elapsed() > o.reconnect => {
-                                frozen.kill()?;
-                                bail!(
-                                    "the destination is unreachable ({e:#}) for {} s during post-copy: \
+        let total = Some(frozen.lazy_bytes());
+        crate::progress::follow("post-copy", total, &stats.bytes, || -> Result<()> {
+            loop {
+                match serve::serve_conn(stream, &store, &stats) {
+                    Ended::Done => break,
+                    Ended::Disconnected => {
+                        say("connection lost during post-copy; reconnecting");
+                        let start = Instant::now();
+                        stream = loop {
+                            match connect(&o.to, &o.creds, RESUME) {
+                                Ok(s) => break s,
+                                Err(e) if start.elapsed() > o.reconnect => {
+                                    frozen.kill()?;
+                                    bail!(
+                                        "the destination is unreachable ({e:#}) for {} s during post-copy: \
                                      the source copy of task {pid} was killed",
-                                    o.reconnect.as_secs()
-                                );
+                                        o.reconnect.as_secs()
+                                    );
+                                }
+                                Err(_) => std::thread::sleep(Duration::from_millis(200)),
                             }
-                            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-                        }
-                    };
+                        };
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     frozen.kill()?;
     let lazy_bytes = stats.bytes.load(std::sync::atomic::Ordering::Relaxed);

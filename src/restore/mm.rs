@@ -428,6 +428,8 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
         .map(|m| std::sync::Mutex::new(vec![0; m.as_ref().map_or(0, |m| m.len().div_ceil(BLOCK))]))
         .collect();
     let next = AtomicUsize::new(0);
+    let total = work.iter().flat_map(|w| &w.2).map(|p| p.len as u64).sum();
+    let progress = crate::progress::Progress::new("restoring pages", Some(total));
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..crate::image::workers().min(work.len()))
             .map(|_| {
@@ -435,6 +437,7 @@ fn fill_pages(mem: &RemoteMem, plan: &Plan) -> Result<()> {
                     while let Some((v, b, parts)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
                         let map = maps[*v].as_ref().unwrap();
                         copy_parts(mem, map, parts)?;
+                        progress.inc(parts.iter().map(|p| p.len as u64).sum());
                         let block = &map[b * BLOCK..((b + 1) * BLOCK).min(map.len())];
                         let h = digest::block_hash(block);
                         hashes[*v].lock().unwrap()[*b] = h;
