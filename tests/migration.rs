@@ -130,6 +130,49 @@ fn criu_command_sequence_between_namespaces() {
     t.reap_killed();
     assert!(ns.host_pid(t.pid).is_some());
     check_restored(&ns, t.pid, &t);
+    // The pre-copied pages were placed by the daemon after the task ran,
+    // not by the restore before.
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dst_imgs.join("3/lazy-stats.json")).unwrap()).unwrap();
+    assert!(stats["local_bytes"].as_u64().unwrap() > 64 << 20, "{stats}");
+}
+
+/// A pre-copied pages file damaged on the destination: the lazy-pages
+/// daemon finds it before it takes the task over, so the restore fails
+/// with nothing running there and the source gets its task back.
+#[test]
+fn damaged_precopied_pages_fail_before_the_task_moves() {
+    let w = workdir();
+    let net = Net::new();
+    let t = spawn_src(&net, "tp-churn", &["128", "5"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let imgs = w.path().join("imgs");
+    let pid = t.pid.to_string();
+    let d = |n: &str| imgs.join(n).display().to_string();
+    finish(bg(ferry_in_src(&net, &["pre-dump", "-t", &pid, "-D", &d("1")])), "pre-dump");
+    let pages = imgs.join(format!("1/pages-{}.img", t.pid));
+    let last = ["dump", "-t", &pid, "-D", &d("2"), "--prev-images-dir", "../1", "--track-mem", "--lazy-pages"];
+    let src =
+        bg(ferry_in_src(&net, &[&last[..], &["--port", "29", "--address", &net.src_ip, "--lazy-wait", "3"]].concat()));
+    until("the lazy dump's images", || imgs.join("2/inventory.json").exists());
+    // One byte in the middle of the pre-copied pages.
+    let mut data = std::fs::read(&pages).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x20;
+    std::fs::write(&pages, &data).unwrap();
+    let ns = PidNs::new(Some(&net.dst));
+    let dir = d("2");
+    let out = ns
+        .ferry(&["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", "29", "-D", &dir])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("checksum mismatch") && err.contains("pages-"), "{err}");
+    assert!(ns.host_pid(t.pid).is_none(), "something runs at the task's PID on the destination");
+    // Nobody took the task: the lazy dump gives it back.
+    let out = src.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    t.assert_running_untraced();
 }
 
 /// `ferry migrate` to `ferry receive`, for a big process with a small

@@ -245,6 +245,16 @@ impl CpuRecord {
             CpuRecord::S390x(_) => Arch::S390x,
         }
     }
+
+    /// The stack pointer the thread resumes with.
+    pub fn sp(&self) -> u64 {
+        match self {
+            CpuRecord::X86_64(s) => x86_64::X86_64::sp(s),
+            CpuRecord::Aarch64(s) => aarch64::Aarch64::sp(s),
+            CpuRecord::Ppc64le(s) => ppc64le::Ppc64le::sp(s),
+            CpuRecord::S390x(s) => s390x::S390x::sp(s),
+        }
+    }
 }
 
 /// Map ferry's syscall list onto one architecture's numbering.

@@ -61,7 +61,15 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
         let pagemap: PagemapImage = images.read_json(&pagemap_file(vpid))?;
         let ranges = lazy_ranges(&pagemap);
         if !ranges.is_empty() {
-            lazy.insert(vpid, ranges);
+            // The pre-copied pages the restore leaves to us (it picks the
+            // same ones from the same images).
+            let local = crate::lazy::local::for_process(&images, vpid)?.map(std::sync::Arc::new);
+            // Before the restore can hand the task over: a damaged page
+            // found later would cost the task.
+            if let Some(l) = &local {
+                l.check_all()?;
+            }
+            lazy.insert(vpid, (ranges, local));
         }
     }
     if lazy.is_empty() {
@@ -99,7 +107,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let mut guards = Vec::new();
     let mut tasks = Vec::new();
     for h in handed {
-        let Some(ranges) = lazy.remove(&h.vpid) else {
+        let Some((ranges, local)) = lazy.remove(&h.vpid) else {
             handoff::answer(answer, &format!("process {} has no lazy pages in these images", h.vpid));
             kill_all();
             bail!("the restore handed over process {}, which has no lazy pages in these images", h.vpid);
@@ -110,6 +118,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
             pid: h.pid,
             process: h.vpid as u64,
             lazy: ranges,
+            local,
         });
     }
     handoff::answer(answer, "ok");

@@ -197,6 +197,9 @@ struct Parent {
     rel: PathBuf,
     images: ImageDir,
     track: Option<TrackRecord>,
+    /// Each process's view, read before the freeze (reading a large
+    /// pagemap takes milliseconds the task need not spend frozen).
+    views: std::sync::Mutex<std::collections::HashMap<i32, MemoryView>>,
 }
 
 impl Parent {
@@ -205,6 +208,9 @@ impl Parent {
     fn view(&self, vpid: i32) -> Result<Option<MemoryView>> {
         if !self.images.inventory.tasks.contains(&vpid) {
             return Ok(None);
+        }
+        if let Some(v) = self.views.lock().unwrap().remove(&vpid) {
+            return Ok(Some(v));
         }
         MemoryView::load(self.images.clone(), vpid).map(Some)
     }
@@ -223,7 +229,13 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     }
     let track =
         if images.entry(TRACK_FILE).is_ok() { Some(images.read_json::<TrackRecord>(TRACK_FILE)?) } else { None };
-    Ok(Some(Parent { rel: rel.clone(), images, track }))
+    let views = images
+        .inventory
+        .tasks
+        .iter()
+        .map(|&p| MemoryView::load(images.clone(), p).map(|v| (p, v)))
+        .collect::<Result<_>>()?;
+    Ok(Some(Parent { rel: rel.clone(), images, track, views: std::sync::Mutex::new(views) }))
 }
 
 /// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
@@ -640,34 +652,15 @@ fn dump_process(
     Ok(ProcessDump { main_regs: thread_regs[0].clone(), main_mask, image: Some(image), thread_regs, deferred })
 }
 
-/// Pages restored eagerly in a lazy dump: those around every thread's
-/// stack pointer, which the threads touch the moment they run; each
-/// thread's rseq area, which the kernel itself writes as the thread
-/// resumes (such a write does not go through the userfaultfd, it fills
-/// the page with zeros first, and the lazy copy would then find the page
-/// taken); and locked memory.
+/// Pages restored eagerly in a lazy dump (see [`crate::lazy::local::eager_ranges`]).
 fn eager_ranges(regs: &[NativeState], image: Option<&TaskImage>, planned: &[memory::PlannedVma]) -> Vec<(u64, u64)> {
-    const AROUND: u64 = 64 << 10;
-    let page = crate::page_size();
-    let mut out = Vec::new();
-    for r in regs {
-        let sp = Native::sp(r);
-        out.extend(
-            planned
-                .iter()
-                .filter(|p| p.vma.start <= sp && sp < p.vma.end)
-                .map(|p| (sp.saturating_sub(AROUND).max(p.vma.start), (sp + AROUND).min(p.vma.end))),
-        );
-    }
-    for t in image.map(|i| i.threads.as_slice()).unwrap_or_default() {
-        if let Some(r) = t.rseq.as_ref().filter(|r| r.addr != 0 && r.len != 0) {
-            out.push((r.addr & !(page - 1), (r.addr + u64::from(r.len)).div_ceil(page) * page));
-        }
-    }
-    // Locked memory is populated by mlock at restore, before any
-    // userfaultfd could serve it.
-    out.extend(planned.iter().filter(|p| p.vma.locked && !p.vma.lock_on_fault).map(|p| (p.vma.start, p.vma.end)));
-    out
+    let rseqs = image.map(|i| i.threads.as_slice()).unwrap_or_default().iter().filter_map(|t| t.rseq.as_ref());
+    crate::lazy::local::eager_ranges(
+        regs.iter().map(Native::sp),
+        rseqs.map(|r| (r.addr, r.len)),
+        planned.iter().map(|p| &p.vma),
+        crate::page_size(),
+    )
 }
 
 /// Keep the task frozen and serve its lazy pages until the destination has

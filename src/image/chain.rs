@@ -29,6 +29,11 @@ impl MemoryView {
     /// Process `pid`'s memory as this image recorded it.
     pub fn load(images: ImageDir, pid: i32) -> Result<MemoryView> {
         let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
+        MemoryView::with_pagemap(images, pid, pagemap)
+    }
+
+    /// The same, with the pagemap already read.
+    pub fn with_pagemap(images: ImageDir, pid: i32, pagemap: PagemapImage) -> Result<MemoryView> {
         let raw = images.read_verified(&pageids_file(pid))?;
         let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let mut index = Vec::with_capacity(pagemap.entries.len());
@@ -85,7 +90,13 @@ impl Chain {
     /// Follow `parent` links from `first` (the images of the final dump)
     /// for process `pid`.
     pub fn open(first: ImageDir, pid: i32) -> Result<Chain> {
-        let mut views = vec![MemoryView::load(first, pid)?];
+        let view = MemoryView::load(first, pid)?;
+        Chain::from_view(view, pid)
+    }
+
+    /// The same, from the newest image's view.
+    pub fn from_view(view: MemoryView, pid: i32) -> Result<Chain> {
+        let mut views = vec![view];
         let mut seen: Vec<PathBuf> = Vec::new();
         while let Some(rel) = views.last().unwrap().images.inventory.parent.clone() {
             let here = views.last().unwrap().images.dir.clone();

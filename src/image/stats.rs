@@ -54,6 +54,12 @@ pub struct LazyStats {
     pub processes: u64,
     #[serde(default)]
     pub forks: u64,
+    /// Pre-copied pages the daemon placed from the local images after the
+    /// task resumed, and the faults among them.
+    #[serde(default)]
+    pub local_bytes: u64,
+    #[serde(default)]
+    pub local_faults: u64,
 }
 
 impl LazyStats {
@@ -88,6 +94,8 @@ impl LazyStats {
             elapsed_us: elapsed.as_micros() as u64,
             processes: 0,
             forks: 0,
+            local_bytes: 0,
+            local_faults: 0,
         }
     }
 }

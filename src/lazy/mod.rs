@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod guard;
 pub mod handoff;
+pub mod local;
 pub mod ranges;
 pub mod serve;
 pub mod upload;

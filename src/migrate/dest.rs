@@ -79,6 +79,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         }
     };
     let ropts = RestoreOptions {
+        checked_on_arrival: true,
         dir: final_dir.clone(),
         detached: true,
         shell_job: o.shell_job,
@@ -124,7 +125,8 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     for l in restored.lazy {
         let pagemap: PagemapImage = images.read_json(&pagemap_file(l.vpid))?;
         guards.push(Guard::start(l.uffd.fd(), l.pid)?);
-        tasks.push(daemon::LazyTask { uffd: l.uffd, pid: l.pid, process: l.vpid as u64, lazy: lazy_ranges(&pagemap) });
+        let lazy = lazy_ranges(&pagemap);
+        tasks.push(daemon::LazyTask { uffd: l.uffd, pid: l.pid, process: l.vpid as u64, lazy, local: l.local });
     }
     status(&mut stream, &format!("running {pid}"))?;
     say(&format!("task {pid} running after {} of images; fetching the rest", human_bytes(total)));

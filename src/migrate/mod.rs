@@ -58,6 +58,10 @@ pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64
     let mut out: Option<std::fs::File> = None;
     let mut total = 0;
     let progress = crate::progress::Progress::new("receiving", None);
+    // Each file's digest as it arrived, checked against the round's
+    // inventory (sent last) when the round ends.
+    let mut digests: std::collections::HashMap<std::path::PathBuf, u64> = Default::default();
+    let mut current: Option<(std::path::PathBuf, crate::image::digest::Streaming)> = None;
     loop {
         let f = read_frame(r)?;
         match f.kind {
@@ -68,6 +72,7 @@ pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64
                     bail!("refusing file name {rel:?} from the source");
                 }
                 let path = dir.join(rel_path);
+                current = Some((path.clone(), Default::default()));
                 if let Some(parent) = path.parent() {
                     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
                 }
@@ -83,19 +88,51 @@ pub fn receive_round(r: &mut impl Read, dir: &Path) -> Result<(String, bool, u64
             }
             Kind::FileData => {
                 out.as_mut().context("file data without a file")?.write_all(&f.payload)?;
+                if let Some((_, d)) = current.as_mut() {
+                    d.update(&f.payload);
+                }
                 total += f.payload.len() as u64;
                 progress.inc(f.payload.len() as u64);
             }
-            Kind::FileEnd => out = None,
+            Kind::FileEnd => {
+                out = None;
+                if let Some((path, d)) = current.take() {
+                    digests.insert(path, d.finish());
+                }
+            }
             Kind::RoundEnd => {
                 let text = f.text();
                 let (name, fin) = text.split_once(' ').unwrap_or((&text, ""));
+                // The round's directory: where its inventory went.
+                let round = digests.keys().find(|p| p.ends_with(INVENTORY)).and_then(|p| p.parent());
+                if let Some(round) = round {
+                    check_arrived(round, &digests)?;
+                }
                 return Ok((name.to_string(), fin == "final", total));
             }
             Kind::Status => bail!("the source gave up: {}", f.said()),
             k => bail!("protocol error: unexpected {k:?} while receiving images"),
         }
     }
+}
+
+/// Every file the round's inventory lists arrived whole: its digest as
+/// received matches (so a restore may trust the pages it has not read).
+fn check_arrived(round: &Path, digests: &std::collections::HashMap<std::path::PathBuf, u64>) -> Result<()> {
+    let images = crate::image::ImageDir::open(round)?;
+    for f in &images.inventory.files {
+        let path = round.join(&f.name);
+        let got = digests.get(&path).map(|d| crate::image::hash_hex(*d));
+        if got.as_deref() != Some(f.xxh3.as_str()) {
+            bail!(
+                "{}: arrived damaged or not at all (xxh3 {}, the inventory says {})",
+                path.display(),
+                got.unwrap_or_else(|| "none".into()),
+                f.xxh3
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn end_round(w: &mut impl Write, name: &str, last: bool) -> Result<()> {

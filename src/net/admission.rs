@@ -105,6 +105,9 @@ impl Table {
 pub struct Admission<T> {
     rx: Receiver<T>,
     stop: Arc<AtomicBool>,
+    /// The write end of a pipe the accept loop polls: closing it wakes the
+    /// loop at once when the endpoint is done (no poll timeout to sit out).
+    wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -120,8 +123,13 @@ impl<T: Send + 'static> Admission<T> {
         let stop = Arc::new(AtomicBool::new(false));
         let handshake = Arc::new(handshake);
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || accept_loop(listener, what, handshake, tx, flag));
-        Admission { rx, stop, thread: Some(thread) }
+        let (woken, wake) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => (Some(r), Some(w)),
+            // Without a pipe the loop still notices `stop` within its poll timeout.
+            Err(_) => (None, None),
+        };
+        let thread = std::thread::spawn(move || accept_loop(listener, what, handshake, tx, flag, woken));
+        Admission { rx, stop, wake, thread: Some(thread) }
     }
 
     /// The next proven peer; None once the listener failed.
@@ -137,14 +145,21 @@ impl<T: Send + 'static> Admission<T> {
 impl<T> Drop for Admission<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        drop(self.wake.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn accept_loop<L, T, H>(listener: L, what: &'static str, handshake: Arc<H>, tx: mpsc::Sender<T>, stop: Arc<AtomicBool>)
-where
+fn accept_loop<L, T, H>(
+    listener: L,
+    what: &'static str,
+    handshake: Arc<H>,
+    tx: mpsc::Sender<T>,
+    stop: Arc<AtomicBool>,
+    woken: Option<OwnedFd>,
+) where
     L: Listen,
     T: Send + 'static,
     H: Fn(L::Conn) -> Result<T> + Send + Sync + 'static,
@@ -157,9 +172,13 @@ where
     }
     while !stop.load(Ordering::SeqCst) {
         table.reap(false);
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if let Some(w) = &woken {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::from(100u16)) {
             Ok(0) => continue,
+            Ok(_) if fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty()) => break,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {

@@ -56,6 +56,10 @@ pub struct RestoreOptions {
     /// `--network-lock`: how the connections' packets are held here
     /// until the tree runs.
     pub network_lock: crate::netlock::Method,
+    /// Every file of the image chain was checked against its inventory as
+    /// it arrived (`receive`): pages left to the daemon need no check
+    /// before the task runs.
+    pub checked_on_arrival: bool,
 }
 
 /// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
@@ -99,6 +103,8 @@ pub struct LazyProcess {
     pub vpid: i32,
     pub pid: i32,
     pub uffd: Uffd,
+    /// Its pre-copied pages not placed yet (see [`crate::lazy::local`]).
+    pub local: Option<std::sync::Arc<crate::lazy::local::LocalPages>>,
 }
 
 pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
@@ -208,6 +214,21 @@ struct Live {
 }
 
 fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+    // Pre-copied pages left to the daemon must be known good before the
+    // task may run (a damaged page found later would cost the task): a
+    // `lazy-pages` daemon checks them before it takes the task over;
+    // `receive` checked every file as it arrived; otherwise they are
+    // checked here, beside the rebuild.
+    let mut locals = std::collections::HashMap::new();
+    for pp in plan.processes.iter().filter(|pp| !pp.deferred.is_empty()) {
+        let l = std::sync::Arc::new(crate::lazy::local::LocalPages::open(&pp.chain, &pp.deferred)?);
+        locals.insert(pp.task.pid, l);
+    }
+    let check_here = !opts.checked_on_arrival && !matches!(opts.lazy, Some(LazyRestore::Daemon));
+    let checking = {
+        let all: Vec<_> = if check_here { locals.values().cloned().collect() } else { Vec::new() };
+        std::thread::spawn(move || all.iter().try_for_each(|l| l.check_all()))
+    };
     if !plan.tree.pid_ns {
         let pids: Vec<i32> = plan.tree.processes.iter().map(|p| p.pid).collect();
         fork::wait_free(&pids, opts.pid_wait)?;
@@ -249,11 +270,14 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         built.push(b);
         testhook::stage("restore-process");
     }
+    debug!("every process built");
+    checking.join().expect("page check panicked")?;
+    debug!(processes = locals.len(), "pre-copied pages checked");
     let lazy: Vec<LazyProcess> = built
         .iter_mut()
         .zip(&plan.processes)
         .filter_map(|(b, pp)| b.uffd.take().map(|uffd| (pp.task.pid, uffd)))
-        .map(|(vpid, uffd)| LazyProcess { vpid, pid: pids[&vpid], uffd })
+        .map(|(vpid, uffd)| LazyProcess { vpid, pid: pids[&vpid], uffd, local: locals.remove(&vpid) })
         .collect();
 
     // The tree as a whole: process groups, zombies, pending signals.
@@ -306,6 +330,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
             let handed: Vec<(i32, i32, &std::os::fd::OwnedFd)> =
                 lazy.iter().map(|l| (l.vpid, l.pid, l.uffd.fd())).collect();
             crate::lazy::handoff::send(&opts.dir, &handed, Duration::from_secs(10))?;
+            debug!("userfaultfds handed to the lazy-pages daemon");
             Vec::new()
         }
         _ => lazy,
@@ -615,6 +640,7 @@ fn flush_child_signals(
     }
 }
 
+/// The pages the daemon fills: lazy ones, and pre-copied ones deferred.
 fn lazy_extents(plan: &ProcessPlan) -> Vec<(u64, u64)> {
     use crate::image::pagemap::PageFlags;
     let page = plan.pagemap.page_size;
@@ -623,6 +649,7 @@ fn lazy_extents(plan: &ProcessPlan) -> Vec<(u64, u64)> {
         .iter()
         .filter(|e| e.flags == PageFlags::Lazy)
         .map(|e| (e.vaddr, e.vaddr + e.nr_pages * page))
+        .chain(plan.deferred.iter().map(|s| (s.vaddr, s.vaddr + s.len)))
         .collect()
 }
 
@@ -639,8 +666,14 @@ fn lazy_uffd(inj: &mut Injector, plan: &ProcessPlan) -> Result<Option<Uffd>> {
 
 /// Register every area that has lazy pages (whole areas, so none is split).
 fn register_lazy(u: &Uffd, plan: &ProcessPlan) -> Result<()> {
-    let lazy = lazy_extents(plan);
-    for v in plan.task.vmas.iter().filter(|v| lazy.iter().any(|&(s, e)| s < v.end && v.start < e)) {
+    let mut lazy = lazy_extents(plan);
+    lazy.sort_unstable();
+    // Extents are disjoint: the first ending after an area's start decides.
+    let touches = |v: &&crate::image::task::Vma| {
+        let i = lazy.partition_point(|&(_, e)| e <= v.start);
+        lazy.get(i).is_some_and(|&(s, _)| s < v.end)
+    };
+    for v in plan.task.vmas.iter().filter(touches) {
         u.register(v.start, v.len(), uffd::REGISTER_MODE_MISSING)
             .with_context(|| format!("task {}: lazy area {:#x}-{:#x}", plan.task.pid, v.start, v.end))?;
     }

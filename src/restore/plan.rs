@@ -7,7 +7,7 @@
 use super::child::{ChildSetup, KernelSigaction, Role, TreeSetup};
 use super::objects::{self, Opened};
 use super::RestoreOptions;
-use crate::image::chain::{Chain, Source};
+use crate::image::chain::{Chain, MemoryView, Source};
 use crate::image::inventory::ImageKind;
 use crate::image::objects::{ObjectsImage, OBJECTS};
 use crate::image::pagemap::PagemapImage;
@@ -36,6 +36,8 @@ pub struct ProcessPlan {
     pub chain: Chain,
     /// Where every page to copy in comes from, in address order.
     pub sources: Vec<Source>,
+    /// Pre-copied pages left to the lazy-pages daemon (a lazy restore).
+    pub deferred: Vec<Source>,
     /// Each thread's registers, in `task.threads` order.
     pub cpus: Vec<NativeState>,
     /// The process's fd number for each file- or object-backed VMA (by index).
@@ -221,6 +223,7 @@ struct Loaded {
     pagemap: PagemapImage,
     chain: Chain,
     sources: Vec<Source>,
+    deferred: Vec<Source>,
     cpus: Vec<NativeState>,
 }
 
@@ -230,7 +233,9 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
         bail!("{}: not the image of task {pid} and its main thread", images.path(&task_file(pid)).display());
     }
     let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
-    let chain = Chain::open(images.clone(), pid)?;
+    tracing::debug!(pid, "task and pagemap read");
+    let chain = Chain::from_view(MemoryView::with_pagemap(images.clone(), pid, pagemap.clone())?, pid)?;
+    tracing::debug!(pid, images = chain.views.len(), "page images opened");
     let lazy_pages: u64 =
         pagemap.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy).map(|e| e.nr_pages).sum();
     if lazy_pages > 0 && opts.lazy.is_none() {
@@ -240,6 +245,11 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
         );
     }
     let sources = chain.sources()?;
+    // A process with lazy pages has a daemon filling its memory anyway:
+    // the pages pre-copy already brought here can wait for it too.
+    let (sources, deferred) =
+        if lazy_pages > 0 { crate::lazy::local::split(&task, &chain, sources)? } else { (sources, Vec::new()) };
+    tracing::debug!(pid, placed = sources.len(), deferred = deferred.len(), "page sources found");
     let cpus = task
         .threads
         .iter()
@@ -249,11 +259,13 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
         })
         .collect::<Result<_>>()?;
     check_vdso(&task)?;
-    Ok(Loaded { task, pagemap, chain, sources, cpus })
+    Ok(Loaded { task, pagemap, chain, sources, deferred, cpus })
 }
 
 pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
+    tracing::debug!("reading images");
     let (images, tree, objects) = read_images(opts)?;
+    tracing::debug!(processes = tree.processes.len(), "tree and objects read");
     let mut loaded = HashMap::new();
     let mut deleted_cwds = super::deleted_cwd::DeletedCwds::default();
     for p in tree.alive() {
@@ -410,7 +422,7 @@ fn place(
             setups.push(z);
             continue;
         };
-        let Loaded { task, pagemap, chain, sources, cpus } =
+        let Loaded { task, pagemap, chain, sources, deferred, cpus } =
             loaded.remove(&p.pid).expect("every live process is loaded");
         let helper_fd = |h: usize| stage_base + (l.targets.len() + h) as RawFd;
         let name = comm_bytes(&task.comm);
@@ -449,6 +461,7 @@ fn place(
             pagemap,
             chain,
             sources,
+            deferred,
             cpus,
         });
     }
