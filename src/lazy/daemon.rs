@@ -388,10 +388,9 @@ pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
     let mut spaces = Vec::new();
     for t in tasks {
         let local = t.local.as_ref().map(|l| l.ranges.clone()).unwrap_or_default();
-        let mut every = t.lazy.clone();
-        for (s, e, at) in local.iter() {
-            every.insert(s, e, at);
-        }
+        let mut all: Vec<_> = t.lazy.iter().chain(local.iter()).collect();
+        all.sort_unstable();
+        let every = RangeSet::from_sorted(all);
         spaces.push(Space {
             uffd: Arc::new(t.uffd),
             process: t.process,

@@ -87,7 +87,8 @@ pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(V
         let end = s.vaddr + s.len;
         let piece = |a: u64, b: u64| Source { vaddr: a, len: b - a, view: s.view, offset: s.offset + (a - s.vaddr) };
         let mut at = s.vaddr;
-        for &(ks, ke) in keep.iter().filter(|&&(ks, ke)| ks < end && s.vaddr < ke) {
+        let first = keep.partition_point(|&(_, ke)| ke <= s.vaddr);
+        for &(ks, ke) in keep[first..].iter().take_while(|&&(ks, _)| ks < end) {
             let (ks, ke) = (ks.max(s.vaddr), ke.min(end));
             if ks > at {
                 deferred.push(piece(at, ks));
@@ -170,7 +171,7 @@ impl LocalPages {
     pub fn open(chain: &Chain, deferred: &[Source]) -> Result<LocalPages> {
         let mut index = vec![None; chain.views.len()];
         let mut files = Vec::new();
-        let mut ranges = RangeSet::default();
+        let mut ranges = Vec::with_capacity(deferred.len());
         for s in deferred {
             let f = match index[s.view] {
                 Some(f) => f,
@@ -193,9 +194,10 @@ impl LocalPages {
             if s.offset.checked_add(s.len).is_none_or(|e| e > pf.map.len() as u64) {
                 anyhow::bail!("{}: pages at {:#x} lie beyond its end", pf.path.display(), s.vaddr);
             }
-            ranges.insert(s.vaddr, s.vaddr + s.len, TAG | (f as u64) << FILE_SHIFT | s.offset);
+            ranges.push((s.vaddr, s.vaddr + s.len, TAG | (f as u64) << FILE_SHIFT | s.offset));
         }
-        Ok(LocalPages { files, ranges })
+        ranges.sort_unstable();
+        Ok(LocalPages { files, ranges: RangeSet::from_sorted(ranges) })
     }
 
     /// The bytes at tagged location `at`, `len` long, each block they

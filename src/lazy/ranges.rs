@@ -19,6 +19,20 @@ impl RangeSet {
         self.map.iter().map(|(s, (e, _))| e - s).sum()
     }
 
+    /// A set from ranges in address order, built in one go when they are
+    /// disjoint (the usual case), else one insert at a time.
+    pub fn from_sorted(ranges: Vec<(u64, u64, u64)>) -> RangeSet {
+        let disjoint = ranges.windows(2).all(|w| w[0].1 <= w[1].0) && ranges.iter().all(|r| r.0 < r.1);
+        if disjoint {
+            return RangeSet { map: ranges.into_iter().map(|(s, e, src)| (s, (e, src))).collect() };
+        }
+        let mut set = RangeSet::default();
+        for (s, e, src) in ranges.into_iter().filter(|r| r.0 < r.1) {
+            set.insert(s, e, src);
+        }
+        set
+    }
+
     /// Add `[start, end)` whose data is at `src` on the source.
     pub fn insert(&mut self, start: u64, end: u64, src: u64) {
         self.remove(start, end);
