@@ -153,6 +153,20 @@ fn place_when_settled(sh: &Shared, space: usize, dst: u64, data: &[u8]) -> Resul
 /// together at most CHUNK bytes, fetched in one round trip.
 type PushJob = (usize, Vec<(u64, u64, u64)>);
 
+/// Move up to `max` bytes (at most MAX_PIECES pieces) from the start of
+/// `from` to `inflight`; returns the pieces `(dst, end, location)`.
+fn take_pieces(from: &mut RangeSet, inflight: &mut RangeSet, max: u64) -> Vec<(u64, u64, u64)> {
+    let mut pieces = Vec::new();
+    let mut left = max;
+    while left > 0 && pieces.len() < MAX_PIECES {
+        let Some((s, e, src)) = from.take_first(left) else { break };
+        inflight.insert(s, e, src);
+        left -= e - s;
+        pieces.push((s, e, src));
+    }
+    pieces
+}
+
 /// The next job; Some(None) while the last fetches are still landing, None
 /// when every space is finished.
 fn next_push(sh: &Shared) -> Option<Option<PushJob>> {
@@ -161,14 +175,7 @@ fn next_push(sh: &Shared) -> Option<Option<PushJob>> {
         return None;
     }
     Some(spaces.iter_mut().enumerate().find_map(|(i, sp)| {
-        let mut pieces = Vec::new();
-        let mut left = CHUNK;
-        while left > 0 && pieces.len() < MAX_PIECES {
-            let Some((s, e, src)) = sp.pending.take_first(left) else { break };
-            sp.inflight.insert(s, e, src);
-            left -= e - s;
-            pieces.push((s, e, src));
-        }
+        let pieces = take_pieces(&mut sp.pending, &mut sp.inflight, CHUNK);
         (!pieces.is_empty()).then_some((i, pieces))
     }))
 }
@@ -206,14 +213,7 @@ fn next_local(sh: &Shared) -> Option<Option<LocalJob>> {
     }
     Some(spaces.iter_mut().enumerate().find_map(|(i, sp)| {
         let files = sp.files.clone()?;
-        let mut pieces = Vec::new();
-        let mut left = LOCAL_CHUNK;
-        while left > 0 && pieces.len() < MAX_PIECES {
-            let Some((s, e, at)) = sp.local.take_first(left) else { break };
-            sp.inflight.insert(s, e, at);
-            left -= e - s;
-            pieces.push((s, e, at));
-        }
+        let pieces = take_pieces(&mut sp.local, &mut sp.inflight, LOCAL_CHUNK);
         (!pieces.is_empty()).then_some((i, files, pieces))
     }))
 }
