@@ -196,7 +196,7 @@ impl Uffd {
             Err(Errno::ESRCH) => Ok(Copied::Gone),
             Err(Errno::ENOENT) => Ok(Copied::NoArea(done)),
             Err(Errno::EAGAIN) => Ok(Copied::Again(done)),
-            Err(e) => bail!("UFFDIO_COPY to {:#x}: {}", dst + done as u64, e.desc()),
+            Err(e) => bail!("UFFDIO_COPY of {} bytes to {:#x}: {}", data.len() - done, dst + done as u64, e.desc()),
         }
     }
 

@@ -76,7 +76,13 @@ pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(V
         cursor = v.end;
     }
     keep.push((cursor, u64::MAX));
-    let keep = merged(keep);
+    // Whole pages: the ranges around stack pointers end where the pointers
+    // do, and a copy must be whole pages.
+    let keep = merged(
+        keep.into_iter()
+            .map(|(s, e)| (s & !(page - 1), e.checked_next_multiple_of(page).unwrap_or(u64::MAX)))
+            .collect(),
+    );
 
     let (mut eager, mut deferred) = (Vec::new(), Vec::new());
     for s in sources {
