@@ -1,7 +1,7 @@
 //! Pre-copied pages a lazy restore leaves to the lazy-pages daemon: they
 //! are already on this machine (in the parent images of a pre-dump chain),
 //! so the task can run before they are placed, and the daemon fills them
-//! from the pages files, straight from a read-only mapping, faults first.
+//! from the pages files (mapped read-only), faults first.
 //!
 //! The restore and the daemon pick the same pages with [`split`], a
 //! function of the images alone, so `restore --lazy-pages` and a separate
@@ -140,6 +140,11 @@ fn merged(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 pub const TAG: u64 = 1 << 63;
 const FILE_SHIFT: u32 = 48;
 
+/// A tagged location's file index and offset.
+fn locate(at: u64) -> (usize, usize) {
+    (((at & !TAG) >> FILE_SHIFT) as usize, (at & ((1 << FILE_SHIFT) - 1)) as usize)
+}
+
 /// One pages file, mapped, with the hash of each of its blocks.
 struct PagesFile {
     path: PathBuf,
@@ -209,8 +214,8 @@ impl LocalPages {
     /// The bytes at tagged location `at`, `len` long, each block they
     /// touch checked against its hash the first time.
     pub fn bytes(&self, at: u64, len: u64) -> Result<&[u8]> {
-        let f = &self.files[((at & !TAG) >> FILE_SHIFT) as usize];
-        let off = (at & ((1 << FILE_SHIFT) - 1)) as usize;
+        let (f, off) = locate(at);
+        let f = &self.files[f];
         let end = off + len as usize;
         for b in off / digest::BLOCK..end.div_ceil(digest::BLOCK) {
             f.check(b)?;
@@ -225,7 +230,7 @@ impl LocalPages {
     pub fn check_all(&self) -> Result<()> {
         let mut work: Vec<(usize, usize)> = Vec::new();
         for (s, e, at) in self.ranges.iter() {
-            let (f, off) = (((at & !TAG) >> FILE_SHIFT) as usize, (at & ((1 << FILE_SHIFT) - 1)) as usize);
+            let (f, off) = locate(at);
             let end = off + (e - s) as usize;
             work.extend((off / digest::BLOCK..end.div_ceil(digest::BLOCK)).map(|b| (f, b)));
         }
