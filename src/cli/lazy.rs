@@ -63,12 +63,9 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
         if !ranges.is_empty() {
             // The pre-copied pages the restore leaves to us (it picks the
             // same ones from the same images).
+            // Each block is checked as it is first used; a damaged one is
+            // fetched from the source, which holds the task until we are done.
             let local = crate::lazy::local::for_process(&images, vpid)?.map(std::sync::Arc::new);
-            // Before the restore can hand the task over: a damaged page
-            // found later would cost the task.
-            if let Some(l) = &local {
-                l.check_all()?;
-            }
             lazy.insert(vpid, (ranges, local));
         }
     }

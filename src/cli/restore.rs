@@ -85,7 +85,6 @@ pub struct DumpOnly {
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     a.criu.refuse()?;
     crate::restore::run(&crate::restore::RestoreOptions {
-        checked_on_arrival: false,
         dir: a.images_dir,
         detached: a.detached,
         shell_job: a.shell_job,

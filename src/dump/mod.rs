@@ -120,14 +120,14 @@ pub struct LazyProcess {
 }
 
 impl Frozen {
-    /// What the destination may fetch: each process's lazy pages, from its
-    /// memory here.
+    /// What the destination may fetch: each process's lazy pages (and its
+    /// pre-copied ones again, for a damaged copy), from its memory here.
     pub fn store(&self) -> Result<crate::lazy::serve::TreePages> {
         let mut processes = std::collections::HashMap::new();
         for p in &self.processes {
             let pages = crate::lazy::serve::TaskPages {
                 mem: RemoteMem::open(p.pid)?,
-                allowed: crate::lazy::lazy_ranges(&p.pagemap),
+                allowed: crate::lazy::servable_ranges(&p.pagemap),
             };
             processes.insert(p.vpid as u64, pages);
         }

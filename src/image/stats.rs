@@ -60,6 +60,10 @@ pub struct LazyStats {
     pub local_bytes: u64,
     #[serde(default)]
     pub local_faults: u64,
+    /// Of those, bytes fetched from the source instead: their block of the
+    /// local images did not match its hash.
+    #[serde(default)]
+    pub refetched_bytes: u64,
 }
 
 impl LazyStats {
@@ -96,6 +100,7 @@ impl LazyStats {
             forks: 0,
             local_bytes: 0,
             local_faults: 0,
+            refetched_bytes: 0,
         }
     }
 }

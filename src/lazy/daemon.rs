@@ -56,6 +56,9 @@ pub struct Report {
     /// among them.
     pub local_bytes: u64,
     pub local_faults: u64,
+    /// Of the pre-copied pages, those fetched from the source instead
+    /// (their block of the local images was damaged).
+    pub refetched_bytes: u64,
     pub zero_pages: u64,
     pub forks: u64,
     pub processes: u64,
@@ -70,6 +73,7 @@ impl Report {
         s.forks = self.forks;
         s.local_bytes = self.local_bytes;
         s.local_faults = self.local_faults;
+        s.refetched_bytes = self.refetched_bytes;
         s
     }
 }
@@ -88,6 +92,8 @@ struct Shared {
     page: u64,
     pushed: AtomicU64,
     local: AtomicU64,
+    /// Pre-copied pages fetched from the source: their local copy was damaged.
+    refetched: AtomicU64,
 }
 
 /// Copy what of `[dst, dst + data.len())` is still wanted (still in
@@ -219,7 +225,8 @@ fn next_local(sh: &Shared) -> Option<Option<LocalJob>> {
 }
 
 /// Place pre-copied pages from the local images, in address order, beside
-/// the faults and the network pushers.
+/// the faults and the network pushers; a damaged block's pages come from
+/// the source.
 fn local_loop(sh: Arc<Shared>) -> Result<()> {
     super::background_thread(true);
     // UFFDIO_COPY straight from the mapped pages file ran at a third of
@@ -229,10 +236,22 @@ fn local_loop(sh: Arc<Shared>) -> Result<()> {
     while let Some(job) = next_local(&sh) {
         match job {
             Some((i, files, pieces)) => {
-                for (s, e, at) in pieces {
-                    buf.clear();
-                    buf.extend_from_slice(files.bytes(at, e - s)?);
-                    place_when_settled(&sh, i, s, &buf)?;
+                for (s, e, at) in pieces.into_iter().flat_map(LocalPages::by_block) {
+                    match files.bytes(at, e - s) {
+                        Some(b) => {
+                            buf.clear();
+                            buf.extend_from_slice(b);
+                            place_when_settled(&sh, i, s, &buf)?;
+                        }
+                        None => {
+                            let process = sh.spaces.lock().unwrap()[i].process;
+                            for (dst, src, len) in from_source(&files, s, e, at, CHUNK)? {
+                                let got = sh.client.fetch_many(process, &[(src, len)], BULK)?;
+                                place_when_settled(&sh, i, dst, &got)?;
+                            }
+                            sh.refetched.fetch_add(e - s, Ordering::Relaxed);
+                        }
+                    }
                     sh.local.fetch_add(e - s, Ordering::Relaxed);
                 }
             }
@@ -240,6 +259,23 @@ fn local_loop(sh: Arc<Shared>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Local pages `[s, e)` at tagged location `at` as pieces (task address,
+/// source address, length) of at most `max` bytes, to fetch from the
+/// source instead.
+fn from_source(files: &LocalPages, s: u64, e: u64, at: u64, max: u64) -> Result<Vec<(u64, u64, u64)>> {
+    let mut out = Vec::new();
+    let mut dst = s;
+    while dst < e {
+        let (src, run) = files
+            .source_address(at + (dst - s))
+            .with_context(|| format!("no source address for the local pages at {dst:#x}"))?;
+        let len = run.min(max).min(e - dst);
+        out.push((dst, src, len));
+        dst += len;
+    }
+    Ok(out)
 }
 
 /// Place one faulted page, once. The thread reading events must not wait
@@ -273,8 +309,19 @@ fn fault(sh: &Shared, i: usize, addr: u64, report: &mut Report) -> Result<bool> 
         if let (Some(at), Some(files)) = (sp.local.source_of(page), sp.files.clone()) {
             sp.local.remove(page, page + sh.page);
             sp.inflight.insert(page, page + sh.page, at);
+            let process = sp.process;
             drop(spaces);
-            if !place_fault(sh, i, page, files.bytes(at, sh.page)?)? {
+            let fetched;
+            let data = match files.bytes(at, sh.page) {
+                Some(b) => b,
+                None => {
+                    let (src, _) = files.source_address(at).context("no source address for a local page")?;
+                    fetched = sh.client.fetch(process, src, sh.page, URGENT)?;
+                    sh.refetched.fetch_add(sh.page, Ordering::Relaxed);
+                    &fetched[..]
+                }
+            };
+            if !place_fault(sh, i, page, data)? {
                 return Ok(false);
             }
             sh.local.fetch_add(sh.page, Ordering::Relaxed);
@@ -411,6 +458,7 @@ pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
         page,
         pushed: AtomicU64::new(0),
         local: AtomicU64::new(0),
+        refetched: AtomicU64::new(0),
     });
     info!(pid = root, processes, bytes = total, "serving lazy pages");
     crate::testhook::stage("postcopy");
@@ -506,6 +554,7 @@ pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
     sh.client.done()?;
     report.pushed_bytes = sh.pushed.load(Ordering::Relaxed);
     report.local_bytes = sh.local.load(Ordering::Relaxed);
+    report.refetched_bytes = sh.refetched.load(Ordering::Relaxed);
     report.elapsed = start.elapsed();
     info!(
         pid = root,

@@ -6,6 +6,11 @@
 //! The restore and the daemon pick the same pages with [`split`], a
 //! function of the images alone, so `restore --lazy-pages` and a separate
 //! `lazy-pages` daemon agree without telling each other.
+//!
+//! Each 4 MiB block is checked against the inventory's hash before its
+//! first page is used. A damaged block is not fatal: the source still
+//! holds the frozen task, and serves the same pages (they are in-parent
+//! pages of the lazy dump), so the daemon fetches them from there instead.
 
 use super::ranges::RangeSet;
 use crate::image::chain::{Chain, Source};
@@ -13,7 +18,8 @@ use crate::image::task::{TaskImage, Vma, VmaKind};
 use crate::image::{digest, hash_hex, ImageDir, ImageError};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use tracing::warn;
 
 /// Bytes around each thread's stack pointer that the threads touch the
 /// moment they run: placed before, not faulted in.
@@ -150,23 +156,36 @@ struct PagesFile {
     path: PathBuf,
     map: memmap2::Mmap,
     blocks: Vec<u64>,
-    checked: Vec<AtomicBool>,
+    /// Per block: [`UNCHECKED`], [`GOOD`] or [`DAMAGED`].
+    state: Vec<AtomicU8>,
 }
 
+const UNCHECKED: u8 = 0;
+const GOOD: u8 = 1;
+const DAMAGED: u8 = 2;
+
 impl PagesFile {
-    /// Check block `b` against its hash, once.
-    fn check(&self, b: usize) -> Result<()> {
-        if self.checked[b].load(Ordering::Acquire) {
-            return Ok(());
+    /// Whether block `b` matches its hash; checked once.
+    fn good(&self, b: usize) -> bool {
+        match self.state[b].load(Ordering::Acquire) {
+            GOOD => return true,
+            DAMAGED => return false,
+            _ => {}
         }
         let block = &self.map[b * digest::BLOCK..((b + 1) * digest::BLOCK).min(self.map.len())];
         let got = digest::block_hash(block);
-        if got != self.blocks[b] {
-            let (expected, got) = (hash_hex(self.blocks[b]), hash_hex(got));
-            return Err(ImageError::Checksum { path: self.path.clone(), expected, got }.into());
+        let state = if got == self.blocks[b] { GOOD } else { DAMAGED };
+        // Two threads may check the same block; only the first one says so.
+        let first = self.state[b].swap(state, Ordering::AcqRel) == UNCHECKED;
+        if state == DAMAGED && first {
+            let err = ImageError::Checksum {
+                path: self.path.clone(),
+                expected: hash_hex(self.blocks[b]),
+                got: hash_hex(got),
+            };
+            warn!("{err} (block {b}): its pages come from the source instead");
         }
-        self.checked[b].store(true, Ordering::Release);
-        Ok(())
+        state == GOOD
     }
 }
 
@@ -175,6 +194,9 @@ pub struct LocalPages {
     files: Vec<PagesFile>,
     /// Task address -> tagged location.
     pub ranges: RangeSet,
+    /// (tagged location, end, task address at the dump), by location: where
+    /// the source holds a damaged block's pages.
+    by_location: Vec<(u64, u64, u64)>,
 }
 
 impl LocalPages {
@@ -195,8 +217,8 @@ impl LocalPages {
                     // SAFETY: read-only mapping of an image file nobody writes to.
                     let map =
                         unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-                    let checked = blocks.iter().map(|_| AtomicBool::new(false)).collect();
-                    files.push(PagesFile { path, map, blocks, checked });
+                    let state = blocks.iter().map(|_| AtomicU8::new(UNCHECKED)).collect();
+                    files.push(PagesFile { path, map, blocks, state });
                     index[s.view] = Some(files.len() - 1);
                     files.len() - 1
                 }
@@ -208,54 +230,76 @@ impl LocalPages {
             ranges.push((s.vaddr, s.vaddr + s.len, TAG | (f as u64) << FILE_SHIFT | s.offset));
         }
         ranges.sort_unstable();
-        Ok(LocalPages { files, ranges: RangeSet::from_sorted(ranges) })
+        let mut by_location: Vec<_> = ranges.iter().map(|&(s, e, at)| (at, at + (e - s), s)).collect();
+        by_location.sort_unstable();
+        Ok(LocalPages { files, ranges: RangeSet::from_sorted(ranges), by_location })
     }
 
-    /// The bytes at tagged location `at`, `len` long, each block they
-    /// touch checked against its hash the first time.
-    pub fn bytes(&self, at: u64, len: u64) -> Result<&[u8]> {
+    /// The bytes at tagged location `at`, `len` long, if every block they
+    /// touch matches its hash (checked the first time); None if one is
+    /// damaged: then [`LocalPages::source_address`] says where the source
+    /// has them.
+    pub fn bytes(&self, at: u64, len: u64) -> Option<&[u8]> {
         let (f, off) = locate(at);
         let f = &self.files[f];
         let end = off + len as usize;
-        for b in off / digest::BLOCK..end.div_ceil(digest::BLOCK) {
-            f.check(b)?;
-        }
-        Ok(&f.map[off..end])
+        (off / digest::BLOCK..end.div_ceil(digest::BLOCK))
+            .all(|b| f.good(b))
+            .then(|| &f.map[off..end])
     }
 
-    /// Check every block the deferred pages lie in, on several threads:
-    /// the restore does it before the task may run (a damaged image must
-    /// fail the restore while the source still has the task, not kill the
-    /// task later), beside its own work.
-    pub fn check_all(&self) -> Result<()> {
-        let mut work: Vec<(usize, usize)> = Vec::new();
-        for (s, e, at) in self.ranges.iter() {
-            let (f, off) = locate(at);
-            let end = off + (e - s) as usize;
-            work.extend((off / digest::BLOCK..end.div_ceil(digest::BLOCK)).map(|b| (f, b)));
-        }
-        work.sort_unstable();
-        work.dedup();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..crate::image::workers().min(work.len()))
-                .map(|_| {
-                    s.spawn(|| -> Result<()> {
-                        while let Some(&(f, b)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            self.files[f].check(b)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            workers.into_iter().try_for_each(|w| w.join().expect("check worker panicked"))
+    /// Piece `(start, end, location)` cut where its bytes cross a block
+    /// boundary of their file, so that each part lies in one block.
+    pub fn by_block((start, end, at): (u64, u64, u64)) -> impl Iterator<Item = (u64, u64, u64)> {
+        let block = digest::BLOCK as u64;
+        let mut s = start;
+        std::iter::from_fn(move || {
+            if s >= end {
+                return None;
+            }
+            let loc = at + (s - start);
+            let e = (s + (block - loc % block)).min(end);
+            let part = (s, e, loc);
+            s = e;
+            Some(part)
         })
+    }
+
+    /// The task's address at the dump of the bytes at tagged location
+    /// `at` (where the source serves them from), and how many bytes from
+    /// there on lie contiguously at both ends.
+    pub fn source_address(&self, at: u64) -> Option<(u64, u64)> {
+        let i = self.by_location.partition_point(|&(_, end, _)| end <= at);
+        let &(start, end, vaddr) = self.by_location.get(i)?;
+        (start <= at && at < end).then(|| (vaddr + (at - start), end - at))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_address_inverts_the_ranges() {
+        let l = LocalPages {
+            files: Vec::new(),
+            ranges: RangeSet::default(),
+            by_location: vec![(TAG, TAG + 0x2000, 0x7000), (TAG + 0x2000, TAG + 0x3000, 0x1000)],
+        };
+        assert_eq!(l.source_address(TAG + 0x1000), Some((0x8000, 0x1000)));
+        assert_eq!(l.source_address(TAG + 0x2fff), Some((0x1fff, 1)));
+        assert_eq!(l.source_address(TAG + 0x3000), None);
+    }
+
+    #[test]
+    fn pieces_cut_at_block_boundaries() {
+        let b = digest::BLOCK as u64;
+        let parts: Vec<_> = LocalPages::by_block((0x1000, 0x1000 + b + 0x2000, TAG + b - 0x1000)).collect();
+        assert_eq!(
+            parts,
+            vec![(0x1000, 0x2000, TAG + b - 0x1000), (0x2000, 0x2000 + b, TAG + b), (0x2000 + b, 0x3000 + b, TAG + 2 * b)]
+        );
+    }
 
     #[test]
     fn ranges_merge() {

@@ -12,6 +12,7 @@ pub mod ranges;
 pub mod serve;
 pub mod upload;
 
+use crate::image::pagemap::PageFlags;
 use ranges::RangeSet;
 
 /// Name of the key a lazy dump generates next to its images.
@@ -28,8 +29,19 @@ pub fn background_thread(background: bool) {
 
 /// The lazy pages of an image (task address = source address at first).
 pub fn lazy_ranges(pm: &crate::image::pagemap::PagemapImage) -> RangeSet {
+    ranges_flagged(pm, &[PageFlags::Lazy])
+}
+
+/// What the source of a lazy dump may serve: its lazy pages, and the
+/// pages unchanged since the parent image, which the destination holds
+/// already and fetches only if its copy of a block turns out damaged.
+pub fn servable_ranges(pm: &crate::image::pagemap::PagemapImage) -> RangeSet {
+    ranges_flagged(pm, &[PageFlags::Lazy, PageFlags::InParent])
+}
+
+fn ranges_flagged(pm: &crate::image::pagemap::PagemapImage, flags: &[PageFlags]) -> RangeSet {
     let mut r = RangeSet::default();
-    for e in pm.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy) {
+    for e in pm.entries.iter().filter(|e| flags.contains(&e.flags)) {
         let end = e.vaddr + e.nr_pages * pm.page_size;
         r.insert(e.vaddr, end, e.vaddr);
     }

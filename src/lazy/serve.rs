@@ -1,5 +1,6 @@
 //! The source side: serve the pages a lazy dump left behind, from the
-//! frozen task's memory, to authenticated peers only, and only those pages.
+//! frozen task's memory, to authenticated peers only, and only pages the peer
+//! may need (lazy ones, and pre-copied ones again for a damaged local copy).
 
 use super::ranges::RangeSet;
 use crate::net::wire::{read_frame, write_data, write_frame, Frame, Kind, URGENT};

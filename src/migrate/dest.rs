@@ -79,7 +79,6 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         }
     };
     let ropts = RestoreOptions {
-        checked_on_arrival: true,
         dir: final_dir.clone(),
         detached: true,
         shell_job: o.shell_job,

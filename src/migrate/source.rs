@@ -60,8 +60,14 @@ impl MigrateOptions {
     }
 }
 
+/// Connect and say `hello`; a START link carries pre-copy first, where
+/// nobody waits on single pages, so a busy destination may keep its window
+/// shut for a while without ending the migration.
 fn connect(to: &str, creds: &Credentials, hello: &str) -> Result<Link> {
     let mut s = Link::connect(to, creds, Duration::from_secs(3))?;
+    if hello == START {
+        s.set_user_timeout(crate::net::BULK_USER_TIMEOUT)?;
+    }
     status(&mut s, hello)?;
     Ok(s)
 }
@@ -185,6 +191,8 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         human_bytes(frozen.lazy_bytes())
     ));
 
+    // Post-copy: the task waits on faults, so a cut must show at once.
+    stream.set_user_timeout(crate::net::USER_TIMEOUT)?;
     let store = frozen.store()?;
     let stats = serve::ServeStats::default();
     // Nothing lazy: the destination says Done and hangs up at once; its

@@ -78,12 +78,27 @@ pub enum Link {
     },
 }
 
+/// How long data may go unacknowledged before a link counts as dead: short,
+/// so that post-copy notices a cut at once (a faulting task waits on it).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for bulk transfers nobody waits on page by page (pre-copy
+/// rounds): since Linux 5.11 the user timeout also ends a connection whose
+/// receiver keeps its window shut that long, which a busy destination
+/// checking a round's files can do for seconds.
+pub const BULK_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Set TCP_USER_TIMEOUT (see [`USER_TIMEOUT`]).
+fn set_user_timeout(s: &TcpStream, t: Duration) -> std::io::Result<()> {
+    let ms = t.as_millis().min(u32::MAX as u128) as u32;
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::TcpUserTimeout, &ms).map_err(std::io::Error::from)
+}
+
 /// Set socket options for page traffic: no Nagle delay, and a bounded
 /// time for unacknowledged data so a dead link is noticed.
 fn tune(s: &TcpStream) {
     use nix::sys::socket::{setsockopt, sockopt};
     let _ = s.set_nodelay(true);
-    let _ = setsockopt(s, sockopt::TcpUserTimeout, &2000);
+    let _ = set_user_timeout(s, USER_TIMEOUT);
     // An idle end learns of a cut too (the source waiting for page
     // requests while the destination already gave the connection up):
     // probes every second, which the user timeout turns into an error.
@@ -181,6 +196,14 @@ impl Link {
             Link::Tcp(s) => Link::Tcp(s.try_clone()?),
             Link::Tls { app, peer } => Link::Tls { app: app.try_clone()?, peer: *peer },
         })
+    }
+
+    /// TCP_USER_TIMEOUT of the connection ([`USER_TIMEOUT`] at first).
+    pub fn set_user_timeout(&self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Link::Tcp(s) => set_user_timeout(s, t),
+            Link::Tls { app, .. } => app.with_tcp(|s| set_user_timeout(s, t)),
+        }
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {

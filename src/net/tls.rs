@@ -182,11 +182,22 @@ type Fate = Arc<Mutex<Option<String>>>;
 pub struct TlsStream {
     app: UnixStream,
     fate: Fate,
+    /// The connection the pump drives, while it does (the pump holds the
+    /// only strong reference, so ending it still closes the socket).
+    tcp: std::sync::Weak<TcpStream>,
 }
 
 impl TlsStream {
     pub fn try_clone(&self) -> std::io::Result<TlsStream> {
-        Ok(TlsStream { app: self.app.try_clone()?, fate: self.fate.clone() })
+        Ok(TlsStream { app: self.app.try_clone()?, fate: self.fate.clone(), tcp: self.tcp.clone() })
+    }
+
+    /// Run `f` on the TCP connection under the pump; nothing once it ended.
+    pub fn with_tcp(&self, f: impl FnOnce(&TcpStream) -> std::io::Result<()>) -> std::io::Result<()> {
+        match self.tcp.upgrade() {
+            Some(t) => f(&t),
+            None => Ok(()),
+        }
     }
 
     pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
@@ -244,6 +255,8 @@ fn handshake(mut conn: Connection, mut tcp: TcpStream) -> Result<TlsStream> {
     let (app, ours) = UnixStream::pair()?;
     let fate = Fate::default();
     let f = fate.clone();
+    let tcp = std::sync::Arc::new(tcp);
+    let weak = std::sync::Arc::downgrade(&tcp);
     std::thread::Builder::new().name("ferry-tls".into()).spawn(move || {
         // The reason is set before our end closes, so a reader that sees
         // the end also sees why.
@@ -252,7 +265,7 @@ fn handshake(mut conn: Connection, mut tcp: TcpStream) -> Result<TlsStream> {
         }
         drop(ours);
     })?;
-    Ok(TlsStream { app, fate })
+    Ok(TlsStream { app, fate, tcp: weak })
 }
 
 /// Move what rustls decrypted into `to_app`; `open` turns false at the
@@ -274,7 +287,8 @@ const BACKLOG: usize = 4 << 20;
 /// Move bytes both ways until either side is done: network → decrypt → app,
 /// app → encrypt → network. One thread, non-blocking, so a full buffer on
 /// one side never stalls the other.
-fn pump(mut conn: Connection, tcp: TcpStream, mut app: &UnixStream) -> Result<(), String> {
+fn pump(mut conn: Connection, tcp: std::sync::Arc<TcpStream>, mut app: &UnixStream) -> Result<(), String> {
+    let tcp = &*tcp;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let lost = |e: std::io::Error| format!("connection lost ({e})");
     tcp.set_nonblocking(true).map_err(lost)?;
@@ -301,7 +315,7 @@ fn pump(mut conn: Connection, tcp: TcpStream, mut app: &UnixStream) -> Result<()
         }
         // Encrypted bytes, towards the peer.
         while conn.wants_write() {
-            match conn.write_tls(&mut &tcp) {
+            match conn.write_tls(&mut &*tcp) {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => return Err(lost(e)),
@@ -340,14 +354,14 @@ fn pump(mut conn: Connection, tcp: TcpStream, mut app: &UnixStream) -> Result<()
         if net_r.intersects(wake) {
             // Read what is there (several records), decrypting as we go.
             while to_app.len() < BACKLOG {
-                match conn.read_tls(&mut &tcp) {
+                match conn.read_tls(&mut &*tcp) {
                     Ok(0) => {
                         tcp_eof = true;
                         break;
                     }
                     Ok(_) => {
                         if let Err(e) = conn.process_new_packets() {
-                            let _ = conn.write_tls(&mut &tcp);
+                            let _ = conn.write_tls(&mut &*tcp);
                             return Err(describe(&e));
                         }
                         // rustls holds little plaintext: take it before reading on.

@@ -56,10 +56,6 @@ pub struct RestoreOptions {
     /// `--network-lock`: how the connections' packets are held here
     /// until the tree runs.
     pub network_lock: crate::netlock::Method,
-    /// Every file of the image chain was checked against its inventory as
-    /// it arrived (`receive`): pages left to the daemon need no check
-    /// before the task runs.
-    pub checked_on_arrival: bool,
 }
 
 /// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
@@ -214,21 +210,13 @@ struct Live {
 }
 
 fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
-    // Pre-copied pages left to the daemon must be known good before the
-    // task may run (a damaged page found later would cost the task): a
-    // `lazy-pages` daemon checks them before it takes the task over;
-    // `receive` checked every file as it arrived; otherwise they are
-    // checked here, beside the rebuild.
+    // Pre-copied pages left to the daemon: it checks each block as it
+    // first uses it, and fetches a damaged one from the source.
     let mut locals = std::collections::HashMap::new();
     for pp in plan.processes.iter().filter(|pp| !pp.deferred.is_empty()) {
         let l = std::sync::Arc::new(crate::lazy::local::LocalPages::open(&pp.chain, &pp.deferred)?);
         locals.insert(pp.task.pid, l);
     }
-    let check_here = !opts.checked_on_arrival && !matches!(opts.lazy, Some(LazyRestore::Daemon));
-    let checking = {
-        let all: Vec<_> = if check_here { locals.values().cloned().collect() } else { Vec::new() };
-        std::thread::spawn(move || all.iter().try_for_each(|l| l.check_all()))
-    };
     if !plan.tree.pid_ns {
         let pids: Vec<i32> = plan.tree.processes.iter().map(|p| p.pid).collect();
         fork::wait_free(&pids, opts.pid_wait)?;
@@ -271,8 +259,6 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         testhook::stage("restore-process");
     }
     debug!("every process built");
-    checking.join().expect("page check panicked")?;
-    debug!(processes = locals.len(), "pre-copied pages checked");
     let lazy: Vec<LazyProcess> = built
         .iter_mut()
         .zip(&plan.processes)
