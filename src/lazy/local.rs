@@ -243,9 +243,7 @@ impl LocalPages {
         let (f, off) = locate(at);
         let f = &self.files[f];
         let end = off + len as usize;
-        (off / digest::BLOCK..end.div_ceil(digest::BLOCK))
-            .all(|b| f.good(b))
-            .then(|| &f.map[off..end])
+        (off / digest::BLOCK..end.div_ceil(digest::BLOCK)).all(|b| f.good(b)).then(|| &f.map[off..end])
     }
 
     /// Piece `(start, end, location)` cut where its bytes cross a block
@@ -297,7 +295,11 @@ mod tests {
         let parts: Vec<_> = LocalPages::by_block((0x1000, 0x1000 + b + 0x2000, TAG + b - 0x1000)).collect();
         assert_eq!(
             parts,
-            vec![(0x1000, 0x2000, TAG + b - 0x1000), (0x2000, 0x2000 + b, TAG + b), (0x2000 + b, 0x3000 + b, TAG + 2 * b)]
+            vec![
+                (0x1000, 0x2000, TAG + b - 0x1000),
+                (0x2000, 0x2000 + b, TAG + b),
+                (0x2000 + b, 0x3000 + b, TAG + 2 * b)
+            ]
         );
     }
 

@@ -5,14 +5,20 @@
 //! every userfaultfd copy must stay inside one area. On SIGUSR1 it checks
 //! every byte and that the areas are still apart.
 //!
-//! Usage: tp-areas [AREAS]
+//! With PAGES, each area is that many pages instead (many small areas:
+//! the restore's cost per mapping).
+//!
+//! Usage: tp-areas [AREAS [PAGES]]
 use ferry_testprogs::{check, checksum, fill_pattern, say};
 
 fn main() {
     let areas: usize = std::env::args().nth(1).map_or(6, |a| a.parse().expect("AREAS"));
     // SAFETY: sysconf has no memory effects.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let size = (1 << 20) + 3 * page;
+    let size = match std::env::args().nth(2) {
+        Some(p) => p.parse::<usize>().expect("PAGES") * page,
+        None => (1 << 20) + 3 * page,
+    };
     let total = areas * size;
     // SAFETY: one fresh private anonymous mapping of our own, made
     // read-only in every other area after it is written.
@@ -47,7 +53,8 @@ fn main() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     // Each inner boundary starts a mapping (the outer ones may merge with
     // a neighbour of the same kind).
-    let apart = (1..areas).filter(|n| maps.lines().any(|l| l.starts_with(&format!("{:x}-", start + n * size)))).count();
+    let starts: std::collections::HashSet<&str> = maps.lines().filter_map(|l| l.split('-').next()).collect();
+    let apart = (1..areas).filter(|n| starts.contains(format!("{:x}", start + n * size).as_str())).count();
     check(apart == areas - 1, 20, &format!("{apart} of {} boundaries found in /proc/self/maps", areas - 1));
     say("ok");
 }

@@ -1,5 +1,6 @@
-//! Dump and restore a process with 1 GiB of touched memory, with ferry and
-//! with CRIU 4.1.1, images on tmpfs.
+//! Dump and restore a process with touched memory (a quarter of, once and
+//! four times `--mib`: how the cost grows), with ferry and with CRIU
+//! 4.1.1, images on tmpfs.
 
 use super::{dir_size, run_checked, wait_exit, Bench, Target, Tool, Tools, WORK};
 use anyhow::{bail, Result};
@@ -15,33 +16,49 @@ pub(super) struct Sample {
     pub image: u64,
 }
 
-/// Dump and restore `rounds` times per tool, then print the medians.
+/// Dump and restore `rounds` times per tool and size, then print the medians.
 pub(super) fn run(b: &Bench, tools: &Tools) -> Result<()> {
-    let mut samples: Vec<(Tool, Sample)> = Vec::new();
-    for round in 0..b.rounds {
-        for tool in tools.list() {
-            let s = sample(b.mib, tool, tools, round)?;
-            eprintln!(
-                "bench: round {} {}: frozen {:.3} s, dump {:.3} s, restore {:.3} s",
-                round + 1,
-                tool.name(),
-                s.frozen.as_secs_f64(),
-                s.dump.as_secs_f64(),
-                s.restore.as_secs_f64()
-            );
-            samples.push((tool, s));
+    for mib in [b.mib / 4, b.mib, b.mib * 4] {
+        let mut samples: Vec<(Tool, Sample)> = Vec::new();
+        for round in 0..b.rounds {
+            for tool in tools.list() {
+                let s = sample(Workload::bigmem(mib), tool, tools, round)?;
+                eprintln!(
+                    "bench: {mib} MiB round {} {}: frozen {:.3} s, dump {:.3} s, restore {:.3} s",
+                    round + 1,
+                    tool.name(),
+                    s.frozen.as_secs_f64(),
+                    s.dump.as_secs_f64(),
+                    s.restore.as_secs_f64()
+                );
+                samples.push((tool, s));
+            }
         }
+        report(b, mib, &samples, tools.criu.is_some());
     }
-    report(b, &samples, tools.criu.is_some());
     Ok(())
 }
 
-fn sample(mib: u64, tool: Tool, tools: &Tools, round: usize) -> Result<Sample> {
+/// A test program to dump and restore; it checks itself on SIGUSR1 and
+/// exits 0 only if its memory is intact.
+pub(super) struct Workload {
+    pub prog: &'static str,
+    pub args: Vec<String>,
+}
+
+impl Workload {
+    fn bigmem(mib: u64) -> Workload {
+        Workload { prog: "tp-bigmem", args: vec![mib.to_string()] }
+    }
+}
+
+/// One dump and restore of `w` by `tool`.
+pub(super) fn sample(w: Workload, tool: Tool, tools: &Tools, round: usize) -> Result<Sample> {
     let name = tool.name();
     let dir = PathBuf::from(WORK).join(format!("{name}-{round}"));
     std::fs::create_dir_all(&dir)?;
-    let mut t =
-        Target::spawn("tp-bigmem", &[&mib.to_string()], PathBuf::from(WORK).join(format!("{name}-{round}.out")))?;
+    let args: Vec<&str> = w.args.iter().map(String::as_str).collect();
+    let mut t = Target::spawn(w.prog, &args, PathBuf::from(WORK).join(format!("{name}-{round}.out")))?;
     let pid = t.pid;
     let p = pid.to_string();
     let bin = tools.path(tool);
@@ -92,7 +109,7 @@ pub(super) fn criu_frozen(text: &str) -> Duration {
         .unwrap_or_default()
 }
 
-fn report(b: &Bench, samples: &[(Tool, Sample)], with_criu: bool) {
+fn report(b: &Bench, mib: u64, samples: &[(Tool, Sample)], with_criu: bool) {
     let med = |tool: Tool, f: fn(&Sample) -> f64| -> f64 {
         let mut v: Vec<f64> = samples.iter().filter(|(t, _)| *t == tool).map(|(_, s)| f(s)).collect();
         v.sort_by(f64::total_cmp);
@@ -104,16 +121,25 @@ fn report(b: &Bench, samples: &[(Tool, Sample)], with_criu: bool) {
         (med(tool, |s| s.frozen.as_secs_f64()), dump, image / dump / 1e9, med(tool, |s| s.restore.as_secs_f64()), image)
     };
     println!(
-        "\n{} MiB of touched anonymous memory (tp-bigmem), images on /dev/shm (tmpfs), median of {} rounds",
-        b.mib, b.rounds
+        "\n{mib} MiB of touched anonymous memory (tp-bigmem), images on /dev/shm (tmpfs), median of {} rounds",
+        b.rounds
     );
     println!(
-        "{:<12} {:>10} {:>10} {:>12} {:>10} {:>10}",
-        "", "frozen s", "dump s", "dump GB/s", "restore s", "image MiB"
+        "{:<12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>14}",
+        "", "frozen s", "dump s", "dump GB/s", "restore s", "image MiB", "restore s/GiB"
     );
     let f = row(Tool::Ferry);
     let print = |name: &str, r: (f64, f64, f64, f64, f64)| {
-        println!("{name:<12} {:>10.3} {:>10.3} {:>12.2} {:>10.3} {:>10.1}", r.0, r.1, r.2, r.3, r.4 / (1 << 20) as f64);
+        let per_gib = r.3 / (mib as f64 / 1024.0);
+        println!(
+            "{name:<12} {:>10.3} {:>10.3} {:>12.2} {:>10.3} {:>10.1} {:>14.3}",
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            r.4 / (1 << 20) as f64,
+            per_gib
+        );
     };
     print("ferry", f);
     if with_criu {
@@ -129,11 +155,11 @@ fn report(b: &Bench, samples: &[(Tool, Sample)], with_criu: bool) {
             f.4 / c.4
         );
         println!(
-            "goals: dump throughput >= 1.5x CRIU's: {:.2}x ({}); restore time <= 0.5x CRIU's: {:.2}x ({})",
-            f.2 / c.2,
-            if f.2 / c.2 >= 1.5 { "met" } else { "not met" },
+            "goals: dump time <= 0.5x CRIU's: {:.2}x ({}); restore time <= 0.3x CRIU's: {:.2}x ({})",
+            f.1 / c.1,
+            if f.1 / c.1 <= 0.5 { "met" } else { "not met" },
             f.3 / c.3,
-            if f.3 / c.3 <= 0.5 { "met" } else { "not met" }
+            if f.3 / c.3 <= 0.3 { "met" } else { "not met" }
         );
     }
 }

@@ -6,6 +6,7 @@
 //! and noisy, so only ratios within one run mean much.
 
 mod dump_restore;
+mod mappings;
 mod migration;
 mod pidns;
 mod tcp;
@@ -38,6 +39,7 @@ pub struct Bench {
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Part {
     DumpRestore,
+    Mappings,
     Migration,
     Trees,
     Tcp,
@@ -97,6 +99,9 @@ impl Bench {
         let part = |p: Part| self.only.is_none_or(|o| o == p);
         if part(Part::DumpRestore) {
             dump_restore::run(&self, &tools)?;
+        }
+        if part(Part::Mappings) {
+            mappings::run(&self, &tools)?;
         }
         if part(Part::Migration) {
             migration::run(&self, &tools)?;
