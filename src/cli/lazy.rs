@@ -1,8 +1,7 @@
 //! `ferry lazy-pages`: the destination's userfaultfd daemon.
 
 use super::security::{KeyDefault, SecurityArgs};
-use crate::image::pagemap::PagemapImage;
-use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
+use crate::image::{ImageDir, LAZY_STATS};
 use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
 use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use crate::net::{Credentials, Link};
@@ -58,14 +57,15 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     // Every process's lazy pages, by its PID in the tree's namespace.
     let mut lazy = std::collections::HashMap::new();
     for &vpid in &images.inventory.tasks {
-        let pagemap: PagemapImage = images.read_json(&pagemap_file(vpid))?;
-        let ranges = lazy_ranges(&pagemap);
+        // The chain reads this image's pagemap too: parsed once.
+        let chain = crate::image::chain::Chain::open(images.clone(), vpid)?;
+        let ranges = lazy_ranges(&chain.views[0].pagemap);
         if !ranges.is_empty() {
             // The pre-copied pages the restore leaves to us (it picks the
             // same ones from the same images).
             // Each block is checked as it is first used; a damaged one is
             // fetched from the source, which holds the task until we are done.
-            let local = crate::lazy::local::for_process(&images, vpid)?.map(std::sync::Arc::new);
+            let local = crate::lazy::local::for_process(&chain, vpid)?.map(std::sync::Arc::new);
             lazy.insert(vpid, (ranges, local));
         }
     }

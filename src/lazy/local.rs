@@ -15,7 +15,7 @@
 use super::ranges::RangeSet;
 use crate::image::chain::{Chain, Source};
 use crate::image::task::{TaskImage, Vma, VmaKind};
-use crate::image::{digest, hash_hex, ImageDir, ImageError};
+use crate::image::{digest, hash_hex, ImageError};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -115,16 +115,15 @@ pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(V
     Ok((eager, deferred))
 }
 
-/// The deferred pages of process `vpid` of the lazy images in `images`,
-/// as the restore picks them; None if it has none.
-pub fn for_process(images: &ImageDir, vpid: i32) -> Result<Option<LocalPages>> {
-    let task: TaskImage = images.read_json(&crate::image::task_file(vpid))?;
-    let chain = Chain::open(images.clone(), vpid)?;
-    let (_, deferred) = split(&task, &chain, chain.sources()?)?;
+/// The deferred pages of process `vpid` of the lazy images whose chain
+/// is `chain`, as the restore picks them; None if it has none.
+pub fn for_process(chain: &Chain, vpid: i32) -> Result<Option<LocalPages>> {
+    let task: TaskImage = chain.views[0].images.read_json(&crate::image::task_file(vpid))?;
+    let (_, deferred) = split(&task, chain, chain.sources()?)?;
     if deferred.is_empty() {
         return Ok(None);
     }
-    LocalPages::open(&chain, &deferred).map(Some)
+    LocalPages::open(chain, &deferred).map(Some)
 }
 
 /// Sorted, overlapping and touching ranges joined, empty ones dropped.

@@ -40,10 +40,12 @@ pub fn servable_ranges(pm: &crate::image::pagemap::PagemapImage) -> RangeSet {
 }
 
 fn ranges_flagged(pm: &crate::image::pagemap::PagemapImage, flags: &[PageFlags]) -> RangeSet {
-    let mut r = RangeSet::default();
-    for e in pm.entries.iter().filter(|e| flags.contains(&e.flags)) {
-        let end = e.vaddr + e.nr_pages * pm.page_size;
-        r.insert(e.vaddr, end, e.vaddr);
-    }
-    r
+    // Extents are sorted and disjoint (the pagemap's own check): one go.
+    let ranges = pm
+        .entries
+        .iter()
+        .filter(|e| flags.contains(&e.flags))
+        .map(|e| (e.vaddr, e.vaddr + e.nr_pages * pm.page_size, e.vaddr))
+        .collect();
+    RangeSet::from_sorted(ranges)
 }
