@@ -300,7 +300,8 @@ fn source_killed_during_postcopy() {
 }
 
 /// Killing `ferry migrate` during pre-copy leaves the task running where it
-/// was, its memory intact, and no dirty tracking behind.
+/// was, its memory intact, and no dirty tracking behind; the staging
+/// directory it left is removed by the next `ferry migrate`.
 #[test]
 fn migrate_killed_during_precopy() {
     let w = workdir();
@@ -314,7 +315,9 @@ fn migrate_killed_during_precopy() {
     t.wait_output("ready", T);
     let pid = t.pid.to_string();
     std::thread::sleep(Duration::from_millis(200));
-    let mut c = ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]);
+    let stage = w.path().join("stage");
+    let stage_arg = stage.display().to_string();
+    let mut c = ferry_in_src(&net, &["-W", &stage_arg, "migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]);
     c.env("FERRY_TEST_HOLD_AT", "round").stderr(Stdio::piped()).stdout(Stdio::null()).stdin(Stdio::null());
     let mut m = c.spawn().unwrap();
     let mut err = std::io::BufReader::new(m.stderr.take().unwrap());
@@ -333,6 +336,16 @@ fn migrate_killed_during_precopy() {
                     .is_ok_and(|i| i.contains(&format!("Pid:\t{pid}\n")))
         })
     });
+    t.assert_running_untraced();
+    let left = || std::fs::read_dir(&stage).unwrap().flatten().filter(|e| e.path().is_dir()).count();
+    assert_eq!(left(), 1, "the killed migrate's staging directory");
+    // The next migrate (here to nobody: it fails at once) clears it.
+    let nobody = format!("{}:1", net.dst_ip);
+    let out = ferry_in_src(&net, &["-W", &stage_arg, "migrate", "-t", &pid, "--to", &nobody, "--auth-key", &k])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(left(), 0, "{}", String::from_utf8_lossy(&out.stderr));
     t.assert_running_untraced();
     t.signal(libc::SIGUSR1);
     assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());

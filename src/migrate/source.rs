@@ -14,6 +14,7 @@ use crate::track;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tracing::info;
 
 #[derive(Clone, Debug)]
 pub struct MigrateOptions {
@@ -76,16 +77,43 @@ fn say(msg: &str) {
     crate::progress::above(|| println!("migrate: {msg}"));
 }
 
+/// This run's staging directory under `dir` (removed when it ends), named
+/// after our PID; first, those of runs that were killed (their PID is gone
+/// or is not ferry's any more) are removed: on tmpfs they hold memory.
+fn staging_dir(dir: &std::path::Path) -> Result<tempfile::TempDir> {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(owner) = name.to_str().and_then(stale_owner) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{owner}/comm")).unwrap_or_default();
+        // ferry, or ferry installed as criu.
+        if !["ferry", "criu"].contains(&comm.trim_end()) {
+            info!(dir = %e.path().display(), "removing the staging directory of a migration that was killed");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let prefix = format!("{STAGING}{}-", std::process::id());
+    tempfile::Builder::new().prefix(&prefix).tempdir_in(dir).with_context(|| format!("staging in {}", dir.display()))
+}
+
+const STAGING: &str = "ferry-migrate-";
+
+/// The PID in a staging directory's name `ferry-migrate-PID-XXXXXX`.
+fn stale_owner(name: &str) -> Option<u32> {
+    let (pid, rest) = name.strip_prefix(STAGING)?.split_once('-')?;
+    (!rest.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
 pub fn run(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
     let mut first = o.dump_options(o.work_dir.clone());
     first.lazy = Some(LazyServe::Caller);
     dump::check(&first)?;
+    std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
+    let work = staging_dir(&o.work_dir)?;
     let mut stream = connect(&o.to, &o.creds, START)?;
     say(&format!("connected to {}", o.to));
-    std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
-    let work = tempfile::Builder::new().prefix("ferry-migrate-").tempdir_in(&o.work_dir)?;
 
     // Pre-copy: the task runs; each round sends what changed since the last.
     let mut round = 0u32;
@@ -241,4 +269,17 @@ pub fn run(o: &MigrateOptions) -> Result<()> {
         stats.urgent.load(std::sync::atomic::Ordering::Relaxed)
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_owner;
+
+    #[test]
+    fn staging_names_carry_their_owner() {
+        assert_eq!(stale_owner("ferry-migrate-4242-Ab3dEf"), Some(4242));
+        assert_eq!(stale_owner("ferry-migrate-Ab3dEf"), None);
+        assert_eq!(stale_owner("ferry-migrate-4242-"), None);
+        assert_eq!(stale_owner("other-4242-x"), None);
+    }
 }
