@@ -69,6 +69,31 @@ impl Backend for Aarch64 {
     const ARCH: crate::Arch = crate::Arch::Aarch64;
     const SYSCALL_INSN: &'static [u8] = &0xd400_0001u32.to_le_bytes(); // svc #0
     const TRAP_INSN: &'static [u8] = &0xd420_0000u32.to_le_bytes(); // brk #0
+    /// Assembled from:
+    ///
+    /// ```text
+    ///         mov x9, x0
+    ///         mov x10, x1
+    ///     1:  cbz x10, 2f
+    ///         ldp x8, x0, [x9]
+    ///         ldp x1, x2, [x9, #16]
+    ///         ldp x3, x4, [x9, #32]
+    ///         ldr x5, [x9, #48]
+    ///         svc #0
+    ///         str x0, [x9, #56]
+    ///         cmn x0, #4095
+    ///         b.cs 2f
+    ///         add x9, x9, #64
+    ///         sub x10, x10, #1
+    ///         b 1b
+    ///     2:  brk #0
+    /// ```
+    const BATCH_LOOP: Option<&'static [u8]> = Some(&[
+        0xe9, 0x03, 0x00, 0xaa, 0xea, 0x03, 0x01, 0xaa, 0x8a, 0x01, 0x00, 0xb4, 0x28, 0x01, 0x40, 0xa9, 0x21, 0x09,
+        0x41, 0xa9, 0x23, 0x11, 0x42, 0xa9, 0x25, 0x19, 0x40, 0xf9, 0x01, 0x00, 0x00, 0xd4, 0x20, 0x1d, 0x00, 0xf9,
+        0x1f, 0xfc, 0x3f, 0xb1, 0x82, 0x00, 0x00, 0x54, 0x29, 0x01, 0x01, 0x91, 0x4a, 0x05, 0x00, 0xd1, 0xf5, 0xff,
+        0xff, 0x17, 0x00, 0x00, 0x20, 0xd4,
+    ]);
     const STACK_RED_ZONE: u64 = 0;
     const INSN_ALIGN: u64 = 4;
     const REGSETS: &'static [Regset] = &[

@@ -188,6 +188,14 @@ pub trait Backend {
     const STACK_RED_ZONE: u64;
     /// Alignment of instruction addresses.
     const INSN_ALIGN: u64;
+    /// A loop that runs a table of syscalls inside the task with one stop:
+    /// entered (through [`Backend::prepare_syscall`]'s frame) with the
+    /// table's address and its number of entries as the first two syscall
+    /// arguments; each entry is eight words (number, six arguments, result,
+    /// a negative errno on failure); it stops at a trap after the last entry
+    /// or after the first that fails. Machine code as data, assembled once
+    /// from the source beside it; `None`: one injection per syscall.
+    const BATCH_LOOP: Option<&'static [u8]> = None;
     /// s390x's mmap is the old one-argument form: the six values sit in
     /// memory and the syscall gets their address.
     const MMAP_ARGS_IN_MEMORY: bool = false;

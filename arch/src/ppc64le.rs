@@ -100,7 +100,39 @@ impl Backend for Ppc64le {
     const ARCH: crate::Arch = crate::Arch::Ppc64le;
     const SYSCALL_INSN: &'static [u8] = &0x4400_0002u32.to_le_bytes(); // sc
     const TRAP_INSN: &'static [u8] = &0x0fe0_0000u32.to_le_bytes(); // twi 31,0,0
-                                                                    // The ELFv2 ABI's protected zone below r1.
+    /// Assembled from:
+    ///
+    /// ```text
+    ///         mr 14, 3
+    ///         mr 15, 4
+    ///     1:  cmpdi 15, 0
+    ///         beq 2f
+    ///         ld 0, 0(14)
+    ///         ld 3, 8(14)
+    ///         ld 4, 16(14)
+    ///         ld 5, 24(14)
+    ///         ld 6, 32(14)
+    ///         ld 7, 40(14)
+    ///         ld 8, 48(14)
+    ///         sc
+    ///         bns 3f
+    ///         neg 3, 3
+    ///         std 3, 56(14)
+    ///         b 2f
+    ///     3:  std 3, 56(14)
+    ///         addi 14, 14, 64
+    ///         addi 15, 15, -1
+    ///         b 1b
+    ///     2:  twi 31,0,0
+    /// ```
+    const BATCH_LOOP: Option<&'static [u8]> = Some(&[
+        0x78, 0x1b, 0x6e, 0x7c, 0x78, 0x23, 0x8f, 0x7c, 0x00, 0x00, 0x2f, 0x2c, 0x44, 0x00, 0x82, 0x41, 0x00, 0x00,
+        0x0e, 0xe8, 0x08, 0x00, 0x6e, 0xe8, 0x10, 0x00, 0x8e, 0xe8, 0x18, 0x00, 0xae, 0xe8, 0x20, 0x00, 0xce, 0xe8,
+        0x28, 0x00, 0xee, 0xe8, 0x30, 0x00, 0x0e, 0xe9, 0x02, 0x00, 0x00, 0x44, 0x10, 0x00, 0x83, 0x40, 0xd0, 0x00,
+        0x63, 0x7c, 0x38, 0x00, 0x6e, 0xf8, 0x14, 0x00, 0x00, 0x48, 0x38, 0x00, 0x6e, 0xf8, 0x40, 0x00, 0xce, 0x39,
+        0xff, 0xff, 0xef, 0x39, 0xbc, 0xff, 0xff, 0x4b, 0x00, 0x00, 0xe0, 0x0f,
+    ]);
+    // The ELFv2 ABI's protected zone below r1.
     const STACK_RED_ZONE: u64 = 288;
     const INSN_ALIGN: u64 = 4;
     const REGSETS: &'static [Regset] = &[

@@ -37,6 +37,35 @@ impl Backend for X86_64 {
     const ARCH: crate::Arch = crate::Arch::X86_64;
     const SYSCALL_INSN: &'static [u8] = &[0x0f, 0x05];
     const TRAP_INSN: &'static [u8] = &[0xcc];
+    /// Assembled from:
+    ///
+    /// ```text
+    ///         mov %rdi, %r12
+    ///         mov %rsi, %r13
+    ///     1:  test %r13, %r13
+    ///         jz 2f
+    ///         mov 0(%r12), %rax
+    ///         mov 8(%r12), %rdi
+    ///         mov 16(%r12), %rsi
+    ///         mov 24(%r12), %rdx
+    ///         mov 32(%r12), %r10
+    ///         mov 40(%r12), %r8
+    ///         mov 48(%r12), %r9
+    ///         syscall
+    ///         mov %rax, 56(%r12)
+    ///         cmp $-4095, %rax
+    ///         jae 2f
+    ///         add $64, %r12
+    ///         dec %r13
+    ///         jmp 1b
+    ///     2:  int3
+    /// ```
+    const BATCH_LOOP: Option<&'static [u8]> = Some(&[
+        0x49, 0x89, 0xfc, 0x49, 0x89, 0xf5, 0x4d, 0x85, 0xed, 0x74, 0x3a, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c,
+        0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d,
+        0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
+        0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x49, 0x83, 0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc1, 0xcc,
+    ]);
     const STACK_RED_ZONE: u64 = 128;
     const INSN_ALIGN: u64 = 1;
     const REGSETS: &'static [Regset] = &[

@@ -13,6 +13,11 @@ use anyhow::{bail, Context, Result};
 use ferry_arch::{nt, Backend, Native, NativeState, Syscall};
 use nix::errno::Errno;
 
+/// Words per entry of a batch table: number, six arguments, result.
+pub const BATCH_WORDS: usize = 8;
+/// A result slot the loop has not reached (no syscall returns it).
+const NOT_RUN: u64 = 0x8000_0000_0000_0000;
+
 pub struct Injector<'t> {
     tracee: &'t Tracee,
     /// Registers every injected frame starts from.
@@ -68,6 +73,63 @@ impl<'t> Injector<'t> {
             Ok(v) => Ok(v),
             Err(e) => bail!("task {}: {}: {}", self.tracee.pid, what(), e.desc()),
         }
+    }
+
+    /// Run `calls` inside the task with one stop, by the architecture's
+    /// [`Backend::BATCH_LOOP`] written at `code` (an executable address of
+    /// the task), its table at `table`. Returns the result of each call
+    /// that ran: all of them, or up to and including the first failure.
+    pub fn batch(&mut self, code: u64, table: u64, calls: &[(Syscall, [u64; 6])]) -> Result<Vec<Result<u64, Errno>>> {
+        let mem = RemoteMem::open(self.tracee.pid)?;
+        let mut words = Vec::with_capacity(calls.len() * BATCH_WORDS);
+        for (call, args) in calls {
+            words.push(Native::sysno(*call));
+            words.extend_from_slice(args);
+            words.push(NOT_RUN);
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        mem.write(table, &bytes)?;
+        let mut frame = self.base.clone();
+        Native::prepare_syscall(&mut frame, code, 0, [table, calls.len() as u64, 0, 0, 0, 0]);
+        self.tracee.set_cpu_state(&frame, Some(<Native as Backend>::INJECTION_REGSETS)).context("injecting a batch")?;
+        self.tracee.cont(0)?;
+        loop {
+            match self.tracee.wait()? {
+                Stop::Signal(libc::SIGTRAP) => break,
+                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGILL | libc::SIGBUS | libc::SIGFPE)) => {
+                    bail!(
+                        "task {}: the injected batch of {} syscalls faulted (signal {sig})",
+                        self.tracee.pid,
+                        calls.len()
+                    )
+                }
+                Stop::Signal(sig) => {
+                    self.deferred_signals.push(sig);
+                    self.tracee.cont(0)?;
+                }
+                Stop::Syscall | Stop::Event(_) | Stop::OtherEvent(_) => self.tracee.cont(0)?,
+                Stop::Exited(code) => bail!("task {} exited (status {code}) during an injected batch", self.tracee.pid),
+                Stop::Killed(sig) => {
+                    bail!("task {} was killed by signal {sig} during an injected batch", self.tracee.pid)
+                }
+            }
+        }
+        let mut back = vec![0u8; bytes.len()];
+        mem.read(table, &mut back)?;
+        let mut out = Vec::new();
+        for entry in back.chunks_exact(BATCH_WORDS * 8) {
+            let r = u64::from_ne_bytes(entry[(BATCH_WORDS - 1) * 8..].try_into().unwrap());
+            if r == NOT_RUN {
+                break;
+            }
+            let failed = r > (-4096i64) as u64;
+            out.push(if failed { Err(Errno::from_raw(-(r as i64) as i32)) } else { Ok(r) });
+            self.calls += 1;
+            if failed {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn run_to_syscall_stop(&mut self, call: Syscall) -> Result<()> {

@@ -2,6 +2,7 @@
 //! Architecture-neutral: register sets are moved as bytes and interpreted
 //! by the `ferry-arch` backend.
 
+pub mod batch;
 pub mod inject;
 pub mod remote;
 

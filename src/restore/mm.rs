@@ -14,6 +14,7 @@ use super::plan::ProcessPlan as Plan;
 use crate::image::task::{Vma, VmaKind};
 use crate::image::{digest, ImageError};
 use crate::proc::maps::Mapping;
+use crate::ptrace::batch::{BatchArea, SyscallQueue};
 use crate::ptrace::inject::{stack_scratch, Injector};
 use crate::ptrace::remote::RemoteMem;
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,8 @@ use nix::sys::uio::RemoteIoVec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::debug;
 
-/// The scratch area: page 0 holds the syscall instruction, the rest data.
+/// The scratch area: page 0 holds the syscall instruction and the batch
+/// loop, the rest data.
 pub struct Scratch {
     pub base: u64,
     pub len: u64,
@@ -33,10 +35,19 @@ impl Scratch {
     pub fn data(&self) -> u64 {
         self.base + self.page
     }
+
+    /// Where queued syscalls run: the loop on page 0, its table over the
+    /// data room (nothing else uses that while a queue is flushed).
+    pub fn batch(&self) -> BatchArea {
+        BatchArea { code: self.base + BATCH_CODE, table: self.data(), len: SCRATCH_DATA }
+    }
 }
 
-/// Data room for syscall arguments: an auxv, a PR_SET_MM_MAP struct, a siginfo.
-const SCRATCH_DATA: u64 = 16 * 1024;
+/// Data room for syscall arguments (an auxv, a PR_SET_MM_MAP struct, a
+/// siginfo) and for batch tables: 4,096 syscalls per stop.
+const SCRATCH_DATA: u64 = 256 * 1024;
+/// Offset of the batch loop on the scratch code page.
+const BATCH_CODE: u64 = 64;
 /// Most ranges one process_vm_writev takes (UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
 const BLOCK: usize = digest::BLOCK;
@@ -132,6 +143,10 @@ pub fn clear<'t>(inj: &mut Injector<'t>, mem: &RemoteMem, plan: &Plan, child_map
     }
     let mut code = <Native as Backend>::SYSCALL_INSN.to_vec();
     code.extend_from_slice(<Native as Backend>::TRAP_INSN);
+    if let Some(batch) = <Native as Backend>::BATCH_LOOP {
+        code.resize(BATCH_CODE as usize, 0);
+        code.extend_from_slice(batch);
+    }
     mem.write(base, &code)?;
     inj.set_insn(base);
     let scratch = Scratch { base, len, page };
@@ -201,6 +216,8 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
             }
         }
     }
+    let area = Some(scratch.batch());
+    let mut q = SyscallQueue::default();
     for (i, v) in plan.task.vmas.iter().enumerate() {
         if is_vdso_kind(&v.kind) {
             continue;
@@ -228,20 +245,28 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
                 (u64::MAX, 0)
             }
         };
-        let got = mmap(inj, mem, scratch.data(), [v.start, v.len(), prot, flags, fd, off], || {
-            format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.prot)
-        })?;
-        if got != v.start {
-            bail!("mapping {:#x}-{:#x} landed at {got:#x}", v.start, v.end);
+        let what = move || format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.prot);
+        let args = [v.start, v.len(), prot, flags, fd, off];
+        if <Native as Backend>::MMAP_ARGS_IN_MEMORY {
+            // Its arguments live in the data room the batch table uses.
+            q.flush(inj, area)?;
+            let got = mmap(inj, mem, scratch.data(), args, what)?;
+            if got != v.start {
+                bail!("mapping {:#x}-{:#x} landed at {got:#x}", v.start, v.end);
+            }
+        } else {
+            q.push(Syscall::Mmap, &args, Some(v.start), what);
         }
-        area_state(inj, mem, v, scratch)?;
+        area_state(inj, &mut q, mem, v, scratch)?;
     }
+    q.flush(inj, area)?;
     attach_segments(inj, plan, &filled)?;
     for (i, v) in plan.task.vmas.iter().enumerate() {
         if plan.vma_shmids.contains_key(&i) {
-            area_state(inj, mem, v, scratch)?;
+            area_state(inj, &mut q, mem, v, scratch)?;
         }
     }
+    q.flush(inj, area)?;
 
     debug!("areas mapped");
     fill_pages(mem, plan)?;
@@ -249,32 +274,42 @@ pub fn build(inj: &mut Injector, mem: &RemoteMem, plan: &Plan, scratch: &Scratch
 
     for (i, v) in plan.task.vmas.iter().enumerate() {
         if filled[i] && !v.writable() {
-            inj.call(Syscall::Mprotect, &[v.start, v.len(), prot_of(v)], || {
+            q.push(Syscall::Mprotect, &[v.start, v.len(), prot_of(v)], None, move || {
                 format!("mprotect {:#x}-{:#x} {}", v.start, v.end, v.prot)
-            })?;
+            });
         }
         if v.locked {
             let flags = if v.lock_on_fault { MLOCK_ONFAULT } else { 0 };
-            inj.call(Syscall::Mlock2, &[v.start, v.len(), flags], || format!("mlock {:#x}-{:#x}", v.start, v.end))?;
+            q.push(Syscall::Mlock2, &[v.start, v.len(), flags], None, move || {
+                format!("mlock {:#x}-{:#x}", v.start, v.end)
+            });
         }
         if v.sealed {
-            inj.call(Syscall::Mseal, &[v.start, v.len(), 0], || format!("mseal {:#x}-{:#x}", v.start, v.end))?;
+            q.push(Syscall::Mseal, &[v.start, v.len(), 0], None, move || format!("mseal {:#x}-{:#x}", v.start, v.end));
         }
     }
-    Ok(())
+    q.flush(inj, area)
 }
 
 const MLOCK_ONFAULT: u64 = 1;
 
-/// Advice and name of one mapped area.
-fn area_state(inj: &mut Injector, mem: &RemoteMem, v: &Vma, scratch: &Scratch) -> Result<()> {
+/// Advice and name of one mapped area: advice queued on `q`, a name set at
+/// once (it needs the data room the queue's table uses).
+fn area_state<'a>(
+    inj: &mut Injector,
+    q: &mut SyscallQueue<'a>,
+    mem: &RemoteMem,
+    v: &'a Vma,
+    scratch: &Scratch,
+) -> Result<()> {
     for a in &v.advice {
-        inj.call(Syscall::Madvise, &[v.start, v.len(), a.madvise() as u64], || {
+        q.push(Syscall::Madvise, &[v.start, v.len(), a.madvise() as u64], None, move || {
             format!("madvise {:?} on {:#x}-{:#x}", a, v.start, v.end)
-        })?;
+        });
     }
     let label = v.name.as_deref().and_then(|n| n.strip_prefix("[anon:").or_else(|| n.strip_prefix("[anon_shmem:")));
     if let Some(name) = label.and_then(|n| n.strip_suffix(']')) {
+        q.flush(inj, Some(scratch.batch()))?;
         let mut bytes = name.as_bytes().to_vec();
         bytes.push(0);
         mem.write(scratch.data(), &bytes)?;
