@@ -1,9 +1,10 @@
-//! Rebuild the dumped address space inside the stopped child, one injected
-//! syscall at a time:
+//! Rebuild the dumped address space inside the stopped child by injected
+//! syscalls, the many per-area ones queued and run in batches:
 //!
 //! 1. unregister the child's own rseq area (ferry's, inherited);
 //! 2. map a scratch area in a hole of both layouts: a syscall instruction
-//!    for all later injections, and room for syscall arguments;
+//!    for all later injections, the batch loop, and room for syscall
+//!    arguments and batch tables;
 //! 3. unmap everything of the child's own except scratch and the vDSO;
 //! 4. move [vvar], [vvar_vclock] and [vdso] to the dumped addresses;
 //! 5. map every dumped area, copy its pages in from the pages image
