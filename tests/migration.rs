@@ -196,7 +196,21 @@ fn migrate_one_command() {
         t.wait_output("ready", T);
         std::thread::sleep(Duration::from_millis(300));
         let pid = t.pid.to_string();
-        let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
+        let m = bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]))
+            .wait_with_output()
+            .unwrap();
+        if !m.status.success() {
+            // What the destination saw says why as often as the source does.
+            let mut recv = recv;
+            let _ = recv.kill();
+            let r = recv.wait_with_output().unwrap();
+            panic!(
+                "migrate failed:\n{}{}\nreceive said:\n{}",
+                String::from_utf8_lossy(&m.stdout),
+                String::from_utf8_lossy(&m.stderr),
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
         let report = String::from_utf8_lossy(&m.stdout);
         assert!(report.contains("round 1:") && report.contains("downtime") && report.contains("post-copy"), "{report}");
         finish(recv, "receive");
@@ -636,7 +650,21 @@ fn migrate_moves_a_tree() {
         std::thread::sleep(Duration::from_millis(300));
         let source_tree = tree_pids(t.pid);
         let pid = t.pid.to_string();
-        let m = finish(bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k])), "migrate");
+        let m = bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]))
+            .wait_with_output()
+            .unwrap();
+        if !m.status.success() {
+            // What the destination saw says why as often as the source does.
+            let mut recv = recv;
+            let _ = recv.kill();
+            let r = recv.wait_with_output().unwrap();
+            panic!(
+                "migrate failed:\n{}{}\nreceive said:\n{}",
+                String::from_utf8_lossy(&m.stdout),
+                String::from_utf8_lossy(&m.stderr),
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
         let report = String::from_utf8_lossy(&m.stdout);
         assert!(report.contains("downtime") && report.contains("post-copy"), "{prog}: {report}");
         finish(recv, "receive");

@@ -66,6 +66,9 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     let creds = o.creds.clone();
     std::thread::spawn(move || accept_loop(listener, creds, first_tx, resume_tx));
     let mut stream: Link = first_rx.recv().map_err(|_| anyhow!("stopped listening"))?;
+    // As on the source: until post-copy, a side busy for a while (a long
+    // round, a window held shut) is not a dead link.
+    stream.set_user_timeout(crate::net::BULK_USER_TIMEOUT)?;
     let t0 = Instant::now();
     say(&format!("migration from {} started", stream.peer()));
 
@@ -128,6 +131,8 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         tasks.push(daemon::LazyTask { uffd: l.uffd, pid: l.pid, process: l.vpid as u64, lazy, local: l.local });
     }
     status(&mut stream, &format!("running {pid}"))?;
+    // Post-copy: the task waits on faults, so a cut must show at once.
+    stream.set_user_timeout(crate::net::USER_TIMEOUT)?;
     say(&format!("task {pid} running after {} of images; fetching the rest", human_bytes(total)));
 
     let reconnect = o.reconnect;
