@@ -35,6 +35,24 @@ fn finish(c: Child, what: &str) -> Output {
     out
 }
 
+/// `ferry migrate` of `pid` to `listen`, which must succeed; on failure
+/// the panic shows what `recv` said too (the destination's side often
+/// says why). Returns migrate's output and `recv`, still running.
+fn migrate_to(net: &Net, pid: &str, listen: &str, k: &str, mut recv: Child) -> (Output, Child) {
+    let m = bg(ferry_in_src(net, &["migrate", "-t", pid, "--to", listen, "--auth-key", k])).wait_with_output().unwrap();
+    if !m.status.success() {
+        let _ = recv.kill();
+        let r = recv.wait_with_output().unwrap();
+        panic!(
+            "migrate failed:\n{}{}\nreceive said:\n{}",
+            String::from_utf8_lossy(&m.stdout),
+            String::from_utf8_lossy(&m.stderr),
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    (m, recv)
+}
+
 /// Wait until `f` holds.
 fn until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -196,21 +214,7 @@ fn migrate_one_command() {
         t.wait_output("ready", T);
         std::thread::sleep(Duration::from_millis(300));
         let pid = t.pid.to_string();
-        let m = bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]))
-            .wait_with_output()
-            .unwrap();
-        if !m.status.success() {
-            // What the destination saw says why as often as the source does.
-            let mut recv = recv;
-            let _ = recv.kill();
-            let r = recv.wait_with_output().unwrap();
-            panic!(
-                "migrate failed:\n{}{}\nreceive said:\n{}",
-                String::from_utf8_lossy(&m.stdout),
-                String::from_utf8_lossy(&m.stderr),
-                String::from_utf8_lossy(&r.stderr)
-            );
-        }
+        let (m, recv) = migrate_to(&net, &pid, &listen, &k, recv);
         let report = String::from_utf8_lossy(&m.stdout);
         assert!(report.contains("round 1:") && report.contains("downtime") && report.contains("post-copy"), "{report}");
         finish(recv, "receive");
@@ -650,21 +654,7 @@ fn migrate_moves_a_tree() {
         std::thread::sleep(Duration::from_millis(300));
         let source_tree = tree_pids(t.pid);
         let pid = t.pid.to_string();
-        let m = bg(ferry_in_src(&net, &["migrate", "-t", &pid, "--to", &listen, "--auth-key", &k]))
-            .wait_with_output()
-            .unwrap();
-        if !m.status.success() {
-            // What the destination saw says why as often as the source does.
-            let mut recv = recv;
-            let _ = recv.kill();
-            let r = recv.wait_with_output().unwrap();
-            panic!(
-                "migrate failed:\n{}{}\nreceive said:\n{}",
-                String::from_utf8_lossy(&m.stdout),
-                String::from_utf8_lossy(&m.stderr),
-                String::from_utf8_lossy(&r.stderr)
-            );
-        }
+        let (m, recv) = migrate_to(&net, &pid, &listen, &k, recv);
         let report = String::from_utf8_lossy(&m.stdout);
         assert!(report.contains("downtime") && report.contains("post-copy"), "{prog}: {report}");
         finish(recv, "receive");

@@ -351,7 +351,8 @@ pub(crate) fn pod_bytes<T: bytemuck::Pod>(v: &T) -> Vec<u8> {
 
 /// Linux-style error decoding shared by the architectures that return
 /// `-errno` in a register.
-pub(crate) fn negative_errno(ret: u64) -> Result<u64, i32> {
+/// A raw syscall return: the value, or the errno of a -4095..-1 return.
+pub fn negative_errno(ret: u64) -> Result<u64, i32> {
     let v = ret as i64;
     if (-4095..0).contains(&v) {
         Err((-v) as i32)

@@ -122,8 +122,9 @@ impl<'t> Injector<'t> {
             if r == NOT_RUN {
                 break;
             }
-            let failed = r > (-4096i64) as u64;
-            out.push(if failed { Err(Errno::from_raw(-(r as i64) as i32)) } else { Ok(r) });
+            let result = ferry_arch::negative_errno(r).map_err(Errno::from_raw);
+            let failed = result.is_err();
+            out.push(result);
             self.calls += 1;
             if failed {
                 break;
