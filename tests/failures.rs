@@ -246,7 +246,7 @@ fn corrupt_metadata_and_wrong_version() {
     std::fs::write(&inv, text.replace("\"version\": 2,", "\"version\": 9,")).unwrap();
     let err = restore_err(&img, pid);
     assert!(
-        err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 2)"),
+        err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 3)"),
         "{err}"
     );
 

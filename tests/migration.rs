@@ -542,7 +542,9 @@ fn lazy_dump_copies_the_rseq_page() {
     let task = json(format!("task-{pid}.json"));
     let rseq = hex(&task["threads"][0]["rseq"]["addr"]);
     assert_ne!(rseq, 0, "tp-bigmem registers rseq (glibc does)");
-    let pm = json(format!("pagemap-{pid}.json"));
+    // The pagemap is binary; `ferry show` prints it as JSON.
+    let shown = ferry_ok(&["show", imgs.to_str().unwrap(), &format!("pagemap-{pid}.img")]);
+    let pm: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     let page = pm["page_size"].as_u64().unwrap();
     let at = rseq & !(page - 1);
     let flags: Vec<&str> = pm["entries"]

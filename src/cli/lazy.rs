@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::info;
 
 #[derive(Args, Debug)]
@@ -34,21 +34,74 @@ pub struct LazyPagesArgs {
     pub reconnect_timeout: u64,
 }
 
-/// Connect to `addr:port` and authenticate, for (re)connections.
+fn target(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Connect to `target` and authenticate.
+fn open(target: &str, creds: &Credentials) -> Result<Link> {
+    Link::connect(target, creds, Duration::from_secs(2))
+}
+
+/// Ask the source to give the task up; the task may only run here once
+/// the source can never run it again.
+fn arm(mut s: Link, target: &str) -> Result<Link> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write_frame(&mut s, &Frame::new(Kind::Status, serve::ARM.as_bytes().to_vec()))?;
+    let armed = read_frame(&mut s).with_context(|| format!("waiting for {target} to hand over the task"))?;
+    if armed.kind != Kind::Status || armed.text() != serve::ARMED {
+        anyhow::bail!("{target} did not hand over the task");
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// Connect to `addr:port`, authenticate and arm, for (re)connections.
 pub fn connector(addr: String, port: u16, creds: Credentials) -> crate::lazy::client::Connector {
     Box::new(move || {
-        let target = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-        let mut s = Link::connect(&target, &creds, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        // The task may only run here once the source can never run it again.
-        write_frame(&mut s, &Frame::new(Kind::Status, serve::ARM.as_bytes().to_vec()))?;
-        let armed = read_frame(&mut s).with_context(|| format!("waiting for {target} to hand over the task"))?;
-        if armed.kind != Kind::Status || armed.text() != serve::ARMED {
-            anyhow::bail!("{target} did not hand over the task");
-        }
-        s.set_read_timeout(None)?;
-        Ok(s)
+        let target = target(&addr, port);
+        arm(open(&target, &creds)?, &target)
     })
+}
+
+/// The source admits a peer that authenticates and says what it wants
+/// within its admission deadline (5 s): links opened early are used only
+/// while younger than this.
+const EARLY_LINKS_FRESH: Duration = Duration::from_secs(3);
+
+/// Both lanes' links, connected and authenticated while the restore runs
+/// (it waits for our answer, so this was inside the downtime), with when.
+struct EarlyLinks(std::thread::JoinHandle<Option<(Link, Link, Instant)>>);
+
+impl EarlyLinks {
+    fn open(addr: &str, port: u16, creds: &Credentials) -> EarlyLinks {
+        let (target, creds) = (target(addr, port), creds.clone());
+        EarlyLinks(std::thread::spawn(move || {
+            let at = Instant::now();
+            // Not there yet (the source may start later): connect after
+            // the hand-over, as always.
+            Some((open(&target, &creds).ok()?, open(&target, &creds).ok()?, at))
+        }))
+    }
+
+    /// The client: on the early links, armed now, if they are fresh; on
+    /// new ones otherwise.
+    fn client(self, a: &LazyPagesArgs, creds: Credentials) -> Result<std::sync::Arc<PageClient>> {
+        let give_up = Duration::from_secs(a.reconnect_timeout);
+        let connector = connector(a.address.clone(), a.port, creds);
+        match self.0.join().ok().flatten() {
+            Some((urgent, bulk, at)) if at.elapsed() < EARLY_LINKS_FRESH => {
+                let target = target(&a.address, a.port);
+                let urgent = arm(urgent, &target)?;
+                PageClient::with_lanes(Ok(urgent), arm(bulk, &target), connector, give_up)
+            }
+            _ => PageClient::connect(connector, give_up),
+        }
+    }
 }
 
 pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
@@ -81,6 +134,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let listener =
         std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
+    let early = EarlyLinks::open(&a.address, a.port, &creds);
     let (handed, answer) = handoff::receive(listener)?;
     let _ = std::fs::remove_file(&sock);
     let root = handed.first().map(|h| h.pid).unwrap_or(0);
@@ -91,10 +145,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     };
-    let client = match PageClient::connect(
-        connector(a.address.clone(), a.port, creds),
-        Duration::from_secs(a.reconnect_timeout),
-    ) {
+    let client = match early.client(&a, creds) {
         Ok(c) => c,
         Err(e) => {
             handoff::answer(answer, &format!("{e:#}"));

@@ -28,7 +28,7 @@ use crate::image::objects::OBJECTS;
 use crate::image::stats::DumpStats;
 use crate::image::task::{FsState, Ids, MmState, PendingSignal, TaskImage, ThreadImage};
 use crate::image::tree::{ProcessEntry, ProcessState, TreeImage, TREE};
-use crate::image::{pagemap_file, task_file, ImageDir, ImageWriter, STATS};
+use crate::image::{task_file, ImageDir, ImageWriter, STATS};
 use crate::net::auth::Key;
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
@@ -383,7 +383,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         }
     }
     for (vpid, _, pm) in &pagemaps {
-        writer.write_json(&pagemap_file(*vpid), pm)?;
+        writer.write_pagemap(*vpid, pm)?;
     }
     if let Some(r) = &record {
         writer.write_json(TRACK_FILE, r)?;

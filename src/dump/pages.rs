@@ -11,7 +11,7 @@ use crate::image::ImageWriter;
 use crate::proc::pagemap::{self, PageEntry};
 use crate::proc::ProcDir;
 use crate::ptrace::remote::RemoteMem;
-use crate::track::{frame_id, in_ranges, Method, Written};
+use crate::track::{frame_id, Method, Written};
 use anyhow::{Context, Result};
 use nix::sys::uio::RemoteIoVec;
 use std::fs::File;
@@ -106,7 +106,8 @@ pub fn write(
             })
             .collect()
     };
-    let fates: Vec<Fate> = pages.iter().zip(&ids).map(|(p, id)| fate(p, id.load(Ordering::Relaxed), sel)).collect();
+    let mut walk = FateWalk::new(sel);
+    let fates: Vec<Fate> = pages.iter().zip(&ids).map(|(p, id)| walk.fate(p, id.load(Ordering::Relaxed))).collect();
 
     // Runs of contiguous pages with the same fate; copied ones feed the file.
     let mut entries: Vec<PageExtent> = Vec::new();
@@ -143,23 +144,56 @@ pub fn write(
     })
 }
 
-fn fate(p: &Page, id: u64, sel: &Selection) -> Fate {
-    let written = match (sel.method, &sel.written) {
-        (Method::UffdWp, Some(w)) => match &w[p.vma] {
-            Some(ranges) => in_ranges(ranges, p.addr),
-            None => true,
-        },
-        (Method::UffdWp, None) => true,
-        (Method::SoftDirty, _) => p.entry.soft_dirty() || !(p.entry.present() || p.entry.swapped_data()),
-        (Method::Hashing, _) => false,
-    };
-    let unchanged = !written && id != UNKNOWN_ID && sel.parent.and_then(|v| v.id_at(p.addr)) == Some(id);
-    if unchanged {
-        Fate::InParent
-    } else if p.anon && sel.eager.as_ref().is_some_and(|eager| !eager.iter().any(|&(s, e)| s <= p.addr && p.addr < e)) {
-        Fate::Lazy
-    } else {
-        Fate::Copy
+/// Each page's fate, pages asked in address order (as `collect` lists
+/// them): every lookup is a cursor that only moves forward.
+struct FateWalk<'a> {
+    sel: &'a Selection<'a>,
+    /// The area of the pages asked last, and its written ranges.
+    vma: Option<usize>,
+    written: Option<crate::track::RangeCursor<'a>>,
+    parent: Option<crate::image::chain::IdCursor<'a>>,
+    eager: Option<Vec<(u64, u64)>>,
+    eager_next: usize,
+}
+
+impl<'a> FateWalk<'a> {
+    fn new(sel: &'a Selection<'a>) -> FateWalk<'a> {
+        let eager = sel.eager.clone().map(crate::track::merged);
+        FateWalk { sel, vma: None, written: None, parent: sel.parent.map(|v| v.ids()), eager, eager_next: 0 }
+    }
+
+    fn fate(&mut self, p: &Page, id: u64) -> Fate {
+        let sel = self.sel;
+        if self.vma != Some(p.vma) {
+            self.vma = Some(p.vma);
+            self.written = match (sel.method, &sel.written) {
+                (Method::UffdWp, Some(w)) => w[p.vma].as_deref().map(crate::track::RangeCursor::new),
+                _ => None,
+            };
+        }
+        let written = match (sel.method, &sel.written) {
+            (Method::UffdWp, Some(_)) => self.written.as_mut().is_none_or(|c| c.contains(p.addr)),
+            (Method::UffdWp, None) => true,
+            (Method::SoftDirty, _) => p.entry.soft_dirty() || !(p.entry.present() || p.entry.swapped_data()),
+            (Method::Hashing, _) => false,
+        };
+        // Asked for every page, so the cursor sees each address in order.
+        let parent_id = self.parent.as_mut().and_then(|c| c.id_at(p.addr));
+        if !written && id != UNKNOWN_ID && parent_id == Some(id) {
+            Fate::InParent
+        } else if p.anon && self.eager.is_some() && !self.in_eager(p.addr) {
+            Fate::Lazy
+        } else {
+            Fate::Copy
+        }
+    }
+
+    fn in_eager(&mut self, addr: u64) -> bool {
+        let eager = self.eager.as_deref().unwrap_or_default();
+        while eager.get(self.eager_next).is_some_and(|&(_, e)| e <= addr) {
+            self.eager_next += 1;
+        }
+        eager.get(self.eager_next).is_some_and(|&(s, _)| s <= addr)
     }
 }
 

@@ -6,7 +6,7 @@
 //! "moved here" or "replaced".
 
 use super::pagemap::{PageFlags, PagemapImage};
-use super::{pagemap_file, ImageDir, ImageError};
+use super::{ImageDir, ImageError};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -18,24 +18,37 @@ pub fn pageids_file(pid: i32) -> String {
 pub struct MemoryView {
     pub images: ImageDir,
     pub pagemap: PagemapImage,
-    /// One identity per listed page, in pagemap order.
-    pub ids: Vec<u64>,
+    /// One identity per listed page, in pagemap order; read only for a
+    /// dump that compares against this image (a restore has no use for
+    /// them).
+    ids: Option<Vec<u64>>,
     /// For each entry: index of its first page in `ids`, and (for present
     /// entries) its offset in the pages file.
     index: Vec<(usize, Option<u64>)>,
 }
 
 impl MemoryView {
-    /// Process `pid`'s memory as this image recorded it.
+    /// Process `pid`'s memory as this image recorded it, with the page
+    /// identities: for a dump whose parent this is.
     pub fn load(images: ImageDir, pid: i32) -> Result<MemoryView> {
-        let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
-        MemoryView::with_pagemap(images, pid, pagemap)
+        let pagemap = images.read_pagemap(pid)?;
+        let mut view = MemoryView::with_pagemap(images, pagemap)?;
+        let raw = view.images.read_verified(&pageids_file(pid))?;
+        let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let listed: u64 = view.pagemap.entries.iter().map(|e| e.nr_pages).sum();
+        if listed != ids.len() as u64 {
+            return Err(ImageError::Invalid {
+                path: view.images.path(&pageids_file(pid)),
+                reason: format!("{} page identities for {listed} listed pages", ids.len()),
+            }
+            .into());
+        }
+        view.ids = Some(ids);
+        Ok(view)
     }
 
-    /// The same, with the pagemap already read.
-    pub fn with_pagemap(images: ImageDir, pid: i32, pagemap: PagemapImage) -> Result<MemoryView> {
-        let raw = images.read_verified(&pageids_file(pid))?;
-        let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    /// Where this image's pages are, from its pagemap (no identities).
+    pub fn with_pagemap(images: ImageDir, pagemap: PagemapImage) -> Result<MemoryView> {
         let mut index = Vec::with_capacity(pagemap.entries.len());
         let (mut page, mut off) = (0usize, 0u64);
         for e in &pagemap.entries {
@@ -46,14 +59,7 @@ impl MemoryView {
                 off += e.nr_pages * pagemap.page_size;
             }
         }
-        if page != ids.len() {
-            return Err(ImageError::Invalid {
-                path: images.path(&pageids_file(pid)),
-                reason: format!("{} page identities for {page} listed pages", ids.len()),
-            }
-            .into());
-        }
-        Ok(MemoryView { images, pagemap, ids, index })
+        Ok(MemoryView { images, pagemap, ids: None, index })
     }
 
     /// The entry covering `addr`, if any.
@@ -63,11 +69,31 @@ impl MemoryView {
         (addr < e.vaddr + e.nr_pages * self.pagemap.page_size).then_some(i)
     }
 
-    /// The identity this image recorded for the page at `addr`.
-    pub fn id_at(&self, addr: u64) -> Option<u64> {
-        let i = self.entry_at(addr)?;
-        let e = &self.pagemap.entries[i];
-        Some(self.ids[self.index[i].0 + ((addr - e.vaddr) / self.pagemap.page_size) as usize])
+    /// The identities this image recorded, asked page by page in address
+    /// order (none unless read by [`MemoryView::load`]).
+    pub fn ids(&self) -> IdCursor<'_> {
+        IdCursor { view: self, next: 0 }
+    }
+}
+
+/// A walk through a view's page identities that only moves forward.
+pub struct IdCursor<'a> {
+    view: &'a MemoryView,
+    next: usize,
+}
+
+impl IdCursor<'_> {
+    /// The identity of the page at `addr`, no lower than the one asked
+    /// before.
+    pub fn id_at(&mut self, addr: u64) -> Option<u64> {
+        let v = self.view;
+        let page = v.pagemap.page_size;
+        let entries = &v.pagemap.entries;
+        while entries.get(self.next).is_some_and(|e| e.vaddr + e.nr_pages * page <= addr) {
+            self.next += 1;
+        }
+        let e = entries.get(self.next).filter(|e| e.vaddr <= addr)?;
+        Some(v.ids.as_ref()?[v.index[self.next].0 + ((addr - e.vaddr) / page) as usize])
     }
 }
 
@@ -90,8 +116,8 @@ impl Chain {
     /// Follow `parent` links from `first` (the images of the final dump)
     /// for process `pid`.
     pub fn open(first: ImageDir, pid: i32) -> Result<Chain> {
-        let view = MemoryView::load(first, pid)?;
-        Chain::from_view(view, pid)
+        let pagemap = first.read_pagemap(pid)?;
+        Chain::from_view(MemoryView::with_pagemap(first, pagemap)?, pid)
     }
 
     /// The same, from the newest image's view.
@@ -111,7 +137,8 @@ impl Chain {
             if !parent.inventory.tasks.contains(&pid) {
                 bail!("{}: parent image is of task {}, not {pid}", dir.display(), parent.inventory.root_pid);
             }
-            views.push(MemoryView::load(parent, pid)?);
+            let pagemap = parent.read_pagemap(pid)?;
+            views.push(MemoryView::with_pagemap(parent, pagemap)?);
         }
         Ok(Chain { views })
     }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const FORMAT: &str = "ferry-images";
-pub const VERSION: u32 = 2;
+/// 3: pagemaps are binary (pagemap-PID.img).
+pub const VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,11 +163,11 @@ mod tests {
         let err = Inventory::from_bytes(p, tampered.as_bytes()).unwrap_err();
         assert!(err.to_string().starts_with("/x/inventory.json: checksum mismatch"), "{err}");
 
-        let newer = String::from_utf8(bytes).unwrap().replace("\"version\": 2", "\"version\": 7");
+        let newer = String::from_utf8(bytes).unwrap().replace("\"version\": 3", "\"version\": 7");
         let err = Inventory::from_bytes(p, newer.as_bytes()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/x/inventory.json: image format version 7 is not supported (this ferry reads version 2)"
+            "/x/inventory.json: image format version 7 is not supported (this ferry reads version 3)"
         );
 
         let err = Inventory::from_bytes(p, b"{\"format\": \"criu\"}").unwrap_err();

@@ -6,7 +6,8 @@
 //! inventory.json      format + version, arch, page size, kernel, and every
 //!                     other file with its size and xxh3 checksum (written last)
 //! task-PID.json       one task: registers, signals, creds, files, memory areas
-//! pagemap-PID.json    extents of dumped pages (address, page count, flags)
+//! pagemap-PID.img     extents of dumped pages (address, page count, flags),
+//!                     binary (see [`pagemap`])
 //! pages-PID.img       the raw page contents, extents back to back
 //! stats.json          freeze time, dump time, bytes written
 //! lazy-stats.json     written by lazy-pages: faults, their latency, bytes pushed
@@ -42,7 +43,7 @@ pub fn task_file(pid: i32) -> String {
     format!("task-{pid}.json")
 }
 pub fn pagemap_file(pid: i32) -> String {
-    format!("pagemap-{pid}.json")
+    format!("pagemap-{pid}.img")
 }
 pub fn pages_file(pid: i32) -> String {
     format!("pages-{pid}.img")
@@ -168,6 +169,12 @@ impl ImageWriter {
         let bytes = serde_json::to_vec_pretty(value).expect("image structs always serialize");
         let mut raw = self.raw(name)?;
         raw.write(&bytes)?;
+        raw.finish(self)
+    }
+
+    pub fn write_pagemap(&mut self, pid: i32, pagemap: &pagemap::PagemapImage) -> Result<()> {
+        let mut raw = self.raw(&pagemap_file(pid))?;
+        raw.write(&pagemap.to_bytes())?;
         raw.finish(self)
     }
 
@@ -379,6 +386,14 @@ impl ImageDir {
             return Err(ImageError::Checksum { path, expected: entry.xxh3.clone(), got });
         }
         Ok(bytes)
+    }
+
+    /// Process `pid`'s pagemap, checked.
+    pub fn read_pagemap(&self, pid: i32) -> Result<pagemap::PagemapImage> {
+        let name = pagemap_file(pid);
+        let bytes = self.read_verified(&name)?;
+        pagemap::PagemapImage::from_bytes(&bytes)
+            .map_err(|reason| ImageError::Invalid { path: self.path(&name), reason })
     }
 
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {

@@ -1,4 +1,21 @@
-//! pagemap-PID.json: which pages of the task are in the pages file.
+//! pagemap-PID.img: which pages of the task are in the pages file.
+//!
+//! Binary, not JSON: a task with 1 GiB of memory dirtied in scattered
+//! pages has some 30,000 extents, and their JSON (3 MB) took 13 ms to
+//! write inside the dump's freeze and as long again to parse inside the
+//! restore. This layout (all little-endian) is read and written in well
+//! under a millisecond:
+//!
+//! ```text
+//! "FERRYPM1"          magic and layout version
+//! u64 page_size
+//! u64 extent count
+//! u16 name length, then the pages file's name (UTF-8)
+//! per extent: u64 vaddr with the flags in its low two bits
+//!             (0 present, 1 in-parent, 2 lazy), u64 nr_pages
+//! ```
+//!
+//! `ferry show DIR pagemap-PID.img` prints it as JSON.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +66,7 @@ impl TryFrom<Unchecked> for PagemapImage {
     /// page-aligned extents in order, inside the user address range, and a
     /// pages file named like one (no path).
     fn try_from(u: Unchecked) -> Result<PagemapImage, String> {
+        // Also keeps the flag bits of the binary form clear of the address.
         if !u.page_size.is_power_of_two() || !(4096..=65536).contains(&u.page_size) {
             return Err(format!("page size {} is not one a kernel uses", u.page_size));
         }
@@ -74,7 +92,72 @@ impl TryFrom<Unchecked> for PagemapImage {
     }
 }
 
+const MAGIC: &[u8; 8] = b"FERRYPM1";
+
+impl PageFlags {
+    fn code(self) -> u64 {
+        match self {
+            PageFlags::Present => 0,
+            PageFlags::InParent => 1,
+            PageFlags::Lazy => 2,
+        }
+    }
+}
+
 impl PagemapImage {
+    /// The on-disk form (see the module's doc).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let name = self.pages_file.as_bytes();
+        let mut out = Vec::with_capacity(26 + name.len() + self.entries.len() * 16);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.page_size.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
+        for e in &self.entries {
+            out.extend_from_slice(&(e.vaddr | e.flags.code()).to_le_bytes());
+            out.extend_from_slice(&e.nr_pages.to_le_bytes());
+        }
+        out
+    }
+
+    /// Read the on-disk form; every extent is checked as the JSON reader
+    /// checks it (aligned, in order, inside user memory).
+    pub fn from_bytes(b: &[u8]) -> Result<PagemapImage, String> {
+        let word = |at: usize| -> Result<u64, String> {
+            b.get(at..at + 8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                .ok_or_else(|| format!("cut short at byte {at} of {}", b.len()))
+        };
+        if b.get(..8) != Some(MAGIC.as_slice()) {
+            return Err("not a ferry pagemap (no FERRYPM1 magic)".into());
+        }
+        let page_size = word(8)?;
+        let count = word(16)?;
+        let name_len =
+            b.get(24..26).map(|w| u16::from_le_bytes([w[0], w[1]]) as usize).ok_or("cut short in its header")?;
+        let name = b.get(26..26 + name_len).ok_or("cut short in the pages file's name")?;
+        let pages_file = std::str::from_utf8(name).map_err(|_| "the pages file's name is not UTF-8")?.to_string();
+        let start = 26 + name_len;
+        let expected = count.checked_mul(16).and_then(|n| n.checked_add(start as u64));
+        if expected != Some(b.len() as u64) {
+            return Err(format!("{count} extents do not fit its {} bytes", b.len()));
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        for i in 0..count as usize {
+            let at = start + i * 16;
+            let (head, nr_pages) = (word(at)?, word(at + 8)?);
+            let flags = match head & 3 {
+                0 => PageFlags::Present,
+                1 => PageFlags::InParent,
+                2 => PageFlags::Lazy,
+                _ => return Err(format!("extent {i} has unknown flags")),
+            };
+            entries.push(PageExtent { vaddr: head & !3, nr_pages, flags });
+        }
+        PagemapImage::try_from(Unchecked { pages_file, page_size, entries })
+    }
+
     /// Extents with their offset in the pages file.
     pub fn present_with_offsets(&self) -> impl Iterator<Item = (&PageExtent, u64)> {
         let mut off = 0u64;
@@ -128,5 +211,36 @@ mod tests {
         assert_eq!(offs, vec![(0x1000, 0), (0x9000, 8192)]);
         assert_eq!(pm.present_bytes(), 5 * 4096);
         insta::assert_snapshot!(serde_json::to_string_pretty(&pm).unwrap());
+        assert_eq!(PagemapImage::from_bytes(&pm.to_bytes()), Ok(pm));
+    }
+
+    #[test]
+    fn the_binary_form_is_checked_like_the_json() {
+        let pm = PagemapImage {
+            pages_file: "pages-7.img".into(),
+            page_size: 4096,
+            entries: vec![
+                PageExtent { vaddr: 0x1000, nr_pages: 2, flags: PageFlags::Lazy },
+                PageExtent { vaddr: 0x4000, nr_pages: 1, flags: PageFlags::InParent },
+            ],
+        };
+        let good = pm.to_bytes();
+        assert_eq!(good.len(), 26 + 11 + 32);
+        let read = |b: &[u8]| PagemapImage::from_bytes(b).unwrap_err();
+        assert!(read(&good[..good.len() - 1]).contains("do not fit"));
+        assert!(read(&good[..20]).contains("cut short"));
+        assert!(read(b"FERRYPM2").contains("magic"));
+        let mut bad = good.clone();
+        bad[37] |= 3; // the first extent's flags
+        assert!(read(&bad).contains("unknown flags"));
+        let mut overlap = good.clone();
+        overlap[54] = 0x20; // the second extent now starts at 0x2000
+        assert!(read(&overlap).contains("overlaps"));
+        let mut unaligned = good.clone();
+        unaligned[37] |= 0x10;
+        assert!(read(&unaligned).contains("not page-aligned"));
+        let mut huge = good;
+        huge[45..53].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read(&huge).contains("outside user memory"));
     }
 }

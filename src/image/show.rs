@@ -162,7 +162,7 @@ pub fn dir(path: &Path, out: &mut dyn Write) -> Result<()> {
         show_objects(o, out)?;
     }
     for &pid in &inv.tasks {
-        let pm = img.read_json::<PagemapImage>(&pagemap_file(pid));
+        let pm = img.read_pagemap(pid);
         match (img.entry(&task_file(pid)).is_ok(), pm) {
             // A pre-dump holds memory only.
             (false, Ok(pm)) => writeln!(
@@ -376,8 +376,8 @@ fn fmt_lim(v: u64) -> String {
     }
 }
 
-/// One file: JSON files pretty-printed; a pages file as its extents with the
-/// first bytes of each.
+/// One file: JSON files and pagemaps pretty-printed as JSON; a pages file
+/// as its extents with the first bytes of each.
 pub fn file(dir_path: &Path, name: &str, out: &mut dyn Write) -> Result<()> {
     let img = ImageDir::open(dir_path)?;
     if name == INVENTORY {
@@ -389,11 +389,15 @@ pub fn file(dir_path: &Path, name: &str, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
+    if let Some(&pid) = img.inventory.tasks.iter().find(|&&pid| pagemap_file(pid) == name) {
+        writeln!(out, "{}", serde_json::to_string_pretty(&img.read_pagemap(pid)?)?)?;
+        return Ok(());
+    }
     let pagemap = img
         .inventory
         .tasks
         .iter()
-        .map(|&pid| img.read_json::<PagemapImage>(&pagemap_file(pid)))
+        .map(|&pid| img.read_pagemap(pid))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .find(|pm| pm.pages_file == name)

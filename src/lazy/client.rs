@@ -56,9 +56,22 @@ pub struct PageClient {
 impl PageClient {
     /// Connect both lanes now (failing fast if that does not work at all).
     pub fn connect(connector: Connector, give_up: Duration) -> Result<Arc<PageClient>> {
+        let urgent = connector()?;
+        let bulk = connector();
+        PageClient::with_lanes(Ok(urgent), bulk, connector, give_up)
+    }
+
+    /// Both lanes on streams made ready already; `connector` makes new
+    /// ones when a lane is cut.
+    pub fn with_lanes(
+        urgent: Result<Link>,
+        bulk: Result<Link>,
+        connector: Connector,
+        give_up: Duration,
+    ) -> Result<Arc<PageClient>> {
         let connector = Arc::new(connector);
-        let urgent = Lane::start(connector(), connector.clone(), give_up, false)?;
-        let bulk = Lane::start(connector(), connector, give_up, true)?;
+        let urgent = Lane::start(urgent, connector.clone(), give_up, false)?;
+        let bulk = Lane::start(bulk, connector, give_up, true)?;
         Ok(Arc::new(PageClient { urgent, bulk: Some(bulk) }))
     }
 

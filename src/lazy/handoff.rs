@@ -36,7 +36,8 @@ pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Resul
             Ok(s) => break s,
             Err(e) if start.elapsed() < wait => {
                 let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
+                // The daemon may still be reading its images: look again soon.
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => bail!("no lazy-pages daemon at {} ({e}); start `ferry lazy-pages` first", path.display()),
         }

@@ -2,9 +2,8 @@
 //! the final one at the task's PID, and serve its faults from the source.
 
 use super::{receive_round, status, GO, RESUME, START};
-use crate::image::pagemap::PagemapImage;
 use crate::image::show::human_bytes;
-use crate::image::{pagemap_file, ImageDir, LAZY_STATS};
+use crate::image::{ImageDir, LAZY_STATS};
 use crate::lazy::client::PageClient;
 use crate::lazy::{daemon, guard::Guard, lazy_ranges};
 use crate::net::wire::{read_frame, Kind};
@@ -125,7 +124,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
     let mut tasks = Vec::new();
     let pids: Vec<i32> = restored.lazy.iter().map(|l| l.pid).collect();
     for l in restored.lazy {
-        let pagemap: PagemapImage = images.read_json(&pagemap_file(l.vpid))?;
+        let pagemap = images.read_pagemap(l.vpid)?;
         guards.push(Guard::start(l.uffd.fd(), l.pid)?);
         let lazy = lazy_ranges(&pagemap);
         tasks.push(daemon::LazyTask { uffd: l.uffd, pid: l.pid, process: l.vpid as u64, lazy, local: l.local });

@@ -13,7 +13,7 @@ use crate::image::objects::{ObjectsImage, OBJECTS};
 use crate::image::pagemap::PagemapImage;
 use crate::image::task::{TaskImage, VmaKind};
 use crate::image::tree::{ProcessState, TreeImage, TREE};
-use crate::image::{pagemap_file, task_file, ImageDir};
+use crate::image::{task_file, ImageDir};
 use crate::objects::regular::reopen;
 use crate::proc::limits::UNLIMITED;
 use crate::proc::ProcDir;
@@ -232,9 +232,9 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
     if task.pid != pid || task.threads.first().map(|t| t.tid) != Some(pid) {
         bail!("{}: not the image of task {pid} and its main thread", images.path(&task_file(pid)).display());
     }
-    let pagemap: PagemapImage = images.read_json(&pagemap_file(pid))?;
+    let pagemap = images.read_pagemap(pid)?;
     tracing::debug!(pid, "task and pagemap read");
-    let chain = Chain::from_view(MemoryView::with_pagemap(images.clone(), pid, pagemap.clone())?, pid)?;
+    let chain = Chain::from_view(MemoryView::with_pagemap(images.clone(), pagemap.clone())?, pid)?;
     tracing::debug!(pid, images = chain.views.len(), "page images opened");
     let lazy_pages: u64 =
         pagemap.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy).map(|e| e.nr_pages).sum();
