@@ -307,7 +307,7 @@ fn show_prints_every_part() {
     let out = ferry_ok(&["show", img.to_str().unwrap()]);
     let s = String::from_utf8(out.stdout).unwrap();
     for part in [
-        "format       ferry-images v2",
+        "format       ferry-images v3",
         "task-",
         "pages-",
         "[stack]",
@@ -326,6 +326,11 @@ fn show_prints_every_part() {
     assert_eq!(v["pid"], t.pid);
     let out = ferry_ok(&["show", img.to_str().unwrap(), &format!("pages-{}.img", t.pid)]);
     assert!(String::from_utf8(out.stdout).unwrap().contains("extents"));
+    // The binary pagemap is shown as JSON.
+    let out = ferry_ok(&["show", img.to_str().unwrap(), &format!("pagemap-{}.img", t.pid)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pages_file"], format!("pages-{}.img", t.pid));
+    assert!(v["entries"].as_array().unwrap().iter().any(|e| e["flags"] == "present"), "{v}");
 }
 
 #[test]

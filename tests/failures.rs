@@ -243,7 +243,7 @@ fn corrupt_metadata_and_wrong_version() {
 
     let inv = img.join("inventory.json");
     let text = std::fs::read_to_string(&inv).unwrap();
-    std::fs::write(&inv, text.replace("\"version\": 2,", "\"version\": 9,")).unwrap();
+    std::fs::write(&inv, text.replace("\"version\": 3,", "\"version\": 9,")).unwrap();
     let err = restore_err(&img, pid);
     assert!(
         err.ends_with("inventory.json: image format version 9 is not supported (this ferry reads version 3)"),
