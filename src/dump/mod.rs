@@ -108,6 +108,11 @@ pub struct Frozen {
     pub repaired: crate::objects::tcp_connection::Repaired,
     /// The network lock holding their packets.
     pub lock: std::sync::Mutex<Option<crate::netlock::Lock>>,
+    /// Dirty tracking of the pre-copy rounds, ended with the tree's fate:
+    /// ending it makes the kernel walk every tracked page table to lift the
+    /// write protection, work that competed with the restore for the CPU
+    /// inside the downtime, and a killed task needs none of it.
+    pub tracking: Vec<crate::track::holder::HolderRef>,
 }
 
 /// One process of a lazy dump.
@@ -141,6 +146,7 @@ impl Frozen {
 
     /// Let the task run on here.
     pub fn release(&self) {
+        self.end_tracking();
         self.repaired.release();
         self.unlock();
         self.tree.release(|_| {});
@@ -149,9 +155,17 @@ impl Frozen {
     /// connections without a packet, and the lock here with it.
     pub fn kill(&self) -> Result<()> {
         let r = self.tree.kill();
+        // The holders follow the task out; this only makes it sure.
+        self.end_tracking();
         self.repaired.close_silently();
         self.unlock();
         r
+    }
+    fn end_tracking(&self) {
+        for h in &self.tracking {
+            h.stop();
+            debug!(pid = self.pid, holder = h.pid, "dirty tracking ended");
+        }
     }
     fn unlock(&self) {
         drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
@@ -419,7 +433,8 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
         opts.scripts.run(Action::PostDump, &opts.dir, Some(opts.pid))?;
     }
 
-    if !keep_tracking {
+    // A lazy dump ends tracking with the tree's fate (see Frozen::tracking).
+    if !keep_tracking && opts.lazy.is_none() {
         for h in holders.values() {
             h.stop();
             debug!(pid = opts.pid, holder = h.pid, "dirty tracking ended");
@@ -434,6 +449,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
             since: frozen_at,
             repaired,
             lock: std::sync::Mutex::new(lock),
+            tracking: if keep_tracking { Vec::new() } else { holders.into_values().collect() },
         };
         return Ok(Dumped { stats, frozen: Some(frozen) });
     } else if pre {
