@@ -62,6 +62,7 @@ pub(super) fn sample(w: Workload, tool: Tool, tools: &Tools, round: usize) -> Re
     let pid = t.pid;
     let p = pid.to_string();
     let bin = tools.path(tool);
+    let pids = super::tree(pid);
     let (dump, frozen) = match tool {
         Tool::Ferry => {
             let (took, _) = run_checked(Command::new(bin).args(["dump", "-t", &p, "-D"]).arg(&dir), "ferry dump")?;
@@ -75,8 +76,10 @@ pub(super) fn sample(w: Workload, tool: Tool, tools: &Tools, round: usize) -> Re
             (took, criu_frozen(&text))
         }
     };
-    // The dumped task is our child: reap it so its PID is free again.
+    // The dumped task is our child, its children re-parented to us: reap
+    // them so their PIDs are free again.
     let _ = t.child.wait();
+    super::reap(&pids)?;
     let image = dir_size(&dir);
     let (restore, _) = match tool {
         Tool::Ferry => run_checked(Command::new(bin).args(["restore", "-d", "-D"]).arg(&dir), "ferry restore")?,
@@ -85,8 +88,14 @@ pub(super) fn sample(w: Workload, tool: Tool, tools: &Tools, round: usize) -> Re
         }
     };
     // The restored task checks its memory and exits 0 only if it is intact.
+    let restored = super::tree(pid);
     t.signal(libc::SIGUSR1);
     let st = wait_exit(pid, Duration::from_secs(60))?;
+    for &p in &restored[1..] {
+        // SAFETY: plain kill of what is left of the restored tree.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    super::reap(&restored[1..])?;
     if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
         bail!("{name}: the restored process failed its memory check (status {st:#x})");
     }

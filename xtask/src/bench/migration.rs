@@ -78,8 +78,48 @@ pub(super) fn run(b: &Bench, tools: &Tools) -> Result<()> {
         }
         all.push((tool, f));
     }
+    // How the push grows with the memory: one all-lazy round per size,
+    // ferry only (CRIU's lazy migration fails here at every size).
+    let mut growth = Vec::new();
+    for (i, mib) in [b.mib / 4, b.mib, b.mib * 4].into_iter().enumerate() {
+        let m = lazy_migration(mib, Tool::Ferry, tools, 100 + i, false);
+        if let Err(e) = &m {
+            eprintln!("bench: ferry all-lazy push at {mib} MiB failed: {e:#}");
+        }
+        growth.push((mib, m));
+    }
     report(b, (memcpy, tcp), &all);
+    report_growth(&growth, (memcpy, tcp));
     Ok(())
+}
+
+fn push_rate(m: &Migration) -> f64 {
+    let lazy = |key: &str| m.lazy.as_ref().and_then(|l| l[key].as_u64()).unwrap_or(0) as f64;
+    let us = lazy("elapsed_us");
+    if us == 0.0 {
+        0.0
+    } else {
+        lazy("pushed_bytes") / us * 1e6
+    }
+}
+
+fn report_growth(growth: &[(u64, Result<Migration>)], (memcpy, tcp): (f64, f64)) {
+    println!("background push by size, all lazy (ferry, one round each):");
+    for (mib, m) in growth {
+        match m {
+            Ok(m) => {
+                let r = push_rate(m);
+                println!(
+                    "  {mib:>5} MiB  {:.2} GB/s = {:.0}% of memcpy, {:.0}% of TCP; downtime {:.1} ms",
+                    r / 1e9,
+                    r / memcpy * 100.0,
+                    r / tcp * 100.0,
+                    m.downtime.as_secs_f64() * 1e3
+                );
+            }
+            Err(e) => println!("  {mib:>5} MiB  failed: {}", one_line(e)),
+        }
+    }
 }
 
 fn dir(tool: Tool, what: &str, n: usize) -> Result<PathBuf> {
@@ -448,14 +488,6 @@ pub(super) fn one_line(e: &anyhow::Error) -> String {
 fn report(b: &Bench, (memcpy, tcp): (f64, f64), all: &[(Tool, Figures)]) {
     let mib = |x: f64| x / (1 << 20) as f64;
     let lazy = |m: &Migration, key: &str| m.lazy.as_ref().and_then(|l| l[key].as_u64()).unwrap_or(0) as f64;
-    let push_rate = |m: &Migration| {
-        let us = lazy(m, "elapsed_us");
-        if us == 0.0 {
-            0.0
-        } else {
-            lazy(m, "pushed_bytes") / us * 1e6
-        }
-    };
     type Row<'a> = (&'a str, Box<dyn Fn(&Figures) -> Result<String, String> + 'a>);
     let rows: Vec<Row> = vec![
         (

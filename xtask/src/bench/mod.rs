@@ -9,6 +9,7 @@ mod dump_restore;
 mod mappings;
 mod migration;
 mod pidns;
+mod small;
 mod tcp;
 mod trees;
 
@@ -39,6 +40,7 @@ pub struct Bench {
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Part {
     DumpRestore,
+    Small,
     Mappings,
     Migration,
     Trees,
@@ -100,6 +102,9 @@ impl Bench {
         if part(Part::DumpRestore) {
             dump_restore::run(&self, &tools)?;
         }
+        if part(Part::Small) {
+            small::run(&self, &tools)?;
+        }
         if part(Part::Mappings) {
             mappings::run(&self, &tools)?;
         }
@@ -148,6 +153,35 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<(Duration, String)> {
         bail!("{what} failed ({}):\n{text}", out.status);
     }
     Ok((took, text))
+}
+
+/// Every process of the tree under `root` (from /proc).
+pub(super) fn tree(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(kids) = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", out[i])) {
+            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Reap the processes of a dumped tree (re-parented to us, the
+/// subreaper, once their parent died) so their PIDs are free again.
+pub(super) fn reap(pids: &[i32]) -> Result<()> {
+    let start = Instant::now();
+    for &p in pids {
+        // SAFETY: plain waitpid of a child or a task re-parented to us.
+        while unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } == 0 {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("process {p} of the dumped tree is still there");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(())
 }
 
 /// A test program running in a session of its own, its stdout in a file.

@@ -7,8 +7,8 @@
 use super::dump_restore::{criu_frozen, ferry_frozen, Sample};
 use super::migration::{explain, free_port, hand_over, tool_cmd};
 use super::pidns::PidNs;
-use super::{dir_size, run_checked, Bench, Target, Tool, Tools, WORK};
-use anyhow::{anyhow, bail, Result};
+use super::{dir_size, reap, run_checked, tree, Bench, Target, Tool, Tools, WORK};
+use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -79,35 +79,6 @@ pub(super) fn run(b: &Bench, tools: &Tools) -> Result<()> {
 fn fleet_args(mib: u64, shape: &Shape, percent: u64) -> Vec<String> {
     let per_proc = mib / shape.procs;
     vec![shape.procs.to_string(), per_proc.to_string(), percent.to_string(), shape.threads.to_string()]
-}
-
-/// Every process of the tree under `root` (from /proc).
-fn tree(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        if let Ok(kids) = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", out[i])) {
-            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Reap the processes of a dumped tree (re-parented to us, the
-/// subreaper, once their parent died) so their PIDs are free again.
-fn reap(pids: &[i32]) -> Result<()> {
-    let start = Instant::now();
-    for &p in pids {
-        // SAFETY: plain waitpid of a child or a task re-parented to us.
-        while unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } == 0 {
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("process {p} of the dumped tree is still there");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    Ok(())
 }
 
 fn sample(mib: u64, shape: &Shape, tool: Tool, tools: &Tools, n: usize) -> Result<Sample> {
