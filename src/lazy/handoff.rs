@@ -37,7 +37,7 @@ pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Resul
             Err(e) if start.elapsed() < wait => {
                 let _ = e;
                 // The daemon may still be reading its images: look again soon.
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => bail!("no lazy-pages daemon at {} ({e}); start `ferry lazy-pages` first", path.display()),
         }

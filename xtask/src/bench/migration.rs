@@ -277,7 +277,16 @@ pub(super) fn hand_over(
     let img_arg = img.to_str().context("image path")?;
     let lazy_args = ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", img_arg];
     let daemon_log = img.join("lazy-pages.out");
-    let daemon = spawn_logged(tool_cmd(tools, tool, Some(ns), &lazy_args, "lazy-pages.log"), &daemon_log)?;
+    let mut daemon = spawn_logged(tool_cmd(tools, tool, Some(ns), &lazy_args, "lazy-pages.log"), &daemon_log)?;
+    if tool == Tool::Criu {
+        // CRIU's restore does not wait for its daemon's socket (ferry's
+        // does): without this it fails with "connect to lazy-pages.socket
+        // failed".
+        let socket = img.join("lazy-pages.socket");
+        while !socket.exists() && daemon.try_wait()?.is_none() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
     let restore_args = ["restore", "--lazy-pages", "-d", "-D", img_arg];
     let restore_start = Instant::now();
     let restored =
