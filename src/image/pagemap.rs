@@ -196,17 +196,18 @@ mod tests {
         assert!(serde_json::from_str::<PagemapImage>(path).unwrap_err().to_string().contains("plain file name"));
     }
 
+    /// A pagemap of 4 KiB pages: (address, pages, flags) per extent.
+    fn pagemap(pages_file: &str, extents: &[(u64, u64, PageFlags)]) -> PagemapImage {
+        let entries = extents.iter().map(|&(vaddr, nr_pages, flags)| PageExtent { vaddr, nr_pages, flags }).collect();
+        PagemapImage { pages_file: pages_file.into(), page_size: 4096, entries }
+    }
+
     #[test]
     fn offsets_follow_present_extents() {
-        let pm = PagemapImage {
-            pages_file: "pages-1.img".into(),
-            page_size: 4096,
-            entries: vec![
-                PageExtent { vaddr: 0x1000, nr_pages: 2, flags: PageFlags::Present },
-                PageExtent { vaddr: 0x8000, nr_pages: 1, flags: PageFlags::InParent },
-                PageExtent { vaddr: 0x9000, nr_pages: 3, flags: PageFlags::Present },
-            ],
-        };
+        let pm = pagemap(
+            "pages-1.img",
+            &[(0x1000, 2, PageFlags::Present), (0x8000, 1, PageFlags::InParent), (0x9000, 3, PageFlags::Present)],
+        );
         let offs: Vec<_> = pm.present_with_offsets().map(|(e, o)| (e.vaddr, o)).collect();
         assert_eq!(offs, vec![(0x1000, 0), (0x9000, 8192)]);
         assert_eq!(pm.present_bytes(), 5 * 4096);
@@ -216,14 +217,7 @@ mod tests {
 
     #[test]
     fn the_binary_form_is_checked_like_the_json() {
-        let pm = PagemapImage {
-            pages_file: "pages-7.img".into(),
-            page_size: 4096,
-            entries: vec![
-                PageExtent { vaddr: 0x1000, nr_pages: 2, flags: PageFlags::Lazy },
-                PageExtent { vaddr: 0x4000, nr_pages: 1, flags: PageFlags::InParent },
-            ],
-        };
+        let pm = pagemap("pages-7.img", &[(0x1000, 2, PageFlags::Lazy), (0x4000, 1, PageFlags::InParent)]);
         let good = pm.to_bytes();
         assert_eq!(good.len(), 26 + 11 + 32);
         let read = |b: &[u8]| PagemapImage::from_bytes(b).unwrap_err();
