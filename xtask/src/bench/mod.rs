@@ -235,6 +235,9 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // Its session's group too: a tree a tool failed to dump is left whole.
+        // SAFETY: plain kill(2) of the process group the target leads.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
