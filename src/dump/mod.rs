@@ -365,7 +365,8 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
             Some(par) => par.view(p.vpid)?,
             None => None,
         };
-        let eager = opts.lazy.as_ref().map(|_| eager_ranges(&pd.thread_regs, pd.image.as_ref(), &insp.planned));
+        let eager =
+            opts.lazy.as_ref().map(|_| track::merged(eager_ranges(&pd.thread_regs, pd.image.as_ref(), &insp.planned)));
         selections.push((collected, view, written, eager));
     }
     let mut released_at = None;

@@ -50,7 +50,8 @@ pub struct Selection<'a> {
     /// uffd-wp: for each planned VMA, the pages written since the last
     /// round (None: not tracked, all of it counts as written).
     pub written: Option<Written>,
-    /// Lazy dump: pages outside these ranges are left for the page server.
+    /// Lazy dump: pages outside these ranges (sorted, merged: see
+    /// `track::merged`) are left for the page server.
     pub eager: Option<Vec<(u64, u64)>>,
     /// The task runs while pages are copied (pre-dump): pages that vanish
     /// meanwhile are stored as zeros with an unknown identity.
@@ -152,14 +153,13 @@ struct FateWalk<'a> {
     vma: Option<usize>,
     written: Option<crate::track::RangeCursor<'a>>,
     parent: Option<crate::image::chain::IdCursor<'a>>,
-    eager: Option<Vec<(u64, u64)>>,
-    eager_next: usize,
+    eager: Option<crate::track::RangeCursor<'a>>,
 }
 
 impl<'a> FateWalk<'a> {
     fn new(sel: &'a Selection<'a>) -> FateWalk<'a> {
-        let eager = sel.eager.clone().map(crate::track::merged);
-        FateWalk { sel, vma: None, written: None, parent: sel.parent.map(|v| v.ids()), eager, eager_next: 0 }
+        let eager = sel.eager.as_deref().map(crate::track::RangeCursor::new);
+        FateWalk { sel, vma: None, written: None, parent: sel.parent.map(|v| v.ids()), eager }
     }
 
     fn fate(&mut self, p: &Page, id: u64) -> Fate {
@@ -181,19 +181,11 @@ impl<'a> FateWalk<'a> {
         let parent_id = self.parent.as_mut().and_then(|c| c.id_at(p.addr));
         if !written && id != UNKNOWN_ID && parent_id == Some(id) {
             Fate::InParent
-        } else if p.anon && self.eager.is_some() && !self.in_eager(p.addr) {
+        } else if p.anon && self.eager.as_mut().is_some_and(|c| !c.contains(p.addr)) {
             Fate::Lazy
         } else {
             Fate::Copy
         }
-    }
-
-    fn in_eager(&mut self, addr: u64) -> bool {
-        let eager = self.eager.as_deref().unwrap_or_default();
-        while eager.get(self.eager_next).is_some_and(|&(_, e)| e <= addr) {
-            self.eager_next += 1;
-        }
-        eager.get(self.eager_next).is_some_and(|&(s, _)| s <= addr)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::dump_restore::{sample, Workload};
 use super::migration::one_line;
-use super::{Bench, Tool, Tools};
+use super::{median, Bench, Tool, Tools};
 use anyhow::Result;
 
 /// Each program and its arguments: all say "ready", check themselves on
@@ -75,11 +75,6 @@ fn cause(e: &anyhow::Error) -> String {
     } else {
         format!("{first}: {last}")
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn report(b: &Bench, all: &Results) {

@@ -7,7 +7,7 @@
 use super::dump_restore::{criu_frozen, ferry_frozen, Sample};
 use super::migration::{explain, free_port, hand_over, tool_cmd};
 use super::pidns::PidNs;
-use super::{dir_size, reap, run_checked, tree, Bench, Target, Tool, Tools, WORK};
+use super::{dir_size, median, reap, run_checked, tree, Bench, Target, Tool, Tools, WORK};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -217,11 +217,6 @@ fn migrate(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path) -> Resul
         Tool::Criu => 0,
     };
     Ok(Migration { downtime, total, precopied, lazy_bytes })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn report(b: &Bench, rows: &[(String, Tool, Result<Vec<Sample>>)], migrations: &[(Tool, Result<Vec<Migration>>)]) {
