@@ -5,7 +5,10 @@
 //! ```
 //!
 //! With MIB, a thread keeps writing to MIB MiB of memory (a migration then
-//! always leaves pages for post-copy).
+//! always leaves pages for post-copy), 64 pages a millisecond, each page
+//! visited once per pass; every write first checks that the page still
+//! holds what the previous pass wrote there. A lost or stale page turns
+//! the server's answer into "bad: memory ...".
 //!
 //! For each connection accepted: set TCP_NODELAY, SO_KEEPALIVE and
 //! TCP_KEEPIDLE 77, write SEND bytes of pattern (seed 1) (SEND is the
@@ -67,12 +70,51 @@ fn serve(s: TcpStream) -> std::io::Result<()> {
         (&s).write_all(format!("bad: received bytes differ from byte {at}\n").as_bytes())?;
         return Ok(());
     }
+    if let Some(bad) = MEMORY_FAULT.lock().unwrap().as_ref() {
+        return (&s).write_all(format!("bad: memory {bad}\n").as_bytes());
+    }
     let answer = format!(
         "ok nodelay={} keepidle={}\n",
         getopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
         getopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE)
     );
     (&s).write_all(answer.as_bytes())
+}
+
+/// What the memory writer found wrong, if anything.
+static MEMORY_FAULT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Write number k goes to page (k * 7919) mod pages (7919 is prime, so one
+/// pass of `pages` writes visits every page once) and stores k + 1 in the
+/// page's first word; the previous pass stored k + 1 - pages there.
+/// Volatile: the compiler would drop stores to memory nobody reads.
+fn keep_writing(mib: usize) {
+    let mut mem = vec![0u64; mib << 17];
+    let words_per_page = 4096 / 8;
+    let pages = (mem.len() / words_per_page) as u64;
+    let base = mem.as_mut_ptr();
+    let mut k = 0u64;
+    loop {
+        for _ in 0..64 {
+            let page = (k.wrapping_mul(7919) % pages) as usize;
+            // SAFETY: page < pages, so the word is inside `mem`, which this
+            // thread alone owns.
+            let word = unsafe { base.add(page * words_per_page) };
+            // SAFETY: as above.
+            let held = unsafe { word.read_volatile() };
+            let expected = (k + 1).saturating_sub(pages);
+            if held != expected {
+                let what = format!("page {page} holds write {held}, expected {expected}");
+                say(&format!("bad: memory {what}"));
+                *MEMORY_FAULT.lock().unwrap() = Some(what);
+                return;
+            }
+            // SAFETY: as above.
+            unsafe { word.write_volatile(k + 1) };
+            k += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn client() {
@@ -106,18 +148,7 @@ fn main() {
     }
     let addr = ferry_testprogs::arg(1);
     if let Some(mib) = std::env::args().nth(2).and_then(|m| m.parse::<usize>().ok()) {
-        std::thread::spawn(move || {
-            let mut mem = vec![0u8; mib << 20];
-            let mut i = 0usize;
-            loop {
-                for _ in 0..64 {
-                    let at = (i * 4096) % mem.len();
-                    mem[at] = i as u8;
-                    i = i.wrapping_add(7919);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        });
+        std::thread::spawn(move || keep_writing(mib));
     }
     let l = TcpListener::bind(&addr).expect("bind");
     let local = l.local_addr().unwrap();
