@@ -314,6 +314,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let frozen_at = Instant::now();
     let frozen = tree::freeze(opts.pid, O_TRACESYSGOOD)?;
     info!(pid = opts.pid, processes = frozen.processes.len(), "tree frozen");
+    let early_page_tables = pages::EarlyPageTables::start(frozen.alive().map(|p| p.pid).collect());
     testhook::stage("freeze");
     // Before any socket is read: their packets are held from here on.
     let lock = if pre { None } else { lock_network(&frozen, opts)? };
@@ -336,12 +337,13 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let mem_start = Instant::now();
     let mut record = keep_tracking.then(|| TrackRecord { method, ..Default::default() });
     let mut selections = Vec::new();
+    let mut early = early_page_tables.join().unwrap_or_default().into_iter();
     for (i, (p, insp)) in frozen.alive().zip(&inspections).enumerate() {
         let proc = ProcDir::new(p.pid);
         let pd = &processes[i];
         let holder = holders.get(&p.vpid);
-        let written = tracking::written(method, holder, &proc, &insp.planned)?;
-        let collected = pages::collect(&proc, &insp.planned)?;
+        let written = tracking::written(method, holder, &proc, &insp.planned, keep_tracking)?;
+        let collected = pages::collect(&proc, &insp.planned, early.next())?;
         debug!(pid = p.vpid, pages = collected.len(), tracker = method.name(), "page tables read");
         if let Some(r) = record.as_mut() {
             let main = frozen.tracee(p.pid);

@@ -26,12 +26,14 @@ fn trackable(pv: &PlannedVma) -> bool {
 }
 
 /// uffd-wp: per planned area, the pages written since the last round
-/// (re-protected in the same step). None overall when nothing is tracked.
+/// (re-protected in the same step when tracking goes on). None overall
+/// when nothing is tracked.
 pub fn written(
     method: Method,
     holder: Option<&HolderRef>,
     proc: &ProcDir,
     planned: &[PlannedVma],
+    goes_on: bool,
 ) -> Result<Option<Written>> {
     if method != Method::UffdWp || !holder.is_some_and(HolderRef::alive) {
         return Ok(None);
@@ -40,7 +42,7 @@ pub fn written(
     let pm = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::with_capacity(planned.len());
     for pv in planned {
-        out.push(if trackable(pv) { uffd_wp::written(&pm, pv.vma.start, pv.vma.end)? } else { None });
+        out.push(if trackable(pv) { uffd_wp::written(&pm, pv.vma.start, pv.vma.end, goes_on)? } else { None });
     }
     Ok(Some(out))
 }

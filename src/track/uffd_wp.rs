@@ -30,10 +30,13 @@ pub fn arm(uffd: &Uffd, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// Pages of `[start, end)` written since the last scan, write-protected
-/// again in the same step. None when the range is not (or no longer)
-/// registered: everything in it must be treated as written.
-pub fn written(pagemap_file: &File, start: u64, end: u64) -> Result<Option<Vec<(u64, u64)>>> {
-    match pagemap::scan(pagemap_file, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category::WRITTEN) {
+/// again in the same step when `rearm` (a round follows; otherwise the
+/// protection is not worth a page-table write per page inside the freeze).
+/// None when the range is not (or no longer) registered: everything in it
+/// must be treated as written.
+pub fn written(pagemap_file: &File, start: u64, end: u64, rearm: bool) -> Result<Option<Vec<(u64, u64)>>> {
+    let flags = if rearm { PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC } else { PM_SCAN_CHECK_WPASYNC };
+    match pagemap::scan(pagemap_file, start, end, flags, category::WRITTEN) {
         Ok(mut r) => {
             // The scan walks upwards; sorted order is what lookups rely on.
             r.sort_unstable();

@@ -26,7 +26,8 @@ struct Round {
 
 /// One lazy migration.
 struct Migration {
-    /// From starting the dump to the restore returning with the task running.
+    /// From the task's stop (the dump's freeze, seen from outside) to the
+    /// restore returning with the task running: the time it does not run.
     downtime: Duration,
     /// Of that, the restore command (eager pages placed, task started).
     restore: Duration,
@@ -350,8 +351,12 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
         dump_args.extend(["--prev-images-dir", "../1", "--track-mem"]);
     }
     let start = Instant::now();
+    let watch = FreezeWatch::start(t.pid);
     let h = hand_over((tool, tools), &ns, &dump_args, &port, d2, start)?;
-    let downtime = start.elapsed();
+    let end = Instant::now();
+    // What a dump does before it freezes (its checks, a parent image read)
+    // is not downtime: the task still runs.
+    let downtime = end - watch.frozen_at().unwrap_or(start);
     let restore = h.restore;
     let task = ns.restored();
     if !precopy {
@@ -383,6 +388,41 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
         Tool::Criu => (0, None),
     };
     Ok(Migration { downtime, restore, frozen, lazy_bytes, lazy })
+}
+
+/// When a task first stops (a dump's freeze), seen from outside: its state
+/// in /proc/PID/stat, polled every 250 µs, the same for every tool.
+struct FreezeWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<Instant>>,
+}
+
+impl FreezeWatch {
+    fn start(pid: i32) -> FreezeWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/stat");
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok(stat) = std::fs::read_to_string(&path) else { return None };
+                // "PID (comm) S ...": the state follows the last ')'.
+                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                if matches!(state, Some('t' | 'T')) {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_micros(250));
+            }
+            None
+        });
+        FreezeWatch { stop, thread }
+    }
+
+    /// When the task was first seen stopped, if it was.
+    fn frozen_at(self) -> Option<Instant> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// `ferry receive` in a PID namespace, `ferry migrate` of a tp-churn
