@@ -187,3 +187,34 @@ fn flag_mistakes_are_explained() {
     assert!(err.contains("holds a pre-dump"), "{err}");
     t.assert_running_untraced();
 }
+
+/// Page identities are frame numbers here: a dump keeps them only while
+/// the task lives on. A final dump (the task killed) writes none, and a
+/// later dump that names it as its parent copies every page instead of
+/// trusting frames the dead task no longer owns.
+#[test]
+fn page_identities_are_kept_only_while_the_task_lives_on() {
+    if !trackers().contains(&"uffd-wp") {
+        return;
+    }
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-dirty").to_str().unwrap(), "16", "100"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pid = t.pid.to_string();
+    let d = |n: &str| w.path().join(n);
+    let ids = |n: &str| d(n).join(format!("pageids-{pid}.img")).exists();
+    ferry_ok(&["dump", "-t", &pid, "-D", d("a").to_str().unwrap(), "-R", "--track-mem"]);
+    assert!(ids("a"), "a dump that leaves the task running keeps its page identities");
+    ferry_ok(&["dump", "-t", &pid, "-D", d("b").to_str().unwrap(), "--prev-images-dir", "../a", "--track-mem"]);
+    t.reap_killed();
+    assert!(!ids("b"), "a final dump of a task that ends wrote page identities");
+    assert!(stats(&d("b"))["pages_in_parent"].as_u64().unwrap() > 16 * 256 / 2, "{}", stats(&d("b")));
+    restore_detached(&d("b"), &[]);
+    // The restored task, dumped against the final dump: no identities to
+    // compare (and no tracking to say what is unchanged), all copied.
+    ferry_ok(&["dump", "-t", &pid, "-D", d("c").to_str().unwrap(), "--prev-images-dir", "../b", "-R"]);
+    let c = stats(&d("c"));
+    assert_eq!(c["pages_in_parent"].as_u64(), Some(0), "{c}");
+    assert!(c["pages_written"].as_u64().unwrap() >= 16 * 256, "{c}");
+    restore_and_check_after(&mut t);
+}

@@ -314,7 +314,13 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let frozen_at = Instant::now();
     let frozen = tree::freeze(opts.pid, O_TRACESYSGOOD)?;
     info!(pid = opts.pid, processes = frozen.processes.len(), "tree frozen");
-    let early_page_tables = pages::EarlyPageTables::start(frozen.alive().map(|p| p.pid).collect());
+    // A final dump's written-page scan only reads: it can run beside the inspection too.
+    let early_page_tables = pages::EarlyPageTables::start(
+        frozen
+            .alive()
+            .map(|p| (p.pid, !keep_tracking && tracking::scans_written(method, holders.get(&p.vpid))))
+            .collect(),
+    );
     testhook::stage("freeze");
     // Before any socket is read: their packets are held from here on.
     let lock = if pre { None } else { lock_network(&frozen, opts)? };
@@ -337,13 +343,14 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let mem_start = Instant::now();
     let mut record = keep_tracking.then(|| TrackRecord { method, ..Default::default() });
     let mut selections = Vec::new();
-    let mut early = early_page_tables.join().unwrap_or_default().into_iter();
+    let mut early_tables = early_page_tables.join().unwrap_or_default().into_iter();
     for (i, (p, insp)) in frozen.alive().zip(&inspections).enumerate() {
         let proc = ProcDir::new(p.pid);
         let pd = &processes[i];
         let holder = holders.get(&p.vpid);
-        let written = tracking::written(method, holder, &proc, &insp.planned, keep_tracking)?;
-        let collected = pages::collect(&proc, &insp.planned, early.next())?;
+        let mut early = early_tables.next().unwrap_or_default();
+        let written = tracking::written(method, holder, &proc, &insp.planned, keep_tracking, &mut early)?;
+        let collected = pages::collect(&proc, &insp.planned, early)?;
         debug!(pid = p.vpid, pages = collected.len(), tracker = method.name(), "page tables read");
         if let Some(r) = record.as_mut() {
             let main = frozen.tracee(p.pid);
@@ -382,7 +389,8 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let mut pagemaps = Vec::new();
     for (p, (collected, view, written, eager)) in frozen.alive().zip(selections) {
         let mem = RemoteMem::open(p.pid)?;
-        let sel = pages::Selection { method, parent: view.as_ref(), written, eager, running: pre };
+        let keep_ids = pre || opts.leave_running || method.ids_are_hashes();
+        let sel = pages::Selection { method, parent: view.as_ref(), written, eager, running: pre, keep_ids };
         let md = pages::write(&mem, &collected, &sel, &mut writer, p.vpid)?;
         info!(pid = p.vpid, copied = md.pages_written, in_parent = md.pages_in_parent, "memory copied");
         mem_stats.push((md.pages_scanned, md.pages_written, md.pages_in_parent, md.pages_lazy));

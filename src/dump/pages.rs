@@ -56,6 +56,10 @@ pub struct Selection<'a> {
     /// The task runs while pages are copied (pre-dump): pages that vanish
     /// meanwhile are stored as zeros with an unknown identity.
     pub running: bool,
+    /// Write each page's identity (pageids-PID.img) for a later round to
+    /// compare against: pointless when they are frame numbers of a task
+    /// that ends with this dump (the frames go with it).
+    pub keep_ids: bool,
 }
 
 pub struct MemoryDump {
@@ -83,30 +87,39 @@ impl Collected {
 
 /// Read pagemap for every planned area (the task must be frozen); areas
 /// `early` already holds are taken from it.
-pub fn collect(proc: &ProcDir, planned: &[PlannedVma], early: Option<EarlyPageTables>) -> Result<Collected> {
-    let (scanned, pages) = collect_pages(proc, planned, crate::page_size(), early.unwrap_or_default())?;
+pub fn collect(proc: &ProcDir, planned: &[PlannedVma], early: EarlyPageTables) -> Result<Collected> {
+    let (scanned, pages) = collect_pages(proc, planned, crate::page_size(), early)?;
     Ok(Collected { pages, scanned })
 }
 
 /// One process's page-table entries, read on another thread while the
 /// frozen task is inspected (smaps walks the same page tables, and the
 /// two reads together were half the freeze of a 1 GiB task), keyed by
-/// area. An area missing here is read again by `collect`.
+/// area; for a final dump tracked with uffd-wp, also each area's pages
+/// written since the last round (a read-only scan then: nothing is
+/// protected again). An area missing here is read again later.
 #[derive(Default)]
-pub struct EarlyPageTables(std::collections::HashMap<(u64, u64), Vec<PageEntry>>);
+pub struct EarlyPageTables {
+    entries: std::collections::HashMap<(u64, u64), Vec<PageEntry>>,
+    written: std::collections::HashMap<(u64, u64), AreaWritten>,
+}
+
+/// One area's written ranges (None: the area is not tracked).
+type AreaWritten = Option<Vec<(u64, u64)>>;
 
 impl EarlyPageTables {
-    /// Start reading the private areas of the frozen `pids` (those the dump
-    /// may keep pages of); join the handle for their entries, in `pids`' order.
-    pub fn start(pids: Vec<i32>) -> std::thread::JoinHandle<Vec<EarlyPageTables>> {
-        std::thread::spawn(move || pids.into_iter().map(|pid| Self::read(&ProcDir::new(pid))).collect())
+    /// Start reading the private areas of the frozen processes (those the
+    /// dump may keep pages of), each with whether to scan for written
+    /// pages; join the handle for their tables, in the given order.
+    pub fn start(pids: Vec<(i32, bool)>) -> std::thread::JoinHandle<Vec<EarlyPageTables>> {
+        std::thread::spawn(move || pids.into_iter().map(|(pid, w)| Self::read(&ProcDir::new(pid), w)).collect())
     }
 
-    fn read(proc: &ProcDir) -> EarlyPageTables {
+    fn read(proc: &ProcDir, scan_written: bool) -> EarlyPageTables {
         let page = crate::page_size();
-        let mut out = std::collections::HashMap::new();
+        let mut out = EarlyPageTables::default();
         let (Ok(maps), Ok(pm)) = (proc.maps(), File::open(proc.path("pagemap"))) else {
-            return EarlyPageTables(out);
+            return out;
         };
         // Not the kernel's own areas, shared ones (saved with their object)
         // or reservations without access (rarely holding pages, sometimes
@@ -117,16 +130,26 @@ impl EarlyPageTables {
                 && !matches!(m.special(), Some("[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"))
         };
         for m in maps.iter().filter(wanted) {
-            // Failures are left to `collect`, which reports them in context.
+            // Failures are left to the later reads, which report them in context.
             if let Ok(entries) = pagemap::read_range(&pm, m.start, m.end, page) {
-                out.insert((m.start, m.end), entries);
+                out.entries.insert((m.start, m.end), entries);
+            }
+            if scan_written {
+                if let Ok(w) = crate::track::uffd_wp::written(&pm, m.start, m.end, false) {
+                    out.written.insert((m.start, m.end), w);
+                }
             }
         }
-        EarlyPageTables(out)
+        out
+    }
+
+    /// The written pages of area `start..end`, if scanned.
+    pub fn take_written(&mut self, start: u64, end: u64) -> Option<AreaWritten> {
+        self.written.remove(&(start, end))
     }
 }
 
-/// Select, copy, and write pages-PID.img and pageids-PID.img.
+/// Select, copy, and write pages-PID.img (and pageids-PID.img if kept).
 pub fn write(
     mem: &RemoteMem,
     c: &Collected,
@@ -147,7 +170,8 @@ pub fn write(
             .collect()
     };
     let mut walk = FateWalk::new(sel);
-    let fates: Vec<Fate> = pages.iter().zip(&ids).map(|(p, id)| walk.fate(p, id.load(Ordering::Relaxed))).collect();
+    let mut fates: Vec<Fate> = pages.iter().zip(&ids).map(|(p, id)| walk.fate(p, id.load(Ordering::Relaxed))).collect();
+    rewrite_early_pages(pages, &mut fates, sel, page);
 
     // Runs of contiguous pages with the same fate; copied ones feed the file.
     let mut entries: Vec<PageExtent> = Vec::new();
@@ -170,10 +194,12 @@ pub fn write(
     let mut raw = writer.raw(&pages_name)?;
     copy_pages(mem, pages, &copy, &ids, page, sel, &mut raw)?;
     raw.finish(writer)?;
-    let id_bytes: Vec<u8> = ids.iter().flat_map(|v| v.load(Ordering::Relaxed).to_le_bytes()).collect();
-    let mut raw = writer.raw(&pageids_file(pid))?;
-    raw.write(&id_bytes)?;
-    raw.finish(writer)?;
+    if sel.keep_ids {
+        let id_bytes: Vec<u8> = ids.iter().flat_map(|v| v.load(Ordering::Relaxed).to_le_bytes()).collect();
+        let mut raw = writer.raw(&pageids_file(pid))?;
+        raw.write(&id_bytes)?;
+        raw.finish(writer)?;
+    }
     let count = |want: Fate| fates.iter().filter(|f| **f == want).count() as u64;
     Ok(MemoryDump {
         pagemap: PagemapImage { pages_file: pages_name, page_size: page, entries },
@@ -182,6 +208,26 @@ pub fn write(
         pages_in_parent: count(Fate::InParent),
         pages_lazy: count(Fate::Lazy),
     })
+}
+
+/// A lazy restore places some pages before the task runs (around the
+/// stack pointers, the rseq areas, locked and file-backed memory), and
+/// reading one from a parent image means checking the whole 4 MiB block
+/// it sits in (0.5 ms each here; a 1 GiB task's few such pages sat in
+/// three blocks): inside the downtime. When those pages are unchanged
+/// since the parent but fit in one block, a lazy dump copies them again
+/// (microseconds at the source), so the restore reads only this image's
+/// own small pages file. More than a block stays in the parent: copying
+/// it would cost the freeze more than checking it costs the restore.
+fn rewrite_early_pages(pages: &[Page], fates: &mut [Fate], sel: &Selection, page: u64) {
+    let Some(eager) = sel.eager.as_deref() else { return };
+    let mut cursor = crate::track::RangeCursor::new(eager);
+    let early: Vec<usize> = (0..pages.len())
+        .filter(|&i| fates[i] == Fate::InParent && (!pages[i].anon || cursor.contains(pages[i].addr)))
+        .collect();
+    if early.len() as u64 * page <= BLOCK as u64 {
+        early.into_iter().for_each(|i| fates[i] = Fate::Copy);
+    }
 }
 
 /// Each page's fate, pages asked in address order (as `collect` lists
@@ -253,7 +299,7 @@ fn collect_pages(
             }
             VmaKind::Anon => |e, zero| e.swapped_data() || (e.present() && Some(e.pfn()) != zero),
         };
-        let entries = match early.0.remove(&(m.start, m.end)) {
+        let entries = match early.entries.remove(&(m.start, m.end)) {
             Some(e) => e,
             None => pagemap::read_range(&pm, m.start, m.end, page)
                 .with_context(|| format!("task {}: pagemap of {:#x}-{:#x}", proc.pid, m.start, m.end))?,

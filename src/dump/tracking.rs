@@ -3,6 +3,7 @@
 
 use super::injected::with_injector;
 use super::memory::PlannedVma;
+use super::pages::EarlyPageTables;
 use crate::image::task::VmaKind;
 use crate::proc::maps::Mapping;
 use crate::proc::ProcDir;
@@ -25,24 +26,34 @@ fn trackable(pv: &PlannedVma) -> bool {
     }
 }
 
+/// Whether this round reads written pages with uffd-wp.
+pub fn scans_written(method: Method, holder: Option<&HolderRef>) -> bool {
+    method == Method::UffdWp && holder.is_some_and(HolderRef::alive)
+}
+
 /// uffd-wp: per planned area, the pages written since the last round
-/// (re-protected in the same step when tracking goes on). None overall
-/// when nothing is tracked.
+/// (re-protected in the same step when tracking goes on; taken from
+/// `early` where it scanned them). None overall when nothing is tracked.
 pub fn written(
     method: Method,
     holder: Option<&HolderRef>,
     proc: &ProcDir,
     planned: &[PlannedVma],
     goes_on: bool,
+    early: &mut EarlyPageTables,
 ) -> Result<Option<Written>> {
-    if method != Method::UffdWp || !holder.is_some_and(HolderRef::alive) {
+    if !scans_written(method, holder) {
         return Ok(None);
     }
     let path = proc.path("pagemap");
     let pm = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::with_capacity(planned.len());
     for pv in planned {
-        out.push(if trackable(pv) { uffd_wp::written(&pm, pv.vma.start, pv.vma.end, goes_on)? } else { None });
+        out.push(match early.take_written(pv.map.start, pv.map.end) {
+            _ if !trackable(pv) => None,
+            Some(w) if !goes_on => w,
+            _ => uffd_wp::written(&pm, pv.vma.start, pv.vma.end, goes_on)?,
+        });
     }
     Ok(Some(out))
 }

@@ -5,6 +5,7 @@
 //! hash) in `pageids-PID.img`, so the next round can tell "unchanged" from
 //! "moved here" or "replaced".
 
+use super::inventory::ImageKind;
 use super::pagemap::{PageFlags, PagemapImage};
 use super::{ImageDir, ImageError};
 use anyhow::{bail, Context, Result};
@@ -29,10 +30,15 @@ pub struct MemoryView {
 
 impl MemoryView {
     /// Process `pid`'s memory as this image recorded it, with the page
-    /// identities: for a dump whose parent this is.
+    /// identities: for a dump whose parent this is. A final dump of a task
+    /// that ended with it records none (its frames went with the task):
+    /// none of its pages then counts as unchanged.
     pub fn load(images: ImageDir, pid: i32) -> Result<MemoryView> {
         let pagemap = images.read_pagemap(pid)?;
         let mut view = MemoryView::with_pagemap(images, pagemap)?;
+        if view.images.entry(&pageids_file(pid)).is_err() && view.images.inventory.kind != ImageKind::PreDump {
+            return Ok(view);
+        }
         let raw = view.images.read_verified(&pageids_file(pid))?;
         let ids: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let listed: u64 = view.pagemap.entries.iter().map(|e| e.nr_pages).sum();

@@ -144,9 +144,10 @@ impl PagemapImage {
             return Err(format!("{count} extents do not fit its {} bytes", b.len()));
         }
         let mut entries = Vec::with_capacity(count as usize);
-        for i in 0..count as usize {
-            let at = start + i * 16;
-            let (head, nr_pages) = (word(at)?, word(at + 8)?);
+        // The length was checked above: whole 16-byte extents follow.
+        for (i, raw) in b[start..].chunks_exact(16).enumerate() {
+            let head = u64::from_le_bytes(raw[..8].try_into().unwrap());
+            let nr_pages = u64::from_le_bytes(raw[8..].try_into().unwrap());
             let flags = match head & 3 {
                 0 => PageFlags::Present,
                 1 => PageFlags::InParent,

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod thread;
 
 use crate::action_script::Action;
+use crate::image::pagemap::PageFlags;
 use crate::image::tree::ProcessState;
 use crate::proc::ProcDir;
 use crate::ptrace::inject::{find_syscall_insn, Injector};
@@ -210,10 +211,12 @@ struct Live {
 }
 
 fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
-    // Pre-copied pages left to the daemon: it checks each block as it
-    // first uses it, and fetches a damaged one from the source.
+    // Pre-copied pages left to the caller's daemon: it checks each block
+    // as it first uses it, and fetches a damaged one from the source. A
+    // separate `ferry lazy-pages` opens them itself.
     let mut locals = std::collections::HashMap::new();
-    for pp in plan.processes.iter().filter(|pp| !pp.deferred.is_empty()) {
+    let caller_serves = matches!(opts.lazy, Some(LazyRestore::Caller));
+    for pp in plan.processes.iter().filter(|pp| caller_serves && !pp.deferred.is_empty()) {
         let l = std::sync::Arc::new(crate::lazy::local::LocalPages::open(&pp.chain, &pp.deferred)?);
         locals.insert(pp.task.pid, l);
     }
@@ -626,23 +629,29 @@ fn flush_child_signals(
     }
 }
 
-/// The pages the daemon fills: lazy ones, and pre-copied ones deferred.
-fn lazy_extents(plan: &ProcessPlan) -> Vec<(u64, u64)> {
-    use crate::image::pagemap::PageFlags;
-    let page = plan.pagemap.page_size;
-    plan.pagemap
-        .entries
-        .iter()
-        .filter(|e| e.flags == PageFlags::Lazy)
-        .map(|e| (e.vaddr, e.vaddr + e.nr_pages * page))
-        .chain(plan.deferred.iter().map(|s| (s.vaddr, s.vaddr + s.len)))
-        .collect()
+/// Whether the daemon fills any of the process's pages: lazy ones, or
+/// pre-copied ones deferred.
+fn has_lazy(plan: &ProcessPlan) -> bool {
+    !plan.deferred.is_empty() || plan.pagemap().entries.iter().any(|e| e.flags == PageFlags::Lazy)
+}
+
+/// The areas holding pages the daemon fills. Both lists are in address
+/// order and disjoint, and so are the areas: one forward pass each.
+fn lazy_areas(plan: &ProcessPlan) -> impl Iterator<Item = &crate::image::task::Vma> {
+    let pm = plan.pagemap();
+    let page = pm.page_size;
+    plan.task.vmas.iter().filter(move |v| {
+        let from = pm.entries.partition_point(|e| e.vaddr + e.nr_pages * page <= v.start);
+        let lazy = pm.entries[from..].iter().take_while(|e| e.vaddr < v.end).any(|e| e.flags == PageFlags::Lazy);
+        let from = plan.deferred.partition_point(|s| s.vaddr + s.len <= v.start);
+        lazy || plan.deferred.get(from).is_some_and(|s| s.vaddr < v.end)
+    })
 }
 
 /// For an image with lazy pages: a userfaultfd of the task's, with the
 /// events the daemon follows.
 fn lazy_uffd(inj: &mut Injector, plan: &ProcessPlan) -> Result<Option<Uffd>> {
-    if lazy_extents(plan).is_empty() {
+    if !has_lazy(plan) {
         return Ok(None);
     }
     let u = uffd::create_in(inj, libc::O_CLOEXEC | libc::O_NONBLOCK)?;
@@ -652,14 +661,7 @@ fn lazy_uffd(inj: &mut Injector, plan: &ProcessPlan) -> Result<Option<Uffd>> {
 
 /// Register every area that has lazy pages (whole areas, so none is split).
 fn register_lazy(u: &Uffd, plan: &ProcessPlan) -> Result<()> {
-    let mut lazy = lazy_extents(plan);
-    lazy.sort_unstable();
-    // Extents are disjoint: the first ending after an area's start decides.
-    let touches = |v: &&crate::image::task::Vma| {
-        let i = lazy.partition_point(|&(_, e)| e <= v.start);
-        lazy.get(i).is_some_and(|&(s, _)| s < v.end)
-    };
-    for v in plan.task.vmas.iter().filter(touches) {
+    for v in lazy_areas(plan) {
         u.register(v.start, v.len(), uffd::REGISTER_MODE_MISSING)
             .with_context(|| format!("task {}: lazy area {:#x}-{:#x}", plan.task.pid, v.start, v.end))?;
     }

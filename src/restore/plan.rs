@@ -31,7 +31,6 @@ pub struct ProcessPlan {
     /// Index in `TreePlan::setup.processes`.
     pub index: usize,
     pub task: TaskImage,
-    pub pagemap: PagemapImage,
     /// This image and its parents (pre-dumps), newest first.
     pub chain: Chain,
     /// Where every page to copy in comes from, in address order.
@@ -47,6 +46,13 @@ pub struct ProcessPlan {
     pub exe_fd: RawFd,
     /// First helper fd in the process: everything from here on is ferry's.
     pub helpers_from: RawFd,
+}
+
+impl ProcessPlan {
+    /// The newest image's pagemap (the first of the chain's).
+    pub fn pagemap(&self) -> &PagemapImage {
+        &self.chain.views[0].pagemap
+    }
 }
 
 pub struct TreePlan {
@@ -220,7 +226,6 @@ fn check_tree(images: &ImageDir, tree: &TreeImage, objects: &ObjectsImage) -> Re
 /// One live process: its images and what to open for it.
 struct Loaded {
     task: TaskImage,
-    pagemap: PagemapImage,
     chain: Chain,
     sources: Vec<Source>,
     deferred: Vec<Source>,
@@ -234,10 +239,15 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
     }
     let pagemap = images.read_pagemap(pid)?;
     tracing::debug!(pid, "task and pagemap read");
-    let chain = Chain::from_view(MemoryView::with_pagemap(images.clone(), pagemap.clone())?, pid)?;
+    let chain = Chain::from_view(MemoryView::with_pagemap(images.clone(), pagemap)?, pid)?;
     tracing::debug!(pid, images = chain.views.len(), "page images opened");
-    let lazy_pages: u64 =
-        pagemap.entries.iter().filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy).map(|e| e.nr_pages).sum();
+    let lazy_pages: u64 = chain.views[0]
+        .pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == crate::image::pagemap::PageFlags::Lazy)
+        .map(|e| e.nr_pages)
+        .sum();
     if lazy_pages > 0 && opts.lazy.is_none() {
         bail!(
             "the image left {lazy_pages} pages of task {pid} on the source (a lazy dump): restore with --lazy-pages, \
@@ -259,7 +269,7 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
         })
         .collect::<Result<_>>()?;
     check_vdso(&task)?;
-    Ok(Loaded { task, pagemap, chain, sources, deferred, cpus })
+    Ok(Loaded { task, chain, sources, deferred, cpus })
 }
 
 pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
@@ -422,7 +432,7 @@ fn place(
             setups.push(z);
             continue;
         };
-        let Loaded { task, pagemap, chain, sources, deferred, cpus } =
+        let Loaded { task, chain, sources, deferred, cpus } =
             loaded.remove(&p.pid).expect("every live process is loaded");
         let helper_fd = |h: usize| stage_base + (l.targets.len() + h) as RawFd;
         let name = comm_bytes(&task.comm);
@@ -458,7 +468,6 @@ fn place(
             exe_fd: helper_fd(l.exe_helper),
             helpers_from: helper_fd(0),
             task,
-            pagemap,
             chain,
             sources,
             deferred,
