@@ -124,11 +124,8 @@ impl EarlyPageTables {
         // Not the kernel's own areas, shared ones (saved with their object)
         // or reservations without access (rarely holding pages, sometimes
         // terabytes: left to `collect`).
-        let wanted = |m: &&crate::proc::maps::Mapping| {
-            !m.shared
-                && (m.read || m.write || m.exec)
-                && !matches!(m.special(), Some("[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"))
-        };
+        let wanted =
+            |m: &&crate::proc::maps::Mapping| !m.shared && (m.read || m.write || m.exec) && !m.is_kernel_area();
         for m in maps.iter().filter(wanted) {
             // Failures are left to the later reads, which report them in context.
             if let Ok(entries) = pagemap::read_range(&pm, m.start, m.end, page) {

@@ -40,6 +40,12 @@ impl Mapping {
         (self.inode == 0 && self.path.starts_with('[') && self.path.ends_with(']')).then_some(self.path.as_str())
     }
 
+    /// The vDSO, its data pages and the legacy vsyscall page: provided by
+    /// the kernel to every task, never saved.
+    pub fn is_kernel_area(&self) -> bool {
+        matches!(self.special(), Some("[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"))
+    }
+
     pub fn is_file(&self) -> bool {
         self.inode != 0 || self.path.starts_with('/')
     }

@@ -92,16 +92,13 @@ fn keep_writing(mib: usize) {
     let mut mem = vec![0u64; mib << 17];
     let words_per_page = 4096 / 8;
     let pages = (mem.len() / words_per_page) as u64;
-    let base = mem.as_mut_ptr();
     let mut k = 0u64;
     loop {
         for _ in 0..64 {
             let page = (k.wrapping_mul(7919) % pages) as usize;
-            // SAFETY: page < pages, so the word is inside `mem`, which this
-            // thread alone owns.
-            let word = unsafe { base.add(page * words_per_page) };
-            // SAFETY: as above.
-            let held = unsafe { word.read_volatile() };
+            let word: &mut u64 = &mut mem[page * words_per_page];
+            // SAFETY: a valid, aligned reference to an initialized u64.
+            let held = unsafe { std::ptr::read_volatile(word) };
             let expected = (k + 1).saturating_sub(pages);
             if held != expected {
                 let what = format!("page {page} holds write {held}, expected {expected}");
@@ -110,7 +107,7 @@ fn keep_writing(mib: usize) {
                 return;
             }
             // SAFETY: as above.
-            unsafe { word.write_volatile(k + 1) };
+            unsafe { std::ptr::write_volatile(word, k + 1) };
             k += 1;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));

@@ -251,17 +251,22 @@ pub(super) struct Handover {
     /// The restore's outcome and how long it took.
     pub restored: Result<()>,
     pub restore: Duration,
+    /// From the task's stop to the restored task running.
+    pub downtime: Duration,
 }
 
+/// The final lazy dump of task `pid` (its tree), and the lazy-pages
+/// daemon and restore in `ns` once the dump serves pages.
 pub(super) fn hand_over(
     (tool, tools): (Tool, &Tools),
     ns: &PidNs,
-    dump_args: &[&str],
+    (pid, dump_args): (i32, &[&str]),
     port: &str,
     img: &Path,
-    start: Instant,
 ) -> Result<Handover> {
     let name = tool.name();
+    let start = Instant::now();
+    let watch = FreezeWatch::start(pid);
     let dump_log = img.join("dump.out");
     let mut dump = spawn_logged(tool_cmd(tools, tool, None, dump_args, "dump.log"), &dump_log)?;
     while !listening(port.parse()?) {
@@ -293,7 +298,11 @@ pub(super) fn hand_over(
     let restored =
         run_checked(&mut tool_cmd(tools, tool, Some(ns), &restore_args, "restore.log"), &format!("{name} restore"))
             .map(|_| ());
-    Ok(Handover { dump, daemon, dump_log, daemon_log, restored, restore: restore_start.elapsed() })
+    let end = Instant::now();
+    // What a dump does before it freezes (its checks, a parent image read)
+    // is not downtime: the task still runs.
+    let downtime = end - watch.frozen_at().unwrap_or(start);
+    Ok(Handover { dump, daemon, dump_log, daemon_log, restored, restore: end - restore_start, downtime })
 }
 
 impl Handover {
@@ -350,14 +359,8 @@ fn migrate_lazily(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path, p
     if precopy {
         dump_args.extend(["--prev-images-dir", "../1", "--track-mem"]);
     }
-    let start = Instant::now();
-    let watch = FreezeWatch::start(t.pid);
-    let h = hand_over((tool, tools), &ns, &dump_args, &port, d2, start)?;
-    let end = Instant::now();
-    // What a dump does before it freezes (its checks, a parent image read)
-    // is not downtime: the task still runs.
-    let downtime = end - watch.frozen_at().unwrap_or(start);
-    let restore = h.restore;
+    let h = hand_over((tool, tools), &ns, (t.pid, &dump_args), &port, d2)?;
+    let (downtime, restore) = (h.downtime, h.restore);
     let task = ns.restored();
     if !precopy {
         if let Some(task) = task {

@@ -138,7 +138,8 @@ fn sample(mib: u64, shape: &Shape, tool: Tool, tools: &Tools, n: usize) -> Resul
 }
 
 struct Migration {
-    /// From the start of the final (lazy) dump to the restored tree running.
+    /// From the tree's stop in the final (lazy) dump to the restored tree
+    /// running (the dump's work before its freeze is not downtime).
     downtime: Duration,
     /// From the first pre-dump to the last page in place.
     total: Duration,
@@ -197,9 +198,8 @@ fn migrate(tool: Tool, tools: &Tools, t: &Target, d1: &Path, d2: &Path) -> Resul
         "../1",
         "--track-mem",
     ];
-    let final_start = Instant::now();
-    let h = hand_over((tool, tools), &ns, &dump_args, &port, d2, final_start)?;
-    let downtime = final_start.elapsed();
+    let h = hand_over((tool, tools), &ns, (t.pid, &dump_args), &port, d2)?;
+    let downtime = h.downtime;
     let root = ns.restored();
     let total = h.settle(name, || {
         let root = root.ok_or_else(|| anyhow!("{name} restore returned, but no tree runs in the namespace"))?;
