@@ -68,6 +68,12 @@ impl MemoryView {
         Ok(MemoryView { images, pagemap, ids: None, index })
     }
 
+    /// Each extent, with its offset in the pages file (meaningful for
+    /// present ones).
+    pub fn entries_with_offsets(&self) -> impl Iterator<Item = (&super::pagemap::PageExtent, u64)> {
+        self.pagemap.entries.iter().zip(&self.index).map(|(e, &(_, off))| (e, off.unwrap_or(0)))
+    }
+
     /// The entry covering `addr`, if any.
     fn entry_at(&self, addr: u64) -> Option<usize> {
         let i = self.pagemap.entries.partition_point(|e| e.vaddr <= addr).checked_sub(1)?;
@@ -166,6 +172,11 @@ impl Chain {
             }
         }
         Ok(out)
+    }
+
+    /// Sources of `[start, end)`, which the newest image marks in-parent.
+    pub fn resolve(&self, start: u64, end: u64, out: &mut Vec<Source>) -> Result<()> {
+        self.locate(1, start, end, out)
     }
 
     fn locate(&self, view: usize, start: u64, end: u64, out: &mut Vec<Source>) -> Result<()> {

@@ -14,6 +14,7 @@
 
 use super::ranges::RangeSet;
 use crate::image::chain::{Chain, Source};
+use crate::image::pagemap::PageFlags;
 use crate::image::task::{TaskImage, Vma, VmaKind};
 use crate::image::{digest, hash_hex, ImageError};
 use anyhow::{Context, Result};
@@ -60,22 +61,12 @@ fn deferrable(v: &Vma) -> bool {
     v.kind == VmaKind::Anon && !v.shared() && !v.locked && !v.sealed
 }
 
-/// Split a process's page sources into those placed before it runs and
-/// those deferred to the daemon: pages from a parent image (pre-copied)
-/// in deferrable areas, outside the eager ranges, from pages files whose
-/// blocks the inventory lists one by one (so the daemon can check each
-/// block as it first uses it).
-pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(Vec<Source>, Vec<Source>)> {
-    let page = chain.views[0].pagemap.page_size;
-    let mut listed = vec![false; chain.views.len()];
-    for (v, view) in chain.views.iter().enumerate().skip(1) {
-        listed[v] = view.pagemap.present_bytes() > 0
-            && view.images.block_hashes(&view.pagemap.pages_file).is_ok_and(|b| b.is_some());
-    }
+/// What a lazy restore places itself, whole pages, merged: the eager
+/// ranges and everything outside the deferrable areas.
+fn kept(task: &TaskImage, page: u64) -> Vec<(u64, u64)> {
     let sps = task.threads.iter().map(|t| t.cpu.sp());
     let rseqs = task.threads.iter().filter_map(|t| t.rseq.as_ref().map(|r| (r.addr, r.len)));
     let mut keep: Vec<(u64, u64)> = eager_ranges(sps, rseqs, task.vmas.iter(), page);
-    // Everything outside the deferrable areas stays eager too.
     let mut cursor = 0;
     for v in task.vmas.iter().filter(|v| deferrable(v)) {
         keep.push((cursor, v.start));
@@ -84,35 +75,153 @@ pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(V
     keep.push((cursor, u64::MAX));
     // Whole pages: the ranges around stack pointers end where the pointers
     // do, and a copy must be whole pages.
-    let keep = merged(
+    merged(
         keep.into_iter()
             .map(|(s, e)| (s & !(page - 1), e.checked_next_multiple_of(page).unwrap_or(u64::MAX)))
             .collect(),
-    );
+    )
+}
 
+/// Per view of the chain: whether its pages may wait for the daemon (its
+/// pages file lists its blocks, so the daemon can check each one as it
+/// first uses it). The newest image's own pages never wait.
+fn listed(chain: &Chain) -> Vec<bool> {
+    let mut listed = vec![false; chain.views.len()];
+    for (v, view) in chain.views.iter().enumerate().skip(1) {
+        listed[v] = view.pagemap.present_bytes() > 0
+            && view.images.block_hashes(&view.pagemap.pages_file).is_ok_and(|b| b.is_some());
+    }
+    listed
+}
+
+/// `[start, end)` cut at the `keep` ranges (sorted, disjoint) into
+/// `(from, to, kept)` pieces, in order.
+fn cut(keep: &[(u64, u64)], start: u64, end: u64, out: &mut Vec<(u64, u64, bool)>) {
+    out.clear();
+    let mut at = start;
+    let first = keep.partition_point(|&(_, ke)| ke <= start);
+    for &(ks, ke) in keep[first..].iter().take_while(|&&(ks, _)| ks < end) {
+        let (ks, ke) = (ks.max(start), ke.min(end));
+        if ks > at {
+            out.push((at, ks, false));
+        }
+        out.push((ks, ke, true));
+        at = ke;
+    }
+    if at < end {
+        out.push((at, end, false));
+    }
+}
+
+/// Split a process's page sources into those placed before it runs and
+/// those deferred to the daemon: pages from a parent image (pre-copied)
+/// in deferrable areas, outside the eager ranges, from pages files whose
+/// blocks the inventory lists one by one (so the daemon can check each
+/// block as it first uses it).
+pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(Vec<Source>, Vec<Source>)> {
+    let keep = kept(task, chain.views[0].pagemap.page_size);
+    let listed = listed(chain);
     let (mut eager, mut deferred) = (Vec::new(), Vec::new());
+    let mut pieces = Vec::new();
     for s in sources {
         if !listed[s.view] {
             eager.push(s);
             continue;
         }
-        let end = s.vaddr + s.len;
-        let piece = |a: u64, b: u64| Source { vaddr: a, len: b - a, view: s.view, offset: s.offset + (a - s.vaddr) };
-        let mut at = s.vaddr;
-        let first = keep.partition_point(|&(_, ke)| ke <= s.vaddr);
-        for &(ks, ke) in keep[first..].iter().take_while(|&&(ks, _)| ks < end) {
-            let (ks, ke) = (ks.max(s.vaddr), ke.min(end));
-            if ks > at {
-                deferred.push(piece(at, ks));
+        cut(&keep, s.vaddr, s.vaddr + s.len, &mut pieces);
+        for &(a, b, kept) in &pieces {
+            let piece = Source { vaddr: a, len: b - a, view: s.view, offset: s.offset + (a - s.vaddr) };
+            if kept {
+                eager.push(piece)
+            } else {
+                deferred.push(piece)
             }
-            eager.push(piece(ks, ke));
-            at = ke;
-        }
-        if at < end {
-            deferred.push(piece(at, end));
         }
     }
     Ok((eager, deferred))
+}
+
+/// Pre-copied pages a lazy restore leaves to the daemon.
+pub enum Deferred {
+    /// With where their bytes are, for the daemon the restore runs itself
+    /// (`ferry receive`).
+    Sources(Vec<Source>),
+    /// Only where they go, in address order: a separate `ferry lazy-pages`
+    /// finds their bytes itself, so the restore does not resolve them
+    /// through the parent images inside the downtime.
+    Ranges(Vec<(u64, u64)>),
+}
+
+impl Deferred {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many pieces.
+    pub fn len(&self) -> usize {
+        match self {
+            Deferred::Sources(s) => s.len(),
+            Deferred::Ranges(r) => r.len(),
+        }
+    }
+
+    /// Whether a deferred page lies in `[start, end)`.
+    pub fn meets(&self, start: u64, end: u64) -> bool {
+        match self {
+            Deferred::Sources(s) => {
+                let i = s.partition_point(|s| s.vaddr + s.len <= start);
+                s.get(i).is_some_and(|s| s.vaddr < end)
+            }
+            Deferred::Ranges(r) => {
+                let i = r.partition_point(|&(_, e)| e <= start);
+                r.get(i).is_some_and(|&(s, _)| s < end)
+            }
+        }
+    }
+
+    /// Where their bytes are, if resolved.
+    pub fn sources(&self) -> Option<&[Source]> {
+        match self {
+            Deferred::Sources(s) => Some(s),
+            Deferred::Ranges(_) => None,
+        }
+    }
+}
+
+/// The same split for a restore whose daemon is a separate `ferry
+/// lazy-pages`: only the pages placed now are looked up in the parent
+/// images; the deferred ones are known by address alone. The daemon picks
+/// the same pages with [`split`] (and checks that the parents have them).
+pub fn split_unresolved(task: &TaskImage, chain: &Chain) -> Result<(Vec<Source>, Deferred)> {
+    let listed = listed(chain);
+    let top = &chain.views[0];
+    if chain.views.iter().zip(&listed).skip(1).any(|(v, &l)| !l && v.pagemap.present_bytes() > 0) {
+        // Some parent's pages are placed now wherever they are: resolve all.
+        let (eager, deferred) = split(task, chain, chain.sources()?)?;
+        return Ok((eager, Deferred::Sources(deferred)));
+    }
+    let page = top.pagemap.page_size;
+    let keep = kept(task, page);
+    let (mut eager, mut deferred) = (Vec::new(), Vec::new());
+    let mut pieces = Vec::new();
+    for (e, offset) in top.entries_with_offsets() {
+        let end = e.vaddr + e.nr_pages * page;
+        match e.flags {
+            PageFlags::Present => eager.push(Source { vaddr: e.vaddr, len: end - e.vaddr, view: 0, offset }),
+            PageFlags::InParent => {
+                cut(&keep, e.vaddr, end, &mut pieces);
+                for &(a, b, kept) in &pieces {
+                    if kept {
+                        chain.resolve(a, b, &mut eager)?;
+                    } else {
+                        deferred.push((a, b));
+                    }
+                }
+            }
+            PageFlags::Lazy => {}
+        }
+    }
+    Ok((eager, Deferred::Ranges(deferred)))
 }
 
 /// The deferred pages of process `vpid` of the lazy images whose chain
@@ -300,6 +409,39 @@ mod tests {
                 (0x2000 + b, 0x3000 + b, TAG + 2 * b)
             ]
         );
+    }
+
+    #[test]
+    fn cut_places_what_the_kept_ranges_cover_and_defers_the_rest() {
+        let keep = [(0x1000, 0x3000), (0x5000, 0x6000)];
+        let mut out = Vec::new();
+        cut(&keep, 0, 0x8000, &mut out);
+        let want = [(0, 0x1000, false), (0x1000, 0x3000, true), (0x3000, 0x5000, false)];
+        assert_eq!(out[..3], want);
+        assert_eq!(out[3..], [(0x5000, 0x6000, true), (0x6000, 0x8000, false)]);
+        cut(&keep, 0x2000, 0x2800, &mut out);
+        assert_eq!(out, [(0x2000, 0x2800, true)]);
+        cut(&keep, 0x3000, 0x5000, &mut out);
+        assert_eq!(out, [(0x3000, 0x5000, false)]);
+    }
+
+    #[test]
+    fn deferred_ranges_and_sources_meet_areas_alike() {
+        let ranges = Deferred::Ranges(vec![(0x1000, 0x2000), (0x8000, 0x9000)]);
+        let sources = Deferred::Sources(vec![
+            Source { vaddr: 0x1000, len: 0x1000, view: 1, offset: 0 },
+            Source { vaddr: 0x8000, len: 0x1000, view: 1, offset: 0x1000 },
+        ]);
+        for d in [&ranges, &sources] {
+            assert!(d.meets(0, 0x1001));
+            assert!(!d.meets(0, 0x1000));
+            assert!(!d.meets(0x2000, 0x8000));
+            assert!(d.meets(0x8fff, 0xa000));
+            assert!(!d.meets(0x9000, 0xa000));
+        }
+        assert!(Deferred::Ranges(Vec::new()).is_empty());
+        assert_eq!(sources.sources().map(<[Source]>::len), Some(2));
+        assert!(ranges.sources().is_none());
     }
 
     #[test]

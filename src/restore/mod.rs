@@ -217,7 +217,8 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
     let mut locals = std::collections::HashMap::new();
     let caller_serves = matches!(opts.lazy, Some(LazyRestore::Caller));
     for pp in plan.processes.iter().filter(|pp| caller_serves && !pp.deferred.is_empty()) {
-        let l = std::sync::Arc::new(crate::lazy::local::LocalPages::open(&pp.chain, &pp.deferred)?);
+        let deferred = pp.deferred.sources().context("deferred pages not looked up for the restore's own daemon")?;
+        let l = std::sync::Arc::new(crate::lazy::local::LocalPages::open(&pp.chain, deferred)?);
         locals.insert(pp.task.pid, l);
     }
     if !plan.tree.pid_ns {
@@ -643,8 +644,7 @@ fn lazy_areas(plan: &ProcessPlan) -> impl Iterator<Item = &crate::image::task::V
     plan.task.vmas.iter().filter(move |v| {
         let from = pm.entries.partition_point(|e| e.vaddr + e.nr_pages * page <= v.start);
         let lazy = pm.entries[from..].iter().take_while(|e| e.vaddr < v.end).any(|e| e.flags == PageFlags::Lazy);
-        let from = plan.deferred.partition_point(|s| s.vaddr + s.len <= v.start);
-        lazy || plan.deferred.get(from).is_some_and(|s| s.vaddr < v.end)
+        lazy || plan.deferred.meets(v.start, v.end)
     })
 }
 

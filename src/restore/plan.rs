@@ -6,7 +6,7 @@
 
 use super::child::{ChildSetup, KernelSigaction, Role, TreeSetup};
 use super::objects::{self, Opened};
-use super::RestoreOptions;
+use super::{LazyRestore, RestoreOptions};
 use crate::image::chain::{Chain, MemoryView, Source};
 use crate::image::inventory::ImageKind;
 use crate::image::objects::{ObjectsImage, OBJECTS};
@@ -14,6 +14,7 @@ use crate::image::pagemap::PagemapImage;
 use crate::image::task::{TaskImage, VmaKind};
 use crate::image::tree::{ProcessState, TreeImage, TREE};
 use crate::image::{task_file, ImageDir};
+use crate::lazy::local::{self, Deferred};
 use crate::objects::regular::reopen;
 use crate::proc::limits::UNLIMITED;
 use crate::proc::ProcDir;
@@ -36,7 +37,7 @@ pub struct ProcessPlan {
     /// Where every page to copy in comes from, in address order.
     pub sources: Vec<Source>,
     /// Pre-copied pages left to the lazy-pages daemon (a lazy restore).
-    pub deferred: Vec<Source>,
+    pub deferred: Deferred,
     /// Each thread's registers, in `task.threads` order.
     pub cpus: Vec<NativeState>,
     /// The process's fd number for each file- or object-backed VMA (by index).
@@ -228,7 +229,7 @@ struct Loaded {
     task: TaskImage,
     chain: Chain,
     sources: Vec<Source>,
-    deferred: Vec<Source>,
+    deferred: Deferred,
     cpus: Vec<NativeState>,
 }
 
@@ -254,11 +255,16 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
              with `ferry lazy-pages` running"
         );
     }
-    let sources = chain.sources()?;
     // A process with lazy pages has a daemon filling its memory anyway:
     // the pages pre-copy already brought here can wait for it too.
-    let (sources, deferred) =
-        if lazy_pages > 0 { crate::lazy::local::split(&task, &chain, sources)? } else { (sources, Vec::new()) };
+    let (sources, deferred) = if lazy_pages == 0 {
+        (chain.sources()?, Deferred::Sources(Vec::new()))
+    } else if opts.lazy == Some(LazyRestore::Daemon) {
+        local::split_unresolved(&task, &chain)?
+    } else {
+        let (eager, deferred) = local::split(&task, &chain, chain.sources()?)?;
+        (eager, Deferred::Sources(deferred))
+    };
     tracing::debug!(pid, placed = sources.len(), deferred = deferred.len(), "page sources found");
     let cpus = task
         .threads
