@@ -135,7 +135,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
         std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
     let early = EarlyLinks::open(&a.address, a.port, &creds);
-    let (handed, answer) = handoff::receive(listener)?;
+    let (handed, mut answer) = handoff::receive(listener)?;
     let _ = std::fs::remove_file(&sock);
     let root = handed.first().map(|h| h.pid).unwrap_or(0);
     let pids: Vec<i32> = handed.iter().map(|h| h.pid).collect();
@@ -148,7 +148,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let client = match early.client(&a, creds) {
         Ok(c) => c,
         Err(e) => {
-            handoff::answer(answer, &format!("{e:#}"));
+            handoff::answer(&mut answer, &format!("{e:#}"));
             return Err(e);
         }
     };
@@ -156,7 +156,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     let mut tasks = Vec::new();
     for h in handed {
         let Some((ranges, local)) = lazy.remove(&h.vpid) else {
-            handoff::answer(answer, &format!("process {} has no lazy pages in these images", h.vpid));
+            handoff::answer(&mut answer, &format!("process {} has no lazy pages in these images", h.vpid));
             kill_all();
             bail!("the restore handed over process {}, which has no lazy pages in these images", h.vpid);
         };
@@ -169,8 +169,9 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
             local,
         });
     }
-    handoff::answer(answer, "ok");
-    match daemon::run(tasks, client) {
+    handoff::answer(&mut answer, "ok");
+    let bulk = handoff::until_closed(answer, Duration::from_secs(5));
+    match daemon::run(tasks, client, bulk) {
         Ok(r) => {
             guards.into_iter().for_each(Guard::release);
             let st = r.stats();

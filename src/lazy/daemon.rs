@@ -412,6 +412,36 @@ fn event(sh: &Shared, i: usize, ev: Event, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// When background transfers may start. Faults are served at once; the
+/// bulk waits while the restore that handed the task over finishes on
+/// this machine (on a small one, it would share the CPU with them, and
+/// the restore's end is the end of the downtime).
+#[derive(Clone)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn closed() -> Gate {
+        Gate(Arc::new((Mutex::new(false), std::sync::Condvar::new())))
+    }
+
+    /// A gate already open: nothing to wait for.
+    pub fn opened() -> Gate {
+        let g = Gate::closed();
+        g.open();
+        g
+    }
+
+    pub fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, cv) = &*self.0;
+        let _open = cv.wait_while(open.lock().unwrap(), |o| !*o).unwrap();
+    }
+}
+
 /// One restored process whose lazy pages the daemon serves.
 pub struct LazyTask {
     pub uffd: Uffd,
@@ -427,7 +457,7 @@ pub struct LazyTask {
 
 /// Serve every task's userfaultfd until every lazy page is in place (or
 /// its process is gone), then tell the source.
-pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
+pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>, bulk: Gate) -> Result<Report> {
     let start = Instant::now();
     let page = crate::page_size();
     let total: u64 = tasks.iter().map(|t| t.lazy.bytes() + t.local.as_ref().map_or(0, |l| l.ranges.bytes())).sum();
@@ -465,14 +495,20 @@ pub fn run(tasks: Vec<LazyTask>, client: Arc<PageClient>) -> Result<Report> {
     let mut pushers: Vec<_> = (0..PUSHERS)
         .map(|_| {
             std::thread::spawn({
-                let sh = sh.clone();
-                move || push_loop(sh)
+                let (sh, bulk) = (sh.clone(), bulk.clone());
+                move || {
+                    bulk.wait();
+                    push_loop(sh)
+                }
             })
         })
         .collect();
     if has_local {
         let sh = sh.clone();
-        pushers.push(std::thread::spawn(move || local_loop(sh)));
+        pushers.push(std::thread::spawn(move || {
+            bulk.wait();
+            local_loop(sh)
+        }));
     }
     let mut report = Report { processes: processes as u64, ..Default::default() };
     let progress = crate::progress::Progress::new("post-copy", Some(total));

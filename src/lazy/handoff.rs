@@ -27,8 +27,10 @@ pub struct Handed {
 }
 
 /// Restore side: send every process's fd and PIDs, wait for the daemon's
-/// go-ahead.
-pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Result<()> {
+/// go-ahead. The connection is returned: the daemon starts its background
+/// transfers when it closes (the restore drops it when it is done), so
+/// they do not share the CPU with the restore's last steps.
+pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Result<UnixStream> {
     let path = socket_path(dir);
     let start = Instant::now();
     let mut s = loop {
@@ -62,7 +64,7 @@ pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Resul
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut s), &mut answer)
         .context("waiting for the lazy-pages daemon")?;
     match answer.trim_end() {
-        "ok" => Ok(()),
+        "ok" => Ok(s),
         "" => bail!("the lazy-pages daemon went away"),
         other => bail!("the lazy-pages daemon could not serve the tree: {other}"),
     }
@@ -125,8 +127,22 @@ fn take(mut s: UnixStream) -> Result<(Vec<Handed>, UnixStream)> {
 }
 
 /// One line: "ok", or why not.
-pub fn answer(mut s: UnixStream, text: &str) {
+pub fn answer(s: &mut UnixStream, text: &str) {
     let _ = s.write_all(format!("{}\n", text.replace('\n', " ")).as_bytes());
+}
+
+/// After "ok": a gate that opens when the restore closes the connection
+/// (or dies), or after `wait` at the latest.
+pub fn until_closed(mut s: UnixStream, wait: Duration) -> crate::lazy::daemon::Gate {
+    let gate = crate::lazy::daemon::Gate::closed();
+    let opens = gate.clone();
+    std::thread::spawn(move || {
+        let _ = s.set_read_timeout(Some(wait));
+        // The restore sends nothing more: this returns at its close.
+        let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+        opens.open();
+    });
+    gate
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         resumed.lock().unwrap().recv_timeout(reconnect).map_err(|_| anyhow!("the source did not come back"))
     });
     let client = PageClient::with_stream(stream, connector, o.reconnect)?;
-    match daemon::run(tasks, client) {
+    match daemon::run(tasks, client, daemon::Gate::opened()) {
         Ok(r) => {
             guards.into_iter().for_each(Guard::release);
             let st = r.stats();

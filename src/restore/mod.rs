@@ -92,6 +92,9 @@ pub struct Restored {
     /// With `LazyRestore::Caller`: each process with lazy pages, and its
     /// userfaultfd.
     pub lazy: Vec<LazyProcess>,
+    /// With `LazyRestore::Daemon`: the connection to the lazy-pages
+    /// daemon, which starts its background transfers when this closes.
+    pub handoff: Option<std::os::unix::net::UnixStream>,
 }
 
 /// A restored process whose missing pages are to be served.
@@ -106,11 +109,14 @@ pub struct LazyProcess {
 
 pub fn run(opts: &RestoreOptions) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let pid = restore(opts)?.pid;
+    let restored = restore(opts)?;
+    let pid = restored.pid;
     info!(pid, ms = t0.elapsed().as_millis() as u64, "tree restored");
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, pid.to_string()).with_context(|| format!("writing pidfile {}", p.display()))?;
     }
+    // Done here: the lazy-pages daemon may start its background transfers.
+    drop(restored);
     if opts.detached {
         return Ok(ExitCode::SUCCESS);
     }
@@ -315,15 +321,15 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         l.main.set_sigmask(pp.task.main_thread().blocked)?;
     }
     let root_pid = pids[&tree.root];
-    let lazy = match opts.lazy {
+    let (lazy, handoff) = match opts.lazy {
         Some(LazyRestore::Daemon) if !lazy.is_empty() => {
             let handed: Vec<(i32, i32, &std::os::fd::OwnedFd)> =
                 lazy.iter().map(|l| (l.vpid, l.pid, l.uffd.fd())).collect();
-            crate::lazy::handoff::send(&opts.dir, &handed, Duration::from_secs(10))?;
+            let s = crate::lazy::handoff::send(&opts.dir, &handed, Duration::from_secs(10))?;
             debug!("userfaultfds handed to the lazy-pages daemon");
-            Vec::new()
+            (Vec::new(), Some(s))
         }
-        _ => lazy,
+        _ => (lazy, None),
     };
     opts.scripts.run(Action::PostRestore, &opts.dir, Some(root_pid))?;
     before_run(root_pid)?;
@@ -357,7 +363,7 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         }
     }
     info!(pid = root_pid, processes = tree.processes.len(), "tree running");
-    Ok(Restored { pid: root_pid, lazy })
+    Ok(Restored { pid: root_pid, lazy, handoff })
 }
 
 /// The seized processes; dropped (killed) children first, as a PID
