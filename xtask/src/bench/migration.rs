@@ -200,16 +200,7 @@ pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Whether something listens on TCP `port` in our network namespace.
-pub(super) fn listening(port: u16) -> bool {
-    let local = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()).any(|t| {
-        t.lines().skip(1).any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-        })
-    })
-}
+pub(super) use super::listening::listening;
 
 pub(super) fn spawn_logged(mut c: Command, log: &Path) -> Result<Child> {
     let f = std::fs::File::create(log)?;

@@ -6,6 +6,7 @@
 //! and noisy, so only ratios within one run mean much.
 
 mod dump_restore;
+mod listening;
 mod mappings;
 mod migration;
 mod pidns;
