@@ -2,6 +2,8 @@
 
 use super::security::{KeyDefault, SecurityArgs};
 use crate::image::{ImageDir, LAZY_STATS};
+use crate::lazy::local::LocalPages;
+use crate::lazy::ranges::RangeSet;
 use crate::lazy::{client::PageClient, daemon, guard::Guard, handoff, lazy_ranges, serve};
 use crate::net::wire::{read_frame, write_frame, Frame, Kind};
 use crate::net::{Credentials, Link};
@@ -9,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -77,6 +80,27 @@ const EARLY_LINKS_FRESH: Duration = Duration::from_secs(3);
 /// (it waits for our answer, so this was inside the downtime), with when.
 struct EarlyLinks(std::thread::JoinHandle<Option<(Link, Link, Instant)>>);
 
+/// Every process's lazy pages, by its PID in the tree's namespace, and
+/// the pre-copied pages the restore leaves to us (it picks the same ones
+/// from the same images). Each block of those is checked as it is first
+/// used; a damaged one is fetched from the source, which holds the task
+/// until we are done.
+type LazyProcesses = std::collections::HashMap<i32, (RangeSet, Option<Arc<LocalPages>>)>;
+
+fn lazy_processes(images: &ImageDir) -> Result<LazyProcesses> {
+    let mut lazy = LazyProcesses::new();
+    for &vpid in &images.inventory.tasks {
+        // The chain reads this image's pagemap too: parsed once.
+        let chain = crate::image::chain::Chain::open(images.clone(), vpid)?;
+        let ranges = lazy_ranges(&chain.views[0].pagemap);
+        if !ranges.is_empty() {
+            let local = crate::lazy::local::for_process(&chain, vpid)?.map(Arc::new);
+            lazy.insert(vpid, (ranges, local));
+        }
+    }
+    Ok(lazy)
+}
+
 impl EarlyLinks {
     fn open(addr: &str, port: u16, creds: &Credentials) -> EarlyLinks {
         let (target, creds) = (target(addr, port), creds.clone());
@@ -90,7 +114,7 @@ impl EarlyLinks {
 
     /// The client: on the early links, armed now, if they are fresh; on
     /// new ones otherwise.
-    fn client(self, a: &LazyPagesArgs, creds: Credentials) -> Result<std::sync::Arc<PageClient>> {
+    fn client(self, a: &LazyPagesArgs, creds: Credentials) -> Result<Arc<PageClient>> {
         let give_up = Duration::from_secs(a.reconnect_timeout);
         let connector = connector(a.address.clone(), a.port, creds);
         match self.0.join().ok().flatten() {
@@ -107,35 +131,37 @@ impl EarlyLinks {
 pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     crate::image::trust::check_images_dir(&a.images_dir)?;
     let images = ImageDir::open(&a.images_dir)?;
-    // Every process's lazy pages, by its PID in the tree's namespace.
-    let mut lazy = std::collections::HashMap::new();
-    for &vpid in &images.inventory.tasks {
-        // The chain reads this image's pagemap too: parsed once.
-        let chain = crate::image::chain::Chain::open(images.clone(), vpid)?;
-        let ranges = lazy_ranges(&chain.views[0].pagemap);
-        if !ranges.is_empty() {
-            // The pre-copied pages the restore leaves to us (it picks the
-            // same ones from the same images).
-            // Each block is checked as it is first used; a damaged one is
-            // fetched from the source, which holds the task until we are done.
-            let local = crate::lazy::local::for_process(&chain, vpid)?.map(std::sync::Arc::new);
-            lazy.insert(vpid, (ranges, local));
-        }
-    }
-    if lazy.is_empty() {
-        // A lazy dump that found nothing to leave behind is a plain image:
-        // `restore --lazy-pages` restores it without us.
-        eprintln!("lazy-pages: {}: no lazy pages, nothing to serve", a.images_dir.display());
-        return Ok(ExitCode::SUCCESS);
-    }
     let creds = a.security.credentials(KeyDefault::Images(&a.images_dir))?;
+    // Listen before reading the images: the restore, running meanwhile,
+    // connects as soon as it has built the tree and waits for our answer,
+    // not for the socket to appear (it looks again every millisecond).
     let sock = handoff::socket_path(&a.images_dir);
     let _ = std::fs::remove_file(&sock);
     let listener =
         std::os::unix::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
-    info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
+    let restores = handoff::admit(listener);
     let early = EarlyLinks::open(&a.address, a.port, &creds);
-    let (handed, mut answer) = handoff::receive(listener)?;
+    let mut lazy = match lazy_processes(&images) {
+        Ok(l) if !l.is_empty() => l,
+        Ok(_) => {
+            let _ = std::fs::remove_file(&sock);
+            // A lazy dump that found nothing to leave behind is a plain
+            // image: `restore --lazy-pages` restores it without us.
+            eprintln!("lazy-pages: {}: no lazy pages, nothing to serve", a.images_dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&sock);
+            // A restore already waiting hears why.
+            if let Ok((_, mut waiting)) = restores.next_timeout(Duration::from_millis(1)) {
+                handoff::answer(&mut waiting, &format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    };
+    info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
+    let (handed, mut answer) =
+        restores.next().context("waiting for `ferry restore --lazy-pages`: the socket failed")?;
     let _ = std::fs::remove_file(&sock);
     let root = handed.first().map(|h| h.pid).unwrap_or(0);
     let pids: Vec<i32> = handed.iter().map(|h| h.pid).collect();

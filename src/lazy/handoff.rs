@@ -70,14 +70,13 @@ pub fn send(dir: &Path, tasks: &[(i32, i32, &OwnedFd)], wait: Duration) -> Resul
     }
 }
 
-/// Daemon side: wait for the restore; returns every process's fd and the
-/// stream to answer on. Connections from other users, or that do not hand
-/// over their fds within the admission deadline, are refused and do not
-/// delay the restore.
-pub fn receive(listener: UnixListener) -> Result<(Vec<Handed>, UnixStream)> {
-    let peers =
-        crate::net::admission::Admission::start(listener, "lazy-pages handoff", |s| take(s).context("a connection"));
-    peers.next().context("waiting for `ferry restore --lazy-pages`: the socket failed")
+/// Daemon side: admit the restore's connection; `next()` on the result
+/// waits for it and gives every process's fd and the stream to answer on.
+/// Connections from other users, or that do not hand over their fds
+/// within the admission deadline, are refused and do not delay the
+/// restore.
+pub fn admit(listener: UnixListener) -> crate::net::admission::Admission<(Vec<Handed>, UnixStream)> {
+    crate::net::admission::Admission::start(listener, "lazy-pages handoff", |s| take(s).context("a connection"))
 }
 
 fn take(mut s: UnixStream) -> Result<(Vec<Handed>, UnixStream)> {
