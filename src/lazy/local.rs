@@ -119,8 +119,17 @@ fn cut(keep: &[(u64, u64)], start: u64, end: u64, out: &mut Vec<(u64, u64, bool)
 /// blocks the inventory lists one by one (so the daemon can check each
 /// block as it first uses it).
 pub fn split(task: &TaskImage, chain: &Chain, sources: Vec<Source>) -> Result<(Vec<Source>, Vec<Source>)> {
+    split_listed(task, chain, sources, &listed(chain))
+}
+
+/// [`split`], with [`listed`] already known.
+fn split_listed(
+    task: &TaskImage,
+    chain: &Chain,
+    sources: Vec<Source>,
+    listed: &[bool],
+) -> Result<(Vec<Source>, Vec<Source>)> {
     let keep = kept(task, chain.views[0].pagemap.page_size);
-    let listed = listed(chain);
     let (mut eager, mut deferred) = (Vec::new(), Vec::new());
     let mut pieces = Vec::new();
     for s in sources {
@@ -197,7 +206,7 @@ pub fn split_unresolved(task: &TaskImage, chain: &Chain) -> Result<(Vec<Source>,
     let top = &chain.views[0];
     if chain.views.iter().zip(&listed).skip(1).any(|(v, &l)| !l && v.pagemap.present_bytes() > 0) {
         // Some parent's pages are placed now wherever they are: resolve all.
-        let (eager, deferred) = split(task, chain, chain.sources()?)?;
+        let (eager, deferred) = split_listed(task, chain, chain.sources()?, &listed)?;
         return Ok((eager, Deferred::Sources(deferred)));
     }
     let page = top.pagemap.page_size;

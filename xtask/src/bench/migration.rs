@@ -7,6 +7,7 @@
 //! Where CRIU fails, its one-line cause is the figure.
 
 use super::dump_restore::{criu_frozen, ferry_frozen};
+use super::listening::listening;
 use super::pidns::PidNs;
 use super::{dir_size, run_checked, Bench, Target, Tool, Tools, WORK};
 use anyhow::{anyhow, bail, Context, Result};
@@ -199,8 +200,6 @@ fn predump_round(mib: u64, tool: Tool, tools: &Tools, n: usize) -> Result<Round>
 pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
-
-pub(super) use super::listening::listening;
 
 pub(super) fn spawn_logged(mut c: Command, log: &Path) -> Result<Child> {
     let f = std::fs::File::create(log)?;
