@@ -3,9 +3,11 @@
 //! so the task can run before they are placed, and the daemon fills them
 //! from the pages files (mapped read-only), faults first.
 //!
-//! The restore and the daemon pick the same pages with [`split`], a
-//! function of the images alone, so `restore --lazy-pages` and a separate
-//! `lazy-pages` daemon agree without telling each other.
+//! The restore and the daemon pick the same pages, as a function of the
+//! images alone (`kept` and `cut`: [`split_unresolved`] in `restore
+//! --lazy-pages`, [`deferred_sources`] in a separate `lazy-pages` daemon,
+//! [`split`] when one process does both), so they agree without telling
+//! each other.
 //!
 //! Each 4 MiB block is checked against the inventory's hash before its
 //! first page is used. A damaged block is not fatal: the source still
@@ -197,47 +199,86 @@ impl Deferred {
     }
 }
 
-/// The same split for a restore whose daemon is a separate `ferry
-/// lazy-pages`: only the pages placed now are looked up in the parent
-/// images; the deferred ones are known by address alone. The daemon picks
-/// the same pages with [`split`] (and checks that the parents have them).
-pub fn split_unresolved(task: &TaskImage, chain: &Chain) -> Result<(Vec<Source>, Deferred)> {
+/// One piece of the newest image's pages, in address order: its own, or
+/// pre-copied (in a parent image) and kept (placed by the restore) or not.
+enum Piece {
+    Own(Source),
+    Parent { start: u64, end: u64, kept: bool },
+}
+
+/// Walk the newest image's pages as [`Piece`]s, the in-parent extents cut
+/// at the kept ranges. None if some parent's pages cannot wait for the
+/// daemon (its blocks are not listed): then every page of the chain must
+/// be resolved and split with [`split_listed`].
+fn walk(task: &TaskImage, chain: &Chain, mut each: impl FnMut(Piece) -> Result<()>) -> Result<Option<Vec<bool>>> {
     let listed = listed(chain);
-    let top = &chain.views[0];
     if chain.views.iter().zip(&listed).skip(1).any(|(v, &l)| !l && v.pagemap.present_bytes() > 0) {
-        // Some parent's pages are placed now wherever they are: resolve all.
-        let (eager, deferred) = split_listed(task, chain, chain.sources()?, &listed)?;
-        return Ok((eager, Deferred::Sources(deferred)));
+        return Ok(Some(listed));
     }
+    let top = &chain.views[0];
     let page = top.pagemap.page_size;
     let keep = kept(task, page);
-    let (mut eager, mut deferred) = (Vec::new(), Vec::new());
     let mut pieces = Vec::new();
     for (e, offset) in top.entries_with_offsets() {
         let end = e.vaddr + e.nr_pages * page;
         match e.flags {
-            PageFlags::Present => eager.push(Source { vaddr: e.vaddr, len: end - e.vaddr, view: 0, offset }),
+            PageFlags::Present => each(Piece::Own(Source { vaddr: e.vaddr, len: end - e.vaddr, view: 0, offset }))?,
             PageFlags::InParent => {
                 cut(&keep, e.vaddr, end, &mut pieces);
-                for &(a, b, kept) in &pieces {
-                    if kept {
-                        chain.resolve(a, b, &mut eager)?;
-                    } else {
-                        deferred.push((a, b));
-                    }
+                for &(start, end, kept) in &pieces {
+                    each(Piece::Parent { start, end, kept })?;
                 }
             }
             PageFlags::Lazy => {}
         }
     }
+    Ok(None)
+}
+
+/// The same split for a restore whose daemon is a separate `ferry
+/// lazy-pages`: only the pages placed now are looked up in the parent
+/// images; the deferred ones are known by address alone. The daemon picks
+/// the same pages with [`deferred_sources`] (and checks that the parents
+/// have them).
+pub fn split_unresolved(task: &TaskImage, chain: &Chain) -> Result<(Vec<Source>, Deferred)> {
+    let (mut eager, mut deferred) = (Vec::new(), Vec::new());
+    let unlisted = walk(task, chain, |piece| {
+        match piece {
+            Piece::Own(s) => eager.push(s),
+            Piece::Parent { start, end, kept: true } => chain.resolve(start, end, &mut eager)?,
+            Piece::Parent { start, end, kept: false } => deferred.push((start, end)),
+        }
+        Ok(())
+    })?;
+    if let Some(listed) = unlisted {
+        // Some parent's pages are placed now wherever they are: resolve all.
+        let (eager, deferred) = split_listed(task, chain, chain.sources()?, &listed)?;
+        return Ok((eager, Deferred::Sources(deferred)));
+    }
     Ok((eager, Deferred::Ranges(deferred)))
+}
+
+/// The pre-copied pages a restore leaves to the daemon, as [`split`] picks
+/// them, with where their bytes are: only those pages are looked up in
+/// the parent images (the daemon starts beside the restore, and on a small
+/// machine its start-up takes the restore's CPU).
+pub fn deferred_sources(task: &TaskImage, chain: &Chain) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    let unlisted = walk(task, chain, |piece| match piece {
+        Piece::Parent { start, end, kept: false } => chain.resolve(start, end, &mut out),
+        _ => Ok(()),
+    })?;
+    match unlisted {
+        Some(listed) => Ok(split_listed(task, chain, chain.sources()?, &listed)?.1),
+        None => Ok(out),
+    }
 }
 
 /// The deferred pages of process `vpid` of the lazy images whose chain
 /// is `chain`, as the restore picks them; None if it has none.
 pub fn for_process(chain: &Chain, vpid: i32) -> Result<Option<LocalPages>> {
     let task: TaskImage = chain.views[0].images.read_json(&crate::image::task_file(vpid))?;
-    let (_, deferred) = split(&task, chain, chain.sources()?)?;
+    let deferred = deferred_sources(&task, chain)?;
     if deferred.is_empty() {
         return Ok(None);
     }
