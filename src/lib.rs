@@ -23,6 +23,7 @@ pub mod proc;
 pub mod progress;
 pub mod ptrace;
 pub mod restore;
+pub mod rpc;
 pub mod testhook;
 pub mod track;
 pub mod uffd;

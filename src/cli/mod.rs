@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod restore;
 pub mod security;
 pub mod show;
+pub mod swrk;
 pub mod tcp;
 
 use anyhow::Result;
@@ -76,6 +77,8 @@ pub enum Command {
     Receive(migrate::ReceiveArgs),
     /// Print an image directory, or one file of it, in readable form
     Show(show::ShowArgs),
+    /// Serve CRIU's RPC on an inherited socket, as `criu swrk` (for runc and go-criu)
+    Swrk(swrk::SwrkArgs),
     /// (internal) Removes a network lock if the ferry that took it dies
     #[command(hide = true)]
     NetworkLockGuard(GuardArgs),
@@ -100,6 +103,7 @@ impl Command {
             Command::Migrate(_) => "migrate",
             Command::Receive(_) => "receive",
             Command::Show(_) => "show",
+            Command::Swrk(_) => "swrk",
             Command::NetworkLockGuard(_) => "network-lock-guard",
         }
     }
@@ -112,7 +116,11 @@ impl Command {
             Command::LazyPages(a) => Some(&a.images_dir),
             Command::PageServer(a) => Some(&a.images_dir),
             Command::Receive(a) => Some(&a.images_dir),
-            Command::Check(_) | Command::Show(_) | Command::Migrate(_) | Command::NetworkLockGuard(_) => None,
+            Command::Check(_)
+            | Command::Show(_)
+            | Command::Migrate(_)
+            | Command::Swrk(_)
+            | Command::NetworkLockGuard(_) => None,
         }
     }
 }
@@ -131,6 +139,7 @@ impl Cli {
             Command::Migrate(a) => migrate::run_migrate(a, self.work_dir),
             Command::Receive(a) => migrate::run_receive(a),
             Command::Show(a) => show::run(a),
+            Command::Swrk(a) => swrk::run(a),
             Command::NetworkLockGuard(a) => {
                 crate::netlock::guard(a.method, &a.name, crate::netlock::Netns(a.netns))?;
                 Ok(ExitCode::SUCCESS)

@@ -50,7 +50,7 @@ pub const PROBES: &[Probe] = &[
 
 pub fn run(feature: Option<&str>) -> Result<ExitCode> {
     if let Some(f) = feature {
-        let Some(p) = PROBES.iter().find(|p| p.name == f || p.aliases.contains(&f)) else {
+        let Some(p) = find(f) else {
             let names: Vec<&str> = PROBES.iter().map(|p| p.name).collect();
             bail!("unknown feature {f:?}; known: {}", names.join(", "));
         };
@@ -58,17 +58,7 @@ pub fn run(feature: Option<&str>) -> Result<ExitCode> {
         println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail);
         return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
-    let mut results = Vec::new();
-    for p in PROBES {
-        let o = (p.run)();
-        println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail);
-        results.push((p.name, p.essential, o.ok));
-    }
-    let ok = |n: &str| results.iter().any(|(name, _, ok)| *name == n && *ok);
-    let mut missing: Vec<&str> = results.iter().filter(|(_, ess, ok)| *ess && !ok).map(|(n, _, _)| *n).collect();
-    if !ok("clone3-set-tid") && !ok("ns-last-pid") {
-        missing.push("clone3-set-tid or ns-last-pid");
-    }
+    let missing = missing(|p, o| println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail));
     if missing.is_empty() {
         println!("Looks good: dump and restore can work here.");
         Ok(ExitCode::SUCCESS)
@@ -76,6 +66,33 @@ pub fn run(feature: Option<&str>) -> Result<ExitCode> {
         println!("Dump and restore cannot work here: missing {}.", missing.join(", "));
         Ok(ExitCode::from(1))
     }
+}
+
+/// The probe called `name`, by ferry's name or CRIU's.
+pub fn find(name: &str) -> Option<&'static Probe> {
+    PROBES.iter().find(|p| p.name == name || p.aliases.contains(&name))
+}
+
+/// Whether the probe called `name` passes here.
+pub fn passes(name: &str) -> bool {
+    find(name).is_some_and(|p| (p.run)().ok)
+}
+
+/// Run every probe (telling `each` how it went); what dump and restore
+/// need and this machine lacks.
+pub fn missing(mut each: impl FnMut(&Probe, &Outcome)) -> Vec<&'static str> {
+    let mut results = Vec::new();
+    for p in PROBES {
+        let o = (p.run)();
+        each(p, &o);
+        results.push((p.name, p.essential, o.ok));
+    }
+    let ok = |n: &str| results.iter().any(|(name, _, ok)| *name == n && *ok);
+    let mut missing: Vec<&str> = results.iter().filter(|(_, ess, ok)| *ess && !ok).map(|(n, _, _)| *n).collect();
+    if !ok("clone3-set-tid") && !ok("ns-last-pid") {
+        missing.push("clone3-set-tid or ns-last-pid");
+    }
+    missing
 }
 
 /// Fork a child that waits in pause() until killed.

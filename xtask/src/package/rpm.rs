@@ -17,13 +17,17 @@ copies memory while the process runs, then lets the restored process fault
 its remaining pages in from the source over userfaultfd. Its commands and
 flags follow CRIU's.";
 
+/// ferry's own code is MIT OR Apache-2.0; the CRIU RPC messages it
+/// carries (src/rpc, from CRIU's images/rpc.proto) are MIT.
+const LICENSE: &str = "(MIT OR Apache-2.0) AND MIT";
+
 /// Build the rpm of `p` into `out`; returns its path.
 pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf> {
     let config = rpm::BuildConfig::v4()
         .compression(rpm::CompressionType::Zstd)
         // The last commit's time: two builds of one commit are identical.
         .source_date(p.source_date as u32);
-    let mut b = PackageBuilder::new("ferry", &p.version, "MIT OR Apache-2.0", p.arch.rpm(), SUMMARY);
+    let mut b = PackageBuilder::new("ferry", &p.version, LICENSE, p.arch.rpm(), SUMMARY);
     b.using_config(config)
         .release("1")
         .description(DESCRIPTION)
@@ -48,9 +52,13 @@ pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf
         c.join("ferry.fish"),
         FileOptions::new("/usr/share/fish/vendor_completions.d/ferry.fish").permissions(0o644),
     )?;
-    for lic in ["LICENSE-MIT", "LICENSE-APACHE"] {
+    for (lic, from) in [
+        ("LICENSE-MIT", "LICENSE-MIT"),
+        ("LICENSE-APACHE", "LICENSE-APACHE"),
+        ("LICENSE-CRIU-images", "src/rpc/LICENSE-CRIU-images"),
+    ] {
         b.with_file(
-            p.root.join(lic),
+            p.root.join(from),
             FileOptions::new(format!("/usr/share/licenses/ferry/{lic}")).permissions(0o644).license(),
         )?;
     }

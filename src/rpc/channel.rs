@@ -1,0 +1,44 @@
+//! One SOCK_SEQPACKET socket carrying packed protobuf messages, one per
+//! packet: requests in, answers out.
+
+use super::criu::{CriuReq, CriuResp};
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{recv, send, MsgFlags};
+use prost::Message;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    pub fn new(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// The next request; None once the caller has closed its end.
+    pub fn recv(&self) -> Result<Option<CriuReq>> {
+        // The packet's size first (MSG_TRUNC reports a packet's full
+        // length), then the whole packet in one read.
+        let len = recv(self.fd.as_raw_fd(), &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC)
+            .context("reading a request")?;
+        let mut buf = vec![0u8; len];
+        let got = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC).context("reading a request")?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got != len {
+            bail!("a request of {len} bytes arrived as {got}");
+        }
+        CriuReq::decode(buf.as_slice()).map(Some).context("the request is not a criu_req message")
+    }
+
+    pub fn send(&self, resp: &CriuResp) -> Result<()> {
+        let buf = resp.encode_to_vec();
+        let sent = send(self.fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL).context("sending an answer")?;
+        if sent != buf.len() {
+            bail!("an answer of {} bytes went out as {sent}", buf.len());
+        }
+        Ok(())
+    }
+}

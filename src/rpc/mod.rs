@@ -1,0 +1,17 @@
+//! CRIU's RPC, as `ferry swrk FD` serves it: container tools (runc,
+//! podman through runc, crun through libcriu, go-criu) start `criu swrk 3`
+//! with one end of a SOCK_SEQPACKET socketpair as fd 3 and send one packed
+//! `criu_req` per packet; each answer is one packed `criu_resp`, with no
+//! length prefix ([`channel`]). The messages are CRIU's own
+//! (`images/rpc.proto`, MIT-licensed, generated into [`criu`]).
+//!
+//! Served so far: VERSION, FEATURE_CHECK and CHECK ([`service`]). Dump,
+//! pre-dump, restore and the page server are refused with an answer that
+//! says so; until they work, VERSION reports CRIU level 0.0, which every
+//! caller's version check refuses by itself.
+
+#[allow(clippy::all, missing_docs)]
+#[rustfmt::skip]
+pub mod criu;
+pub mod channel;
+pub mod service;

@@ -1,0 +1,154 @@
+//! `ferry swrk FD`: CRIU's RPC, spoken the way runc and go-criu speak it
+//! (one packed criu_req per SOCK_SEQPACKET packet, one criu_resp back).
+
+mod common;
+
+use common::*;
+use ferry::rpc::criu::{CriuFeatures, CriuReq, CriuReqType, CriuResp};
+use ferry::rpc::service::CRIU_LEVEL;
+use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use prost::Message;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// `ferry swrk 3` with one end of a fresh socketpair as its fd 3; the
+/// other end, to talk on.
+fn swrk() -> (OwnedFd, Child) {
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).expect("socketpair");
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(ferry());
+    cmd.args(["swrk", "3"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: dup2 only, between fork and exec (async-signal-safe); the
+    // copy at 3 has no close-on-exec flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn ferry swrk");
+    drop(theirs);
+    (ours, child)
+}
+
+fn ask(sk: &OwnedFd, req: &CriuReq) -> CriuResp {
+    send(sk.as_raw_fd(), &req.encode_to_vec(), MsgFlags::empty()).expect("send");
+    answer(sk).expect("an answer")
+}
+
+/// The next answer; None when ferry closed its end.
+fn answer(sk: &OwnedFd) -> Option<CriuResp> {
+    let mut buf = vec![0u8; 1 << 16];
+    let n = recv(sk.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("recv");
+    (n > 0).then(|| CriuResp::decode(&buf[..n]).expect("a criu_resp"))
+}
+
+fn req(kind: CriuReqType) -> CriuReq {
+    CriuReq { r#type: kind as i32, ..Default::default() }
+}
+
+/// What `ferry check --feature NAME` says (exit status 0: present).
+fn check_says(feature: &str) -> bool {
+    Command::new(ferry()).args(["check", "--feature", feature]).output().unwrap().status.success()
+}
+
+fn exit_of(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn version_names_ferry_and_the_criu_level_it_serves() {
+    let (sk, child) = swrk();
+    let r = ask(&sk, &req(CriuReqType::Version));
+    assert!(r.success && r.r#type == CriuReqType::Version as i32, "{r:?}");
+    let v = r.version.expect("a version");
+    assert_eq!((v.major_number, v.minor_number, v.sublevel), (CRIU_LEVEL.0, CRIU_LEVEL.1, Some(CRIU_LEVEL.2)));
+    assert_eq!(v.name.as_deref(), Some(concat!("ferry ", env!("CARGO_PKG_VERSION"))));
+    // Without keep_open one request is all: ferry closes and exits.
+    assert!(answer(&sk).is_none());
+    let (ok, err) = exit_of(child);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn feature_check_probes_what_is_asked_on_one_kept_connection() {
+    let (sk, child) = swrk();
+    let keep = |kind, features| CriuReq { keep_open: Some(true), features, ..req(kind) };
+    assert!(ask(&sk, &keep(CriuReqType::Version, None)).success);
+    let only_mem = CriuFeatures { mem_track: Some(true), ..Default::default() };
+    let r = ask(&sk, &keep(CriuReqType::FeatureCheck, Some(only_mem)));
+    assert!(r.success, "{r:?}");
+    let f = r.features.expect("features");
+    assert_eq!(f.mem_track, Some(check_says("mem_dirty_track")));
+    // Not asked: false, as CRIU answers.
+    assert_eq!((f.lazy_pages, f.pidfd_store), (Some(false), Some(false)));
+    let all = CriuFeatures { mem_track: Some(true), lazy_pages: Some(true), pidfd_store: Some(true) };
+    let f = ask(&sk, &keep(CriuReqType::FeatureCheck, Some(all))).features.expect("features");
+    assert_eq!(f.lazy_pages, Some(check_says("uffd") && check_says("uffd-noncoop")));
+    // Not implemented, whatever the kernel has.
+    assert_eq!(f.pidfd_store, Some(false));
+    drop(sk);
+    let (ok, err) = exit_of(child);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn check_answers_as_ferry_check_does() {
+    let (sk, child) = swrk();
+    let r = ask(&sk, &req(CriuReqType::Check));
+    let cli = Command::new(ferry()).arg("check").output().unwrap().status.success();
+    assert_eq!(r.success, cli, "{r:?}");
+    assert!(r.success || r.cr_errmsg.is_some_and(|m| m.contains("missing")));
+    assert!(exit_of(child).0);
+}
+
+#[test]
+fn requests_not_served_yet_are_refused_with_the_reason() {
+    for kind in [CriuReqType::Dump, CriuReqType::PreDump, CriuReqType::Restore, CriuReqType::PageServer] {
+        let (sk, child) = swrk();
+        let r = ask(&sk, &req(kind));
+        assert!(!r.success && r.r#type == kind as i32, "{r:?}");
+        let msg = r.cr_errmsg.unwrap_or_default();
+        assert!(msg.contains(&format!("does not serve {} requests yet", kind.as_str_name())), "{msg}");
+        assert!(exit_of(child).0);
+    }
+}
+
+#[test]
+fn bad_requests_get_an_answer_and_end_the_session() {
+    // keep_open is only for requests that leave nothing behind.
+    let (sk, child) = swrk();
+    let r = ask(&sk, &CriuReq { keep_open: Some(true), ..req(CriuReqType::Dump) });
+    assert!(!r.success && r.cr_errmsg.as_deref().unwrap_or("").contains("keep_open"), "{r:?}");
+    let (ok, err) = exit_of(child);
+    assert!(!ok && err.contains("keep_open"), "{err}");
+
+    // A packet that is no criu_req.
+    let (sk, child) = swrk();
+    send(sk.as_raw_fd(), &[0xff, 0xff, 0xff], MsgFlags::empty()).unwrap();
+    let r = answer(&sk).expect("an answer");
+    assert!(!r.success && r.r#type == CriuReqType::Empty as i32, "{r:?}");
+    let (ok, err) = exit_of(child);
+    assert!(!ok && err.contains("not a criu_req"), "{err}");
+
+    // An unknown request type.
+    let (sk, child) = swrk();
+    let r = ask(&sk, &CriuReq { r#type: 99, ..Default::default() });
+    assert!(!r.success && r.cr_errmsg.as_deref() == Some("invalid request type 99"), "{r:?}");
+    assert!(exit_of(child).0);
+}
+
+#[test]
+fn the_fd_must_be_a_seqpacket_socket() {
+    let out = Command::new(ferry()).args(["swrk", "0"]).stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fd 0: not a socket"), "{err}");
+    let out = Command::new(ferry()).args(["swrk", "57"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fd 57 is not open"), "{err}");
+}
