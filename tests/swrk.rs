@@ -4,13 +4,16 @@
 mod common;
 
 use common::*;
-use ferry::rpc::criu::{CriuFeatures, CriuReq, CriuReqType, CriuResp};
+use ferry::rpc::criu::{CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp};
 use ferry::rpc::service::CRIU_LEVEL;
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use prost::Message;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
 
 /// `ferry swrk 3` with one end of a fresh socketpair as its fd 3; the
 /// other end, to talk on.
@@ -109,7 +112,7 @@ fn check_answers_as_ferry_check_does() {
 
 #[test]
 fn requests_not_served_yet_are_refused_with_the_reason() {
-    for kind in [CriuReqType::Dump, CriuReqType::PreDump, CriuReqType::Restore, CriuReqType::PageServer] {
+    for kind in [CriuReqType::PreDump, CriuReqType::Restore, CriuReqType::PageServer] {
         let (sk, child) = swrk();
         let r = ask(&sk, &req(kind));
         assert!(!r.success && r.r#type == kind as i32, "{r:?}");
@@ -151,4 +154,61 @@ fn the_fd_must_be_a_seqpacket_socket() {
     let out = Command::new(ferry()).args(["swrk", "57"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fd 57 is not open"), "{err}");
+}
+
+/// DUMP with an images directory given as the caller's descriptor (as
+/// runc and go-criu give it); `ferry restore` brings the task back with
+/// its memory.
+#[test]
+fn dump_request_dumps_into_the_callers_directory() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
+    let before = t.wait_output("ready", T);
+    let img = w.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let dir = std::fs::File::open(&img).unwrap();
+    let (sk, child) = swrk();
+    let opts = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
+    assert!(r.success && r.r#type == CriuReqType::Dump as i32, "{r:?}");
+    assert_eq!(r.dump.and_then(|d| d.restored), Some(false));
+    let (ok, err) = exit_of(child);
+    assert!(ok, "{err}");
+    t.reap_killed();
+    restore_detached(&img, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert_eq!(t.output(), format!("{before}ok\n"));
+}
+
+/// Options ferry does not implement stop the dump before the task is
+/// touched, named as rpc.proto names them; so do a missing pid and a
+/// directory that is not one.
+#[test]
+fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let dir = std::fs::File::open(&img).unwrap();
+    let file = std::fs::File::open(w.path().join("out")).unwrap();
+    let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
+    let cases = [
+        (CriuOpts { root: Some("/rootfs".into()), ..base.clone() }, "DUMP with criu_opts.root: not supported yet"),
+        (CriuOpts { log_level: Some(4), ..base.clone() }, "criu_opts.log_level"),
+        (CriuOpts { pid: None, ..base.clone() }, "without pid"),
+        (CriuOpts { images_dir_fd: file.as_raw_fd(), ..base.clone() }, "not a directory"),
+        (CriuOpts { images_dir_fd: 987, ..base.clone() }, "images_dir_fd 987"),
+    ];
+    for (opts, why) in cases {
+        let (sk, child) = swrk();
+        let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
+        assert!(!r.success, "{r:?}");
+        let msg = r.cr_errmsg.unwrap_or_default();
+        assert!(msg.contains(why), "{msg}");
+        assert!(exit_of(child).0);
+        t.assert_running_untraced();
+    }
+    assert!(std::fs::read_dir(&img).unwrap().next().is_none(), "refused dumps left files");
 }

@@ -33,6 +33,13 @@ impl Channel {
         CriuReq::decode(buf.as_slice()).map(Some).context("the request is not a criu_req message")
     }
 
+    /// The caller's PID (whose descriptors the requests name).
+    pub fn peer(&self) -> Result<i32> {
+        let cred = nix::sys::socket::getsockopt(&self.fd, nix::sys::socket::sockopt::PeerCredentials)
+            .context("SO_PEERCRED: who is calling")?;
+        Ok(cred.pid())
+    }
+
     pub fn send(&self, resp: &CriuResp) -> Result<()> {
         let buf = resp.encode_to_vec();
         let sent = send(self.fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL).context("sending an answer")?;

@@ -5,13 +5,15 @@
 //! length prefix ([`channel`]). The messages are CRIU's own
 //! (`images/rpc.proto`, MIT-licensed, generated into [`criu`]).
 //!
-//! Served so far: VERSION, FEATURE_CHECK and CHECK ([`service`]). Dump,
-//! pre-dump, restore and the page server are refused with an answer that
-//! says so; until they work, VERSION reports CRIU level 0.0, which every
-//! caller's version check refuses by itself.
+//! Served so far: VERSION, FEATURE_CHECK, CHECK ([`service`]) and DUMP
+//! of what `ferry dump` can dump ([`dump`]: options without a translation
+//! are refused by name). Pre-dump, restore and the page server are
+//! refused with an answer that says so; until they work, VERSION reports
+//! CRIU level 0.0, which every caller's version check refuses by itself.
 
 #[allow(clippy::all, missing_docs)]
 #[rustfmt::skip]
 pub mod criu;
 pub mod channel;
+pub mod dump;
 pub mod service;

@@ -32,15 +32,15 @@ pub fn serve(channel: &Channel) -> Result<()> {
             channel.send(&refused(req.r#type, &why))?;
             bail!("{why}");
         }
-        channel.send(&answer(&req, kind))?;
+        channel.send(&answer(&req, kind, channel.peer()?))?;
         if !keep_open {
             return Ok(());
         }
     }
 }
 
-/// The answer to one request.
-pub fn answer(req: &CriuReq, kind: Option<CriuReqType>) -> CriuResp {
+/// The answer to one request from the process `peer`.
+pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, peer: i32) -> CriuResp {
     let ok = |r: CriuResp| CriuResp { r#type: req.r#type, success: true, ..r };
     match kind {
         Some(CriuReqType::Version) => ok(CriuResp { version: Some(version()), ..Default::default() }),
@@ -56,11 +56,12 @@ pub fn answer(req: &CriuReq, kind: Option<CriuReqType>) -> CriuResp {
                 refused(req.r#type, &format!("dump and restore cannot work here: missing {}", missing.join(", ")))
             }
         }
+        Some(CriuReqType::Dump) => super::dump::answer(&req.opts.clone().unwrap_or_default(), peer),
         Some(k) => refused(
             req.r#type,
             &format!(
-                "ferry swrk does not serve {} requests yet: use ferry's command line (ferry dump, \
-                 pre-dump, restore, page-server, lazy-pages)",
+                "ferry swrk does not serve {} requests yet: use ferry's command line (ferry pre-dump, \
+                 restore, page-server, lazy-pages)",
                 k.as_str_name()
             ),
         ),
