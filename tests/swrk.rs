@@ -112,7 +112,7 @@ fn check_answers_as_ferry_check_does() {
 
 #[test]
 fn requests_not_served_yet_are_refused_with_the_reason() {
-    for kind in [CriuReqType::PreDump, CriuReqType::Restore, CriuReqType::PageServer] {
+    for kind in [CriuReqType::PreDump, CriuReqType::PageServer, CriuReqType::WaitPid] {
         let (sk, child) = swrk();
         let r = ask(&sk, &req(kind));
         assert!(!r.success && r.r#type == kind as i32, "{r:?}");
@@ -211,4 +211,54 @@ fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
         t.assert_running_untraced();
     }
     assert!(std::fs::read_dir(&img).unwrap().next().is_none(), "refused dumps left files");
+}
+
+/// RESTORE of a dump made with `ferry dump`: the tree runs again, detached,
+/// and the answer names its root; the program's memory is intact.
+#[test]
+fn restore_request_restores_and_names_the_root() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
+    let before = t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    let dir = std::fs::File::open(&img).unwrap();
+    let (sk, child) = swrk();
+    let opts = CriuOpts { images_dir_fd: dir.as_raw_fd(), ..Default::default() };
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Restore) });
+    assert!(r.success && r.r#type == CriuReqType::Restore as i32, "{r:?}");
+    assert_eq!(r.restore.map(|r| r.pid), Some(t.pid));
+    let (ok, err) = exit_of(child);
+    assert!(ok, "{err}");
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert_eq!(t.output(), format!("{before}ok\n"));
+}
+
+/// A restore option ferry does not implement is refused by name, and
+/// nothing runs; an inherit_fd whose descriptor was not handed down too.
+#[test]
+fn restore_request_refuses_what_it_cannot_do() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    dump(t.pid, &img, &[]);
+    t.reap_killed();
+    let dir = std::fs::File::open(&img).unwrap();
+    let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), ..Default::default() };
+    let inherit = ferry::rpc::criu::InheritFd { key: "pipe:[1]".into(), fd: 77 };
+    let cases = [
+        (CriuOpts { rst_sibling: Some(true), ..base.clone() }, "RESTORE with criu_opts.rst_sibling: not supported yet"),
+        (CriuOpts { inherit_fd: vec![inherit], ..base.clone() }, "fd 77 was not handed down"),
+    ];
+    for (opts, why) in cases {
+        let (sk, child) = swrk();
+        let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Restore) });
+        assert!(!r.success && r.restore.is_none(), "{r:?}");
+        assert!(r.cr_errmsg.as_deref().unwrap_or("").contains(why), "{r:?}");
+        assert!(exit_of(child).0);
+        assert!(!pid_exists(t.pid), "a refused restore left task {} running", t.pid);
+    }
 }

@@ -83,8 +83,13 @@ pub struct DumpOnly {
 }
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
+    crate::restore::run(&options(a)?)
+}
+
+/// What the options ask of the restore.
+pub fn options(a: RestoreArgs) -> Result<crate::restore::RestoreOptions> {
     a.criu.refuse()?;
-    crate::restore::run(&crate::restore::RestoreOptions {
+    Ok(crate::restore::RestoreOptions {
         dir: a.images_dir,
         detached: a.detached,
         shell_job: a.shell_job,

@@ -6,9 +6,6 @@ use super::criu::{CriuDumpResp, CriuOpts, CriuReqType, CriuResp};
 use crate::cli::{Cli, Command};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use prost::Message;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 
 /// The answer to a DUMP request from the process `peer`.
 pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
@@ -23,13 +20,10 @@ pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
 }
 
 fn run(opts: &CriuOpts, peer: i32) -> Result<()> {
-    let (dir, _held) = images_dir(opts, peer)?;
+    let (dir, _held) = super::peer::images_dir(opts, peer)?;
     let argv = dump_argv(opts, &dir)?;
     tracing::debug!(?argv, "DUMP as a command line");
-    let cli = Cli::try_parse_from(&argv).map_err(|e| {
-        let text = e.to_string();
-        anyhow::anyhow!("{}", text.lines().next().unwrap_or("bad options").trim_start_matches("error: "))
-    })?;
+    let cli = parse(&argv)?;
     if !matches!(cli.command, Command::Dump(_)) {
         bail!("internal: DUMP did not become a dump command");
     }
@@ -40,24 +34,12 @@ fn run(opts: &CriuOpts, peer: i32) -> Result<()> {
     Ok(())
 }
 
-/// The images directory the caller named: its descriptor, opened through
-/// /proc (the caller's fd number means nothing here), or a path.
-fn images_dir(opts: &CriuOpts, peer: i32) -> Result<(PathBuf, Option<OwnedFd>)> {
-    if opts.images_dir_fd < 0 {
-        let dir = opts.images_dir.as_deref().context("neither images_dir_fd nor images_dir is set")?;
-        return Ok((PathBuf::from(dir), None));
-    }
-    let theirs = format!("/proc/{peer}/fd/{}", opts.images_dir_fd);
-    let fd: OwnedFd = std::fs::File::open(&theirs)
-        .with_context(|| format!("images_dir_fd {}: opening {theirs}", opts.images_dir_fd))?
-        .into();
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .with_context(|| format!("images_dir_fd {}: where it points", opts.images_dir_fd))?;
-    if !path.is_dir() {
-        bail!("images_dir_fd {} is {}, not a directory", opts.images_dir_fd, path.display());
-    }
-    // Held open while the dump writes into it.
-    Ok((path, Some(fd)))
+/// ferry's command line `argv`, parsed; an error is clap's first line.
+pub fn parse(argv: &[String]) -> Result<Cli> {
+    Cli::try_parse_from(argv).map_err(|e| {
+        let text = e.to_string();
+        anyhow::anyhow!("{}", text.lines().next().unwrap_or("bad options").trim_start_matches("error: "))
+    })
 }
 
 /// `ferry dump`'s arguments for `opts`; refuses any option set that has
@@ -132,63 +114,7 @@ fn unsupported(opts: &CriuOpts) -> Vec<&'static str> {
         ps: None,
         ..opts.clone()
     };
-    let bytes = rest.encode_to_vec();
-    wire_fields(&bytes).into_iter().filter(|&(tag, zero)| !zero && tag != 1).map(|(tag, _)| field_name(tag)).collect()
-}
-
-/// The fields of an encoded message: (tag, whether its value is zero or
-/// empty), in order.
-fn wire_fields(mut b: &[u8]) -> Vec<(u32, bool)> {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = b.split_first()?;
-            *b = rest;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    let mut out = Vec::new();
-    while let Some(key) = varint(&mut b) {
-        let (tag, zero) = match key & 7 {
-            0 => ((key >> 3) as u32, varint(&mut b) == Some(0)),
-            1 => {
-                let v = b.get(..8).map(|v| v.iter().all(|&x| x == 0));
-                b = b.get(8..).unwrap_or_default();
-                ((key >> 3) as u32, v.unwrap_or(true))
-            }
-            2 => {
-                let len = varint(&mut b).unwrap_or(0) as usize;
-                b = b.get(len..).unwrap_or_default();
-                ((key >> 3) as u32, len == 0)
-            }
-            5 => {
-                let v = b.get(..4).map(|v| v.iter().all(|&x| x == 0));
-                b = b.get(4..).unwrap_or_default();
-                ((key >> 3) as u32, v.unwrap_or(true))
-            }
-            _ => break,
-        };
-        out.push((tag, zero));
-    }
-    out
-}
-
-/// A `criu_opts` field's name, from rpc.proto itself.
-fn field_name(tag: u32) -> &'static str {
-    const PROTO: &str = include_str!("rpc.proto");
-    let body = PROTO.split("message criu_opts {").nth(1).and_then(|s| s.split("\n}").next()).unwrap_or("");
-    body.lines()
-        .find_map(|l| {
-            let l = l.split("//").next()?.split("/*").next()?;
-            let (lhs, rhs) = l.split_once('=')?;
-            let n: u32 = rhs.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
-            (n == tag).then(|| lhs.split_whitespace().last()).flatten()
-        })
-        .unwrap_or("(unknown field)")
+    super::fields::given(&rest)
 }
 
 #[cfg(test)]
@@ -209,13 +135,6 @@ mod tests {
         assert_eq!(unsupported(&opts), vec!["root", "manage_cgroups"]);
         let opts = CriuOpts { images_dir_fd: 3, leave_running: Some(true), ..Default::default() };
         assert!(unsupported(&opts).is_empty());
-    }
-
-    #[test]
-    fn field_names_come_from_rpc_proto() {
-        assert_eq!(field_name(13), "root");
-        assert_eq!(field_name(68), "images_dir");
-        assert_eq!(field_name(9999), "(unknown field)");
     }
 
     #[test]

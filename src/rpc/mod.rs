@@ -16,4 +16,7 @@
 pub mod criu;
 pub mod channel;
 pub mod dump;
+pub mod fields;
+pub mod peer;
+pub mod restore;
 pub mod service;

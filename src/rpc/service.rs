@@ -57,11 +57,12 @@ pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, peer: i32) -> CriuResp {
             }
         }
         Some(CriuReqType::Dump) => super::dump::answer(&req.opts.clone().unwrap_or_default(), peer),
+        Some(CriuReqType::Restore) => super::restore::answer(&req.opts.clone().unwrap_or_default(), peer),
         Some(k) => refused(
             req.r#type,
             &format!(
                 "ferry swrk does not serve {} requests yet: use ferry's command line (ferry pre-dump, \
-                 restore, page-server, lazy-pages)",
+                 page-server, lazy-pages)",
                 k.as_str_name()
             ),
         ),

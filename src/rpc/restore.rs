@@ -1,0 +1,98 @@
+//! RESTORE requests: `criu_opts` turned into `ferry restore`'s command
+//! line (as [`super::dump`] does for dumps); the tree is restored detached
+//! and the answer carries its root's PID.
+
+use super::criu::{CriuOpts, CriuReqType, CriuResp, CriuRestoreResp};
+use crate::cli::Command;
+use anyhow::{bail, Result};
+
+/// The answer to a RESTORE request from the process `peer`.
+pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
+    let done = run(opts, peer);
+    CriuResp {
+        r#type: CriuReqType::Restore as i32,
+        success: done.is_ok(),
+        restore: done.as_ref().ok().map(|&pid| CriuRestoreResp { pid }),
+        cr_errmsg: done.err().map(|e| format!("{e:#}")),
+        ..Default::default()
+    }
+}
+
+fn run(opts: &CriuOpts, peer: i32) -> Result<i32> {
+    let (dir, _held) = super::peer::images_dir(opts, peer)?;
+    let argv = restore_argv(opts, &dir)?;
+    tracing::debug!(?argv, "RESTORE as a command line");
+    let Command::Restore(args) = super::dump::parse(&argv)?.command else {
+        bail!("internal: RESTORE did not become a restore command");
+    };
+    let restored = crate::restore::restore(&crate::cli::restore::options(args)?)?;
+    let pid = restored.pid;
+    tracing::info!(pid, "tree restored");
+    // Done: a lazy-pages daemon may start its background transfers.
+    drop(restored);
+    Ok(pid)
+}
+
+/// `ferry restore`'s arguments for `opts`; refuses any option set that
+/// has none. The descriptors of `inherit_fd` are ferry's own: the caller
+/// hands them down when it starts `swrk` (as runc does).
+fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut a: Vec<String> = vec!["ferry".into(), "restore".into(), "-d".into(), "-D".into()];
+    a.push(dir.display().to_string());
+    let mut flag = |on: Option<bool>, name: &str| {
+        if on == Some(true) {
+            a.push(name.into());
+        }
+    };
+    flag(opts.shell_job, "--shell-job");
+    flag(opts.file_locks, "--file-locks");
+    flag(opts.ext_unix_sk, "--ext-unix-sk");
+    flag(opts.tcp_established, "--tcp-established");
+    flag(opts.tcp_close, "--tcp-close");
+    flag(opts.lazy_pages, "--lazy-pages");
+    for i in &opts.inherit_fd {
+        // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+        if unsafe { libc::fcntl(i.fd, libc::F_GETFD) } < 0 {
+            bail!("inherit_fd {}: fd {} was not handed down to ferry swrk", i.key, i.fd);
+        }
+        a.extend(["--inherit-fd".into(), format!("fd[{}]:{}", i.fd, i.key)]);
+    }
+    let rest = CriuOpts {
+        images_dir_fd: -1,
+        images_dir: None,
+        shell_job: None,
+        file_locks: None,
+        ext_unix_sk: None,
+        tcp_established: None,
+        tcp_close: None,
+        lazy_pages: None,
+        inherit_fd: Vec::new(),
+        ..opts.clone()
+    };
+    if let Some(name) = super::fields::given(&rest).first() {
+        bail!("RESTORE with criu_opts.{name}: not supported yet");
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::criu::InheritFd;
+
+    #[test]
+    fn restore_options_become_the_command_line() {
+        let opts = CriuOpts {
+            images_dir_fd: 3,
+            shell_job: Some(true),
+            tcp_close: Some(false),
+            inherit_fd: vec![InheritFd { key: "pipe:[52411]".into(), fd: 0 }],
+            ..Default::default()
+        };
+        let argv = restore_argv(&opts, std::path::Path::new("/img")).unwrap();
+        assert_eq!(argv, ["ferry", "restore", "-d", "-D", "/img", "--shell-job", "--inherit-fd", "fd[0]:pipe:[52411]"]);
+        let sibling = CriuOpts { images_dir_fd: 3, rst_sibling: Some(true), ..Default::default() };
+        let err = restore_argv(&sibling, std::path::Path::new("/img")).unwrap_err();
+        assert_eq!(err.to_string(), "RESTORE with criu_opts.rst_sibling: not supported yet");
+    }
+}
