@@ -32,15 +32,38 @@ impl Action {
     }
 }
 
-/// The scripts given, in order.
-#[derive(Clone, Debug, Default)]
-pub struct Scripts(pub Vec<PathBuf>);
+/// Told at each point after the scripts ran, with the tree's root: CRIU's
+/// RPC notifications (`notify_scripts`), which wait for the caller's
+/// answer; an error stops ferry as a failing script does.
+pub type Notify = std::sync::Arc<dyn Fn(Action, Option<i32>) -> Result<()> + Send + Sync>;
+
+/// The scripts given, in order, and who else is told.
+#[derive(Clone, Default)]
+pub struct Scripts {
+    pub paths: Vec<PathBuf>,
+    pub notify: Option<Notify>,
+}
+
+impl std::fmt::Debug for Scripts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripts").field("paths", &self.paths).field("notify", &self.notify.is_some()).finish()
+    }
+}
 
 impl Scripts {
-    /// Run every script for `action`; the first that fails is the error.
-    /// `init_pid` is the tree's root as ferry sees it (CRTOOLS_INIT_PID).
+    /// Run every script for `action`, then notify; the first that fails is
+    /// the error. `init_pid` is the tree's root as ferry sees it
+    /// (CRTOOLS_INIT_PID).
     pub fn run(&self, action: Action, images: &Path, init_pid: Option<i32>) -> Result<()> {
-        for script in &self.0 {
+        self.run_scripts(action, images, init_pid)?;
+        match &self.notify {
+            Some(notify) => notify(action, init_pid),
+            None => Ok(()),
+        }
+    }
+
+    fn run_scripts(&self, action: Action, images: &Path, init_pid: Option<i32>) -> Result<()> {
+        for script in &self.paths {
             tracing::debug!(script = %script.display(), action = action.name(), "action script");
             let mut cmd = std::process::Command::new("/bin/sh");
             cmd.arg("-c").arg(script).env("CRTOOLS_SCRIPT_ACTION", action.name()).env("CRTOOLS_IMAGE_DIR", images);

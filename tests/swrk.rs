@@ -262,3 +262,75 @@ fn restore_request_refuses_what_it_cannot_do() {
         assert!(!pid_exists(t.pid), "a refused restore left task {} running", t.pid);
     }
 }
+
+/// Send `req`, answer every notification with `go(script)`; returns the
+/// notifications (script, pid) and the final answer.
+fn conversation(sk: &OwnedFd, first: &CriuReq, go: impl Fn(&str) -> bool) -> (Vec<(String, Option<i32>)>, CriuResp) {
+    send(sk.as_raw_fd(), &first.encode_to_vec(), MsgFlags::empty()).expect("send");
+    let mut heard = Vec::new();
+    loop {
+        let r = answer(sk).expect("an answer");
+        if r.r#type != CriuReqType::Notify as i32 {
+            return (heard, r);
+        }
+        let n = r.notify.expect("a notify message");
+        let script = n.script.unwrap_or_default();
+        let back = CriuReq { notify_success: Some(go(&script)), ..req(CriuReqType::Notify) };
+        heard.push((script, n.pid));
+        send(sk.as_raw_fd(), &back.encode_to_vec(), MsgFlags::empty()).expect("send");
+    }
+}
+
+/// With notify_scripts the caller hears each action-script point by
+/// CRIU's name and answers before ferry goes on; post-restore names the
+/// restored root (runc learns its container's PID there).
+#[test]
+fn notifications_come_at_criu_points_and_wait_for_the_caller() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
+    let before = t.wait_output("ready", T);
+    let img = w.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let dir = std::fs::File::open(&img).unwrap();
+    let opts = CriuOpts { images_dir_fd: dir.as_raw_fd(), notify_scripts: Some(true), ..Default::default() };
+
+    let (sk, child) = swrk();
+    let dump = CriuReq { opts: Some(CriuOpts { pid: Some(t.pid), ..opts.clone() }), ..req(CriuReqType::Dump) };
+    let (heard, r) = conversation(&sk, &dump, |_| true);
+    assert!(r.success, "{r:?}");
+    let names: Vec<&str> = heard.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["pre-dump", "post-dump"]);
+    assert!(exit_of(child).0);
+    t.reap_killed();
+
+    let (sk, child) = swrk();
+    let (heard, r) = conversation(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Restore) }, |_| true);
+    assert!(r.success, "{r:?}");
+    let names: Vec<&str> = heard.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["pre-restore", "post-restore", "post-resume"]);
+    assert_eq!(heard[1].1, Some(t.pid), "post-restore names the root");
+    assert!(exit_of(child).0);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert_eq!(t.output(), format!("{before}ok\n"));
+}
+
+/// A caller that answers a notification with failure stops the dump; at
+/// pre-dump nothing was touched yet.
+#[test]
+fn a_failed_notification_stops_the_dump() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let dir = std::fs::File::open(&img).unwrap();
+    let opts =
+        CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), notify_scripts: Some(true), ..Default::default() };
+    let (sk, child) = swrk();
+    let (heard, r) = conversation(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) }, |s| s != "pre-dump");
+    assert_eq!(heard.len(), 1);
+    assert!(!r.success && r.cr_errmsg.as_deref().unwrap_or("").contains("failed the pre-dump notification"), "{r:?}");
+    assert!(exit_of(child).0);
+    t.assert_running_untraced();
+}

@@ -208,6 +208,11 @@ fn report(stats: &crate::image::stats::DumpStats) {
 }
 
 pub fn run(a: DumpArgs) -> Result<ExitCode> {
+    run_notifying(a, None)
+}
+
+/// `ferry dump`, telling `notify` at each action-script point too.
+pub fn run_notifying(a: DumpArgs, notify: Option<crate::action_script::Notify>) -> Result<ExitCode> {
     a.criu.refuse()?;
     let mut o = options(a.tree, a.images_dir, &a.chain);
     o.leave_running = a.leave_running;
@@ -219,6 +224,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     o.skip_in_flight = a.tcp.skip_in_flight;
     o.network_lock = a.tcp.lock();
     o.scripts = a.tcp.scripts();
+    o.scripts.notify = notify;
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {

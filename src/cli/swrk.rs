@@ -30,6 +30,6 @@ pub fn run(a: SwrkArgs) -> Result<ExitCode> {
     // SAFETY: the caller handed this descriptor to us; nothing else in
     // this process uses it.
     let fd = unsafe { OwnedFd::from_raw_fd(a.fd) };
-    service::serve(&Channel::new(fd))?;
+    service::serve(&std::sync::Arc::new(Channel::new(fd)))?;
     Ok(ExitCode::SUCCESS)
 }

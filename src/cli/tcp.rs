@@ -42,7 +42,7 @@ pub struct TcpArgs {
 
 impl TcpArgs {
     pub fn scripts(&self) -> Scripts {
-        Scripts(self.action_script.clone())
+        Scripts { paths: self.action_script.clone(), notify: None }
     }
 
     pub fn lock(&self) -> Method {

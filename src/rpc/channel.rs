@@ -1,7 +1,7 @@
 //! One SOCK_SEQPACKET socket carrying packed protobuf messages, one per
 //! packet: requests in, answers out.
 
-use super::criu::{CriuReq, CriuResp};
+use super::criu::{CriuNotify, CriuReq, CriuReqType, CriuResp};
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{recv, send, MsgFlags};
 use prost::Message;
@@ -31,6 +31,23 @@ impl Channel {
             bail!("a request of {len} bytes arrived as {got}");
         }
         CriuReq::decode(buf.as_slice()).map(Some).context("the request is not a criu_req message")
+    }
+
+    /// Tell the caller that ferry reached `script` (CRIU's name of an
+    /// action-script point) and wait for its go-ahead.
+    pub fn notify(&self, script: &str, pid: Option<i32>) -> Result<()> {
+        let notify = CriuNotify { script: Some(script.to_string()), pid };
+        self.send(&CriuResp {
+            r#type: CriuReqType::Notify as i32,
+            success: true,
+            notify: Some(notify),
+            ..Default::default()
+        })?;
+        let back = self.recv()?.with_context(|| format!("the caller hung up at the {script} notification"))?;
+        if back.r#type != CriuReqType::Notify as i32 || back.notify_success != Some(true) {
+            bail!("the caller failed the {script} notification");
+        }
+        Ok(())
     }
 
     /// The caller's PID (whose descriptors the requests name).

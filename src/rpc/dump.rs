@@ -2,14 +2,17 @@
 //! one parser checks the options and one code path dumps. An option ferry
 //! does not implement is refused by its name in rpc.proto.
 
+use super::channel::Channel;
 use super::criu::{CriuDumpResp, CriuOpts, CriuReqType, CriuResp};
+use crate::action_script::{Action, Notify};
 use crate::cli::{Cli, Command};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use std::sync::Arc;
 
-/// The answer to a DUMP request from the process `peer`.
-pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
-    let done = run(opts, peer);
+/// The answer to a DUMP request on `channel`.
+pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
+    let done = run(opts, channel);
     CriuResp {
         r#type: CriuReqType::Dump as i32,
         success: done.is_ok(),
@@ -19,19 +22,28 @@ pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
     }
 }
 
-fn run(opts: &CriuOpts, peer: i32) -> Result<()> {
-    let (dir, _held) = super::peer::images_dir(opts, peer)?;
+fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<()> {
+    let (dir, _held) = super::peer::images_dir(opts, channel.peer()?)?;
     let argv = dump_argv(opts, &dir)?;
     tracing::debug!(?argv, "DUMP as a command line");
-    let cli = parse(&argv)?;
-    if !matches!(cli.command, Command::Dump(_)) {
+    let Command::Dump(args) = parse(&argv)?.command else {
         bail!("internal: DUMP did not become a dump command");
-    }
-    let code = cli.run()?;
+    };
+    let code = crate::cli::dump::run_notifying(args, notifier(opts, channel))?;
     if code != std::process::ExitCode::SUCCESS {
         bail!("the dump failed");
     }
     Ok(())
+}
+
+/// With `notify_scripts`: the caller is told at each action-script point
+/// (CRIU's names: pre-dump, network-lock, post-dump, pre-restore,
+/// post-restore, network-unlock, post-resume) and answers before ferry
+/// goes on.
+pub fn notifier(opts: &CriuOpts, channel: &Arc<Channel>) -> Option<Notify> {
+    let channel = channel.clone();
+    (opts.notify_scripts == Some(true))
+        .then(|| Arc::new(move |action: Action, pid: Option<i32>| channel.notify(action.name(), pid)) as Notify)
 }
 
 /// ferry's command line `argv`, parsed; an error is clap's first line.
@@ -112,6 +124,7 @@ fn unsupported(opts: &CriuOpts) -> Vec<&'static str> {
         parent_img: None,
         ghost_limit: None,
         ps: None,
+        notify_scripts: None,
         ..opts.clone()
     };
     super::fields::given(&rest)

@@ -2,13 +2,15 @@
 //! line (as [`super::dump`] does for dumps); the tree is restored detached
 //! and the answer carries its root's PID.
 
+use super::channel::Channel;
 use super::criu::{CriuOpts, CriuReqType, CriuResp, CriuRestoreResp};
 use crate::cli::Command;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
-/// The answer to a RESTORE request from the process `peer`.
-pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
-    let done = run(opts, peer);
+/// The answer to a RESTORE request on `channel`.
+pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
+    let done = run(opts, channel);
     CriuResp {
         r#type: CriuReqType::Restore as i32,
         success: done.is_ok(),
@@ -18,14 +20,16 @@ pub fn answer(opts: &CriuOpts, peer: i32) -> CriuResp {
     }
 }
 
-fn run(opts: &CriuOpts, peer: i32) -> Result<i32> {
-    let (dir, _held) = super::peer::images_dir(opts, peer)?;
+fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
+    let (dir, _held) = super::peer::images_dir(opts, channel.peer()?)?;
     let argv = restore_argv(opts, &dir)?;
     tracing::debug!(?argv, "RESTORE as a command line");
     let Command::Restore(args) = super::dump::parse(&argv)?.command else {
         bail!("internal: RESTORE did not become a restore command");
     };
-    let restored = crate::restore::restore(&crate::cli::restore::options(args)?)?;
+    let mut options = crate::cli::restore::options(args)?;
+    options.scripts.notify = super::dump::notifier(opts, channel);
+    let restored = crate::restore::restore(&options)?;
     let pid = restored.pid;
     tracing::info!(pid, "tree restored");
     // Done: a lazy-pages daemon may start its background transfers.
@@ -67,6 +71,7 @@ fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         tcp_close: None,
         lazy_pages: None,
         inherit_fd: Vec::new(),
+        notify_scripts: None,
         ..opts.clone()
     };
     if let Some(name) = super::fields::given(&rest).first() {

@@ -3,6 +3,7 @@
 use super::channel::Channel;
 use super::criu::{CriuFeatures, CriuReq, CriuReqType, CriuResp, CriuVersion};
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// The CRIU release whose RPC ferry serves, as (major, minor, sublevel):
 /// a caller compares it with the release that brought the options it is
@@ -13,7 +14,7 @@ pub const CRIU_LEVEL: (i32, i32, i32) = (0, 0, 0);
 
 /// Serve requests until one without `keep_open` is answered or the
 /// caller closes its end.
-pub fn serve(channel: &Channel) -> Result<()> {
+pub fn serve(channel: &Arc<Channel>) -> Result<()> {
     loop {
         let req = match channel.recv() {
             Ok(Some(req)) => req,
@@ -32,15 +33,16 @@ pub fn serve(channel: &Channel) -> Result<()> {
             channel.send(&refused(req.r#type, &why))?;
             bail!("{why}");
         }
-        channel.send(&answer(&req, kind, channel.peer()?))?;
+        channel.send(&answer(&req, kind, channel))?;
         if !keep_open {
             return Ok(());
         }
     }
 }
 
-/// The answer to one request from the process `peer`.
-pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, peer: i32) -> CriuResp {
+/// The answer to one request (dump and restore notify the caller on
+/// `channel` on the way, if it asked).
+pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, channel: &Arc<Channel>) -> CriuResp {
     let ok = |r: CriuResp| CriuResp { r#type: req.r#type, success: true, ..r };
     match kind {
         Some(CriuReqType::Version) => ok(CriuResp { version: Some(version()), ..Default::default() }),
@@ -56,8 +58,8 @@ pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, peer: i32) -> CriuResp {
                 refused(req.r#type, &format!("dump and restore cannot work here: missing {}", missing.join(", ")))
             }
         }
-        Some(CriuReqType::Dump) => super::dump::answer(&req.opts.clone().unwrap_or_default(), peer),
-        Some(CriuReqType::Restore) => super::restore::answer(&req.opts.clone().unwrap_or_default(), peer),
+        Some(CriuReqType::Dump) => super::dump::answer(&req.opts.clone().unwrap_or_default(), channel),
+        Some(CriuReqType::Restore) => super::restore::answer(&req.opts.clone().unwrap_or_default(), channel),
         Some(k) => refused(
             req.r#type,
             &format!(
