@@ -112,7 +112,7 @@ fn check_answers_as_ferry_check_does() {
 
 #[test]
 fn requests_not_served_yet_are_refused_with_the_reason() {
-    for kind in [CriuReqType::PreDump, CriuReqType::PageServer, CriuReqType::WaitPid] {
+    for kind in [CriuReqType::PageServer, CriuReqType::WaitPid, CriuReqType::CpuinfoDump] {
         let (sk, child) = swrk();
         let r = ask(&sk, &req(kind));
         assert!(!r.success && r.r#type == kind as i32, "{r:?}");
@@ -332,5 +332,62 @@ fn a_failed_notification_stops_the_dump() {
     assert_eq!(heard.len(), 1);
     assert!(!r.success && r.cr_errmsg.as_deref().unwrap_or("").contains("failed the pre-dump notification"), "{r:?}");
     assert!(exit_of(child).0);
+    t.assert_running_untraced();
+}
+
+/// CRIU's pre-dump loop on one session: PRE_DUMP (the task runs on,
+/// tracked), then DUMP with parent_img; the final images hold only what
+/// changed, and `ferry restore` brings the whole memory back.
+#[test]
+fn pre_dump_then_dump_on_one_session() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
+    let before = t.wait_output("ready", T);
+    let (pre, fin) = (w.path().join("pre"), w.path().join("final"));
+    std::fs::create_dir(&pre).unwrap();
+    std::fs::create_dir(&fin).unwrap();
+    let (pre_dir, fin_dir) = (std::fs::File::open(&pre).unwrap(), std::fs::File::open(&fin).unwrap());
+    let (sk, child) = swrk();
+    let opts = CriuOpts { images_dir_fd: pre_dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::PreDump) });
+    assert!(r.success && r.r#type == CriuReqType::PreDump as i32, "{r:?}");
+    t.assert_running_untraced();
+    let opts = CriuOpts {
+        images_dir_fd: fin_dir.as_raw_fd(),
+        pid: Some(t.pid),
+        parent_img: Some("../pre".into()),
+        track_mem: Some(true),
+        ..Default::default()
+    };
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
+    assert!(r.success, "{r:?}");
+    assert!(exit_of(child).0);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(fin.join("stats.json")).unwrap()).unwrap();
+    assert!(stats["pages_in_parent"].as_u64().unwrap() > 0, "{stats}");
+    t.reap_killed();
+    restore_detached(&fin, &[]);
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert_eq!(t.output(), format!("{before}ok\n"));
+}
+
+/// After a PRE_DUMP only PRE_DUMP or DUMP may follow (as in CRIU).
+#[test]
+fn after_pre_dump_only_dumps_follow() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let pre = w.path().join("pre");
+    std::fs::create_dir(&pre).unwrap();
+    let pre_dir = std::fs::File::open(&pre).unwrap();
+    let (sk, child) = swrk();
+    let opts = CriuOpts { images_dir_fd: pre_dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
+    assert!(ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::PreDump) }).success);
+    let r = ask(&sk, &req(CriuReqType::Version));
+    assert!(
+        !r.success && r.cr_errmsg.as_deref() == Some("after PRE_DUMP comes PRE_DUMP or DUMP, not VERSION"),
+        "{r:?}"
+    );
+    assert!(!exit_of(child).0);
     t.assert_running_untraced();
 }

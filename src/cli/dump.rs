@@ -245,6 +245,11 @@ pub fn run_notifying(a: DumpArgs, notify: Option<crate::action_script::Notify>) 
 }
 
 pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
+    run_pre_notifying(a, None)
+}
+
+/// `ferry pre-dump`, telling `notify` at each action-script point too.
+pub fn run_pre_notifying(a: PreDumpArgs, notify: Option<crate::action_script::Notify>) -> Result<ExitCode> {
     a.criu.refuse()?;
     if a.lazy_pages {
         anyhow::bail!("--lazy-pages goes with the final dump, not pre-dump");
@@ -260,6 +265,7 @@ pub fn run_pre(a: PreDumpArgs) -> Result<ExitCode> {
     o.tcp_established = true;
     o.skip_in_flight = true;
     o.scripts = a.tcp.scripts();
+    o.scripts.notify = notify;
     let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
     upload(server, &o.dir)?;

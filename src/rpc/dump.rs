@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// The answer to a DUMP request on `channel`.
 pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
-    let done = run(opts, channel);
+    let done = run(opts, channel, "dump");
     CriuResp {
         r#type: CriuReqType::Dump as i32,
         success: done.is_ok(),
@@ -22,16 +22,31 @@ pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
     }
 }
 
-fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<()> {
+/// The answer to a PRE_DUMP or SINGLE_PRE_DUMP request on `channel`: a
+/// pre-dump, the task left running and tracked for the next round.
+pub fn answer_pre(kind: CriuReqType, opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
+    let done = run(opts, channel, "pre-dump");
+    CriuResp {
+        r#type: kind as i32,
+        success: done.is_ok(),
+        cr_errmsg: done.err().map(|e| format!("{e:#}")),
+        ..Default::default()
+    }
+}
+
+/// `ferry <command>` (dump or pre-dump) for `opts`.
+fn run(opts: &CriuOpts, channel: &Arc<Channel>, command: &str) -> Result<()> {
     let (dir, _held) = super::peer::images_dir(opts, channel.peer()?)?;
-    let argv = dump_argv(opts, &dir)?;
-    tracing::debug!(?argv, "DUMP as a command line");
-    let Command::Dump(args) = parse(&argv)?.command else {
-        bail!("internal: DUMP did not become a dump command");
+    let argv = dump_argv(opts, &dir, command)?;
+    tracing::debug!(?argv, "the request as a command line");
+    let notify = notifier(opts, channel);
+    let code = match parse(&argv)?.command {
+        Command::Dump(args) => crate::cli::dump::run_notifying(args, notify)?,
+        Command::PreDump(args) => crate::cli::dump::run_pre_notifying(args, notify)?,
+        _ => bail!("internal: the request did not become ferry {command}"),
     };
-    let code = crate::cli::dump::run_notifying(args, notifier(opts, channel))?;
     if code != std::process::ExitCode::SUCCESS {
-        bail!("the dump failed");
+        bail!("ferry {command} failed");
     }
     Ok(())
 }
@@ -56,9 +71,9 @@ pub fn parse(argv: &[String]) -> Result<Cli> {
 
 /// `ferry dump`'s arguments for `opts`; refuses any option set that has
 /// none.
-fn dump_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
-    let pid = opts.pid.context("DUMP without pid would dump the caller itself: ferry does not dump its caller")?;
-    let mut a: Vec<String> = vec!["ferry".into(), "dump".into(), "-t".into(), pid.to_string(), "-D".into()];
+fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str) -> Result<Vec<String>> {
+    let pid = opts.pid.context("a dump without pid would dump the caller itself: ferry does not dump its caller")?;
+    let mut a: Vec<String> = vec!["ferry".into(), command.into(), "-t".into(), pid.to_string(), "-D".into()];
     a.push(dir.display().to_string());
     let mut flag = |on: Option<bool>, name: &str| {
         if on == Some(true) {
@@ -99,7 +114,7 @@ fn dump_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         }
     }
     if let Some(name) = unsupported(opts).first() {
-        bail!("DUMP with criu_opts.{name}: not supported yet");
+        bail!("{} with criu_opts.{name}: not supported yet", command.to_uppercase().replace('-', "_"));
     }
     Ok(a)
 }
@@ -160,9 +175,9 @@ mod tests {
             unix_sk_ino: vec![super::super::criu::UnixSk { inode: 7 }, super::super::criu::UnixSk { inode: 9 }],
             ..Default::default()
         };
-        let argv = dump_argv(&opts, std::path::Path::new("/img")).unwrap();
+        let argv = dump_argv(&opts, std::path::Path::new("/img"), "dump").unwrap();
         assert_eq!(argv, ["ferry", "dump", "-t", "42", "-D", "/img", "--leave-running", "--ext-unix-sk=7,9"]);
-        let err = dump_argv(&CriuOpts { images_dir_fd: 3, ..Default::default() }, std::path::Path::new("/img"));
+        let err = dump_argv(&CriuOpts { images_dir_fd: 3, ..Default::default() }, std::path::Path::new("/img"), "dump");
         assert!(format!("{:#}", err.unwrap_err()).contains("without pid"));
     }
 }

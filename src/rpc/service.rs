@@ -15,6 +15,9 @@ pub const CRIU_LEVEL: (i32, i32, i32) = (0, 0, 0);
 /// Serve requests until one without `keep_open` is answered or the
 /// caller closes its end.
 pub fn serve(channel: &Arc<Channel>) -> Result<()> {
+    // After a PRE_DUMP the session goes on: more pre-dumps, then a dump
+    // (CRIU's pre-dump loop), or the caller hangs up.
+    let mut pre_dumped = false;
     loop {
         let req = match channel.recv() {
             Ok(Some(req)) => req,
@@ -27,13 +30,26 @@ pub fn serve(channel: &Arc<Channel>) -> Result<()> {
         };
         let keep_open = req.keep_open.unwrap_or(false);
         let kind = CriuReqType::try_from(req.r#type).ok();
+        if pre_dumped && !matches!(kind, Some(CriuReqType::PreDump | CriuReqType::Dump)) {
+            let why = format!(
+                "after PRE_DUMP comes PRE_DUMP or DUMP, not {}",
+                kind.map_or("an unknown request", |k| k.as_str_name())
+            );
+            channel.send(&refused(req.r#type, &why))?;
+            bail!("{why}");
+        }
         if keep_open && !matches!(kind, Some(CriuReqType::Version | CriuReqType::FeatureCheck)) {
             let name = kind.map_or("this", |k| k.as_str_name());
             let why = format!("keep_open is for VERSION and FEATURE_CHECK requests, not {name}");
             channel.send(&refused(req.r#type, &why))?;
             bail!("{why}");
         }
-        channel.send(&answer(&req, kind, channel))?;
+        let resp = answer(&req, kind, channel);
+        channel.send(&resp)?;
+        if kind == Some(CriuReqType::PreDump) && resp.success {
+            pre_dumped = true;
+            continue;
+        }
         if !keep_open {
             return Ok(());
         }
@@ -59,6 +75,9 @@ pub fn answer(req: &CriuReq, kind: Option<CriuReqType>, channel: &Arc<Channel>) 
             }
         }
         Some(CriuReqType::Dump) => super::dump::answer(&req.opts.clone().unwrap_or_default(), channel),
+        Some(k @ (CriuReqType::PreDump | CriuReqType::SinglePreDump)) => {
+            super::dump::answer_pre(k, &req.opts.clone().unwrap_or_default(), channel)
+        }
         Some(CriuReqType::Restore) => super::restore::answer(&req.opts.clone().unwrap_or_default(), channel),
         Some(k) => refused(
             req.r#type,
