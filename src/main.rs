@@ -6,9 +6,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let name = cli.command.name();
     let log_path = cli.log_path();
-    if let Err(e) = logging::init(logging::level(&cli.verbosity), log_path.as_deref()) {
-        eprintln!("ferry: {name}: {e:#}");
-        return ExitCode::from(1);
+    // `swrk` takes its log level and file from each request (CRIU's
+    // log_level and log_file), unless given here.
+    let per_request = name == "swrk" && cli.verbosity.is_empty() && log_path.is_none();
+    if !per_request {
+        if let Err(e) = logging::init(logging::level(&cli.verbosity), log_path.as_deref()) {
+            eprintln!("ferry: {name}: {e:#}");
+            return ExitCode::from(1);
+        }
     }
     match cli.run() {
         Ok(code) => code,

@@ -196,7 +196,8 @@ fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
     let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     let cases = [
         (CriuOpts { root: Some("/rootfs".into()), ..base.clone() }, "DUMP with criu_opts.root: not supported yet"),
-        (CriuOpts { log_level: Some(4), ..base.clone() }, "criu_opts.log_level"),
+        (CriuOpts { log_file: Some("../dump.log".into()), ..base.clone() }, "a file name in the work directory"),
+        (CriuOpts { cpu_cap: Some(1), ..base.clone() }, "DUMP with criu_opts.cpu_cap: not supported yet"),
         (CriuOpts { pid: None, ..base.clone() }, "without pid"),
         (CriuOpts { images_dir_fd: file.as_raw_fd(), ..base.clone() }, "not a directory"),
         (CriuOpts { images_dir_fd: 987, ..base.clone() }, "images_dir_fd 987"),
@@ -390,4 +391,33 @@ fn after_pre_dump_only_dumps_follow() {
     );
     assert!(!exit_of(child).0);
     t.assert_running_untraced();
+}
+
+/// log_level and log_file as runc gives them: a file named in the work
+/// directory (work_dir_fd), at CRIU's level 4, with the dump's steps.
+#[test]
+fn the_dump_logs_into_the_callers_work_directory() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let (img, work) = (w.path().join("img"), w.path().join("work"));
+    std::fs::create_dir(&img).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let (img_dir, work_dir) = (std::fs::File::open(&img).unwrap(), std::fs::File::open(&work).unwrap());
+    let opts = CriuOpts {
+        images_dir_fd: img_dir.as_raw_fd(),
+        work_dir_fd: Some(work_dir.as_raw_fd()),
+        log_file: Some("dump.log".into()),
+        log_level: Some(4),
+        pid: Some(t.pid),
+        ..Default::default()
+    };
+    let (sk, child) = swrk();
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
+    assert!(r.success, "{r:?}");
+    assert!(exit_of(child).0);
+    t.reap_killed();
+    let log = std::fs::read_to_string(work.join("dump.log")).expect("dump.log in the work directory");
+    assert!(log.contains("tree frozen") && log.contains("DEBUG"), "{log}");
+    assert!(!img.join("dump.log").exists());
 }

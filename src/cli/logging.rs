@@ -52,8 +52,7 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
         .with_target(level >= 4)
         .with_ansi(file.is_none() && std::io::stderr().is_terminal());
     if level <= DEFAULT_LEVEL && file.is_none() {
-        builder.event_format(Plain).with_writer(|| crate::progress::Stderr).init();
-        return Ok(());
+        return set(builder.event_format(Plain).with_writer(|| crate::progress::Stderr).try_init());
     }
     let builder = builder.with_timer(tracing_subscriber::fmt::time::uptime());
     match file {
@@ -73,11 +72,19 @@ pub fn init(level: u8, file: Option<&Path>) -> Result<()> {
                 .mode(0o600)
                 .open(path)
                 .with_context(|| format!("opening log file {}", path.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+            set(builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init())
         }
-        None => builder.with_writer(|| crate::progress::Stderr).init(),
+        None => set(builder.with_writer(|| crate::progress::Stderr).try_init()),
     }
-    Ok(())
+}
+
+/// Whether logging is set up already (once per process).
+pub fn is_set() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+fn set(done: Result<(), Box<dyn std::error::Error + Send + Sync>>) -> Result<()> {
+    done.map_err(|e| anyhow::anyhow!("setting up the log: {e}"))
 }
 
 /// Default-level lines read like ferry's errors: `ferry: warning: …`.

@@ -36,8 +36,10 @@ pub fn answer_pre(kind: CriuReqType, opts: &CriuOpts, channel: &Arc<Channel>) ->
 
 /// `ferry <command>` (dump or pre-dump) for `opts`.
 fn run(opts: &CriuOpts, channel: &Arc<Channel>, command: &str) -> Result<()> {
-    let (dir, _held) = super::peer::images_dir(opts, channel.peer()?)?;
+    let peer = channel.peer()?;
+    let (dir, _held) = super::peer::images_dir(opts, peer)?;
     let argv = dump_argv(opts, &dir, command)?;
+    super::log::start(opts, peer, &dir)?;
     tracing::debug!(?argv, "the request as a command line");
     let notify = notifier(opts, channel);
     let code = match parse(&argv)?.command {
@@ -140,6 +142,9 @@ fn unsupported(opts: &CriuOpts) -> Vec<&'static str> {
         ghost_limit: None,
         ps: None,
         notify_scripts: None,
+        log_level: None,
+        log_file: None,
+        work_dir_fd: None,
         ..opts.clone()
     };
     super::fields::given(&rest)

@@ -17,6 +17,7 @@ pub mod criu;
 pub mod channel;
 pub mod dump;
 pub mod fields;
+pub mod log;
 pub mod peer;
 pub mod restore;
 pub mod service;

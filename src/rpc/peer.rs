@@ -7,21 +7,26 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 /// The images directory the caller named: its descriptor, opened through
-/// /proc (the caller's fd number means nothing here), or a path.
+/// /proc (the caller's fd number means nothing here), or a path. The
+/// descriptor returned keeps it open while ferry works in it.
 pub fn images_dir(opts: &CriuOpts, peer: i32) -> Result<(PathBuf, Option<OwnedFd>)> {
     if opts.images_dir_fd < 0 {
         let dir = opts.images_dir.as_deref().context("neither images_dir_fd nor images_dir is set")?;
         return Ok((PathBuf::from(dir), None));
     }
-    let theirs = format!("/proc/{peer}/fd/{}", opts.images_dir_fd);
-    let fd: OwnedFd = std::fs::File::open(&theirs)
-        .with_context(|| format!("images_dir_fd {}: opening {theirs}", opts.images_dir_fd))?
-        .into();
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .with_context(|| format!("images_dir_fd {}: where it points", opts.images_dir_fd))?;
-    if !path.is_dir() {
-        bail!("images_dir_fd {} is {}, not a directory", opts.images_dir_fd, path.display());
-    }
-    // Held open while the dump writes into it.
+    let (path, fd) = dir_of(peer, opts.images_dir_fd, "images_dir_fd")?;
     Ok((path, Some(fd)))
+}
+
+/// The directory the caller's descriptor `fd` is open on, and our own
+/// descriptor of it.
+pub fn dir_of(peer: i32, fd: i32, what: &str) -> Result<(PathBuf, OwnedFd)> {
+    let theirs = format!("/proc/{peer}/fd/{fd}");
+    let ours: OwnedFd = std::fs::File::open(&theirs).with_context(|| format!("{what} {fd}: opening {theirs}"))?.into();
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", ours.as_raw_fd()))
+        .with_context(|| format!("{what} {fd}: where it points"))?;
+    if !path.is_dir() {
+        bail!("{what} {fd} is {}, not a directory", path.display());
+    }
+    Ok((path, ours))
 }

@@ -21,8 +21,10 @@ pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
 }
 
 fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
-    let (dir, _held) = super::peer::images_dir(opts, channel.peer()?)?;
+    let peer = channel.peer()?;
+    let (dir, _held) = super::peer::images_dir(opts, peer)?;
     let argv = restore_argv(opts, &dir)?;
+    super::log::start(opts, peer, &dir)?;
     tracing::debug!(?argv, "RESTORE as a command line");
     let Command::Restore(args) = super::dump::parse(&argv)?.command else {
         bail!("internal: RESTORE did not become a restore command");
@@ -72,6 +74,9 @@ fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         lazy_pages: None,
         inherit_fd: Vec::new(),
         notify_scripts: None,
+        log_level: None,
+        log_file: None,
+        work_dir_fd: None,
         ..opts.clone()
     };
     if let Some(name) = super::fields::given(&rest).first() {
