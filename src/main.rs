@@ -3,6 +3,10 @@ use ferry::cli::{logging, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if let Some(version) = ferry::rpc::criu_version_line(std::env::args_os()) {
+        println!("{version}");
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let name = cli.command.name();
     let log_path = cli.log_path();

@@ -421,3 +421,25 @@ fn the_dump_logs_into_the_callers_work_directory() {
     assert!(log.contains("tree frozen") && log.contains("DEBUG"), "{log}");
     assert!(!img.join("dump.log").exists());
 }
+
+/// Called by the name `criu` (the link a package installs), ferry answers
+/// `criu --version` in CRIU's format and runs its commands, swrk too.
+#[test]
+fn called_criu_it_answers_as_criu() {
+    let w = workdir();
+    let criu = w.path().join("criu");
+    std::os::unix::fs::symlink(ferry(), &criu).unwrap();
+    for flag in ["--version", "-V"] {
+        let out = Command::new(&criu).arg(flag).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let level = format!("{}.{}", CRIU_LEVEL.0, CRIU_LEVEL.1);
+        assert_eq!(text, format!("Version: {level}\nGitID: ferry {}\n", env!("CARGO_PKG_VERSION")));
+    }
+    // `ferry --version` stays ferry's own.
+    let out = Command::new(ferry()).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), concat!("ferry ", env!("CARGO_PKG_VERSION"), "\n"));
+    // CRIU's feature names.
+    let via_criu = Command::new(&criu).args(["check", "--feature", "mem_dirty_track"]).output().unwrap();
+    assert_eq!(via_criu.status.success(), check_says("mem_dirty_track"));
+}

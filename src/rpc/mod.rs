@@ -11,6 +11,20 @@
 //! refused with an answer that says so; until they work, VERSION reports
 //! CRIU level 0.0, which every caller's version check refuses by itself.
 
+/// Called as `criu --version` (or `-V`), as the `criu` link to ferry is:
+/// CRIU's answer, in CRIU's format, with the level [`service::CRIU_LEVEL`]
+/// reports over RPC (scripts and older tools read this line).
+pub fn criu_version_line(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    let name = std::path::PathBuf::from(args.next()?);
+    let rest: Vec<_> = args.collect();
+    if name.file_name()? != "criu" || rest.len() != 1 || !(rest[0] == "--version" || rest[0] == "-V") {
+        return None;
+    }
+    let (major, minor, sublevel) = service::CRIU_LEVEL;
+    let level = if sublevel == 0 { format!("{major}.{minor}") } else { format!("{major}.{minor}.{sublevel}") };
+    Some(format!("Version: {level}\nGitID: ferry {}", env!("CARGO_PKG_VERSION")))
+}
+
 #[allow(clippy::all, missing_docs)]
 #[rustfmt::skip]
 pub mod criu;
