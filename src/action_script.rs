@@ -15,6 +15,8 @@ pub enum Action {
     PreRestore,
     PostRestore,
     PostResume,
+    /// A lazy dump's page server listens: the destination may start.
+    StatusReady,
 }
 
 impl Action {
@@ -28,6 +30,7 @@ impl Action {
             Action::PreRestore => "pre-restore",
             Action::PostRestore => "post-restore",
             Action::PostResume => "post-resume",
+            Action::StatusReady => "status-ready",
         }
     }
 }
@@ -41,12 +44,12 @@ pub type Notify = std::sync::Arc<dyn Fn(Action, Option<i32>) -> Result<()> + Sen
 #[derive(Clone, Default)]
 pub struct Scripts {
     pub paths: Vec<PathBuf>,
-    pub notify: Option<Notify>,
+    pub notify: Vec<Notify>,
 }
 
 impl std::fmt::Debug for Scripts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scripts").field("paths", &self.paths).field("notify", &self.notify.is_some()).finish()
+        f.debug_struct("Scripts").field("paths", &self.paths).field("notify", &self.notify.len()).finish()
     }
 }
 
@@ -56,10 +59,7 @@ impl Scripts {
     /// (CRTOOLS_INIT_PID).
     pub fn run(&self, action: Action, images: &Path, init_pid: Option<i32>) -> Result<()> {
         self.run_scripts(action, images, init_pid)?;
-        match &self.notify {
-            Some(notify) => notify(action, init_pid),
-            None => Ok(()),
-        }
+        self.notify.iter().try_for_each(|notify| notify(action, init_pid))
     }
 
     fn run_scripts(&self, action: Action, images: &Path, init_pid: Option<i32>) -> Result<()> {
@@ -80,4 +80,34 @@ impl Scripts {
         }
         Ok(())
     }
+}
+
+/// CRIU's `--status-fd N`: one zero byte written to descriptor `fd` (then
+/// closed) when ferry is ready for its peer (a lazy dump's page server
+/// listens, the page server listens, the lazy-pages daemon waits for the
+/// restore), so a script can start the other side then.
+pub fn status_fd(fd: i32) -> Result<Notify> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--status-fd {fd}: no such open descriptor");
+    }
+    // SAFETY: the descriptor was handed to ferry for this one use; ferry
+    // owns it from here on (closed after the byte, as CRIU does).
+    let file = std::sync::Mutex::new(Some(unsafe { std::fs::File::from_raw_fd(fd) }));
+    Ok(std::sync::Arc::new(move |action, _| {
+        if action != Action::StatusReady {
+            return Ok(());
+        }
+        use std::io::Write;
+        match file.lock().expect("status fd lock").take() {
+            Some(mut f) => f.write_all(&[0]).with_context(|| format!("writing to --status-fd {fd}")),
+            None => Ok(()),
+        }
+    }))
+}
+
+/// Tell `notify` that ferry is ready (see [`status_fd`]).
+pub fn ready(notify: &[Notify]) -> Result<()> {
+    notify.iter().try_for_each(|n| n(Action::StatusReady, None))
 }

@@ -84,7 +84,7 @@ const CRIU: &[(&str, Arg, bool)] = &[
     ("deprecated", Arg::Bool, false),
     ("display-stats", Arg::Bool, false),
     ("weak-sysctls", Arg::Bool, false),
-    ("status-fd", Arg::Value, false),
+    ("status-fd", Arg::Value, true),
     ("tcp-close", Arg::Bool, true),
     ("verbosity", Arg::Optional, true),
     ("ps-socket", Arg::Value, false),
@@ -219,4 +219,46 @@ fn unsupported_criu_options_stop_before_the_task_is_touched() {
     // Restore refuses them the same way, before anything is read.
     let err = ferry_err(&["restore", "-D", img.to_str().unwrap(), "--link-remap"]);
     assert_eq!(err.trim_end(), "ferry: restore: --link-remap is not supported yet");
+}
+
+/// `--status-fd N` as CRIU has it: one zero byte on N once the lazy dump's
+/// page server listens (a script starts the destination then), and N
+/// closed. With nobody coming, the task is given back.
+#[test]
+fn status_fd_says_when_the_lazy_page_server_listens() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
+    t.wait_output("ready", Duration::from_secs(30));
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let fd = write.as_raw_fd();
+    let mut cmd = std::process::Command::new(ferry());
+    let (pid, img) = (t.pid.to_string(), w.path().join("img").display().to_string());
+    cmd.args(["dump", "-t", &pid, "-D", &img, "--lazy-pages", "--address", "127.0.0.1", "--port", "27113"]);
+    cmd.args(["--lazy-wait", "2", "--status-fd", "5"]);
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(write);
+    let mut got = Vec::new();
+    let mut pipe = std::fs::File::from(read);
+    let mut byte = [1u8];
+    pipe.read_exact(&mut byte).expect("a byte on the status fd");
+    assert_eq!(byte, [0]);
+    assert!(std::net::TcpStream::connect("127.0.0.1:27113").is_ok(), "the page server listens by then");
+    pipe.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "one byte, then closed");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no lazy-pages daemon connected"), "{err}");
+    t.assert_running_untraced();
 }

@@ -443,3 +443,46 @@ fn called_criu_it_answers_as_criu() {
     let via_criu = Command::new(&criu).args(["check", "--feature", "mem_dirty_track"]).output().unwrap();
     assert_eq!(via_criu.status.success(), check_says("mem_dirty_track"));
 }
+
+/// A lazy DUMP tells the caller "status-ready" once its page server
+/// listens (runc starts the destination then); a caller that fails it gets
+/// its task back.
+#[test]
+fn lazy_dump_notifies_status_ready() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    std::fs::create_dir(&img).unwrap();
+    let dir = std::fs::File::open(&img).unwrap();
+    let ps = ferry::rpc::criu::CriuPageServerInfo {
+        address: Some("127.0.0.1".into()),
+        port: Some(27114),
+        ..Default::default()
+    };
+    let opts = CriuOpts {
+        images_dir_fd: dir.as_raw_fd(),
+        pid: Some(t.pid),
+        lazy_pages: Some(true),
+        ps: Some(ps),
+        notify_scripts: Some(true),
+        ..Default::default()
+    };
+    let (sk, child) = swrk();
+    let (heard, r) = conversation(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) }, |s| {
+        if s == "status-ready" {
+            assert!(std::net::TcpStream::connect("127.0.0.1:27114").is_ok(), "listening at status-ready");
+        }
+        s != "status-ready"
+    });
+    let names: Vec<&str> = heard.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["pre-dump", "post-dump", "status-ready"]);
+    let msg = r.cr_errmsg.clone().unwrap_or_default();
+    assert!(
+        !r.success && msg.contains("failed the status-ready notification") && msg.contains("runs on here"),
+        "{r:?}"
+    );
+    assert!(exit_of(child).0);
+    t.assert_running_untraced();
+    assert!(!img.join("inventory.json").exists(), "the images were left usable");
+}

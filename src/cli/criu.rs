@@ -105,7 +105,6 @@ criu_flags! {
         cgroup_props = "cgroup-props";
         cgroup_props_file = "cgroup-props-file";
         cgroup_dump_controller = "cgroup-dump-controller";
-        status_fd = "status-fd";
         ps_socket = "ps-socket";
         config = "config";
         tls_cacrl = "tls-cacrl";
@@ -184,4 +183,25 @@ pub struct RestoreOnly {
     pub pidfile: Option<std::path::PathBuf>,
     #[arg(long = "inherit-fd", hide = true, action = clap::ArgAction::Append)]
     pub inherit_fd: Vec<String>,
+}
+
+/// CRIU's `--status-fd N`: a zero byte on descriptor N when ferry is
+/// ready for its peer (see [`crate::action_script::status_fd`]). Dump
+/// (with --lazy-pages), page-server and lazy-pages have such a point;
+/// pre-dump and restore take the option as CRIU does and close it
+/// without writing.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct StatusFd {
+    /// Write one zero byte to descriptor N (then close it) when ready for
+    /// the other side: the lazy dump's page server, or the page server,
+    /// listens; the lazy-pages daemon waits for the restore
+    #[arg(long = "status-fd", value_name = "N")]
+    pub status_fd: Option<i32>,
+}
+
+impl StatusFd {
+    /// Who to tell when ready.
+    pub fn notify(&self) -> Result<Vec<crate::action_script::Notify>> {
+        self.status_fd.map(crate::action_script::status_fd).into_iter().collect()
+    }
 }

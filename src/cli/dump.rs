@@ -18,11 +18,15 @@ pub struct PageServerArgs {
     pub images_dir: PathBuf,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub status: super::criu::StatusFd,
 }
 
 pub fn run_page_server(a: PageServerArgs) -> Result<ExitCode> {
     let creds = a.security.credentials(KeyDefault::System)?;
-    crate::lazy::upload::receive(&format!("{}:{}", a.address, a.port), &a.images_dir, &creds)?;
+    let ready = a.status.notify()?;
+    let listen = format!("{}:{}", a.address, a.port);
+    crate::lazy::upload::receive(&listen, &a.images_dir, &creds, || crate::action_script::ready(&ready))?;
     Ok(ExitCode::SUCCESS)
 }
 use clap::Args;
@@ -74,6 +78,8 @@ pub struct DumpArgs {
     pub lazy_wait: u64,
     #[command(flatten)]
     pub tcp: super::tcp::TcpArgs,
+    #[command(flatten)]
+    pub status: super::criu::StatusFd,
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
@@ -181,6 +187,8 @@ pub struct PreDumpArgs {
     #[command(flatten)]
     pub tcp: super::tcp::TcpArgs,
     #[command(flatten)]
+    pub status: super::criu::StatusFd,
+    #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
     pub no_forms: super::criu::NoForms,
@@ -224,7 +232,8 @@ pub fn run_notifying(a: DumpArgs, notify: Option<crate::action_script::Notify>) 
     o.skip_in_flight = a.tcp.skip_in_flight;
     o.network_lock = a.tcp.lock();
     o.scripts = a.tcp.scripts();
-    o.scripts.notify = notify;
+    o.scripts.notify.extend(notify);
+    o.scripts.notify.extend(a.status.notify()?);
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {
@@ -265,7 +274,7 @@ pub fn run_pre_notifying(a: PreDumpArgs, notify: Option<crate::action_script::No
     o.tcp_established = true;
     o.skip_in_flight = true;
     o.scripts = a.tcp.scripts();
-    o.scripts.notify = notify;
+    o.scripts.notify.extend(notify);
     let server = a.net.page_server()?;
     report(&crate::dump::dump(&o)?);
     upload(server, &o.dir)?;

@@ -35,6 +35,8 @@ pub struct LazyPagesArgs {
     /// giving up (and killing the restored task, whose pages are lost)
     #[arg(long = "reconnect-timeout", value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
+    #[command(flatten)]
+    pub status: super::criu::StatusFd,
 }
 
 fn target(addr: &str, port: u16) -> String {
@@ -132,6 +134,7 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
     crate::image::trust::check_images_dir(&a.images_dir)?;
     let images = ImageDir::open(&a.images_dir)?;
     let creds = a.security.credentials(KeyDefault::Images(&a.images_dir))?;
+    let ready = a.status.notify()?;
     // Listen before reading the images: the restore, running meanwhile,
     // connects as soon as it has built the tree and waits for our answer,
     // not for the socket to appear (it looks again every millisecond).
@@ -160,6 +163,10 @@ pub fn run(a: LazyPagesArgs) -> Result<ExitCode> {
         }
     };
     info!(socket = %sock.display(), "waiting for ferry restore --lazy-pages");
+    if let Err(e) = crate::action_script::ready(&ready) {
+        let _ = std::fs::remove_file(&sock);
+        return Err(e);
+    }
     let (handed, mut answer) =
         restores.next().context("waiting for `ferry restore --lazy-pages`: the socket failed")?;
     let _ = std::fs::remove_file(&sock);

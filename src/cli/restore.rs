@@ -45,6 +45,9 @@ pub struct RestoreArgs {
     pub ext_unix_sk: Vec<String>,
     #[command(flatten)]
     pub tcp: super::tcp::TcpArgs,
+    /// Taken as CRIU takes it: a restore has no ready point to report
+    #[command(flatten)]
+    pub status: super::criu::StatusFd,
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]

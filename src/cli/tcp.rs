@@ -42,7 +42,7 @@ pub struct TcpArgs {
 
 impl TcpArgs {
     pub fn scripts(&self) -> Scripts {
-        Scripts { paths: self.action_script.clone(), notify: None }
+        Scripts { paths: self.action_script.clone(), notify: Vec::new() }
     }
 
     pub fn lock(&self) -> Method {

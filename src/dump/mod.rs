@@ -276,7 +276,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats> {
             return Ok(d.stats);
         }
         let creds = crate::net::Credentials::new(Some(key), tls.clone())?;
-        serve_lazy(&f, &creds, *wait, listener.listen()?, &opts.dir)?;
+        serve_lazy(&f, &creds, *wait, listener.listen()?, opts)?;
     }
     Ok(d.stats)
 }
@@ -698,12 +698,19 @@ fn serve_lazy(
     creds: &crate::net::Credentials,
     wait: Duration,
     listener: std::net::TcpListener,
-    dir: &std::path::Path,
+    opts: &DumpOptions,
 ) -> Result<()> {
     use crate::lazy::serve;
-    let pid = frozen.pid;
+    let (pid, dir) = (frozen.pid, opts.dir.as_path());
     let store = std::sync::Arc::new(frozen.store()?);
     info!(pid, bytes = frozen.lazy_bytes(), processes = frozen.processes.len(), "serving lazy pages");
+    // The port listens: the destination may start (--status-fd, a
+    // status-ready script or notification).
+    if let Err(e) = opts.scripts.run(Action::StatusReady, dir, Some(pid)) {
+        let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
+        frozen.release();
+        return Err(e.context(format!("task {pid} runs on here, and {} is no longer a usable image", dir.display())));
+    }
     testhook::stage("serve");
     let (served, stats) = serve::serve(listener, creds, store, wait, || {
         // From the first peer on, the task lives on the destination: it

@@ -18,9 +18,11 @@ const STORED: &str = "stored";
 
 /// Receive one image into `dir`, then return. Strangers are refused (and
 /// logged); the listener keeps waiting for the right peer.
-pub fn receive(listen: &str, dir: &Path, creds: &Credentials) -> Result<u64> {
+/// `ready` is told once the server listens.
+pub fn receive(listen: &str, dir: &Path, creds: &Credentials, ready: impl FnOnce() -> Result<()>) -> Result<u64> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     info!("page server listening on {listen}");
+    ready()?;
     let peers = crate::net::admit(listener, "page server", creds);
     while let Some(crate::net::Admitted { link: mut s, peer, hello }) = peers.next() {
         if hello != UPLOAD {

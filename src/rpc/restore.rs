@@ -30,7 +30,7 @@ fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
         bail!("internal: RESTORE did not become a restore command");
     };
     let mut options = crate::cli::restore::options(args)?;
-    options.scripts.notify = super::dump::notifier(opts, channel);
+    options.scripts.notify.extend(super::dump::notifier(opts, channel));
     let restored = crate::restore::restore(&options)?;
     let pid = restored.pid;
     tracing::info!(pid, "tree restored");
