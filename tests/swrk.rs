@@ -486,3 +486,32 @@ fn lazy_dump_notifies_status_ready() {
     t.assert_running_untraced();
     assert!(!img.join("inventory.json").exists(), "the images were left usable");
 }
+
+/// A refused request is written to the request's log too: runc shows its
+/// log file, not the answer's message.
+#[test]
+fn a_refusal_is_in_the_log_file() {
+    let w = workdir();
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let (img, work) = (w.path().join("img"), w.path().join("work"));
+    std::fs::create_dir(&img).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let (img_dir, work_dir) = (std::fs::File::open(&img).unwrap(), std::fs::File::open(&work).unwrap());
+    let opts = CriuOpts {
+        images_dir_fd: img_dir.as_raw_fd(),
+        work_dir_fd: Some(work_dir.as_raw_fd()),
+        log_file: Some("dump.log".into()),
+        log_level: Some(4),
+        pid: Some(t.pid),
+        root: Some("/rootfs".into()),
+        ..Default::default()
+    };
+    let (sk, child) = swrk();
+    let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
+    assert!(!r.success, "{r:?}");
+    assert!(exit_of(child).0);
+    let log = std::fs::read_to_string(work.join("dump.log")).expect("dump.log");
+    assert!(log.contains("DUMP with criu_opts.root: not supported yet"), "{log}");
+    t.assert_running_untraced();
+}

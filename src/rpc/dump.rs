@@ -38,8 +38,8 @@ pub fn answer_pre(kind: CriuReqType, opts: &CriuOpts, channel: &Arc<Channel>) ->
 fn run(opts: &CriuOpts, channel: &Arc<Channel>, command: &str) -> Result<()> {
     let peer = channel.peer()?;
     let (dir, _held) = super::peer::images_dir(opts, peer)?;
-    let argv = dump_argv(opts, &dir, command)?;
     super::log::start(opts, peer, &dir)?;
+    let argv = dump_argv(opts, &dir, command)?;
     tracing::debug!(?argv, "the request as a command line");
     let notify = notifier(opts, channel);
     let code = match parse(&argv)?.command {

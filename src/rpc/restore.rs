@@ -23,8 +23,8 @@ pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
 fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
     let peer = channel.peer()?;
     let (dir, _held) = super::peer::images_dir(opts, peer)?;
-    let argv = restore_argv(opts, &dir)?;
     super::log::start(opts, peer, &dir)?;
+    let argv = restore_argv(opts, &dir)?;
     tracing::debug!(?argv, "RESTORE as a command line");
     let Command::Restore(args) = super::dump::parse(&argv)?.command else {
         bail!("internal: RESTORE did not become a restore command");

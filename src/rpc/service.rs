@@ -45,6 +45,11 @@ pub fn serve(channel: &Arc<Channel>) -> Result<()> {
             bail!("{why}");
         }
         let resp = answer(&req, kind, channel);
+        if let Some(why) = resp.cr_errmsg.as_deref().filter(|_| !resp.success) {
+            // Callers show the log file, not the message (runc: "criu
+            // failed: type DUMP errno 0, log file: ...").
+            tracing::error!("{why}");
+        }
         channel.send(&resp)?;
         if kind == Some(CriuReqType::PreDump) && resp.success {
             pre_dumped = true;
