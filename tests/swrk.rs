@@ -50,6 +50,35 @@ fn answer(sk: &OwnedFd) -> Option<CriuResp> {
     (n > 0).then(|| CriuResp::decode(&buf[..n]).expect("a criu_resp"))
 }
 
+/// tp-bigmem with `mib` MiB, ready; and what it printed by then.
+fn bigmem(w: &tempfile::TempDir, mib: &str) -> (Target, String) {
+    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), mib], &w.path().join("out"));
+    let before = t.wait_output("ready", T);
+    (t, before)
+}
+
+/// A new directory in `w`, and the descriptor a caller would pass.
+fn new_dir(w: &tempfile::TempDir, name: &str) -> (std::path::PathBuf, std::fs::File) {
+    let dir = w.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    let file = std::fs::File::open(&dir).unwrap();
+    (dir, file)
+}
+
+/// Reap the dumped tp-bigmem, restore it with `ferry restore` and check.
+fn restored_intact(t: &mut Target, img: &std::path::Path, before: &str) {
+    t.reap_killed();
+    restore_detached(img, &[]);
+    wake_and_check(t, before);
+}
+
+/// Wake the restored tp-bigmem: it checks its memory and says ok.
+fn wake_and_check(t: &mut Target, before: &str) {
+    t.signal(libc::SIGUSR1);
+    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
+    assert_eq!(t.output(), format!("{before}ok\n"));
+}
+
 fn req(kind: CriuReqType) -> CriuReq {
     CriuReq { r#type: kind as i32, ..Default::default() }
 }
@@ -162,11 +191,8 @@ fn the_fd_must_be_a_seqpacket_socket() {
 #[test]
 fn dump_request_dumps_into_the_callers_directory() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
-    let before = t.wait_output("ready", T);
-    let img = w.path().join("img");
-    std::fs::create_dir(&img).unwrap();
-    let dir = std::fs::File::open(&img).unwrap();
+    let (mut t, before) = bigmem(&w, "64");
+    let (img, dir) = new_dir(&w, "img");
     let (sk, child) = swrk();
     let opts = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::Dump) });
@@ -174,11 +200,7 @@ fn dump_request_dumps_into_the_callers_directory() {
     assert_eq!(r.dump.and_then(|d| d.restored), Some(false));
     let (ok, err) = exit_of(child);
     assert!(ok, "{err}");
-    t.reap_killed();
-    restore_detached(&img, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert_eq!(t.output(), format!("{before}ok\n"));
+    restored_intact(&mut t, &img, &before);
 }
 
 /// Options ferry does not implement stop the dump before the task is
@@ -187,11 +209,8 @@ fn dump_request_dumps_into_the_callers_directory() {
 #[test]
 fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
     let w = workdir();
-    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let img = w.path().join("img");
-    std::fs::create_dir(&img).unwrap();
-    let dir = std::fs::File::open(&img).unwrap();
+    let (t, _) = bigmem(&w, "8");
+    let (img, dir) = new_dir(&w, "img");
     let file = std::fs::File::open(w.path().join("out")).unwrap();
     let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     let cases = [
@@ -219,8 +238,7 @@ fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
 #[test]
 fn restore_request_restores_and_names_the_root() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
-    let before = t.wait_output("ready", T);
+    let (mut t, before) = bigmem(&w, "64");
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
     t.reap_killed();
@@ -232,9 +250,7 @@ fn restore_request_restores_and_names_the_root() {
     assert_eq!(r.restore.map(|r| r.pid), Some(t.pid));
     let (ok, err) = exit_of(child);
     assert!(ok, "{err}");
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert_eq!(t.output(), format!("{before}ok\n"));
+    wake_and_check(&mut t, &before);
 }
 
 /// A restore option ferry does not implement is refused by name, and
@@ -242,8 +258,7 @@ fn restore_request_restores_and_names_the_root() {
 #[test]
 fn restore_request_refuses_what_it_cannot_do() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
+    let (mut t, _) = bigmem(&w, "8");
     let img = w.path().join("img");
     dump(t.pid, &img, &[]);
     t.reap_killed();
@@ -288,11 +303,8 @@ fn conversation(sk: &OwnedFd, first: &CriuReq, go: impl Fn(&str) -> bool) -> (Ve
 #[test]
 fn notifications_come_at_criu_points_and_wait_for_the_caller() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
-    let before = t.wait_output("ready", T);
-    let img = w.path().join("img");
-    std::fs::create_dir(&img).unwrap();
-    let dir = std::fs::File::open(&img).unwrap();
+    let (mut t, before) = bigmem(&w, "16");
+    let (_img, dir) = new_dir(&w, "img");
     let opts = CriuOpts { images_dir_fd: dir.as_raw_fd(), notify_scripts: Some(true), ..Default::default() };
 
     let (sk, child) = swrk();
@@ -311,9 +323,7 @@ fn notifications_come_at_criu_points_and_wait_for_the_caller() {
     assert_eq!(names, ["pre-restore", "post-restore", "post-resume"]);
     assert_eq!(heard[1].1, Some(t.pid), "post-restore names the root");
     assert!(exit_of(child).0);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert_eq!(t.output(), format!("{before}ok\n"));
+    wake_and_check(&mut t, &before);
 }
 
 /// A caller that answers a notification with failure stops the dump; at
@@ -321,11 +331,8 @@ fn notifications_come_at_criu_points_and_wait_for_the_caller() {
 #[test]
 fn a_failed_notification_stops_the_dump() {
     let w = workdir();
-    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let img = w.path().join("img");
-    std::fs::create_dir(&img).unwrap();
-    let dir = std::fs::File::open(&img).unwrap();
+    let (t, _) = bigmem(&w, "8");
+    let (_img, dir) = new_dir(&w, "img");
     let opts =
         CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), notify_scripts: Some(true), ..Default::default() };
     let (sk, child) = swrk();
@@ -342,12 +349,8 @@ fn a_failed_notification_stops_the_dump() {
 #[test]
 fn pre_dump_then_dump_on_one_session() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "64"], &w.path().join("out"));
-    let before = t.wait_output("ready", T);
-    let (pre, fin) = (w.path().join("pre"), w.path().join("final"));
-    std::fs::create_dir(&pre).unwrap();
-    std::fs::create_dir(&fin).unwrap();
-    let (pre_dir, fin_dir) = (std::fs::File::open(&pre).unwrap(), std::fs::File::open(&fin).unwrap());
+    let (mut t, before) = bigmem(&w, "64");
+    let ((_pre, pre_dir), (fin, fin_dir)) = (new_dir(&w, "pre"), new_dir(&w, "final"));
     let (sk, child) = swrk();
     let opts = CriuOpts { images_dir_fd: pre_dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     let r = ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::PreDump) });
@@ -365,22 +368,15 @@ fn pre_dump_then_dump_on_one_session() {
     assert!(exit_of(child).0);
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(fin.join("stats.json")).unwrap()).unwrap();
     assert!(stats["pages_in_parent"].as_u64().unwrap() > 0, "{stats}");
-    t.reap_killed();
-    restore_detached(&fin, &[]);
-    t.signal(libc::SIGUSR1);
-    assert_eq!(t.wait_exit(T), WaitResult::Exited(0), "output: {}", t.output());
-    assert_eq!(t.output(), format!("{before}ok\n"));
+    restored_intact(&mut t, &fin, &before);
 }
 
 /// After a PRE_DUMP only PRE_DUMP or DUMP may follow (as in CRIU).
 #[test]
 fn after_pre_dump_only_dumps_follow() {
     let w = workdir();
-    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let pre = w.path().join("pre");
-    std::fs::create_dir(&pre).unwrap();
-    let pre_dir = std::fs::File::open(&pre).unwrap();
+    let (t, _) = bigmem(&w, "8");
+    let (_pre, pre_dir) = new_dir(&w, "pre");
     let (sk, child) = swrk();
     let opts = CriuOpts { images_dir_fd: pre_dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     assert!(ask(&sk, &CriuReq { opts: Some(opts), ..req(CriuReqType::PreDump) }).success);
@@ -398,12 +394,8 @@ fn after_pre_dump_only_dumps_follow() {
 #[test]
 fn the_dump_logs_into_the_callers_work_directory() {
     let w = workdir();
-    let mut t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let (img, work) = (w.path().join("img"), w.path().join("work"));
-    std::fs::create_dir(&img).unwrap();
-    std::fs::create_dir(&work).unwrap();
-    let (img_dir, work_dir) = (std::fs::File::open(&img).unwrap(), std::fs::File::open(&work).unwrap());
+    let (mut t, _) = bigmem(&w, "8");
+    let ((img, img_dir), (work, work_dir)) = (new_dir(&w, "img"), new_dir(&w, "work"));
     let opts = CriuOpts {
         images_dir_fd: img_dir.as_raw_fd(),
         work_dir_fd: Some(work_dir.as_raw_fd()),
@@ -450,11 +442,8 @@ fn called_criu_it_answers_as_criu() {
 #[test]
 fn lazy_dump_notifies_status_ready() {
     let w = workdir();
-    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "16"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let img = w.path().join("img");
-    std::fs::create_dir(&img).unwrap();
-    let dir = std::fs::File::open(&img).unwrap();
+    let (t, _) = bigmem(&w, "16");
+    let (img, dir) = new_dir(&w, "img");
     let ps = ferry::rpc::criu::CriuPageServerInfo {
         address: Some("127.0.0.1".into()),
         port: Some(27114),
@@ -492,12 +481,8 @@ fn lazy_dump_notifies_status_ready() {
 #[test]
 fn a_refusal_is_in_the_log_file() {
     let w = workdir();
-    let t = spawn(&[testprog("tp-bigmem").to_str().unwrap(), "8"], &w.path().join("out"));
-    t.wait_output("ready", T);
-    let (img, work) = (w.path().join("img"), w.path().join("work"));
-    std::fs::create_dir(&img).unwrap();
-    std::fs::create_dir(&work).unwrap();
-    let (img_dir, work_dir) = (std::fs::File::open(&img).unwrap(), std::fs::File::open(&work).unwrap());
+    let (t, _) = bigmem(&w, "8");
+    let ((_img, img_dir), (work, work_dir)) = (new_dir(&w, "img"), new_dir(&w, "work"));
     let opts = CriuOpts {
         images_dir_fd: img_dir.as_raw_fd(),
         work_dir_fd: Some(work_dir.as_raw_fd()),

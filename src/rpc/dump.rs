@@ -63,6 +63,11 @@ pub fn notifier(opts: &CriuOpts, channel: &Arc<Channel>) -> Option<Notify> {
         .then(|| Arc::new(move |action: Action, pid: Option<i32>| channel.notify(action.name(), pid)) as Notify)
 }
 
+/// Append the flag of each option set to true.
+pub fn flags(argv: &mut Vec<String>, options: &[(Option<bool>, &str)]) {
+    argv.extend(options.iter().filter(|(on, _)| *on == Some(true)).map(|(_, flag)| flag.to_string()));
+}
+
 /// ferry's command line `argv`, parsed; an error is clap's first line.
 pub fn parse(argv: &[String]) -> Result<Cli> {
     Cli::try_parse_from(argv).map_err(|e| {
@@ -77,18 +82,18 @@ fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str) -> Result<Ve
     let pid = opts.pid.context("a dump without pid would dump the caller itself: ferry does not dump its caller")?;
     let mut a: Vec<String> = vec!["ferry".into(), command.into(), "-t".into(), pid.to_string(), "-D".into()];
     a.push(dir.display().to_string());
-    let mut flag = |on: Option<bool>, name: &str| {
-        if on == Some(true) {
-            a.push(name.into());
-        }
-    };
-    flag(opts.leave_running, "--leave-running");
-    flag(opts.shell_job, "--shell-job");
-    flag(opts.file_locks, "--file-locks");
-    flag(opts.tcp_established, "--tcp-established");
-    flag(opts.tcp_skip_in_flight, "--skip-in-flight");
-    flag(opts.track_mem, "--track-mem");
-    flag(opts.lazy_pages, "--lazy-pages");
+    flags(
+        &mut a,
+        &[
+            (opts.leave_running, "--leave-running"),
+            (opts.shell_job, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+            (opts.tcp_established, "--tcp-established"),
+            (opts.tcp_skip_in_flight, "--skip-in-flight"),
+            (opts.track_mem, "--track-mem"),
+            (opts.lazy_pages, "--lazy-pages"),
+        ],
+    );
     if !opts.unix_sk_ino.is_empty() {
         let inodes: Vec<String> = opts.unix_sk_ino.iter().map(|u| u.inode.to_string()).collect();
         a.push(format!("--ext-unix-sk={}", inodes.join(",")));

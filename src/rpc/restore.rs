@@ -45,17 +45,17 @@ fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
 fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
     let mut a: Vec<String> = vec!["ferry".into(), "restore".into(), "-d".into(), "-D".into()];
     a.push(dir.display().to_string());
-    let mut flag = |on: Option<bool>, name: &str| {
-        if on == Some(true) {
-            a.push(name.into());
-        }
-    };
-    flag(opts.shell_job, "--shell-job");
-    flag(opts.file_locks, "--file-locks");
-    flag(opts.ext_unix_sk, "--ext-unix-sk");
-    flag(opts.tcp_established, "--tcp-established");
-    flag(opts.tcp_close, "--tcp-close");
-    flag(opts.lazy_pages, "--lazy-pages");
+    super::dump::flags(
+        &mut a,
+        &[
+            (opts.shell_job, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+            (opts.ext_unix_sk, "--ext-unix-sk"),
+            (opts.tcp_established, "--tcp-established"),
+            (opts.tcp_close, "--tcp-close"),
+            (opts.lazy_pages, "--lazy-pages"),
+        ],
+    );
     for i in &opts.inherit_fd {
         // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
         if unsafe { libc::fcntl(i.fd, libc::F_GETFD) } < 0 {
