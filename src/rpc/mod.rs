@@ -5,11 +5,13 @@
 //! length prefix ([`channel`]). The messages are CRIU's own
 //! (`images/rpc.proto`, MIT-licensed, generated into [`criu`]).
 //!
-//! Served so far: VERSION, FEATURE_CHECK, CHECK ([`service`]) and DUMP
-//! of what `ferry dump` can dump ([`dump`]: options without a translation
-//! are refused by name). Pre-dump, restore and the page server are
-//! refused with an answer that says so; until they work, VERSION reports
-//! CRIU level 0.0, which every caller's version check refuses by itself.
+//! Served so far: VERSION, FEATURE_CHECK, CHECK ([`service`]); DUMP,
+//! PRE_DUMP and RESTORE of what ferry's command line can do ([`dump`],
+//! [`restore`]: options without a translation are refused by name), with
+//! notifications and logs. The page server, WAIT_PID and CPUINFO requests
+//! are refused with an answer that says so. Until runc's container
+//! options work, VERSION reports CRIU level 0.0, which every caller's
+//! version check refuses by itself.
 
 /// Called as `criu --version` (or `-V`), as the `criu` link to ferry is:
 /// CRIU's answer, in CRIU's format, with the level [`service::CRIU_LEVEL`]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 /// The CRIU release whose RPC ferry serves, as (major, minor, sublevel):
 /// a caller compares it with the release that brought the options it is
 /// about to use. Raised as each level's requests and options work; 0.0
-/// until dump and restore do (runc then stops with "CRIU version 0 must be
-/// 30000 or higher").
+/// until runc's container options do (runc then stops with "CRIU version
+/// 0 must be 30000 or higher" instead of at a refused option).
 pub const CRIU_LEVEL: (i32, i32, i32) = (0, 0, 0);
 
 /// Serve requests until one without `keep_open` is answered or the
