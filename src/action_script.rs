@@ -88,8 +88,7 @@ impl Scripts {
 /// restore), so a script can start the other side then.
 pub fn status_fd(fd: i32) -> Result<Notify> {
     use std::os::fd::FromRawFd;
-    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    if !crate::handed_fd::is_open(fd) {
         bail!("--status-fd {fd}: no such open descriptor");
     }
     // SAFETY: the descriptor was handed to ferry for this one use; ferry

@@ -11,6 +11,7 @@
 pub mod action_script;
 pub mod cli;
 pub mod dump;
+pub mod handed_fd;
 pub mod image;
 pub mod lazy;
 pub mod migrate;

@@ -17,8 +17,7 @@ pub struct SwrkArgs {
 }
 
 pub fn run(a: SwrkArgs) -> Result<ExitCode> {
-    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-    if unsafe { libc::fcntl(a.fd, libc::F_GETFD) } < 0 {
+    if !crate::handed_fd::is_open(a.fd) {
         bail!("fd {} is not open: start ferry swrk with the RPC socket as that descriptor", a.fd);
     }
     // SAFETY: checked open above; borrowed for this one call.

@@ -67,8 +67,7 @@ pub fn parse_inherit_fds(values: &[String]) -> Result<std::collections::HashMap<
         let rest = v.strip_prefix("fd[").ok_or_else(bad)?;
         let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
         let fd: std::os::fd::RawFd = n.parse().map_err(|_| bad())?;
-        // SAFETY: F_GETFD only asks whether the fd is open.
-        if key.is_empty() || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if key.is_empty() || !crate::handed_fd::is_open(fd) {
             anyhow::bail!("--inherit-fd {v}: ferry has no fd {fd} open (hand it in from the shell, e.g. {fd}<>FILE)");
         }
         out.insert(key.to_string(), fd);

@@ -57,8 +57,7 @@ fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         ],
     );
     for i in &opts.inherit_fd {
-        // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-        if unsafe { libc::fcntl(i.fd, libc::F_GETFD) } < 0 {
+        if !crate::handed_fd::is_open(i.fd) {
             bail!("inherit_fd {}: fd {} was not handed down to ferry swrk", i.key, i.fd);
         }
         a.extend(["--inherit-fd".into(), format!("fd[{}]:{}", i.fd, i.key)]);
