@@ -55,10 +55,10 @@ pub fn run(feature: Option<&str>) -> Result<ExitCode> {
             bail!("unknown feature {f:?}; known: {}", names.join(", "));
         };
         let o = (p.run)();
-        println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail);
+        print(p, &o);
         return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
-    let missing = missing(|p, o| println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail));
+    let missing = missing(print);
     if missing.is_empty() {
         println!("Looks good: dump and restore can work here.");
         Ok(ExitCode::SUCCESS)
@@ -66,6 +66,11 @@ pub fn run(feature: Option<&str>) -> Result<ExitCode> {
         println!("Dump and restore cannot work here: missing {}.", missing.join(", "));
         Ok(ExitCode::from(1))
     }
+}
+
+/// One probe's line of `ferry check`.
+fn print(p: &Probe, o: &Outcome) {
+    println!("{:<16} {:<4} {}", p.name, if o.ok { "yes" } else { "no" }, o.detail);
 }
 
 /// The probe called `name`, by ferry's name or CRIU's.
