@@ -704,12 +704,16 @@ fn serve_lazy(
     let (pid, dir) = (frozen.pid, opts.dir.as_path());
     let store = std::sync::Arc::new(frozen.store()?);
     info!(pid, bytes = frozen.lazy_bytes(), processes = frozen.processes.len(), "serving lazy pages");
+    // The task runs on here; the images would be a second, stale copy.
+    let give_back = || {
+        let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
+        frozen.release();
+        format!("task {pid} runs on here, and {} is no longer a usable image", dir.display())
+    };
     // The port listens: the destination may start (--status-fd, a
     // status-ready script or notification).
     if let Err(e) = opts.scripts.run(Action::StatusReady, dir, Some(pid)) {
-        let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
-        frozen.release();
-        return Err(e.context(format!("task {pid} runs on here, and {} is no longer a usable image", dir.display())));
+        return Err(e.context(give_back()));
     }
     testhook::stage("serve");
     let (served, stats) = serve::serve(listener, creds, store, wait, || {
@@ -718,13 +722,7 @@ fn serve_lazy(
         frozen.set_options(O_TRACESYSGOOD | crate::ptrace::O_EXITKILL)
     })?;
     if !served {
-        let _ = std::fs::remove_file(dir.join(crate::image::INVENTORY));
-        frozen.release();
-        bail!(
-            "no lazy-pages daemon connected within {} s: task {pid} runs on here, and {} is no longer a usable image",
-            wait.as_secs(),
-            dir.display()
-        );
+        bail!("no lazy-pages daemon connected within {} s: {}", wait.as_secs(), give_back());
     }
     frozen.kill()?;
     info!(

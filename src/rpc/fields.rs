@@ -29,26 +29,23 @@ fn wire_fields(mut b: &[u8]) -> Vec<(u32, bool)> {
     }
     let mut out = Vec::new();
     while let Some(key) = varint(&mut b) {
-        let (tag, zero) = match key & 7 {
-            0 => ((key >> 3) as u32, varint(&mut b) == Some(0)),
-            1 => {
-                let v = b.get(..8).map(|v| v.iter().all(|&x| x == 0));
-                b = b.get(8..).unwrap_or_default();
-                ((key >> 3) as u32, v.unwrap_or(true))
-            }
+        let zero = match key & 7 {
+            0 => varint(&mut b) == Some(0),
             2 => {
                 let len = varint(&mut b).unwrap_or(0) as usize;
                 b = b.get(len..).unwrap_or_default();
-                ((key >> 3) as u32, len == 0)
+                len == 0
             }
-            5 => {
-                let v = b.get(..4).map(|v| v.iter().all(|&x| x == 0));
-                b = b.get(4..).unwrap_or_default();
-                ((key >> 3) as u32, v.unwrap_or(true))
+            // fixed64 and fixed32
+            wire @ (1 | 5) => {
+                let n = if wire == 1 { 8 } else { 4 };
+                let zero = b.get(..n).is_none_or(|v| v.iter().all(|&x| x == 0));
+                b = b.get(n..).unwrap_or_default();
+                zero
             }
             _ => break,
         };
-        out.push((tag, zero));
+        out.push(((key >> 3) as u32, zero));
     }
     out
 }
