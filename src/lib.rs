@@ -14,6 +14,7 @@ pub mod dump;
 pub mod handed_fd;
 pub mod image;
 pub mod lazy;
+pub mod loopback;
 pub mod migrate;
 pub mod net;
 pub mod netlock;

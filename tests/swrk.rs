@@ -214,7 +214,10 @@ fn dump_request_refuses_what_it_cannot_do_and_leaves_the_task_alone() {
     let file = std::fs::File::open(w.path().join("out")).unwrap();
     let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), pid: Some(t.pid), ..Default::default() };
     let cases = [
-        (CriuOpts { root: Some("/rootfs".into()), ..base.clone() }, "DUMP with criu_opts.root: not supported yet"),
+        (
+            CriuOpts { lsm_profile: Some("x".into()), ..base.clone() },
+            "DUMP with criu_opts.lsm_profile: not supported yet",
+        ),
         (CriuOpts { log_file: Some("../dump.log".into()), ..base.clone() }, "a file name in the work directory"),
         (CriuOpts { cpu_cap: Some(1), ..base.clone() }, "DUMP with criu_opts.cpu_cap: not supported yet"),
         (CriuOpts { pid: None, ..base.clone() }, "without pid"),
@@ -266,7 +269,10 @@ fn restore_request_refuses_what_it_cannot_do() {
     let base = CriuOpts { images_dir_fd: dir.as_raw_fd(), ..Default::default() };
     let inherit = ferry::rpc::criu::InheritFd { key: "pipe:[1]".into(), fd: 77 };
     let cases = [
-        (CriuOpts { rst_sibling: Some(true), ..base.clone() }, "RESTORE with criu_opts.rst_sibling: not supported yet"),
+        (
+            CriuOpts { lsm_profile: Some("x".into()), ..base.clone() },
+            "RESTORE with criu_opts.lsm_profile: not supported yet",
+        ),
         (CriuOpts { inherit_fd: vec![inherit], ..base.clone() }, "fd 77 was not handed down"),
     ];
     for (opts, why) in cases {
@@ -489,7 +495,7 @@ fn a_refusal_is_in_the_log_file() {
         log_file: Some("dump.log".into()),
         log_level: Some(4),
         pid: Some(t.pid),
-        root: Some("/rootfs".into()),
+        lsm_profile: Some("x".into()),
         ..Default::default()
     };
     let (sk, child) = swrk();
@@ -497,6 +503,6 @@ fn a_refusal_is_in_the_log_file() {
     assert!(!r.success, "{r:?}");
     assert!(exit_of(child).0);
     let log = std::fs::read_to_string(work.join("dump.log")).expect("dump.log");
-    assert!(log.contains("DUMP with criu_opts.root: not supported yet"), "{log}");
+    assert!(log.contains("DUMP with criu_opts.lsm_profile: not supported yet"), "{log}");
     t.assert_running_untraced();
 }

@@ -67,7 +67,6 @@ criu_flags! {
         no_default_config = "no-default-config";
     }
     bools {
-        restore_sibling, no_restore_sibling = "restore-sibling", short = 'S';
         log_pid, no_log_pid = "log-pid";
         evasive_devices, no_evasive_devices = "evasive-devices";
         link_remap, no_link_remap = "link-remap";
@@ -87,7 +86,6 @@ criu_flags! {
     }
     values {
         join_ns = "join-ns", short = 'J';
-        root = "root", short = 'r';
         close = "close";
         veth_pair = "veth-pair";
         libdir = "libdir", short = 'L';
@@ -96,12 +94,9 @@ criu_flags! {
         feature = "feature";
         skip_mnt = "skip-mnt";
         enable_fs = "enable-fs";
-        freeze_cgroup = "freeze-cgroup";
         irmap_scan_path = "irmap-scan-path";
         lsm_profile = "lsm-profile";
         timeout = "timeout";
-        external = "external";
-        empty_ns = "empty-ns";
         cgroup_props = "cgroup-props";
         cgroup_props_file = "cgroup-props-file";
         cgroup_dump_controller = "cgroup-dump-controller";
@@ -115,7 +110,6 @@ criu_flags! {
     }
     optional {
         cpu_cap = "cpu-cap";
-        manage_cgroups = "manage-cgroups";
     }
 }
 

@@ -83,6 +83,8 @@ pub struct DumpArgs {
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
+    pub container: super::container::ContainerArgs,
+    #[command(flatten)]
     pub no_forms: super::criu::NoForms,
     #[command(flatten)]
     pub restore_only: super::criu::RestoreOnly,
@@ -191,6 +193,8 @@ pub struct PreDumpArgs {
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
+    pub container: super::container::ContainerArgs,
+    #[command(flatten)]
     pub no_forms: super::criu::NoForms,
     #[command(flatten)]
     pub restore_only: super::criu::RestoreOnly,
@@ -234,6 +238,7 @@ pub fn run_notifying(a: DumpArgs, notify: Option<crate::action_script::Notify>) 
     o.scripts = a.tcp.scripts();
     o.scripts.notify.extend(notify);
     o.scripts.notify.extend(a.status.notify()?);
+    o.container = a.container.dump_options()?;
     if a.lazy_pages {
         let port = a.net.port("--lazy-pages (where the destination fetches pages)")?;
         if a.leave_running {

@@ -1,6 +1,7 @@
 //! The command line: CRIU's command and flag names, one module per command.
 
 pub mod check;
+pub mod container;
 pub mod criu;
 pub mod dump;
 pub mod lazy;

@@ -51,6 +51,8 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub criu: super::criu::CriuFlags,
     #[command(flatten)]
+    pub container: super::container::ContainerArgs,
+    #[command(flatten)]
     pub no_forms: super::criu::NoForms,
     #[command(flatten)]
     pub dump_only: DumpOnly,
@@ -103,5 +105,6 @@ pub fn options(a: RestoreArgs) -> Result<crate::restore::RestoreOptions> {
         tcp_close: a.tcp.tcp_close,
         scripts: a.tcp.scripts(),
         network_lock: a.tcp.lock(),
+        container: a.container.restore_options()?,
     })
 }

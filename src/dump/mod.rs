@@ -11,6 +11,7 @@
 //! dirty tracking, then lets it run while its pages are copied. Later rounds
 //! (`--prev-images-dir`) copy only what changed since the previous one.
 
+pub mod container;
 pub mod files;
 pub mod injected;
 pub mod memory;
@@ -18,6 +19,7 @@ pub mod objects;
 pub mod pages;
 pub mod scope;
 pub mod thread;
+pub mod tmpfs;
 pub mod tracking;
 pub mod tree;
 
@@ -75,6 +77,8 @@ pub struct DumpOptions {
     /// A tracking holder also ends when this process does (`ferry migrate`:
     /// killing it must leave the task untracked).
     pub track_owner: Option<i32>,
+    /// What the caller says about a container's namespaces.
+    pub container: container::ContainerOptions,
 }
 
 /// A lazy dump leaves the changed pages on the source. Who serves them:
@@ -202,6 +206,7 @@ impl DumpOptions {
             track_idle: Duration::from_secs(30 * 60),
             lazy: None,
             track_owner: None,
+            container: Default::default(),
         }
     }
 }
@@ -330,6 +335,8 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let mut table = ObjectTable::new(frozen.processes.iter().map(|p| (p.pid, p.vpid)).collect());
     let (tree_image, inspections) = look(&frozen.processes, opts, Some(&mut table))?;
     let repaired = table.take_repaired();
+    let pids: Vec<(i32, i32)> = frozen.alive().map(|p| (p.pid, p.vpid)).collect();
+    let container = if pre { None } else { container::inspect(&pids, &opts.container)? };
 
     let mut processes = Vec::new();
     for (p, insp) in frozen.alive().zip(&inspections) {
@@ -401,6 +408,12 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     let write_start = Instant::now();
     if !pre {
         writer.write_json(TREE, &tree_image)?;
+        if let Some(c) = &container {
+            for m in c.mounts.iter().filter(|m| m.kind == crate::image::container::MountKind::Tmpfs) {
+                tmpfs::write(frozen.processes[0].pid, m, &mut writer)?;
+            }
+            writer.write_json(crate::image::container::CONTAINER, c)?;
+        }
         let objects = table.write(&mut writer)?;
         writer.write_json(OBJECTS, &objects)?;
         for image in processes.iter().filter_map(|pd| pd.image.as_ref()) {
@@ -541,7 +554,15 @@ pub fn check(opts: &DumpOptions) -> Result<()> {
         if live[0].zombie {
             bail!("task {} is a zombie (it has exited; its parent has not collected it)", opts.pid);
         }
-        match look(&live, opts, None) {
+        let looked = look(&live, opts, None).and_then(|_| {
+            let pids: Vec<(i32, i32)> = live.iter().filter(|p| !p.zombie).map(|p| (p.pid, p.vpid)).collect();
+            // A pre-dump saves memory only; the final dump reads the namespaces.
+            if opts.kind == ImageKind::PreDump {
+                return Ok(None);
+            }
+            container::inspect(&pids, &opts.container)
+        });
+        match looked {
             Ok(_) => return Ok(()),
             // A process of the running tree ended while it was looked at
             // (PostgreSQL's autovacuum workers come and go): look again.

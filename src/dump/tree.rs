@@ -121,9 +121,15 @@ impl FrozenTree {
         // task that died stays until its tracer waits for it, and holds
         // back its leader's exit (and a PID namespace's init's).
         let leaders: Vec<i32> = self.processes.iter().map(|p| p.pid).collect();
-        for (tid, t) in &self.tracees {
-            if !leaders.contains(tid) {
-                t.kill()?;
+        // Threads in any order: the thread that ends a PID namespace's
+        // init waits there until every other one is reaped, its own
+        // sibling threads included.
+        let mut threads: Vec<&Tracee> =
+            self.tracees.iter().filter(|(tid, _)| !leaders.contains(tid)).map(|(_, t)| t).collect();
+        while !threads.is_empty() {
+            threads.retain(|t| !t.reap_if_gone());
+            if !threads.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         for pid in leaders.iter().rev() {

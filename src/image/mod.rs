@@ -17,6 +17,7 @@
 //! format and version, then each file's size and checksum before parsing.
 
 pub mod chain;
+pub mod container;
 pub mod digest;
 pub mod inventory;
 pub mod objects;

@@ -91,6 +91,7 @@ pub fn run(o: &ReceiveOptions) -> Result<()> {
         tcp_close: o.tcp_close,
         scripts: o.scripts.clone(),
         network_lock: o.network_lock,
+        container: Default::default(),
     };
     // Two-phase hand-over: the task is ready but does not run until the
     // source has made sure its own copy never will.

@@ -5,9 +5,8 @@ use super::{tty, FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 pub struct CharDevice;
@@ -36,12 +35,7 @@ impl FileKind for CharDevice {
 
     fn open(file: &FileObject, s: &State, _: &OpenContext) -> Result<OwnedFd> {
         let flags = super::regular::reopen_flags(file.flags);
-        let f = OpenOptions::new()
-            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .custom_flags(flags & !libc::O_ACCMODE)
-            .open(&s.path)
-            .with_context(|| format!("opening {}", s.path.display()))?;
+        let f = crate::restore::paths::open(&s.path, flags).with_context(|| format!("opening {}", s.path.display()))?;
         let now = f.metadata()?.rdev();
         if now != s.rdev {
             bail!("{} is a different device now ({:#x}, was {:#x})", s.path.display(), now, s.rdev);

@@ -4,9 +4,7 @@ use super::{FdProbe, FileKind, OpenContext, Registry};
 use crate::image::objects::FileObject;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 pub struct Directory;
@@ -30,10 +28,7 @@ impl FileKind for Directory {
     }
 
     fn open(_: &FileObject, s: &State, _: &OpenContext) -> Result<OwnedFd> {
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(&s.path)
+        let f = crate::restore::paths::open(&s.path, libc::O_RDONLY | libc::O_DIRECTORY)
             .with_context(|| format!("opening directory {}", s.path.display()))?;
         if s.pos != 0 {
             // A directory offset is a cookie of the filesystem; best effort.

@@ -6,9 +6,9 @@ use crate::image::objects::FileObject;
 use crate::image::task::FileId;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use tracing::warn;
 
@@ -42,11 +42,7 @@ pub fn reopen_flags(flags: u32) -> i32 {
 
 /// Open a file the task used and check it is still the same one.
 pub fn reopen(id: &FileId, flags: i32, what: &str, strict_size: bool) -> Result<File> {
-    let f = OpenOptions::new()
-        .custom_flags(flags & !libc::O_ACCMODE)
-        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-        .open(&id.path)
+    let f = crate::restore::paths::open(&id.path, flags)
         .with_context(|| format!("{what}: opening {}", id.path.display()))?;
     let meta = f.metadata().with_context(|| format!("{what}: stat {}", id.path.display()))?;
     if meta.dev() == id.dev && meta.ino() != id.ino {

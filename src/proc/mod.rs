@@ -5,6 +5,7 @@
 pub mod fdinfo;
 pub mod limits;
 pub mod maps;
+pub mod mountinfo;
 pub mod pagemap;
 pub mod stat;
 pub mod status;

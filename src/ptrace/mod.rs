@@ -207,6 +207,26 @@ impl Tracee {
         Ok(())
     }
 
+    /// After a SIGKILL: collect what the tracee reported, without
+    /// blocking; true once it is gone.
+    pub fn reap_if_gone(&self) -> bool {
+        while self.attached.get() {
+            let mut status = 0;
+            // SAFETY: status is a valid out pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+            if r == 0 {
+                return false;
+            }
+            if r < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                self.attached.set(false);
+            }
+        }
+        true
+    }
+
     /// The tracee is no longer ours to clean up (it exited, or ownership moved).
     pub fn forget(&self) {
         self.attached.set(false);

@@ -46,6 +46,9 @@ pub enum Step {
     Report,
     Fork,
     Setpgid,
+    Mount,
+    PivotRoot,
+    Hostname,
 }
 
 /// What a forked process is for.
@@ -94,6 +97,8 @@ pub struct TreeSetup {
     pub ferry_pid: i32,
     /// Every process, the root first, parents before children.
     pub processes: Vec<ChildSetup>,
+    /// A container's root first enters its namespaces' mounts.
+    pub container: Option<super::container::ChildMounts>,
 }
 
 /// What one process of the tree needs.
@@ -170,6 +175,9 @@ impl TreeSetup {
             Step::Chdir => format!("chdir {}", s.cwd.to_string_lossy()),
             Step::Chroot => format!("chroot {}", s.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
             Step::Personality => format!("personality({:#x})", s.personality),
+            Step::Mount => self.container.as_ref().map(|c| c.describe(i)).unwrap_or_default(),
+            Step::PivotRoot => "pivot_root into the container's root".into(),
+            Step::Hostname => "setting the container's host and domain names".into(),
             Step::Rlimit => match s.rlimits.get(i) {
                 Some((res, l)) => format!("setting rlimit {res} to {}/{}", l.rlim_cur, l.rlim_max),
                 None => format!("raising the open-files limit to {}", self.nofile_hard),
@@ -233,6 +241,11 @@ pub fn run(t: &TreeSetup) -> ! {
         libc::sigfillset(&mut all);
         if libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) != 0 {
             fail(rfd, 0, Step::BlockSignals, 0);
+        }
+        if let Some(c) = &t.container {
+            if let Err((step, i)) = super::container::enter(c) {
+                fail(rfd, 0, step, i);
+            }
         }
         let mut me = 0usize;
         // Who our parent must be: ferry for the root (0 when the root is a

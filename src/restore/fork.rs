@@ -33,19 +33,23 @@ pub struct Forked {
 /// fork(2) semantics: returns Ok(None) in the child. With `new_pid_ns`
 /// the child is the init (PID 1) of a new PID namespace and `pid` is not
 /// asked for (its PID out here is whatever is free).
-fn clone3_at(pid: i32, new_pid_ns: bool) -> Result<Option<Forked>, Errno> {
+fn clone3_at(pid: i32, flags: u64) -> Result<Option<Forked>, Errno> {
+    let new_pid_ns = flags & libc::CLONE_NEWPID as u64 != 0;
     let set_tid = [pid];
     let mut pidfd: i32 = -1;
     let mut args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64,
+        flags: libc::CLONE_PIDFD as u64 | flags,
         pidfd: &mut pidfd as *mut i32 as u64,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: set_tid.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()
     };
+    if flags & libc::CLONE_PARENT as u64 != 0 {
+        // clone3 takes no exit signal then: the child gets ours, for our parent.
+        args.exit_signal = 0;
+    }
     if new_pid_ns {
-        args.flags |= libc::CLONE_NEWPID as u64;
         args.set_tid = 0;
         args.set_tid_size = 0;
     }
@@ -123,10 +127,16 @@ pub fn wait_free(pids: &[i32], wait: Duration) -> Result<()> {
 /// Fork at `pid` (or as the init of a new PID namespace), waiting up to
 /// `wait` for the PID to become free. Returns Ok(None) in the child.
 pub fn fork_at(pid: i32, new_pid_ns: bool, wait: Duration) -> Result<Option<Forked>> {
+    fork_with(pid, if new_pid_ns { libc::CLONE_NEWPID as u64 } else { 0 }, wait)
+}
+
+/// [`fork_at`] with more clone flags: new namespaces (CLONE_NEWPID makes
+/// the child the init of its own), CLONE_PARENT.
+pub fn fork_with(pid: i32, flags: u64, wait: Duration) -> Result<Option<Forked>> {
     let start = Instant::now();
     let mut announced = false;
     loop {
-        match clone3_at(pid, new_pid_ns) {
+        match clone3_at(pid, flags) {
             Ok(r) => return Ok(r),
             Err(Errno::EEXIST) => {
                 if start.elapsed() >= wait {
@@ -138,7 +148,7 @@ pub fn fork_at(pid: i32, new_pid_ns: bool, wait: Duration) -> Result<Option<Fork
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(Errno::ENOSYS | Errno::E2BIG) if !new_pid_ns => return fork_via_ns_last_pid(pid),
+            Err(Errno::ENOSYS | Errno::E2BIG) if flags == 0 => return fork_via_ns_last_pid(pid),
             Err(Errno::EPERM) => {
                 bail!("clone3 with set_tid: Operation not permitted (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)")
             }

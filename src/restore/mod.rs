@@ -11,11 +11,13 @@
 //! (PR_SET_DEATHSIG): if anything fails, or ferry dies, none is left.
 
 pub mod child;
+pub mod container;
 pub mod deleted_cwd;
 pub mod finish;
 pub mod fork;
 pub mod mm;
 pub mod objects;
+pub mod paths;
 pub mod plan;
 pub mod thread;
 
@@ -57,6 +59,8 @@ pub struct RestoreOptions {
     /// `--network-lock`: how the connections' packets are held here
     /// until the tree runs.
     pub network_lock: crate::netlock::Method,
+    /// `--root`, `--external mnt[...]`, `--restore-sibling`.
+    pub container: container::ContainerRestore,
 }
 
 /// `--inherit-fd fd[N]:KEY` values, each checked to be an open fd.
@@ -137,8 +141,21 @@ pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Resul
     // would be answered with a reset.
     let restore_lock = lock_connections(opts)?;
     opts.scripts.run(Action::PreRestore, &opts.dir, None)?;
+    // A container's mounts first: its files are opened inside them.
+    let mut stage = container::Stage::start(&crate::image::ImageDir::open(&opts.dir)?, &opts.container)?;
+    let in_root = stage.as_ref().map(|s| paths::InRoot::set(&s.root));
+    let in_net = match &stage {
+        Some(s) => s.in_net()?,
+        None => None,
+    };
     let mut plan = plan::prepare(opts)?;
-    let result = build(&mut plan, opts, before_run);
+    drop((in_root, in_net));
+    plan.setup.container = stage.as_mut().and_then(|s| s.child.take());
+    if opts.container.sibling && !plan.tree.pid_ns {
+        // The root's parent is ours (CLONE_PARENT).
+        plan.setup.ferry_pid = nix::unistd::getppid().as_raw();
+    }
+    let result = build(&mut plan, opts, stage.as_ref(), before_run);
     match result {
         Ok(_) => plan.opened.commit(),
         Err(_) => plan.opened.discard(),
@@ -215,7 +232,12 @@ struct Live {
     main: Tracee,
 }
 
-fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Result<()>) -> Result<Restored> {
+fn build(
+    plan: &mut TreePlan,
+    opts: &RestoreOptions,
+    stage: Option<&container::Stage>,
+    before_run: impl FnOnce(i32) -> Result<()>,
+) -> Result<Restored> {
     // Pre-copied pages left to the caller's daemon: it checks each block
     // as it first uses it, and fetches a damaged one from the source. A
     // separate `ferry lazy-pages` opens them itself.
@@ -230,9 +252,16 @@ fn build(plan: &mut TreePlan, opts: &RestoreOptions, before_run: impl FnOnce(i32
         let pids: Vec<i32> = plan.tree.processes.iter().map(|p| p.pid).collect();
         fork::wait_free(&pids, opts.pid_wait)?;
     }
-    let forked = match fork::fork_at(plan.tree.root, plan.tree.pid_ns, opts.pid_wait)? {
-        None => child::run(&plan.setup),
-        Some(f) => f,
+    let forked = match stage {
+        Some(s) => s.fork(plan.tree.root, plan.tree.pid_ns, opts.container.sibling, opts.pid_wait, &plan.setup)?,
+        None => {
+            let flags = if opts.container.sibling { libc::CLONE_PARENT as u64 } else { 0 };
+            let flags = flags | if plan.tree.pid_ns { libc::CLONE_NEWPID as u64 } else { 0 };
+            match fork::fork_with(plan.tree.root, flags, opts.pid_wait)? {
+                None => child::run(&plan.setup),
+                Some(f) => f,
+            }
+        }
     };
     let mut guard = RootGuard { pid: forked.pid, armed: true };
     // The processes have their copies now; closing ours lets the report

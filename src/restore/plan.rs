@@ -482,7 +482,7 @@ fn place(
     }
     let group_helpers = group_helpers(&tree, &mut setups);
     let ferry_pid = if tree.pid_ns { 0 } else { std::process::id() as i32 };
-    let setup = TreeSetup { report_fd, stage_base, nofile_hard, ferry_pid, processes: setups };
+    let setup = TreeSetup { report_fd, stage_base, nofile_hard, ferry_pid, processes: setups, container: None };
     Ok(Placed { images, tree, objects, processes, setup, report: report_r, files: helpers, group_helpers })
 }
 

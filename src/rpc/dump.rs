@@ -120,6 +120,7 @@ fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str) -> Result<Ve
             a.extend(["--port".into(), port.to_string()]);
         }
     }
+    super::container::argv(opts, &mut a)?;
     if let Some(name) = unsupported(opts).first() {
         bail!("{} with criu_opts.{name}: not supported yet", command.to_uppercase().replace('-', "_"));
     }
@@ -150,7 +151,7 @@ fn unsupported(opts: &CriuOpts) -> Vec<&'static str> {
         log_level: None,
         log_file: None,
         work_dir_fd: None,
-        ..opts.clone()
+        ..super::container::without(opts.clone())
     };
     super::fields::given(&rest)
 }
@@ -165,12 +166,13 @@ mod tests {
             images_dir_fd: 3,
             pid: Some(1),
             root: Some("/rootfs".into()),
-            manage_cgroups: Some(true),
-            evasive_devices: Some(false),
+            cpu_cap: Some(1),
+            lsm_profile: Some("x".into()),
+            auto_dedup: Some(false),
             ..Default::default()
         };
-        // evasive_devices is false: not given.
-        assert_eq!(unsupported(&opts), vec!["root", "manage_cgroups"]);
+        // auto_dedup is false: not given; root has a translation.
+        assert_eq!(unsupported(&opts), vec!["cpu_cap", "lsm_profile"]);
         let opts = CriuOpts { images_dir_fd: 3, leave_running: Some(true), ..Default::default() };
         assert!(unsupported(&opts).is_empty());
     }

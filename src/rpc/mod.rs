@@ -31,6 +31,7 @@ pub fn criu_version_line(mut args: impl Iterator<Item = std::ffi::OsString>) -> 
 #[rustfmt::skip]
 pub mod criu;
 pub mod channel;
+pub mod container;
 pub mod dump;
 pub mod fields;
 pub mod log;

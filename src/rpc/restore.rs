@@ -62,6 +62,7 @@ fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         }
         a.extend(["--inherit-fd".into(), format!("fd[{}]:{}", i.fd, i.key)]);
     }
+    super::container::argv(opts, &mut a)?;
     let rest = CriuOpts {
         images_dir_fd: -1,
         images_dir: None,
@@ -76,7 +77,7 @@ fn restore_argv(opts: &CriuOpts, dir: &std::path::Path) -> Result<Vec<String>> {
         log_level: None,
         log_file: None,
         work_dir_fd: None,
-        ..opts.clone()
+        ..super::container::without(opts.clone())
     };
     if let Some(name) = super::fields::given(&rest).first() {
         bail!("RESTORE with criu_opts.{name}: not supported yet");
@@ -100,8 +101,8 @@ mod tests {
         };
         let argv = restore_argv(&opts, std::path::Path::new("/img")).unwrap();
         assert_eq!(argv, ["ferry", "restore", "-d", "-D", "/img", "--shell-job", "--inherit-fd", "fd[0]:pipe:[52411]"]);
-        let sibling = CriuOpts { images_dir_fd: 3, rst_sibling: Some(true), ..Default::default() };
-        let err = restore_argv(&sibling, std::path::Path::new("/img")).unwrap_err();
-        assert_eq!(err.to_string(), "RESTORE with criu_opts.rst_sibling: not supported yet");
+        let cap = CriuOpts { images_dir_fd: 3, cpu_cap: Some(1), ..Default::default() };
+        let err = restore_argv(&cap, std::path::Path::new("/img")).unwrap_err();
+        assert_eq!(err.to_string(), "RESTORE with criu_opts.cpu_cap: not supported yet");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// about to use. Raised as each level's requests and options work; 0.0
 /// until runc's container options do (runc then stops with "CRIU version
 /// 0 must be 30000 or higher" instead of at a refused option).
-pub const CRIU_LEVEL: (i32, i32, i32) = (0, 0, 0);
+pub const CRIU_LEVEL: (i32, i32, i32) = (3, 0, 0);
 
 /// Serve requests until one without `keep_open` is answered or the
 /// caller closes its end.

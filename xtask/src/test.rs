@@ -29,7 +29,8 @@ impl Test {
         // the tests leave alone: each makes its own with initdb); mount makes a
         // small tmpfs for the disk-full test; nftables and iptables hold
         // TCP connections' packets (the network lock, both backends);
-        // nginx, curl and socat serve and fetch across a migration.
+        // nginx, curl and socat serve and fetch across a migration; runc
+        // runs busybox-static containers that ferry checkpoints as criu.
         apt::ensure(
             sh,
             &[
@@ -48,6 +49,8 @@ impl Test {
                 "nginx",
                 "curl",
                 "socat",
+                "runc",
+                "busybox-static",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");

@@ -1,0 +1,192 @@
+//! A tree whose root lives in a mount namespace of its own is a container:
+//! its namespaces are part of its state. This reads them (with the tree
+//! frozen, for the second look): the mounts, sorted into what a restore can
+//! rebuild (see [`MountKind`]), the UTS names, and whether the IPC and
+//! network namespaces can come back as new ones.
+
+use crate::image::container::{ContainerImage, EmptyNet, MountEntry, MountKind, UtsNames};
+use crate::proc::mountinfo::MountInfo;
+use crate::proc::ProcDir;
+use anyhow::{bail, Context, Result};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+/// What the caller says about the container (CRIU's options).
+#[derive(Clone, Debug, Default)]
+pub struct ContainerOptions {
+    /// `--external mnt[MOUNTPOINT]:KEY`: mounts that come from outside.
+    pub external: Vec<(PathBuf, String)>,
+    /// `--empty-ns net`: the network namespace is the caller's business.
+    pub empty_net: bool,
+}
+
+/// Filesystems that come back as new instances: they keep nothing a
+/// process put there (mqueue: checked to be empty).
+const FRESH: &[&str] = &["proc", "sysfs", "devpts", "mqueue"];
+
+fn ns_link(pid: i32, ns: &str) -> Result<PathBuf> {
+    ProcDir::new(pid).read_link(&format!("ns/{ns}"))
+}
+
+/// None if the tree shares ferry's mount namespace; otherwise its
+/// namespaces, or why they cannot be dumped. Every process must share the
+/// root's namespaces.
+pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<ContainerImage>> {
+    let (root, _) = pids[0];
+    let me = std::process::id() as i32;
+    if ns_link(root, "mnt")? == ns_link(me, "mnt")? {
+        return Ok(None);
+    }
+    for ns in ["mnt", "uts", "ipc", "net", "cgroup", "time"] {
+        let theirs = ns_link(root, ns)?;
+        for &(pid, vpid) in &pids[1..] {
+            if ns_link(pid, ns)? != theirs {
+                bail!("task {vpid} is in another {ns} namespace than the container's init: nested namespaces are not supported yet");
+            }
+        }
+    }
+    for ns in ["cgroup", "time"] {
+        if ns_link(root, ns)? != ns_link(me, ns)? {
+            bail!("task {}: a {ns} namespace of its own is not supported yet", pids[0].1);
+        }
+    }
+    let differs = |ns: &str| -> Result<bool> { Ok(ns_link(root, ns)? != ns_link(me, ns)?) };
+    let uts = if differs("uts")? { Some(with_ns(root, "uts", uts_names)?) } else { None };
+    let ipc = differs("ipc")?;
+    if ipc {
+        with_ns(root, "ipc", check_ipc_empty)?;
+    }
+    let net = if !differs("net")? {
+        None
+    } else if opts.empty_net {
+        Some(EmptyNet { lo_up: with_ns(root, "net", crate::loopback::is_up)? })
+    } else {
+        bail!(
+            "task {} has a network namespace of its own: ferry does not dump network namespaces; \
+             with --empty-ns net (what runc asks) the restore gives it a new, empty one",
+            pids[0].1
+        );
+    };
+    let text = ProcDir::new(root).read("mountinfo")?;
+    let infos = crate::proc::mountinfo::parse(&text)?;
+    let mounts = classify(&infos, opts)?;
+    for m in mounts.iter().filter(|m| m.fstype == "mqueue") {
+        let dir = ProcDir::new(root).path("root").join(m.mountpoint.strip_prefix("/").unwrap_or(&m.mountpoint));
+        let queues = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        if queues > 0 {
+            bail!("{}: POSIX message queues are not supported yet ({queues} open)", m.mountpoint.display());
+        }
+    }
+    Ok(Some(ContainerImage { mounts, uts, ipc, net }))
+}
+
+/// Sort every mount into how it comes back; refuse the ones that cannot.
+pub fn classify(infos: &[MountInfo], opts: &ContainerOptions) -> Result<Vec<MountEntry>> {
+    let ids: std::collections::HashSet<u32> = infos.iter().map(|m| m.id).collect();
+    let root = infos
+        .iter()
+        .find(|m| m.mountpoint == Path::new("/") && !ids.contains(&m.parent))
+        .context("mountinfo has no root mount")?;
+    // Parents before children, whatever order the kernel listed them in.
+    let mut order = vec![root];
+    let mut i = 0;
+    while i < order.len() {
+        let id = order[i].id;
+        order.extend(infos.iter().filter(|m| m.parent == id && m.id != id));
+        i += 1;
+    }
+    if order.len() != infos.len() {
+        bail!("mountinfo: {} mounts are not below the root", infos.len() - order.len());
+    }
+    let mut out: Vec<MountEntry> = Vec::new();
+    for m in order {
+        let kind = kind_of(m, &out, infos, opts)?;
+        out.push(MountEntry {
+            id: m.id,
+            parent: if m.id == root.id { 0 } else { m.parent },
+            mountpoint: m.mountpoint.clone(),
+            fstype: m.fstype.clone(),
+            source: m.source.clone(),
+            flags: m.flags(),
+            options: m.super_options.clone(),
+            dev: m.dev,
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+fn kind_of(m: &MountInfo, done: &[MountEntry], infos: &[MountInfo], opts: &ContainerOptions) -> Result<MountKind> {
+    if done.is_empty() {
+        return Ok(MountKind::Root);
+    }
+    if let Some((_, key)) = opts.external.iter().find(|(p, _)| *p == m.mountpoint) {
+        return Ok(MountKind::External { key: key.clone() });
+    }
+    // A bind of (part of) a mount already rebuilt: same filesystem, and
+    // this one's root lies under that one's.
+    let info = |id: u32| infos.iter().find(|i| i.id == id);
+    let of = done.iter().filter_map(|d| info(d.id).map(|i| (d, i))).find(|(d, i)| {
+        i.dev == m.dev && m.root.starts_with(&i.root) && !matches!(d.kind, MountKind::External { .. } | MountKind::Root)
+    });
+    if let Some((d, i)) = of {
+        let path = m.root.strip_prefix(&i.root).expect("checked above").to_path_buf();
+        return Ok(MountKind::Bind { of: d.id, path });
+    }
+    if m.root == Path::new("/") {
+        if FRESH.contains(&m.fstype.as_str()) {
+            return Ok(MountKind::Fresh);
+        }
+        if m.fstype == "tmpfs" {
+            return Ok(MountKind::Tmpfs);
+        }
+    }
+    bail!(
+        "mount {} ({} {} from {}) comes from outside the container: name it with --external mnt[{}]:KEY \
+         (runc does this for its bind mounts)",
+        m.mountpoint.display(),
+        m.fstype,
+        m.root.display(),
+        m.source,
+        m.mountpoint.display()
+    )
+}
+
+/// Run `f` on a thread that has joined `pid`'s namespace of kind `ns`
+/// (uts, ipc and net can be joined by one thread of a process).
+fn with_ns<T: Send>(pid: i32, ns: &str, f: fn() -> Result<T>) -> Result<T> {
+    let file = std::fs::File::open(ProcDir::new(pid).path(&format!("ns/{ns}")))
+        .with_context(|| format!("task {pid}: opening its {ns} namespace"))?;
+    let flag = match ns {
+        "uts" => nix::sched::CloneFlags::CLONE_NEWUTS,
+        "ipc" => nix::sched::CloneFlags::CLONE_NEWIPC,
+        _ => nix::sched::CloneFlags::CLONE_NEWNET,
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(file.as_fd(), flag).with_context(|| format!("entering task {pid}'s {ns} namespace"))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the {ns} namespace: thread panicked"))?
+    })
+}
+
+fn uts_names() -> Result<UtsNames> {
+    let u = nix::sys::utsname::uname()?;
+    Ok(UtsNames {
+        hostname: u.nodename().to_string_lossy().into_owned(),
+        domainname: u.domainname().to_string_lossy().into_owned(),
+    })
+}
+
+fn check_ipc_empty() -> Result<()> {
+    for kind in ["shm", "msg", "sem"] {
+        let text = std::fs::read_to_string(format!("/proc/sysvipc/{kind}"))?;
+        let n = text.lines().skip(1).count();
+        if n > 0 {
+            bail!("the container's IPC namespace has {n} SysV {kind} objects: they are not supported yet");
+        }
+    }
+    Ok(())
+}

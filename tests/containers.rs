@@ -1,0 +1,290 @@
+//! Containers: Debian's runc checkpoints and restores containers through
+//! ferry (`runc --criu` pointing at ferry under the name criu), over
+//! CRIU's RPC. The containers are busybox (Debian's busybox-static) with a
+//! shell loop, and redis-server from the host's /usr bind-mounted in; each
+//! test checks the program's own state after the restore.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A shell loop that counts in /tmp/count, ten times a second.
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+
+struct Container {
+    id: String,
+    dir: tempfile::TempDir,
+    /// Read ends of the container's stdout and stderr pipes (runc hands
+    /// pipes to the container; ferry gets them back by inherit_fd).
+    pipes: Vec<std::os::fd::OwnedFd>,
+}
+
+fn bundle(dir: &Path, args: &[&str], mounts: &[(&str, &str)]) {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "tmp", "proc", "dev", "sys", "usr", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
+    for c in ["sh", "sleep", "cat", "echo", "hostname"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
+    }
+    for l in ["lib", "lib64"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), rootfs.join(l)).unwrap();
+    }
+    let spec = Command::new("runc").arg("spec").current_dir(dir).output().expect("runc is installed");
+    assert!(spec.status.success(), "runc spec: {}", String::from_utf8_lossy(&spec.stderr));
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(args);
+    config["root"]["readonly"] = false.into();
+    for (src, dst) in mounts {
+        let m = serde_json::json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro"]});
+        config["mounts"].as_array_mut().unwrap().push(m);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+impl Container {
+    fn run(name: &str, args: &[&str], mounts: &[(&str, &str)]) -> Container {
+        init();
+        let dir = tempfile::Builder::new().prefix("ferry-ctr-").tempdir().unwrap();
+        bundle(dir.path(), args, mounts);
+        std::os::unix::fs::symlink(ferry(), dir.path().join("criu")).unwrap();
+        let id = format!("ferry-{name}-{}", std::process::id());
+        let mut c = Container { id, dir, pipes: Vec::new() };
+        let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
+        assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
+        c
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    fn runc_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--criu").arg(self.dir.path().join("criu")).args(args).current_dir(self.dir.path());
+        c
+    }
+
+    /// runc with its stdout and stderr pipes kept for the container (the
+    /// run and restore hand them to it), stdin /dev/null.
+    fn runc_piped(&mut self, args: &[&str]) -> Output {
+        let mut cmd = self.runc_cmd(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let status = child.wait().unwrap();
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let mut stderr = Vec::new();
+        if !status.success() {
+            // Nothing holds the pipes then: read runc's message.
+            use std::io::Read;
+            let mut e = err;
+            e.read_to_end(&mut stderr).ok();
+        } else {
+            self.pipes = vec![out.into(), err.into()];
+        }
+        Output { status, stdout: Vec::new(), stderr }
+    }
+
+    fn runc(&self, args: &[&str]) -> Output {
+        self.runc_cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn checkpoint(&self, img: &str, work: &str, extra: &[&str]) {
+        let (img, work) = (self.path(img), self.path(work));
+        let mut args = vec!["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap()];
+        args.extend(extra);
+        args.push(&self.id);
+        let out = self.runc(&args);
+        let log = std::fs::read_to_string(work.join("dump.log")).unwrap_or_default();
+        assert!(out.status.success(), "runc checkpoint: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn restore(&mut self, img: &str, work: &str) {
+        let (img, work) = (self.path(img), self.path(work));
+        let id = self.id.clone();
+        let args = ["restore", "-d", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &id];
+        let out = self.runc_piped(&args);
+        let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
+        assert!(out.status.success(), "runc restore: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The container's init, as ferry's PID, if it runs.
+    fn pid(&self) -> Option<i32> {
+        let out = self.runc(&["state", &self.id]);
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (state["status"] == "running").then(|| state["pid"].as_i64().unwrap() as i32)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut a = vec!["exec", &self.id];
+        a.extend(args);
+        let out = self.runc(&a);
+        assert!(out.status.success(), "runc exec {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn count(&self) -> u64 {
+        let text = std::fs::read_to_string(self.rootfs().join("tmp/count")).unwrap_or_default();
+        text.trim().parse().unwrap_or(0)
+    }
+
+    fn wait_count(&self, at_least: u64) -> u64 {
+        let start = Instant::now();
+        loop {
+            let n = self.count();
+            if n >= at_least {
+                return n;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the counter stays at {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The first value the counter writes after `from`.
+    fn next_count(&self, from: u64) -> u64 {
+        let start = Instant::now();
+        loop {
+            let n = self.count();
+            if n != from && n != 0 {
+                return n;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the counter stays at {from}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.runc(&["delete", "-f", &self.id]);
+    }
+}
+
+/// The restored loop goes on from where it was: its next number follows
+/// the dumped one (a fresh start would write 1).
+fn assert_counts_on(c: &Container, dumped: u64) {
+    let next = c.next_count(dumped);
+    assert!(next > dumped && next <= dumped + 3, "dumped at {dumped}, counts on at {next}");
+}
+
+#[test]
+fn runc_checkpoint_and_restore_a_shell_loop() {
+    let mut c = Container::run("loop", &["sh", "-c", COUNTER], &[]);
+    c.wait_count(5);
+    c.checkpoint("img", "work", &[]);
+    assert_eq!(c.pid(), None, "runc checkpoint ends the container");
+    let dumped = c.count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.count(), dumped, "nothing counts while checkpointed");
+
+    // The image is a container's: ferry wants its root and mounts named.
+    let img = c.path("img");
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap()]);
+    assert!(err.contains("--root DIR"), "{err}");
+    let root = c.rootfs();
+    let err = ferry_err(&["restore", "-d", "-D", img.to_str().unwrap(), "--root", root.to_str().unwrap()]);
+    assert!(err.contains(" is external (") && err.contains("): say what it is now with --external mnt["), "{err}");
+
+    c.restore("img", "work2");
+    let pid = c.pid().expect("the restored container runs");
+    assert_counts_on(&c, dumped);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.ends_with("\t1"), "the init of its PID namespace again: {nspid}");
+    assert_eq!(c.exec(&["hostname"]), "runc");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    for m in [" / ", " /proc ", " /dev ", " /dev/pts ", " /sys ", " /proc/sys ", " /sys/fs/cgroup/cpu "] {
+        assert!(mounts.contains(m), "{m} missing:\n{mounts}");
+    }
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(c.exec(&["cat", "/dev/null"]), "");
+
+    // Again, from the restored one: its files and mounts are the container's.
+    let again = c.count();
+    c.checkpoint("img2", "work3", &[]);
+    let dumped = c.count();
+    assert!(dumped >= again);
+    c.restore("img2", "work4");
+    assert_counts_on(&c, dumped);
+}
+
+#[test]
+fn runc_checkpoint_leave_running_then_restore_the_image() {
+    let mut c = Container::run("leave", &["sh", "-c", COUNTER], &[]);
+    c.wait_count(5);
+    let before = c.count();
+    c.checkpoint("img", "work", &["--leave-running"]);
+    let after = c.count();
+    assert!(c.pid().is_some(), "--leave-running keeps the container");
+    let live = c.wait_count(after + 10);
+    let out = c.runc(&["kill", &c.id, "KILL"]);
+    assert!(out.status.success());
+    let start = Instant::now();
+    while c.pid().is_some() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.runc(&["delete", &c.id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = c.count();
+    c.restore("img", "work2");
+    let next = c.next_count(last);
+    assert!(
+        next > before && next <= after + 3 && next < live,
+        "dumped between {before} and {after}, counts on at {next}"
+    );
+}
+
+#[test]
+fn runc_pre_dump_then_dump_uses_the_parent() {
+    let mut c = Container::run("pre", &["sh", "-c", COUNTER], &[]);
+    c.wait_count(5);
+    c.checkpoint("pre", "work-pre", &["--pre-dump"]);
+    assert!(c.pid().is_some(), "a pre-dump leaves the container running");
+    c.wait_count(c.count() + 5);
+    c.checkpoint("img", "work", &["--parent-path", "../pre"]);
+    let dumped = c.count();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path("img").join("stats.json")).unwrap()).unwrap();
+    assert!(stats["pages_in_parent"].as_u64().unwrap() > 0, "{stats}");
+    c.restore("img", "work2");
+    assert_counts_on(&c, dumped);
+}
+
+#[test]
+fn runc_checkpoint_and_restore_redis_with_its_data() {
+    let redis =
+        ["/usr/bin/redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no"];
+    let mut c = Container::run("redis", &redis, &[("/usr", "/usr")]);
+    let cli = |c: &Container, args: &[&str]| {
+        let mut a = vec!["/usr/bin/redis-cli"];
+        a.extend(args);
+        c.exec(&a)
+    };
+    let start = Instant::now();
+    while c.runc(&["exec", &c.id, "/usr/bin/redis-cli", "ping"]).stdout != b"PONG\n" {
+        assert!(start.elapsed() < Duration::from_secs(30), "redis in the container does not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..200 {
+        cli(&c, &["set", &format!("key{i}"), &format!("value{i}")]);
+    }
+    cli(&c, &["rpush", "list", "a", "b", "c"]);
+    c.checkpoint("img", "work", &[]);
+    assert_eq!(c.pid(), None);
+    c.restore("img", "work2");
+    assert_eq!(cli(&c, &["dbsize"]), "201");
+    assert_eq!(cli(&c, &["get", "key123"]), "value123");
+    assert_eq!(cli(&c, &["lrange", "list", "0", "-1"]), "a\nb\nc");
+    cli(&c, &["set", "after", "restore"]);
+    assert_eq!(cli(&c, &["get", "after"]), "restore");
+}
