@@ -49,13 +49,17 @@ fn bundle(dir: &Path, args: &[&str], mounts: &[(&str, &str)]) {
 }
 
 impl Container {
-    fn run(name: &str, args: &[&str], mounts: &[(&str, &str)]) -> Container {
+    fn new(name: &str, args: &[&str], mounts: &[(&str, &str)]) -> Container {
         init();
         let dir = tempfile::Builder::new().prefix("ferry-ctr-").tempdir().unwrap();
         bundle(dir.path(), args, mounts);
         std::os::unix::fs::symlink(ferry(), dir.path().join("criu")).unwrap();
         let id = format!("ferry-{name}-{}", std::process::id());
-        let mut c = Container { id, dir, pipes: Vec::new() };
+        Container { id, dir, pipes: Vec::new() }
+    }
+
+    fn run(name: &str, args: &[&str], mounts: &[(&str, &str)]) -> Container {
+        let mut c = Container::new(name, args, mounts);
         let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
         assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
         c
@@ -287,4 +291,26 @@ fn runc_checkpoint_and_restore_redis_with_its_data() {
     assert_eq!(cli(&c, &["lrange", "list", "0", "-1"]), "a\nb\nc");
     cli(&c, &["set", "after", "restore"]);
     assert_eq!(cli(&c, &["get", "after"]), "restore");
+}
+
+/// A container whose stdout is a file of the host (not a pipe): ferry
+/// could not reopen it inside the container, so the checkpoint stops
+/// before the container is touched, with the reason in runc's log, and
+/// the container runs on.
+#[test]
+fn runc_checkpoint_refuses_a_host_file_and_the_container_runs_on() {
+    let c = Container::new("hostfile", &["sh", "-c", COUNTER], &[]);
+    let log = std::fs::File::create(c.path("out.log")).unwrap();
+    let status = c.runc_cmd(&["run", "-d", &c.id]).stdin(Stdio::null()).stdout(log).status().unwrap();
+    assert!(status.success());
+    c.wait_count(3);
+    let (img, work) = (c.path("img"), c.path("work"));
+    let out =
+        c.runc(&["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &c.id]);
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(log.contains("out.log is on a mount outside the container"), "{log}");
+    assert!(c.pid().is_some(), "the container still runs");
+    let n = c.count();
+    c.wait_count(n + 3);
 }

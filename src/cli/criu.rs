@@ -149,6 +149,8 @@ pub struct NoForms {
     pub no_page_server: bool,
     #[arg(long = "no-restore-detached", hide = true)]
     pub no_restore_detached: bool,
+    #[arg(long = "no-restore-sibling", hide = true)]
+    pub no_restore_sibling: bool,
     #[arg(long = "no-daemon", hide = true)]
     pub no_daemon: bool,
     #[arg(long = "no-tls", hide = true)]

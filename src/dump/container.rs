@@ -70,6 +70,9 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
     let text = ProcDir::new(root).read("mountinfo")?;
     let infos = crate::proc::mountinfo::parse(&text)?;
     let mounts = classify(&infos, opts)?;
+    for &(pid, vpid) in pids {
+        files_inside(pid, vpid, &infos)?;
+    }
     for m in mounts.iter().filter(|m| m.fstype == "mqueue") {
         let dir = ProcDir::new(root).path("root").join(m.mountpoint.strip_prefix("/").unwrap_or(&m.mountpoint));
         let queues = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
@@ -78,6 +81,33 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
         }
     }
     Ok(Some(ContainerImage { mounts, uts, ipc, net }))
+}
+
+/// Refuse a file or directory open on a mount the container does not
+/// have (a file of the host handed in as stdout): the restore opens paths
+/// inside the container, where it is not. Devices are opened by path and
+/// number, wherever they are (runc's stdin /dev/null of the host).
+fn files_inside(pid: i32, vpid: i32, infos: &[MountInfo]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let proc = ProcDir::new(pid);
+    for fd in proc.fds()? {
+        let path = proc.path(&format!("fd/{fd}"));
+        let (Ok(link), Ok(meta)) = (std::fs::read_link(&path), std::fs::metadata(&path)) else { continue };
+        let kind = meta.mode() & libc::S_IFMT;
+        if !link.is_absolute() || (kind != libc::S_IFREG && kind != libc::S_IFDIR) {
+            continue;
+        }
+        let (info, _) = proc.fdinfo(fd)?;
+        if !infos.iter().any(|m| u64::from(m.id) == info.mnt_id) {
+            bail!(
+                "task {vpid} fd {fd}: {} is on a mount outside the container (mount {}): it cannot be reopened \
+                 inside; hand such files in as pipes",
+                link.display(),
+                info.mnt_id
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Sort every mount into how it comes back; refuse the ones that cannot.

@@ -70,12 +70,9 @@ pub fn inspect(proc: &ProcDir, at: &Place, table: &mut ObjectTable, pidfd: Optio
         }
     }
     // Another mount namespace makes the tree a container (dump::container).
-    for ns in ["user"] {
-        let theirs = proc.read_link(&format!("ns/{ns}"))?;
-        let ours = ProcDir::current().read_link(&format!("ns/{ns}"))?;
-        if theirs != ours {
-            bail!("task {pid} is in another {ns} namespace ({}): namespaces are not supported yet", theirs.display());
-        }
+    let theirs = proc.read_link("ns/user")?;
+    if theirs != ProcDir::current().read_link("ns/user")? {
+        bail!("task {pid} is in another user namespace ({}): user namespaces are not supported yet", theirs.display());
     }
     let stat = proc.stat()?;
     let exe = proc.read_link("exe")?;
