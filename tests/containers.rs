@@ -16,6 +16,9 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sle
 
 struct Container {
     id: String,
+    /// Other containers made from the same bundle (a restore next to the
+    /// source), deleted with it.
+    others: Vec<String>,
     dir: tempfile::TempDir,
     /// Read ends of the container's stdout and stderr pipes (runc hands
     /// pipes to the container; ferry gets them back by inherit_fd).
@@ -55,7 +58,7 @@ impl Container {
         bundle(dir.path(), args, mounts);
         std::os::unix::fs::symlink(ferry(), dir.path().join("criu")).unwrap();
         let id = format!("ferry-{name}-{}", std::process::id());
-        Container { id, dir, pipes: Vec::new() }
+        Container { id, others: Vec::new(), dir, pipes: Vec::new() }
     }
 
     fn run(name: &str, args: &[&str], mounts: &[(&str, &str)]) -> Container {
@@ -69,9 +72,15 @@ impl Container {
         self.dir.path().join("rootfs")
     }
 
+    /// runc, pointed at ferry with `--criu`; with FERRY_TEST_CRIU_FROM_PATH
+    /// set (the package check, after installing ferry-criu-compat) runc
+    /// runs `criu` from PATH as it does by default.
     fn runc_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("runc");
-        c.arg("--criu").arg(self.dir.path().join("criu")).args(args).current_dir(self.dir.path());
+        if std::env::var_os("FERRY_TEST_CRIU_FROM_PATH").is_none() {
+            c.arg("--criu").arg(self.dir.path().join("criu"));
+        }
+        c.args(args).current_dir(self.dir.path());
         c
     }
 
@@ -111,6 +120,7 @@ impl Container {
         let out = self.runc(&args);
         let log = std::fs::read_to_string(work.join("dump.log")).unwrap_or_default();
         assert!(out.status.success(), "runc checkpoint: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+        assert!(log.contains("ferry::dump"), "ferry did not do this checkpoint:\n{log}");
     }
 
     fn restore(&mut self, img: &str, work: &str) {
@@ -170,7 +180,9 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = self.runc(&["delete", "-f", &self.id]);
+        for id in std::iter::once(&self.id).chain(&self.others) {
+            let _ = self.runc(&["delete", "-f", id]);
+        }
     }
 }
 
@@ -313,4 +325,85 @@ fn runc_checkpoint_refuses_a_host_file_and_the_container_runs_on() {
     assert!(c.pid().is_some(), "the container still runs");
     let n = c.count();
     c.wait_count(n + 3);
+}
+
+/// Lazy migration as runc does it: `runc checkpoint --lazy-pages
+/// --page-server ADDR:PORT --status-fd N` on the source (its own network
+/// namespace), the images copied, `criu lazy-pages --page-server` and
+/// `runc restore --lazy-pages` on the destination (another one): the
+/// container counts on there while its memory comes over the link.
+#[test]
+fn runc_lazy_migration_between_two_network_namespaces() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let net = common::ns::Net::new();
+    let mut c = Container::run("lazy", &["sh", "-c", COUNTER], &[]);
+    c.wait_count(5);
+    let port = (27300 + std::process::id() % 200).to_string();
+    let (img, work) = (c.path("img"), c.path("work"));
+    let (status_r, status_w) = nix::unistd::pipe().unwrap();
+    let fd = status_w.as_raw_fd();
+    let server = format!("{}:{port}", net.src_ip);
+    let args = ["checkpoint", "--lazy-pages", "--page-server", &server, "--status-fd", "5"];
+    let mut ck = Command::new("nsenter");
+    ck.arg(format!("--net=/run/netns/{}", net.src)).arg("runc");
+    ck.arg("--criu").arg(c.path("criu")).args(args);
+    ck.args(["--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &c.id]);
+    ck.current_dir(c.dir.path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        ck.pre_exec(move || {
+            if libc::dup2(fd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let ck = ck.spawn().unwrap();
+    drop(status_w);
+    let mut byte = [1u8; 1];
+    let n = std::fs::File::from(status_r).read(&mut byte).unwrap();
+    let log = || std::fs::read_to_string(work.join("dump.log")).unwrap_or_default();
+    assert_eq!((n, byte[0]), (1, 0), "no status byte from the lazy checkpoint:\n{}", log());
+    let dumped = c.count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.count(), dumped, "the source is frozen while its pages wait");
+
+    // The destination: the images copied, the daemon in its namespace.
+    let dimg = c.path("dest-img");
+    let cp = Command::new("cp").arg("-a").arg(&img).arg(&dimg).status().unwrap();
+    assert!(cp.success());
+    let mut daemon = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.dst))
+        .arg(ferry())
+        .args(["lazy-pages", "--page-server", "--address", &net.src_ip, "--port", &port, "-D", dimg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id2 = format!("{}-dest", c.id);
+    c.others.push(id2.clone());
+    let work2 = c.path("work2");
+    let out = c.runc_piped(&[
+        "restore",
+        "-d",
+        "--lazy-pages",
+        "--image-path",
+        dimg.to_str().unwrap(),
+        "--work-path",
+        work2.to_str().unwrap(),
+        &id2,
+    ]);
+    let rlog = std::fs::read_to_string(work2.join("restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "runc restore --lazy-pages: {}\n{rlog}", String::from_utf8_lossy(&out.stderr));
+    assert_counts_on(&c, dumped);
+    let ck = ck.wait_with_output().unwrap();
+    assert!(ck.status.success(), "runc checkpoint: {}\n{}", String::from_utf8_lossy(&ck.stderr), log());
+    let d = daemon.wait().unwrap();
+    assert!(d.success(), "the lazy-pages daemon failed");
+    let log = log();
+    assert!(log.contains(&format!("peer {}:", net.dst_ip)), "the pages went over the link:\n{log}");
+    assert!(log.contains("all lazy pages transferred"), "{log}");
+    assert_eq!(c.pid(), None, "the source container is gone");
 }

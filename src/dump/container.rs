@@ -220,3 +220,46 @@ fn check_ipc_empty() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUNC: &str = "71 46 254:0 /b/rootfs / rw,relatime - ext4 /dev/vda rw\n\
+        72 71 0:41 / /proc rw,relatime - proc proc rw\n\
+        73 71 0:42 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n\
+        74 73 0:43 / /dev/pts rw,nosuid,noexec,relatime - devpts devpts rw,gid=5,mode=620,ptmxmode=666\n\
+        79 71 0:29 /ctr1 /sys/fs/cgroup/cpu ro,nosuid - cgroup cgroup rw,cpu\n\
+        47 72 0:41 /sys /proc/sys ro,relatime - proc proc rw\n\
+        52 72 0:42 /null /proc/keys rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n";
+
+    #[test]
+    fn runc_mounts_sort_into_kinds() {
+        let infos = crate::proc::mountinfo::parse(RUNC).unwrap();
+        let opts = ContainerOptions {
+            external: vec![("/sys/fs/cgroup/cpu".into(), "cpu".into()), ("/proc/keys".into(), "/dev/null".into())],
+            empty_net: true,
+        };
+        let m = classify(&infos, &opts).unwrap();
+        let kinds: Vec<(&str, &MountKind)> = m.iter().map(|e| (e.mountpoint.to_str().unwrap(), &e.kind)).collect();
+        assert_eq!(kinds[0], ("/", &MountKind::Root));
+        let find = |p: &str| kinds.iter().find(|(q, _)| *q == p).unwrap().1.clone();
+        assert_eq!(find("/proc"), MountKind::Fresh);
+        assert_eq!(find("/dev"), MountKind::Tmpfs);
+        assert_eq!(find("/dev/pts"), MountKind::Fresh);
+        assert_eq!(find("/proc/sys"), MountKind::Bind { of: 72, path: "sys".into() });
+        assert_eq!(find("/proc/keys"), MountKind::External { key: "/dev/null".into() });
+        assert_eq!(find("/sys/fs/cgroup/cpu"), MountKind::External { key: "cpu".into() });
+        // Parents come before their children.
+        let at = |p: &str| m.iter().position(|e| e.mountpoint.to_str() == Some(p)).unwrap();
+        assert!(at("/proc") < at("/proc/sys") && at("/dev") < at("/dev/pts"));
+        assert_eq!(m[0].parent, 0);
+    }
+
+    #[test]
+    fn a_mount_from_outside_must_be_named() {
+        let infos = crate::proc::mountinfo::parse(RUNC).unwrap();
+        let err = classify(&infos, &ContainerOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("--external mnt[/sys/fs/cgroup/cpu]:KEY"), "{err}");
+    }
+}

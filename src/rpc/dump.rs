@@ -39,7 +39,13 @@ fn run(opts: &CriuOpts, channel: &Arc<Channel>, command: &str) -> Result<()> {
     let peer = channel.peer()?;
     let (dir, _held) = super::peer::images_dir(opts, peer)?;
     super::log::start(opts, peer, &dir)?;
-    let argv = dump_argv(opts, &dir, command)?;
+    // ferry's own descriptor of the caller's status_fd, handed to the
+    // command line (which closes it once it has written).
+    let status = match opts.status_fd {
+        Some(fd) => Some(std::os::fd::IntoRawFd::into_raw_fd(super::peer::writable(peer, fd, "status_fd")?)),
+        None => None,
+    };
+    let argv = dump_argv(opts, &dir, command, status)?;
     tracing::debug!(?argv, "the request as a command line");
     let notify = notifier(opts, channel);
     let code = match parse(&argv)?.command {
@@ -78,7 +84,7 @@ pub fn parse(argv: &[String]) -> Result<Cli> {
 
 /// `ferry dump`'s arguments for `opts`; refuses any option set that has
 /// none.
-fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str) -> Result<Vec<String>> {
+fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str, status: Option<i32>) -> Result<Vec<String>> {
     let pid = opts.pid.context("a dump without pid would dump the caller itself: ferry does not dump its caller")?;
     let mut a: Vec<String> = vec!["ferry".into(), command.into(), "-t".into(), pid.to_string(), "-D".into()];
     a.push(dir.display().to_string());
@@ -121,6 +127,9 @@ fn dump_argv(opts: &CriuOpts, dir: &std::path::Path, command: &str) -> Result<Ve
         }
     }
     super::container::argv(opts, &mut a)?;
+    if let Some(fd) = status {
+        a.extend(["--status-fd".into(), fd.to_string()]);
+    }
     if let Some(name) = unsupported(opts).first() {
         bail!("{} with criu_opts.{name}: not supported yet", command.to_uppercase().replace('-', "_"));
     }
@@ -151,6 +160,7 @@ fn unsupported(opts: &CriuOpts) -> Vec<&'static str> {
         log_level: None,
         log_file: None,
         work_dir_fd: None,
+        status_fd: None,
         ..super::container::without(opts.clone())
     };
     super::fields::given(&rest)
@@ -187,9 +197,10 @@ mod tests {
             unix_sk_ino: vec![super::super::criu::UnixSk { inode: 7 }, super::super::criu::UnixSk { inode: 9 }],
             ..Default::default()
         };
-        let argv = dump_argv(&opts, std::path::Path::new("/img"), "dump").unwrap();
+        let argv = dump_argv(&opts, std::path::Path::new("/img"), "dump", None).unwrap();
         assert_eq!(argv, ["ferry", "dump", "-t", "42", "-D", "/img", "--leave-running", "--ext-unix-sk=7,9"]);
-        let err = dump_argv(&CriuOpts { images_dir_fd: 3, ..Default::default() }, std::path::Path::new("/img"), "dump");
+        let err =
+            dump_argv(&CriuOpts { images_dir_fd: 3, ..Default::default() }, std::path::Path::new("/img"), "dump", None);
         assert!(format!("{:#}", err.unwrap_err()).contains("without pid"));
     }
 }

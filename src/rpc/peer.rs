@@ -30,3 +30,14 @@ pub fn dir_of(peer: i32, fd: i32, what: &str) -> Result<(PathBuf, OwnedFd)> {
     }
     Ok((path, ours))
 }
+
+/// The caller's descriptor `fd` (a pipe, for status_fd), opened for
+/// writing through /proc.
+pub fn writable(peer: i32, fd: i32, what: &str) -> Result<OwnedFd> {
+    let theirs = format!("/proc/{peer}/fd/{fd}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&theirs)
+        .with_context(|| format!("{what} {fd}: opening {theirs}"))?;
+    Ok(f.into())
+}

@@ -5,7 +5,7 @@
 //! ran, dnf into an empty root, apt install and purge on this host, and the
 //! packagers' builds (rpmbuild, dpkg-buildpackage) offline.
 
-use super::{make, Made};
+use super::{compat, make, Made};
 use crate::arch::{Arch, BuildNames};
 use crate::dist::dist_dir;
 use crate::{apt, project_root};
@@ -42,7 +42,7 @@ fn step(name: &str) -> Instant {
 }
 
 fn lintian(sh: &Shell, made: &Made) -> Result<()> {
-    for (_, deb) in &made.debs {
+    for deb in made.debs.iter().map(|(_, d)| d).chain(&made.compat_debs) {
         // Errors and warnings fail; info and pedantic tags are printed.
         let out = cmd!(sh, "lintian --fail-on error,warning --display-info {deb}").ignore_status().output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -66,7 +66,7 @@ fn rpm_keyring(sh: &Shell, work: &Path) -> Result<PathBuf> {
 
 fn rpmlint(sh: &Shell, made: &Made, keyring: &Path) -> Result<()> {
     let config = project_root().join("packaging/rpmlint.toml");
-    let rpms: Vec<&PathBuf> = made.rpms.iter().map(|(_, p)| p).collect();
+    let rpms: Vec<&PathBuf> = made.rpms.iter().map(|(_, p)| p).chain(&made.compat_rpms).collect();
     let spec = project_root().join("packaging/ferry.spec");
     let out = cmd!(sh, "rpmlint --config {config} {rpms...} {spec}").env("HOME", keyring).ignore_status().output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -84,7 +84,7 @@ fn indent(text: &str) -> String {
 /// Every rpm verifies against the key; a changed byte does not.
 fn signatures(sh: &Shell, made: &Made, keyring: &Path, work: &Path) -> Result<()> {
     let db = keyring.join(".rpmdb");
-    for (_, rpm) in &made.rpms {
+    for rpm in made.rpms.iter().map(|(_, r)| r).chain(&made.compat_rpms) {
         let out = cmd!(sh, "rpmkeys --dbpath {db} --checksig -v {rpm}").read()?;
         println!("{}", out.trim_end());
         ensure!(
@@ -146,6 +146,19 @@ fn architectures(sh: &Shell, made: &Made) -> Result<()> {
         };
         println!("{:<8} rpm {r:<8} deb {d:<8} {ran}", arch.name());
     }
+    for deb in &made.compat_debs {
+        let fields = cmd!(sh, "dpkg-deb -f {deb} Architecture Depends Provides Conflicts Replaces").quiet().read()?;
+        let listing = cmd!(sh, "dpkg-deb -c {deb}").quiet().read()?;
+        ensure!(
+            fields.contains("Architecture: all")
+                && fields.contains("Depends: ferry (=")
+                && ["Provides: criu", "Conflicts: criu", "Replaces: criu"].iter().all(|f| fields.contains(f))
+                && listing.contains("./usr/sbin/criu -> ../bin/ferry"),
+            "{}: not ferry under criu's name:\n{fields}\n{listing}",
+            deb.display()
+        );
+        println!("all      {}: /usr/sbin/criu -> ../bin/ferry, Provides/Conflicts/Replaces criu", compat::NAME);
+    }
     Ok(())
 }
 
@@ -159,9 +172,13 @@ fn dnf_install_root(sh: &Shell, work: &Path) -> Result<()> {
     cmd!(
         sh,
         "dnf -y -q --installroot={root} --releasever=40 {arch} --setopt=reposdir=/dev/null --setopt=cachedir={work}/dnf-cache
-         --repofrompath={url} --repo=ferry --setopt=ferry.gpgcheck=1 --setopt=ferry.repo_gpgcheck=1 --setopt={key} install ferry"
+         --repofrompath={url} --repo=ferry --setopt=ferry.gpgcheck=1 --setopt=ferry.repo_gpgcheck=1 --setopt={key} install ferry ferry-criu-compat"
     )
     .run()?;
+    // ferry-criu-compat: criu is ferry, and says so in CRIU's format.
+    let criu = cmd!(sh, "chroot {root} /usr/sbin/criu --version").read()?;
+    ensure!(criu.starts_with("Version: ") && criu.contains("GitID: ferry"), "criu --version in the dnf root:\n{criu}");
+    println!("dnf --installroot: chroot ROOT /usr/sbin/criu --version: {}", criu.replace('\n', " / "));
     let version = cmd!(sh, "chroot {root} /usr/bin/ferry --version").read()?;
     println!("dnf --installroot: chroot ROOT /usr/bin/ferry --version: {version}");
     // ferry check reads /proc: give the root one, in a private mount namespace.
@@ -183,6 +200,10 @@ fn apt_install_purge(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
     if installed.contains("installed") {
         bail!("a ferry package is already installed on this host: the install test would replace it (dpkg --purge ferry first)");
     }
+    let criu = cmd!(sh, "dpkg-query -W {format} criu").quiet().ignore_stderr().ignore_status().read()?;
+    if criu.contains("installed") {
+        bail!("a criu package is installed on this host: installing ferry-criu-compat would replace it (apt-get purge criu first)");
+    }
     let (_, deb) = made.debs.iter().find(|(a, _)| *a == Arch::X86_64).context("no x86_64 deb")?;
     let repo = dist_dir().join("apt");
     let list = format!("deb [signed-by={0}/ferry-archive-key.asc] file:{0} ./\n", repo.display());
@@ -190,18 +211,31 @@ fn apt_install_purge(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
     let o = &apt::PrivateApt::with_list(&work.join("apt"), &list)?.state_opts();
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     cmd!(sh, "apt-get {o...} -q update").run()?;
-    cmd!(sh, "apt-get {o...} -y install ferry").run()?;
-    let purge = || cmd!(sh, "apt-get -y purge ferry").run();
+    cmd!(sh, "apt-get {o...} -y install ferry ferry-criu-compat").run()?;
+    let purge = || cmd!(sh, "apt-get -y purge ferry ferry-criu-compat").run();
     let version = cmd!(sh, "/usr/bin/ferry --version").read();
     let man = Path::new("/usr/share/man/man1/ferry-dump.1.gz").exists();
+    // With ferry-criu-compat installed, runc (no --criu) checkpoints and
+    // restores a container through ferry.
+    let runc = cmd!(sh, "cargo test --release -p ferry --test containers runc_checkpoint_and_restore_a_shell_loop")
+        .env("FERRY_TEST_CRIU_FROM_PATH", "1")
+        .run();
     purge()?;
     let version = version?;
+    runc.context("runc with ferry-criu-compat installed")?;
+    println!("apt install ferry-criu-compat: runc checkpoint and restore with criu from PATH went through ferry");
     ensure!(man, "the deb did not install ferry-dump.1.gz");
     println!("apt install from the repository: /usr/bin/ferry --version: {version}");
-    let listing = cmd!(sh, "dpkg-deb -c {deb}").quiet().read()?;
+    let mut listing = cmd!(sh, "dpkg-deb -c {deb}").quiet().read()?;
+    for compat in &made.compat_debs {
+        listing += "\n";
+        listing += &cmd!(sh, "dpkg-deb -c {compat}").quiet().read()?;
+    }
     let mut left = Vec::new();
     for line in listing.lines() {
-        let path = line.split_whitespace().last().unwrap_or_default().trim_start_matches('.');
+        // A link's line ends "PATH -> TARGET": the path is before the arrow.
+        let entry = line.split(" -> ").next().unwrap_or_default();
+        let path = entry.split_whitespace().last().unwrap_or_default().trim_start_matches('.');
         if !line.starts_with('d') && !path.is_empty() && Path::new(path).exists() {
             left.push(path.to_string());
         }

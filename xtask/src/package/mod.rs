@@ -5,6 +5,7 @@
 //! the signature, install and source-build tests (check.rs).
 
 pub mod check;
+pub mod compat;
 pub mod deb;
 pub mod docs;
 pub mod repo;
@@ -98,6 +99,9 @@ pub fn strip(sh: &Shell, arch: Arch, from: &Path, to: &Path) -> Result<()> {
 pub struct Made {
     pub debs: Vec<(Arch, PathBuf)>,
     pub rpms: Vec<(Arch, PathBuf)>,
+    /// ferry-criu-compat (one for every architecture).
+    pub compat_debs: Vec<PathBuf>,
+    pub compat_rpms: Vec<PathBuf>,
     pub tarballs: dist::Tarballs,
 }
 
@@ -109,7 +113,8 @@ pub fn make(sh: &Shell, archs: &[Arch], sign_key: Option<&Path>) -> Result<Made>
     let (man_pages_gz, completions) = docs(sh)?;
     let tarballs = dist::make(sh)?;
     let (version, source_date) = (tarballs.version.clone(), tarballs.source_date);
-    let mut made = Made { debs: Vec::new(), rpms: Vec::new(), tarballs };
+    let mut made =
+        Made { debs: Vec::new(), rpms: Vec::new(), compat_debs: Vec::new(), compat_rpms: Vec::new(), tarballs };
     for &arch in archs {
         let built = build::build_arch(sh, arch, true, crate::cross::StdRoute::Auto)?;
         let (binary, target_dir) = staged_binary(sh, arch, &built)?;
@@ -127,9 +132,13 @@ pub fn make(sh: &Shell, archs: &[Arch], sign_key: Option<&Path>) -> Result<Made>
         };
         made.debs.push((arch, deb::build(sh, &p, &out)?));
         made.rpms.push((arch, rpm::build(&p, &out, sign_key)?));
+        if made.compat_debs.is_empty() {
+            made.compat_debs.push(compat::build_deb(sh, &p, &out)?);
+            made.compat_rpms.push(compat::build_rpm(sh, &p, &out, sign_key)?);
+        }
     }
-    let debs: Vec<&Path> = made.debs.iter().map(|(_, p)| p.as_path()).collect();
-    let rpms: Vec<&Path> = made.rpms.iter().map(|(_, p)| p.as_path()).collect();
+    let debs = made.debs.iter().map(|(_, p)| p).chain(&made.compat_debs).map(PathBuf::as_path).collect::<Vec<_>>();
+    let rpms = made.rpms.iter().map(|(_, p)| p).chain(&made.compat_rpms).map(PathBuf::as_path).collect::<Vec<_>>();
     let gpg = sign_key.map(|key| repo::Gpg::with_key(sh, key)).transpose()?;
     repo::rpm_repo(sh, &rpms, &out.join("rpm"), gpg.as_ref())?;
     repo::apt_repo(sh, &debs, &out.join("apt"), gpg.as_ref())?;
@@ -150,7 +159,7 @@ impl Package {
 
 pub fn list(made: &Made) {
     println!();
-    for (_, p) in made.debs.iter().chain(&made.rpms) {
+    for p in made.debs.iter().chain(&made.rpms).map(|(_, p)| p).chain(&made.compat_debs).chain(&made.compat_rpms) {
         println!("{}", p.display());
     }
     println!("{}\n{}", made.tarballs.source.display(), made.tarballs.vendor.display());

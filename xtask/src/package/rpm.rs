@@ -19,7 +19,7 @@ flags follow CRIU's.";
 
 /// ferry's own code is MIT OR Apache-2.0; the CRIU RPC messages it
 /// carries (src/rpc, from CRIU's images/rpc.proto) are MIT.
-const LICENSE: &str = "(MIT OR Apache-2.0) AND MIT";
+pub const LICENSE: &str = "(MIT OR Apache-2.0) AND MIT";
 
 /// Build the rpm of `p` into `out`; returns its path.
 pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf> {
