@@ -407,3 +407,42 @@ fn runc_lazy_migration_between_two_network_namespaces() {
     assert!(log.contains("all lazy pages transferred"), "{log}");
     assert_eq!(c.pid(), None, "the source container is gone");
 }
+
+/// A container in a network namespace it was given (a netns path in its
+/// config, as podman's are): runc asks ferry (CRIU level 3.0) for an
+/// empty one, which would not be it; ferry refuses before touching the
+/// container, which runs on.
+#[test]
+fn runc_checkpoint_refuses_an_external_network_namespace() {
+    let ns = format!("ferry-ext-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(ns.clone());
+    let mut c = Container::new("extnet", &["sh", "-c", COUNTER], &[]);
+    let path = c.path("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for n in config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = format!("/run/netns/{ns}").into();
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
+    assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
+    c.wait_count(3);
+    let (img, work) = (c.path("img"), c.path("work"));
+    let out =
+        c.runc(&["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &c.id]);
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(log.contains(&format!("its network namespace is also mounted at /run/netns/{ns}")), "{log}");
+    assert!(c.pid().is_some(), "the container still runs");
+    let n = c.count();
+    c.wait_count(n + 3);
+}

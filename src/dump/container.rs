@@ -59,6 +59,16 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
     let net = if !differs("net")? {
         None
     } else if opts.empty_net {
+        let theirs = ns_link(root, "net")?;
+        if let Some(at) = pinned_at(&theirs)? {
+            bail!(
+                "task {}: its network namespace is also mounted at {} (an external one, as a netns path in a \
+                 container's config): a new, empty one would not be it, and ferry does not join external \
+                 namespaces yet",
+                pids[0].1,
+                at.display()
+            );
+        }
         Some(EmptyNet { lo_up: with_ns(root, "net", crate::loopback::is_up)? })
     } else {
         bail!(
@@ -108,6 +118,13 @@ fn files_inside(pid: i32, vpid: i32, infos: &[MountInfo]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where namespace `ns` ("net:[INO]") is bind-mounted in ferry's mount
+/// namespace (`ip netns add` does that at /run/netns/NAME), if it is.
+fn pinned_at(ns: &Path) -> Result<Option<PathBuf>> {
+    let mounts = crate::proc::mountinfo::parse(&ProcDir::current().read("mountinfo")?)?;
+    Ok(mounts.into_iter().find(|m| m.fstype == "nsfs" && m.root == ns).map(|m| m.mountpoint))
 }
 
 /// Sort every mount into how it comes back; refuse the ones that cannot.

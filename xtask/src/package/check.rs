@@ -197,11 +197,11 @@ fn dnf_install_root(sh: &Shell, work: &Path) -> Result<()> {
 fn apt_install_purge(sh: &Shell, made: &Made, work: &Path) -> Result<()> {
     let format = "-f=${Status}";
     let installed = cmd!(sh, "dpkg-query -W {format} ferry").quiet().ignore_stderr().ignore_status().read()?;
-    if installed.contains("installed") {
+    if installed.trim() == "install ok installed" {
         bail!("a ferry package is already installed on this host: the install test would replace it (dpkg --purge ferry first)");
     }
     let criu = cmd!(sh, "dpkg-query -W {format} criu").quiet().ignore_stderr().ignore_status().read()?;
-    if criu.contains("installed") {
+    if criu.trim() == "install ok installed" {
         bail!("a criu package is installed on this host: installing ferry-criu-compat would replace it (apt-get purge criu first)");
     }
     let (_, deb) = made.debs.iter().find(|(a, _)| *a == Arch::X86_64).context("no x86_64 deb")?;
