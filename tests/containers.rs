@@ -123,6 +123,21 @@ impl Container {
         assert!(log.contains("ferry::dump"), "ferry did not do this checkpoint:\n{log}");
     }
 
+    /// A checkpoint ferry refuses: runc fails, ferry's log says `why`, and
+    /// the container counts on.
+    fn checkpoint_refused(&self, why: &str) {
+        self.wait_count(3);
+        let (img, work) = (self.path("img"), self.path("work"));
+        let args = ["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap()];
+        let out = self.runc(&[&args[..], &[self.id.as_str()]].concat());
+        assert!(!out.status.success());
+        let log = std::fs::read_to_string(work.join("dump.log")).unwrap();
+        assert!(log.contains(why), "{log}");
+        assert!(self.pid().is_some(), "the container still runs");
+        let n = self.count();
+        self.wait_count(n + 3);
+    }
+
     fn restore(&mut self, img: &str, work: &str) {
         let (img, work) = (self.path(img), self.path(work));
         let id = self.id.clone();
@@ -315,16 +330,7 @@ fn runc_checkpoint_refuses_a_host_file_and_the_container_runs_on() {
     let log = std::fs::File::create(c.path("out.log")).unwrap();
     let status = c.runc_cmd(&["run", "-d", &c.id]).stdin(Stdio::null()).stdout(log).status().unwrap();
     assert!(status.success());
-    c.wait_count(3);
-    let (img, work) = (c.path("img"), c.path("work"));
-    let out =
-        c.runc(&["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &c.id]);
-    assert!(!out.status.success());
-    let log = std::fs::read_to_string(work.join("dump.log")).unwrap();
-    assert!(log.contains("out.log is on a mount outside the container"), "{log}");
-    assert!(c.pid().is_some(), "the container still runs");
-    let n = c.count();
-    c.wait_count(n + 3);
+    c.checkpoint_refused("out.log is on a mount outside the container");
 }
 
 /// Lazy migration as runc does it: `runc checkpoint --lazy-pages
@@ -435,14 +441,5 @@ fn runc_checkpoint_refuses_an_external_network_namespace() {
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
     assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
-    c.wait_count(3);
-    let (img, work) = (c.path("img"), c.path("work"));
-    let out =
-        c.runc(&["checkpoint", "--image-path", img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &c.id]);
-    assert!(!out.status.success());
-    let log = std::fs::read_to_string(work.join("dump.log")).unwrap();
-    assert!(log.contains(&format!("its network namespace is also mounted at /run/netns/{ns}")), "{log}");
-    assert!(c.pid().is_some(), "the container still runs");
-    let n = c.count();
-    c.wait_count(n + 3);
+    c.checkpoint_refused(&format!("its network namespace is also mounted at /run/netns/{ns}"));
 }

@@ -9,7 +9,7 @@
 
 use super::Payload;
 use anyhow::{Context, Result};
-use rpm::{Dependency, FileOptions, PackageBuilder};
+use rpm::{Dependency, FileOptions};
 use std::path::{Path, PathBuf};
 use xshell::{cmd, Shell};
 
@@ -101,20 +101,10 @@ pub fn build_rpm(sh: &Shell, p: &Payload, out: &Path, sign_key: Option<&Path>) -
     let stage = tempfile::tempdir()?;
     let man = stage.path().join("criu.8.gz");
     write_gz(sh, &man_page(&p.version), &man)?;
-    let config = rpm::BuildConfig::v4().compression(rpm::CompressionType::Zstd).source_date(p.source_date as u32);
-    let mut b = PackageBuilder::new(NAME, &p.version, super::rpm::LICENSE, "noarch", SUMMARY);
-    b.using_config(config)
-        .release("1")
-        .description(DESCRIPTION)
-        .url(p.homepage.clone())
-        .vendor("ferry developers")
-        .packager(p.maintainer.clone())
-        .group("System/Management")
-        .build_host("ferry-xtask")
-        .requires(Dependency::eq("ferry", p.version.clone()))
+    let mut b = super::rpm::builder(p, NAME, "noarch", SUMMARY, DESCRIPTION);
+    b.requires(Dependency::eq("ferry", p.version.clone()))
         .provides(Dependency::eq("criu", p.version.clone()))
         .conflicts(Dependency::any("criu"));
-    b.add_changelog_entry(format!("{} - {}-1", p.maintainer, p.version), "- First package", p.source_date as u32);
     b.with_symlink(FileOptions::symlink("/usr/sbin/criu", "../bin/ferry").user("root").group("root"))?;
     b.with_file(&man, FileOptions::new("/usr/share/man/man8/criu.8.gz").permissions(0o644).doc())?;
     for (lic, from) in [("LICENSE-MIT", "LICENSE-MIT"), ("LICENSE-APACHE", "LICENSE-APACHE")] {
@@ -124,16 +114,5 @@ pub fn build_rpm(sh: &Shell, p: &Payload, out: &Path, sign_key: Option<&Path>) -
         )?;
     }
     b.with_dir_entry(FileOptions::dir(format!("/usr/share/licenses/{NAME}")).permissions(0o755))?;
-    let pkg = match sign_key {
-        Some(key) => {
-            let signer = rpm::signature::pgp::Signer::from_asc_file(key)
-                .with_context(|| format!("{}: not an ASCII-armored PGP secret key", key.display()))?;
-            b.build_and_sign(signer)?
-        }
-        None => b.build()?,
-    };
-    std::fs::create_dir_all(out)?;
-    let path = out.join(format!("{NAME}-{}-1.noarch.rpm", p.version));
-    pkg.write_file(&path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    super::rpm::finish(b, sign_key, &out.join(format!("{NAME}-{}-1.noarch.rpm", p.version)))
 }

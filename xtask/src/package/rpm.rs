@@ -23,20 +23,7 @@ pub const LICENSE: &str = "(MIT OR Apache-2.0) AND MIT";
 
 /// Build the rpm of `p` into `out`; returns its path.
 pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf> {
-    let config = rpm::BuildConfig::v4()
-        .compression(rpm::CompressionType::Zstd)
-        // The last commit's time: two builds of one commit are identical.
-        .source_date(p.source_date as u32);
-    let mut b = PackageBuilder::new("ferry", &p.version, LICENSE, p.arch.rpm(), SUMMARY);
-    b.using_config(config)
-        .release("1")
-        .description(DESCRIPTION)
-        .url(p.homepage.clone())
-        .vendor("ferry developers")
-        .packager(p.maintainer.clone())
-        .group("System/Management")
-        .build_host("ferry-xtask");
-    b.add_changelog_entry(format!("{} - {}-1", p.maintainer, p.version), "- First package", p.source_date as u32);
+    let mut b = builder(p, "ferry", p.arch.rpm(), SUMMARY, DESCRIPTION);
     b.with_file(&p.binary, FileOptions::new("/usr/bin/ferry").permissions(0o755).user("root").group("root"))?;
     for page in &p.man_pages_gz {
         let name = page.file_name().unwrap().to_string_lossy();
@@ -69,6 +56,29 @@ pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf
     }
     // A static binary links nothing: no library Requires (rpm adds the
     // package's own Provides).
+    finish(b, sign_key, &out.join(format!("ferry-{}-1.{}.rpm", p.version, p.arch.rpm())))
+}
+
+/// A package of `p`'s version with ferry's fields (release 1, vendor,
+/// packager, the first changelog entry), reproducible: every timestamp is
+/// the last commit's.
+pub fn builder(p: &Payload, name: &str, arch: &str, summary: &str, description: &str) -> PackageBuilder {
+    let config = rpm::BuildConfig::v4().compression(rpm::CompressionType::Zstd).source_date(p.source_date as u32);
+    let mut b = PackageBuilder::new(name, &p.version, LICENSE, arch, summary);
+    b.using_config(config)
+        .release("1")
+        .description(description)
+        .url(p.homepage.clone())
+        .vendor("ferry developers")
+        .packager(p.maintainer.clone())
+        .group("System/Management")
+        .build_host("ferry-xtask");
+    b.add_changelog_entry(format!("{} - {}-1", p.maintainer, p.version), "- First package", p.source_date as u32);
+    b
+}
+
+/// Build (signed when a key is given) and write to `path`.
+pub fn finish(mut b: PackageBuilder, sign_key: Option<&Path>, path: &Path) -> Result<PathBuf> {
     let pkg = match sign_key {
         Some(key) => {
             let signer = rpm::signature::pgp::Signer::from_asc_file(key)
@@ -77,8 +87,9 @@ pub fn build(p: &Payload, out: &Path, sign_key: Option<&Path>) -> Result<PathBuf
         }
         None => b.build()?,
     };
-    std::fs::create_dir_all(out)?;
-    let path = out.join(format!("ferry-{}-1.{}.rpm", p.version, p.arch.rpm()));
-    pkg.write_file(&path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    pkg.write_file(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_path_buf())
 }
