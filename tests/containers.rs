@@ -415,21 +415,25 @@ fn runc_lazy_migration_between_two_network_namespaces() {
 }
 
 /// A container in a network namespace it was given (a netns path in its
-/// config, as podman's are): runc asks ferry (CRIU level 3.0) for an
-/// empty one, which would not be it; ferry refuses before touching the
-/// container, which runs on.
+/// config, as podman's are): runc names it (`external net[INODE]`, CRIU
+/// 3.11) and hands it back at restore (inherit_fd extRootNetNS); the
+/// restored container is in that namespace again, with what was set up
+/// there. Asked for a new empty one instead (what runc asks of older CRIU),
+/// ferry refuses, and the container runs on.
 #[test]
-fn runc_checkpoint_refuses_an_external_network_namespace() {
+fn runc_restores_a_container_into_its_external_network_namespace() {
     let ns = format!("ferry-ext-{}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &ns]).output();
     assert!(Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
     struct Del(String);
     impl Drop for Del {
         fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
         }
     }
     let _del = Del(ns.clone());
+    let veth = ["-n", &ns, "link", "add", "ferry0", "type", "veth", "peer", "name", "ferry1"];
+    assert!(Command::new("ip").args(veth).status().unwrap().success());
     let mut c = Container::new("extnet", &["sh", "-c", COUNTER], &[]);
     let path = c.path("config.json");
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -441,5 +445,32 @@ fn runc_checkpoint_refuses_an_external_network_namespace() {
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
     assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
-    c.checkpoint_refused(&format!("its network namespace is also mounted at /run/netns/{ns}"));
+    c.wait_count(3);
+
+    // ferry's own command line, asked for an empty namespace: refused.
+    let pid = c.pid().unwrap();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mut args = vec!["dump".to_string(), "-t".into(), pid.to_string(), "-D".into()];
+    args.push(c.path("img-empty").display().to_string());
+    args.extend(["--empty-ns".into(), "net".into()]);
+    for line in mountinfo.lines().filter(|l| l.contains(" - cgroup ")) {
+        let at = line.split(' ').nth(4).unwrap();
+        args.extend(["--external".into(), format!("mnt[{at}]:{at}")]);
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = ferry_err(&a);
+    assert!(err.contains(&format!("its network namespace is also mounted at /run/netns/{ns}")), "{err}");
+    assert!(err.contains("name it with --external net["), "{err}");
+    assert_eq!(c.pid(), Some(pid), "the container still runs");
+
+    c.checkpoint("img", "work", &[]);
+    let dumped = c.count();
+    c.restore("img", "work2");
+    assert_counts_on(&c, dumped);
+    let pid = c.pid().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino();
+    let given = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
+    assert_eq!(theirs, given, "the restored container is in the namespace it was given");
+    assert!(c.exec(&["cat", "/proc/net/dev"]).contains("ferry0"));
 }

@@ -11,7 +11,9 @@ pub struct ContainerArgs {
     #[arg(short = 'r', long = "root", value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Dump: `mnt[MOUNTPOINT]:KEY` names a mount from outside the
-    /// container; restore: `mnt[KEY]:PATH` says what it is now.
+    /// container, `net[INODE]:KEY` its network namespace from outside;
+    /// restore: `mnt[KEY]:PATH` says what the mount is now (the network
+    /// namespace is handed in with --inherit-fd fd[N]:KEY).
     #[arg(long = "external", value_name = "mnt[...]:...", action = clap::ArgAction::Append)]
     pub external: Vec<String>,
     /// Dump: namespaces the caller sets up itself (only `net`: the restore
@@ -31,15 +33,19 @@ pub struct ContainerArgs {
     pub manage_cgroups: Option<String>,
 }
 
-/// `mnt[A]:B` as (A, B).
-fn external_mount(v: &str) -> Result<(String, String)> {
-    let bad = || anyhow::anyhow!("--external {v}: expected mnt[MOUNTPOINT]:KEY (dump) or mnt[KEY]:PATH (restore)");
-    let rest = v.strip_prefix("mnt[").ok_or_else(bad)?;
+/// `KIND[A]:B` as (KIND, A, B), for KIND mnt or net.
+fn external(v: &str) -> Result<(&str, String, String)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--external {v}: expected mnt[MOUNTPOINT]:KEY or net[INODE]:KEY (dump), mnt[KEY]:PATH (restore)"
+        )
+    };
+    let (kind, rest) = v.split_once('[').ok_or_else(bad)?;
     let (a, b) = rest.split_once("]:").ok_or_else(bad)?;
-    if a.is_empty() || b.is_empty() {
+    if !matches!(kind, "mnt" | "net") || a.is_empty() || b.is_empty() {
         return Err(bad());
     }
-    Ok((a.to_string(), b.to_string()))
+    Ok((kind, a.to_string(), b.to_string()))
 }
 
 impl ContainerArgs {
@@ -51,23 +57,33 @@ impl ContainerArgs {
                 other => bail!("--empty-ns {other}: only net can be left to the caller"),
             }
         }
-        let external = self
-            .external
-            .iter()
-            .map(|v| external_mount(v).map(|(p, k)| (PathBuf::from(p), k)))
-            .collect::<Result<_>>()?;
-        Ok(crate::dump::container::ContainerOptions { external, empty_net })
+        let (mut mounts, mut nets) = (Vec::new(), Vec::new());
+        for v in &self.external {
+            match external(v)? {
+                ("mnt", path, key) => mounts.push((PathBuf::from(path), key)),
+                (_, ino, key) => {
+                    let ino =
+                        ino.parse().map_err(|_| anyhow::anyhow!("--external {v}: {ino} is not an inode number"))?;
+                    nets.push((ino, key));
+                }
+            }
+        }
+        Ok(crate::dump::container::ContainerOptions { external: mounts, empty_net, external_net: nets })
     }
 
     pub fn restore_options(&self) -> Result<crate::restore::container::ContainerRestore> {
-        let external = self
-            .external
-            .iter()
-            .map(|v| external_mount(v).map(|(k, p)| (k, PathBuf::from(p))))
-            .collect::<Result<_>>()?;
+        let mut mounts = std::collections::HashMap::new();
+        for v in &self.external {
+            match external(v)? {
+                ("mnt", key, path) => {
+                    mounts.insert(key, PathBuf::from(path));
+                }
+                _ => bail!("--external {v}: on restore, hand the network namespace in with --inherit-fd fd[N]:KEY"),
+            }
+        }
         Ok(crate::restore::container::ContainerRestore {
             root: self.root.clone(),
-            external,
+            external: mounts,
             sibling: self.restore_sibling,
         })
     }
@@ -83,6 +99,11 @@ mod tests {
         assert_eq!(a.dump_options().unwrap().external, vec![(PathBuf::from("/sys/fs/cgroup/cpu"), "cpu".into())]);
         assert_eq!(a.restore_options().unwrap().external["/sys/fs/cgroup/cpu"], PathBuf::from("cpu"));
         let bad = ContainerArgs { external: vec!["dev[1]:x".into()], ..Default::default() };
+        assert!(bad.dump_options().is_err());
+        let net = ContainerArgs { external: vec!["net[4026532174]:extRootNetNS".into()], ..Default::default() };
+        assert_eq!(net.dump_options().unwrap().external_net, vec![(4026532174, "extRootNetNS".into())]);
+        assert!(net.restore_options().is_err());
+        let bad = ContainerArgs { external: vec!["net[x]:k".into()], ..Default::default() };
         assert!(bad.dump_options().is_err());
         let ns = ContainerArgs { empty_ns: vec!["pid".into()], ..Default::default() };
         assert!(ns.dump_options().is_err());

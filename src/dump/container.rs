@@ -4,7 +4,7 @@
 //! rebuild (see [`MountKind`]), the UTS names, and whether the IPC and
 //! network namespaces can come back as new ones.
 
-use crate::image::container::{ContainerImage, EmptyNet, MountEntry, MountKind, UtsNames};
+use crate::image::container::{ContainerImage, MountEntry, MountKind, NetNs, UtsNames};
 use crate::proc::mountinfo::MountInfo;
 use crate::proc::ProcDir;
 use anyhow::{bail, Context, Result};
@@ -18,6 +18,8 @@ pub struct ContainerOptions {
     pub external: Vec<(PathBuf, String)>,
     /// `--empty-ns net`: the network namespace is the caller's business.
     pub empty_net: bool,
+    /// `--external net[INODE]:KEY`: a network namespace from outside.
+    pub external_net: Vec<(u64, String)>,
 }
 
 /// Filesystems that come back as new instances: they keep nothing a
@@ -56,27 +58,7 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
     if ipc {
         with_ns(root, "ipc", check_ipc_empty)?;
     }
-    let net = if !differs("net")? {
-        None
-    } else if opts.empty_net {
-        let theirs = ns_link(root, "net")?;
-        if let Some(at) = pinned_at(&theirs)? {
-            bail!(
-                "task {}: its network namespace is also mounted at {} (an external one, as a netns path in a \
-                 container's config): a new, empty one would not be it, and ferry does not join external \
-                 namespaces yet",
-                pids[0].1,
-                at.display()
-            );
-        }
-        Some(EmptyNet { lo_up: with_ns(root, "net", crate::loopback::is_up)? })
-    } else {
-        bail!(
-            "task {} has a network namespace of its own: ferry does not dump network namespaces; \
-             with --empty-ns net (what runc asks) the restore gives it a new, empty one",
-            pids[0].1
-        );
-    };
+    let net = if differs("net")? { Some(network(root, pids[0].1, opts)?) } else { None };
     let text = ProcDir::new(root).read("mountinfo")?;
     let infos = crate::proc::mountinfo::parse(&text)?;
     let mounts = classify(&infos, opts)?;
@@ -118,6 +100,32 @@ fn files_inside(pid: i32, vpid: i32, infos: &[MountInfo]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How the container's own network namespace comes back: the one handed
+/// in (external), or a new empty one.
+fn network(root: i32, vpid: i32, opts: &ContainerOptions) -> Result<NetNs> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(ProcDir::new(root).path("ns/net"))?.ino();
+    if let Some((_, key)) = opts.external_net.iter().find(|(i, _)| *i == ino) {
+        return Ok(NetNs::External { key: key.clone() });
+    }
+    let theirs = ns_link(root, "net")?;
+    if !opts.empty_net {
+        bail!(
+            "task {vpid} has a network namespace of its own: ferry does not dump network namespaces; with \
+             --empty-ns net the restore gives it a new, empty one, with --external net[{ino}]:KEY it joins the \
+             one handed in"
+        );
+    }
+    if let Some(at) = pinned_at(&theirs)? {
+        bail!(
+            "task {vpid}: its network namespace is also mounted at {} (an external one, as a netns path in a \
+             container's config): a new, empty one would not be it; name it with --external net[{ino}]:KEY",
+            at.display()
+        );
+    }
+    Ok(NetNs::Empty { lo_up: with_ns(root, "net", crate::loopback::is_up)? })
 }
 
 /// Where namespace `ns` ("net:[INO]") is bind-mounted in ferry's mount
@@ -255,7 +263,7 @@ mod tests {
         let infos = crate::proc::mountinfo::parse(RUNC).unwrap();
         let opts = ContainerOptions {
             external: vec![("/sys/fs/cgroup/cpu".into(), "cpu".into()), ("/proc/keys".into(), "/dev/null".into())],
-            empty_net: true,
+            ..Default::default()
         };
         let m = classify(&infos, &opts).unwrap();
         let kinds: Vec<(&str, &MountKind)> = m.iter().map(|e| (e.mountpoint.to_str().unwrap(), &e.kind)).collect();

@@ -28,9 +28,9 @@ pub struct ContainerImage {
     pub uts: Option<UtsNames>,
     /// An IPC namespace of its own (it had no SysV objects or queues).
     pub ipc: bool,
-    /// A network namespace of its own, created empty (`--empty-ns net`:
-    /// the caller sets it up, as runc does).
-    pub net: Option<EmptyNet>,
+    /// A network namespace of its own: a new empty one, or one the
+    /// restore is handed.
+    pub net: Option<NetNs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +40,14 @@ pub struct UtsNames {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmptyNet {
-    /// Its loopback device was up.
-    pub lo_up: bool,
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NetNs {
+    /// Created new and empty (`--empty-ns net`: the caller sets it up),
+    /// its loopback up if it was.
+    Empty { lo_up: bool },
+    /// One from outside, named by a key (`--external net[INODE]:KEY`):
+    /// the restore joins the one handed in as `--inherit-fd fd[N]:KEY`.
+    External { key: String },
 }
 
 /// One mount, as /proc/PID/mountinfo showed it from inside.

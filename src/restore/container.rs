@@ -16,7 +16,7 @@
 //! the restore sets the dumped death signal.
 
 use super::fork::Forked;
-use crate::image::container::{tmpfs_data, tmpfs_index, ContainerImage, MountEntry, MountKind, TmpfsEntry, TmpfsNode};
+use crate::image::container::{tmpfs_data, tmpfs_index, ContainerImage, MountEntry, MountKind, NetNs, TmpfsEntry};
 use crate::image::ImageDir;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, MsFlags};
@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
 /// What the caller tells the restore about the container.
@@ -103,7 +103,13 @@ fn inside(base: &Path, p: &Path) -> PathBuf {
 
 impl Stage {
     /// None for a tree that shares ferry's mount namespace.
-    pub fn start(images: &ImageDir, opts: &ContainerRestore) -> Result<Option<Stage>> {
+    /// `inherited`: the restore's `--inherit-fd` descriptors (an external
+    /// network namespace is one).
+    pub fn start(
+        images: &ImageDir,
+        opts: &ContainerRestore,
+        inherited: &HashMap<String, std::os::fd::RawFd>,
+    ) -> Result<Option<Stage>> {
         if images.entry(crate::image::container::CONTAINER).is_err() {
             return Ok(None);
         }
@@ -111,7 +117,19 @@ impl Stage {
         let root = opts.root.clone().context(
             "the image is of a container (a mount namespace of its own): --root DIR says where its root filesystem is",
         )?;
+        let plain = |p: &Path| p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
         for m in &image.mounts {
+            let bind_path = match &m.kind {
+                MountKind::Bind { path, .. } => path.is_relative() && plain(path),
+                _ => true,
+            };
+            if !(m.mountpoint.is_absolute() && plain(&m.mountpoint) && bind_path) {
+                bail!(
+                    "{}: mount {} is not a plain path inside the container",
+                    images.path(crate::image::container::CONTAINER).display(),
+                    m.mountpoint.display()
+                );
+            }
             if let MountKind::External { key } = &m.kind {
                 if !opts.external.contains_key(key) {
                     bail!(
@@ -121,6 +139,17 @@ impl Stage {
                 }
             }
         }
+        let join_net = match &image.net {
+            Some(NetNs::External { key }) => {
+                let fd = inherited.get(key).with_context(|| {
+                    format!("the container's network namespace is external ({key}): hand it in with --inherit-fd fd[N]:{key}")
+                })?;
+                // SAFETY: an open descriptor handed to ferry (checked when parsed); dup'ed, not taken.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                Some(borrowed.try_clone_to_owned().context("dup of the network namespace's descriptor")?)
+            }
+            _ => None,
+        };
         let base = std::env::temp_dir().join(format!("ferry-container-{}", std::process::id()));
         let staging = base.join("root");
         let side = base.join("side");
@@ -135,7 +164,7 @@ impl Stage {
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(OwnedFd, Option<OwnedFd>, ChildMounts)>>();
-        let work = Work { image: image.clone(), root, external: opts.external.clone(), staging, side, tmpfs };
+        let work = Work { image: image.clone(), root, external: opts.external.clone(), staging, side, tmpfs, join_net };
         let thread = std::thread::Builder::new()
             .name("ferry-container".into())
             .spawn(move || {
@@ -257,6 +286,8 @@ struct Work {
     staging: PathBuf,
     side: PathBuf,
     tmpfs: HashMap<u32, (Vec<TmpfsEntry>, Vec<u8>)>,
+    /// The external network namespace to join.
+    join_net: Option<OwnedFd>,
 }
 
 /// proc, sysfs and mqueue belong to the PID, network and IPC namespaces of
@@ -271,20 +302,28 @@ impl Work {
     fn stage(&self) -> Result<(OwnedFd, Option<OwnedFd>, ChildMounts)> {
         use nix::sched::{unshare, CloneFlags};
         unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) for the container")?;
+        // Before anything is mounted or unmounted here (the root's pivot
+        // detaches this whole copy): nothing may propagate to ferry's.
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .context("making ferry's copy of the mounts private")?;
         // The network namespace first: ferry creates the tree's sockets in
         // it (see [`Stage::in_net`]).
         let net = match &self.image.net {
-            Some(n) => {
+            Some(NetNs::Empty { lo_up }) => {
                 unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) for the container")?;
-                if n.lo_up {
+                if *lo_up {
                     crate::loopback::set_up()?;
                 }
                 Some(OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?))
             }
+            Some(NetNs::External { key }) => {
+                let fd = self.join_net.as_ref().expect("opened with the key");
+                nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("joining the network namespace handed in as {key}"))?;
+                Some(OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?))
+            }
             None => None,
         };
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .context("making ferry's copy of the mounts private")?;
         let at = |id: u32| self.image.mounts.iter().find(|m| m.id == id).map(|m| inside(&self.staging, &m.mountpoint));
         let mut late = HashSet::new();
         let mut calls = Vec::new();
@@ -381,7 +420,7 @@ impl Work {
         let writable = ms(m.flags) & !MsFlags::MS_RDONLY;
         mount(Some(m.source.as_str()), target, Some("tmpfs"), writable, Some(options.as_str())).with_context(what)?;
         let (entries, data) = &self.tmpfs[&m.id];
-        fill(target, entries, data).with_context(what)?;
+        super::tmpfs::fill(target, entries, data).with_context(what)?;
         if sb_ro {
             mount(None::<&str>, target, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, Some(options.as_str()))
                 .with_context(what)?;
@@ -394,47 +433,6 @@ impl Work {
 
 fn ms(flags: u64) -> MsFlags {
     MsFlags::from_bits_truncate(flags)
-}
-
-/// Recreate a tmpfs's entries under `top` (parents come first).
-fn fill(top: &Path, entries: &[TmpfsEntry], data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::{lchown, symlink};
-    for e in entries {
-        let path = top.join(&e.path);
-        let done = || format!("{}", path.display());
-        match &e.node {
-            TmpfsNode::Dir => {
-                if !e.path.as_os_str().is_empty() {
-                    std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(done)?;
-                }
-            }
-            TmpfsNode::File { offset, len } => {
-                let bytes = usize::try_from(*offset)
-                    .ok()
-                    .and_then(|o| data.get(o..o + *len as usize))
-                    .with_context(|| format!("{}: contents beyond the image's data", done()))?;
-                std::fs::write(&path, bytes).with_context(done)?;
-            }
-            TmpfsNode::Symlink { target } => symlink(target, &path).with_context(done)?,
-            TmpfsNode::Node { rdev } => {
-                let kind = nix::sys::stat::SFlag::from_bits_truncate(e.mode & libc::S_IFMT);
-                let perm = nix::sys::stat::Mode::from_bits_truncate(e.mode & 0o7777);
-                nix::sys::stat::mknod(&path, kind, perm, *rdev).with_context(done)?;
-            }
-        }
-        lchown(&path, Some(e.uid), Some(e.gid)).with_context(done)?;
-        if !matches!(e.node, TmpfsNode::Symlink { .. }) {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode & 0o7777)).with_context(done)?;
-        }
-    }
-    // Times last, deepest first: creating an entry touches its directory.
-    for e in entries.iter().rev() {
-        let path = top.join(&e.path);
-        let t = nix::sys::time::TimeSpec::new(e.mtime.0, e.mtime.1);
-        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &path, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-            .with_context(|| format!("{}: times", path.display()))?;
-    }
-    Ok(())
 }
 
 /// Raw, for the forked root (no allocation): the container's own mounts,

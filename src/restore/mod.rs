@@ -20,6 +20,7 @@ pub mod objects;
 pub mod paths;
 pub mod plan;
 pub mod thread;
+pub mod tmpfs;
 
 use crate::action_script::Action;
 use crate::image::pagemap::PageFlags;
@@ -142,7 +143,8 @@ pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Resul
     let restore_lock = lock_connections(opts)?;
     opts.scripts.run(Action::PreRestore, &opts.dir, None)?;
     // A container's mounts first: its files are opened inside them.
-    let mut stage = container::Stage::start(&crate::image::ImageDir::open(&opts.dir)?, &opts.container)?;
+    let mut stage =
+        container::Stage::start(&crate::image::ImageDir::open(&opts.dir)?, &opts.container, &opts.inherited)?;
     let in_root = stage.as_ref().map(|s| paths::InRoot::set(&s.root));
     let in_net = match &stage {
         Some(s) => s.in_net()?,

@@ -12,6 +12,10 @@ pub fn argv(opts: &CriuOpts, argv: &mut Vec<String>) -> Result<()> {
     for m in &opts.ext_mnt {
         argv.extend(["--external".into(), format!("mnt[{}]:{}", m.key, m.val)]);
     }
+    // CRIU's `external` strings (runc: net[INODE]:extRootNetNS).
+    for e in &opts.external {
+        argv.extend(["--external".into(), e.clone()]);
+    }
     match opts.empty_ns.unwrap_or(0) as i32 {
         0 => {}
         libc::CLONE_NEWNET => argv.extend(["--empty-ns".into(), "net".into()]),
@@ -75,6 +79,7 @@ pub fn without(opts: CriuOpts) -> CriuOpts {
     CriuOpts {
         root: None,
         ext_mnt: Vec::new(),
+        external: Vec::new(),
         empty_ns: None,
         freeze_cgroup: None,
         manage_cgroups: None,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 /// The CRIU release whose RPC ferry serves, as (major, minor, sublevel):
 /// a caller compares it with the release that brought the options it is
-/// about to use. Raised as each level's requests and options work; 0.0
-/// until runc's container options do (runc then stops with "CRIU version
-/// 0 must be 30000 or higher" instead of at a refused option).
-pub const CRIU_LEVEL: (i32, i32, i32) = (3, 0, 0);
+/// about to use. Raised as each level's requests and options work: 3.11,
+/// runc's containers (30000) with a network namespace from their config
+/// (31100); not 3.14 (cgroup v2 freezer) nor 3.15 (external PID namespace).
+pub const CRIU_LEVEL: (i32, i32, i32) = (3, 11, 0);
 
 /// Serve requests until one without `keep_open` is answered or the
 /// caller closes its end.
