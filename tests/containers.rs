@@ -205,13 +205,15 @@ impl Drop for Container {
 /// the dumped one (a fresh start would write 1).
 fn assert_counts_on(c: &Container, dumped: u64) {
     let next = c.next_count(dumped);
-    assert!(next > dumped && next <= dumped + 3, "dumped at {dumped}, counts on at {next}");
+    // The margin is for a slow machine (2 s); a fresh start would need 3 s
+    // to pass the dumped number (every test lets it reach 30 first).
+    assert!(next > dumped && next <= dumped + 20, "dumped at {dumped}, counts on at {next}");
 }
 
 #[test]
 fn runc_checkpoint_and_restore_a_shell_loop() {
     let mut c = Container::run("loop", &["sh", "-c", COUNTER], &[]);
-    c.wait_count(5);
+    c.wait_count(30);
     c.checkpoint("img", "work", &[]);
     assert_eq!(c.pid(), None, "runc checkpoint ends the container");
     let dumped = c.count();
@@ -252,12 +254,12 @@ fn runc_checkpoint_and_restore_a_shell_loop() {
 #[test]
 fn runc_checkpoint_leave_running_then_restore_the_image() {
     let mut c = Container::run("leave", &["sh", "-c", COUNTER], &[]);
-    c.wait_count(5);
+    c.wait_count(30);
     let before = c.count();
     c.checkpoint("img", "work", &["--leave-running"]);
     let after = c.count();
     assert!(c.pid().is_some(), "--leave-running keeps the container");
-    let live = c.wait_count(after + 10);
+    let live = c.wait_count(after + 30);
     let out = c.runc(&["kill", &c.id, "KILL"]);
     assert!(out.status.success());
     let start = Instant::now();
@@ -270,7 +272,7 @@ fn runc_checkpoint_leave_running_then_restore_the_image() {
     c.restore("img", "work2");
     let next = c.next_count(last);
     assert!(
-        next > before && next <= after + 3 && next < live,
+        next > before && next <= after + 20 && next < live,
         "dumped between {before} and {after}, counts on at {next}"
     );
 }
@@ -278,7 +280,7 @@ fn runc_checkpoint_leave_running_then_restore_the_image() {
 #[test]
 fn runc_pre_dump_then_dump_uses_the_parent() {
     let mut c = Container::run("pre", &["sh", "-c", COUNTER], &[]);
-    c.wait_count(5);
+    c.wait_count(30);
     c.checkpoint("pre", "work-pre", &["--pre-dump"]);
     assert!(c.pid().is_some(), "a pre-dump leaves the container running");
     c.wait_count(c.count() + 5);
@@ -345,7 +347,7 @@ fn runc_lazy_migration_between_two_network_namespaces() {
     use std::os::unix::process::CommandExt;
     let net = common::ns::Net::new();
     let mut c = Container::run("lazy", &["sh", "-c", COUNTER], &[]);
-    c.wait_count(5);
+    c.wait_count(30);
     let port = (27300 + std::process::id() % 200).to_string();
     let (img, work) = (c.path("img"), c.path("work"));
     let (status_r, status_w) = nix::unistd::pipe().unwrap();
@@ -409,7 +411,7 @@ fn runc_lazy_migration_between_two_network_namespaces() {
     let d = daemon.wait().unwrap();
     assert!(d.success(), "the lazy-pages daemon failed");
     let log = log();
-    assert!(log.contains(&format!("peer {}:", net.dst_ip)), "the pages went over the link:\n{log}");
+    assert!(log.contains(&format!("serving pages to {}:", net.dst_ip)), "the pages went over the link:\n{log}");
     assert!(log.contains("all lazy pages transferred"), "{log}");
     assert_eq!(c.pid(), None, "the source container is gone");
 }
