@@ -31,7 +31,7 @@ fn bundle(dir: &Path, args: &[&str], mounts: &[(&str, &str)]) {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
-    for c in ["sh", "sleep", "cat", "echo", "hostname"] {
+    for c in ["sh", "sleep", "cat", "echo", "hostname", "stty", "tty", "ls"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
     }
     for l in ["lib", "lib64"] {
@@ -49,6 +49,59 @@ fn bundle(dir: &Path, args: &[&str], mounts: &[(&str, &str)]) {
         config["mounts"].as_array_mut().unwrap().push(m);
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// A console socket (what runc's `--console-socket` and its recvtty
+/// expect): the pty master runc sends on the first connection.
+struct ConsoleSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn new(path: PathBuf) -> ConsoleSocket {
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        ConsoleSocket { path, listener }
+    }
+
+    fn master(&self) -> std::fs::File {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let (conn, _) = self.listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the descriptor just arrived, ours alone.
+                return unsafe { std::fs::File::from_raw_fd(fds[0]) };
+            }
+        }
+        panic!("runc sent no descriptor to the console socket");
+    }
+}
+
+/// Type `line` on the terminal and read until `want` shows up in what the
+/// shell writes back.
+fn converse(master: &mut std::fs::File, line: &str, want: &str) -> String {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    master.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let start = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains(want) {
+        assert!(start.elapsed() < Duration::from_secs(20), "waited for {want:?}; the terminal said {seen:?}");
+        let mut fds = [nix::poll::PollFd::new(master.as_fd(), nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, 200u16).unwrap() == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        let n = master.read(&mut buf).unwrap();
+        assert!(n > 0, "the terminal closed; it said {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
 }
 
 impl Container {
@@ -475,4 +528,82 @@ fn runc_restores_a_container_into_its_external_network_namespace() {
     let given = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
     assert_eq!(theirs, given, "the restored container is in the namespace it was given");
     assert!(c.exec(&["cat", "/proc/net/dev"]).contains("ferry0"));
+}
+
+/// A container with a terminal (runc's default, `--console-socket`): its
+/// master stays with the socket's owner, outside the tree. The restore
+/// makes a new pty at the same index in the container's devpts, with the
+/// line settings and window size, and runc passes the new master on. The
+/// shell keeps its variables, its terminal (/dev/console, /dev/tty for
+/// job control) and answers on the new master.
+#[test]
+fn runc_checkpoint_and_restore_a_shell_on_its_terminal() {
+    let c = Container::new("tty", &["sh"], &[]);
+    let config = c.path("config.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    json["process"]["terminal"] = true.into();
+    std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let first = ConsoleSocket::new(c.path("console1.sock"));
+    let out = c.runc(&["run", "-d", "--console-socket", first.path.to_str().unwrap(), &c.id.clone()]);
+    assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
+    let mut master = first.master();
+    converse(&mut master, "X=41; stty rows 33 cols 99; echo set$((X+1))", "set42");
+
+    c.checkpoint("img", "work", &[]);
+    assert_eq!(c.pid(), None, "runc checkpoint ends the container");
+    drop(master);
+
+    let second = ConsoleSocket::new(c.path("console2.sock"));
+    let (img, work) = (c.path("img"), c.path("work2"));
+    let id = c.id.clone();
+    let restore = ["restore", "-d", "--console-socket", second.path.to_str().unwrap(), "--image-path"];
+    let mut args = restore.to_vec();
+    args.extend([img.to_str().unwrap(), "--work-path", work.to_str().unwrap(), &id]);
+    let out = c.runc(&args);
+    let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "runc restore: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    let mut master = second.master();
+    let said = converse(&mut master, "echo again$((X+1)) pid$$ $(tty) $(stty size)", "again42");
+    assert!(said.contains("again42 pid1 /dev/pts/0 33 99"), "{said:?}");
+    let pid = c.pid().expect("the restored container runs");
+    let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(fds.contains(&PathBuf::from("/dev/pts/0")) && fds.contains(&PathBuf::from("/dev/tty")), "{fds:?}");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let tty_nr: u64 = stat.rsplit(')').next().unwrap().split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(tty_nr, 136 << 8, "pts 0 is the shell's controlling terminal again: {stat}");
+}
+
+/// A container with a cgroup namespace of its own (runc makes one when the
+/// config asks; it mounts the cgroup filesystems inside it): the restore
+/// roots a new one at the cgroups runc put the restore in, the
+/// container's, and the root mounts the cgroup filesystems inside it.
+#[test]
+fn runc_checkpoint_and_restore_with_a_cgroup_namespace() {
+    let mut c = Container::new("cgns", &["sh", "-c", COUNTER], &[]);
+    let config = c.path("config.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    json["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "cgroup"}));
+    std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let out = c.runc_piped(&["run", "-d", &c.id.clone()]);
+    assert!(out.status.success(), "runc run: {}", String::from_utf8_lossy(&out.stderr));
+    c.wait_count(30);
+    c.checkpoint("img", "work", &[]);
+    let dumped = c.count();
+    c.restore("img", "work2");
+    assert_counts_on(&c, dumped);
+    let pid = c.pid().expect("the restored container runs");
+    let ours = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap(), ours, "a cgroup namespace of its own");
+    // Inside, every hierarchy is at its namespace's root; outside, the
+    // task is in the container's cgroup.
+    let inside = c.exec(&["cat", "/proc/1/cgroup"]);
+    assert!(inside.lines().all(|l| l.ends_with(":/")), "{inside}");
+    let outside = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(outside.lines().any(|l| l.ends_with(&format!("/{}", c.id))), "{outside}");
+    let mounts = c.exec(&["cat", "/proc/1/mountinfo"]);
+    let cg = mounts.lines().filter(|l| l.contains(" - cgroup")).collect::<Vec<_>>();
+    assert!(!cg.is_empty() && cg.iter().all(|l| l.split(' ').nth(3) == Some("/")), "{mounts}");
 }

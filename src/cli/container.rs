@@ -27,6 +27,11 @@ pub struct ContainerArgs {
     /// tree with ptrace whatever it is given; the cgroup is not written.
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     pub freeze_cgroup: Option<PathBuf>,
+    /// Dump: the tree's terminals may have their master outside it (a
+    /// container's console); restore makes new ones and, over RPC, hands
+    /// their masters to the caller.
+    #[arg(long = "orphan-pts-master")]
+    pub orphan_pts_master: bool,
     /// CRIU's cgroup handling (accepted): restored tasks stay in the
     /// cgroups ferry runs in, where runc puts it before a restore.
     #[arg(long = "manage-cgroups", value_name = "MODE", num_args = 0..=1, default_missing_value = "soft")]
@@ -68,7 +73,12 @@ impl ContainerArgs {
                 }
             }
         }
-        Ok(crate::dump::container::ContainerOptions { external: mounts, empty_net, external_net: nets })
+        Ok(crate::dump::container::ContainerOptions {
+            external: mounts,
+            empty_net,
+            external_net: nets,
+            orphan_pts_master: self.orphan_pts_master,
+        })
     }
 
     pub fn restore_options(&self) -> Result<crate::restore::container::ContainerRestore> {
@@ -85,6 +95,8 @@ impl ContainerArgs {
             root: self.root.clone(),
             external: mounts,
             sibling: self.restore_sibling,
+            // Set by the RPC service, which has a caller to give them to.
+            orphan_pts_master: None,
         })
     }
 }

@@ -20,6 +20,9 @@ pub struct ContainerOptions {
     pub empty_net: bool,
     /// `--external net[INODE]:KEY`: a network namespace from outside.
     pub external_net: Vec<(u64, String)>,
+    /// `--orphan-pts-master`: the tree's terminals may have their master
+    /// outside it (runc's console socket holds a container's).
+    pub orphan_pts_master: bool,
 }
 
 /// Filesystems that come back as new instances: they keep nothing a
@@ -47,12 +50,14 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
             }
         }
     }
-    for ns in ["cgroup", "time"] {
-        if ns_link(root, ns)? != ns_link(me, ns)? {
-            bail!("task {}: a {ns} namespace of its own is not supported yet", pids[0].1);
-        }
+    if ns_link(root, "time")? != ns_link(me, "time")? {
+        bail!("task {}: a time namespace of its own is not supported yet", pids[0].1);
     }
     let differs = |ns: &str| -> Result<bool> { Ok(ns_link(root, ns)? != ns_link(me, ns)?) };
+    let cgroup = differs("cgroup")?;
+    if cgroup {
+        with_ns(root, "cgroup", || at_cgroup_ns_root(root, pids[0].1))?;
+    }
     let uts = if differs("uts")? { Some(with_ns(root, "uts", uts_names)?) } else { None };
     let ipc = differs("ipc")?;
     if ipc {
@@ -61,7 +66,10 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
     let net = if differs("net")? { Some(network(root, pids[0].1, opts)?) } else { None };
     let text = ProcDir::new(root).read("mountinfo")?;
     let infos = crate::proc::mountinfo::parse(&text)?;
-    let mounts = classify(&infos, opts)?;
+    // With a cgroup namespace, the cgroup mounts made inside it (rooted at
+    // its root, the root's cgroups) come back new, made inside the new one.
+    let cgroups = if cgroup { Some(ProcDir::new(root).read("cgroup")?) } else { None };
+    let mounts = classify(&infos, opts, cgroups.as_deref())?;
     for &(pid, vpid) in pids {
         files_inside(pid, vpid, &infos)?;
     }
@@ -72,7 +80,42 @@ pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<Co
             bail!("{}: POSIX message queues are not supported yet ({queues} open)", m.mountpoint.display());
         }
     }
-    Ok(Some(ContainerImage { mounts, uts, ipc, net }))
+    Ok(Some(ContainerImage { mounts, uts, ipc, net, cgroup }))
+}
+
+/// A cgroup (v1 or v2) mount whose root is the task's cgroup in its
+/// hierarchy (`cgroups`, its /proc/PID/cgroup): what mounting it inside
+/// the task's cgroup namespace gives.
+fn at_namespace_root(m: &MountInfo, cgroups: &str) -> bool {
+    let opts: Vec<&str> = m.super_options.split(',').collect();
+    cgroups.lines().any(|line| {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(at)) = (f.next(), f.next(), f.next()) else { return false };
+        let hierarchy = match m.fstype.as_str() {
+            "cgroup2" => ctrls.is_empty(),
+            "cgroup" => !ctrls.is_empty() && ctrls.split(',').all(|c| opts.contains(&c)),
+            _ => false,
+        };
+        hierarchy && m.root == Path::new(at)
+    })
+}
+
+/// A cgroup namespace comes back rooted where the restored root is put
+/// (the cgroups ferry runs in, runc's for the container): the same only
+/// if the root sat at its namespace's root in every hierarchy, as runc's
+/// init does. Called inside that namespace, where paths are relative to
+/// its root.
+fn at_cgroup_ns_root(pid: i32, vpid: i32) -> Result<()> {
+    let text = ProcDir::new(pid).read("cgroup")?;
+    for line in text.lines() {
+        let at = line.splitn(3, ':').nth(2).unwrap_or("/");
+        if at != "/" {
+            bail!(
+                "task {vpid} is in {line:?} below its cgroup namespace's root: the restore roots a new namespace                  at the task's cgroup, so this one cannot come back"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuse a file or directory open on a mount the container does not
@@ -136,7 +179,8 @@ fn pinned_at(ns: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Sort every mount into how it comes back; refuse the ones that cannot.
-pub fn classify(infos: &[MountInfo], opts: &ContainerOptions) -> Result<Vec<MountEntry>> {
+/// `cgroups`: the root's /proc/PID/cgroup if it has a cgroup namespace.
+pub fn classify(infos: &[MountInfo], opts: &ContainerOptions, cgroups: Option<&str>) -> Result<Vec<MountEntry>> {
     let ids: std::collections::HashSet<u32> = infos.iter().map(|m| m.id).collect();
     let root = infos
         .iter()
@@ -155,7 +199,7 @@ pub fn classify(infos: &[MountInfo], opts: &ContainerOptions) -> Result<Vec<Moun
     }
     let mut out: Vec<MountEntry> = Vec::new();
     for m in order {
-        let kind = kind_of(m, &out, infos, opts)?;
+        let kind = kind_of(m, &out, infos, opts, cgroups)?;
         out.push(MountEntry {
             id: m.id,
             parent: if m.id == root.id { 0 } else { m.parent },
@@ -171,7 +215,13 @@ pub fn classify(infos: &[MountInfo], opts: &ContainerOptions) -> Result<Vec<Moun
     Ok(out)
 }
 
-fn kind_of(m: &MountInfo, done: &[MountEntry], infos: &[MountInfo], opts: &ContainerOptions) -> Result<MountKind> {
+fn kind_of(
+    m: &MountInfo,
+    done: &[MountEntry],
+    infos: &[MountInfo],
+    opts: &ContainerOptions,
+    cgroups: Option<&str>,
+) -> Result<MountKind> {
     if done.is_empty() {
         return Ok(MountKind::Root);
     }
@@ -187,6 +237,9 @@ fn kind_of(m: &MountInfo, done: &[MountEntry], infos: &[MountInfo], opts: &Conta
     if let Some((d, i)) = of {
         let path = m.root.strip_prefix(&i.root).expect("checked above").to_path_buf();
         return Ok(MountKind::Bind { of: d.id, path });
+    }
+    if cgroups.is_some_and(|c| at_namespace_root(m, c)) {
+        return Ok(MountKind::Fresh);
     }
     if m.root == Path::new("/") {
         if FRESH.contains(&m.fstype.as_str()) {
@@ -209,12 +262,13 @@ fn kind_of(m: &MountInfo, done: &[MountEntry], infos: &[MountInfo], opts: &Conta
 
 /// Run `f` on a thread that has joined `pid`'s namespace of kind `ns`
 /// (uts, ipc and net can be joined by one thread of a process).
-fn with_ns<T: Send>(pid: i32, ns: &str, f: fn() -> Result<T>) -> Result<T> {
+fn with_ns<T: Send>(pid: i32, ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let file = std::fs::File::open(ProcDir::new(pid).path(&format!("ns/{ns}")))
         .with_context(|| format!("task {pid}: opening its {ns} namespace"))?;
     let flag = match ns {
         "uts" => nix::sched::CloneFlags::CLONE_NEWUTS,
         "ipc" => nix::sched::CloneFlags::CLONE_NEWIPC,
+        "cgroup" => nix::sched::CloneFlags::CLONE_NEWCGROUP,
         _ => nix::sched::CloneFlags::CLONE_NEWNET,
     };
     std::thread::scope(|s| {
@@ -265,7 +319,7 @@ mod tests {
             external: vec![("/sys/fs/cgroup/cpu".into(), "cpu".into()), ("/proc/keys".into(), "/dev/null".into())],
             ..Default::default()
         };
-        let m = classify(&infos, &opts).unwrap();
+        let m = classify(&infos, &opts, None).unwrap();
         let kinds: Vec<(&str, &MountKind)> = m.iter().map(|e| (e.mountpoint.to_str().unwrap(), &e.kind)).collect();
         assert_eq!(kinds[0], ("/", &MountKind::Root));
         let find = |p: &str| kinds.iter().find(|(q, _)| *q == p).unwrap().1.clone();
@@ -284,7 +338,7 @@ mod tests {
     #[test]
     fn a_mount_from_outside_must_be_named() {
         let infos = crate::proc::mountinfo::parse(RUNC).unwrap();
-        let err = classify(&infos, &ContainerOptions::default()).unwrap_err().to_string();
+        let err = classify(&infos, &ContainerOptions::default(), None).unwrap_err().to_string();
         assert!(err.contains("--external mnt[/sys/fs/cgroup/cpu]:KEY"), "{err}");
     }
 }

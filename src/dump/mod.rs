@@ -254,7 +254,19 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
         .iter()
         .map(|&p| MemoryView::load(images.clone(), p).map(|v| (p, v)))
         .collect::<Result<_>>()?;
+    link_parent(&opts.dir, rel)?;
     Ok(Some(Parent { rel: rel.clone(), images, track, views: std::sync::Mutex::new(views) }))
+}
+
+/// CRIU's `parent` symlink in the images directory, to the previous
+/// images (runc checks it is there); ferry itself follows
+/// `inventory.parent`.
+fn link_parent(dir: &std::path::Path, rel: &std::path::Path) -> Result<()> {
+    let link = dir.join("parent");
+    if link.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
+    }
+    std::os::unix::fs::symlink(rel, &link).with_context(|| format!("linking {} to {}", link.display(), rel.display()))
 }
 
 /// Dump; a lazy dump with `LazyServe::Listen` then serves its pages here.
@@ -453,6 +465,7 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
     inventory.tasks = frozen.alive().map(|p| p.vpid).collect();
     inventory.parent = parent.as_ref().map(|p| p.rel.to_string_lossy().into_owned());
     writer.commit(inventory)?;
+    crate::image::criu_inventory::write(&opts.dir)?;
     if !pre {
         opts.scripts.run(Action::PostDump, &opts.dir, Some(opts.pid))?;
     }
@@ -609,6 +622,7 @@ fn look(
                 root: i == 0,
                 policy: crate::objects::FdPolicy {
                     shell_job: opts.shell_job,
+                    orphan_pts_master: opts.container.orphan_pts_master,
                     file_locks: opts.file_locks,
                     ext_unix_sk: opts.ext_unix_sk.clone(),
                     tcp_established: opts.tcp_established,

@@ -31,6 +31,9 @@ pub struct ContainerImage {
     /// A network namespace of its own: a new empty one, or one the
     /// restore is handed.
     pub net: Option<NetNs>,
+    /// A cgroup namespace of its own, rooted at the root's cgroups.
+    #[serde(default)]
+    pub cgroup: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

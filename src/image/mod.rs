@@ -18,6 +18,7 @@
 
 pub mod chain;
 pub mod container;
+pub mod criu_inventory;
 pub mod digest;
 pub mod inventory;
 pub mod objects;

@@ -8,6 +8,7 @@
 //! kinds.
 
 pub mod chardev;
+pub mod controlling_tty;
 pub mod deleted_file;
 pub mod directory;
 pub mod epoll;
@@ -16,6 +17,7 @@ pub mod inet;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;
+pub mod pty_slave;
 pub mod regular;
 pub mod shmem;
 pub mod signalfd;
@@ -64,6 +66,8 @@ pub struct FdProbe<'a> {
 pub struct FdPolicy {
     /// `--shell-job`: the task's terminal may be taken along.
     pub shell_job: bool,
+    /// `--orphan-pts-master`: a pts whose master is outside the tree.
+    pub orphan_pts_master: bool,
     /// `--file-locks`: locks on the description are taken along.
     pub file_locks: bool,
     /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.
@@ -254,6 +258,10 @@ pub struct OpenContext<'a> {
     pub taken_paths: std::cell::RefCell<Vec<socket_path::TakenPath>>,
     /// `--tcp-close`: established connections come back aborted.
     pub tcp_close: bool,
+    /// Pseudo-terminals made for slaves whose master was outside the tree.
+    pub ptys: std::cell::RefCell<crate::restore::pty::PtyMasters>,
+    /// Who gets their masters.
+    pub pty_hand_over: Option<&'a crate::restore::pty::HandOver>,
 }
 
 /// What a kind may need when the tree is about to run.
@@ -293,6 +301,11 @@ pub trait FileKind: Sync + 'static {
     fn describe(state: &Self::State) -> String;
     /// The terminal's device number, if this is a terminal.
     fn tty_rdev(_state: &Self::State) -> Option<u64> {
+        None
+    }
+    /// A path the restored process opens itself at this fd, once its
+    /// terminal is controlling (/dev/tty names the caller's terminal).
+    fn reopen_in_process(_state: &Self::State) -> Option<PathBuf> {
         None
     }
     /// Memory objects this description needs created first.
@@ -341,6 +354,7 @@ pub trait FileOps: Sync {
     fn open(&self, file: &FileObject, ctx: &OpenContext) -> Result<OwnedFd>;
     fn describe(&self, file: &FileObject) -> String;
     fn tty_rdev(&self, file: &FileObject) -> Option<u64>;
+    fn reopen_in_process(&self, file: &FileObject) -> Option<PathBuf>;
     fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()>;
     fn go_live(&self, file: &FileObject, fd: &OwnedFd, ctx: &LiveContext) -> Result<()>;
 }
@@ -377,6 +391,9 @@ impl<K: FileKind> FileOps for File<K> {
     fn tty_rdev(&self, file: &FileObject) -> Option<u64> {
         state_of::<K::State>(K::NAME, file.id, &file.state).ok().and_then(|s| K::tty_rdev(&s))
     }
+    fn reopen_in_process(&self, file: &FileObject) -> Option<PathBuf> {
+        state_of::<K::State>(K::NAME, file.id, &file.state).ok().and_then(|s| K::reopen_in_process(&s))
+    }
     fn link(&self, file: &FileObject, fd: &OwnedFd, files: &OpenFiles) -> Result<()> {
         K::link(file, &state_of(K::NAME, file.id, &file.state)?, fd, files)
     }
@@ -401,6 +418,8 @@ pub static FILE_KINDS: &[&dyn FileOps] = &[
     &File::<tcp_connection::TcpConnection>::KIND,
     &File::<udp_socket::UdpSocket>::KIND,
     &File::<directory::Directory>::KIND,
+    &File::<pty_slave::PtySlave>::KIND,
+    &File::<controlling_tty::ControllingTty>::KIND,
     &File::<tty::Tty>::KIND,
     &File::<chardev::CharDevice>::KIND,
 ];

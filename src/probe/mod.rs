@@ -45,6 +45,7 @@ pub const PROBES: &[Probe] = &[
     Probe { name: "soft-dirty", aliases: &[], essential: false, run: soft_dirty },
     Probe { name: "dirty-tracking", aliases: &["mem_dirty_track"], essential: false, run: dirty_tracking },
     Probe { name: "vdso", aliases: &[], essential: false, run: vdso },
+    Probe { name: "external-net-ns", aliases: &["external_net_ns"], essential: false, run: external_net_ns },
     Probe { name: "page-size", aliases: &[], essential: false, run: page_size },
 ];
 
@@ -240,6 +241,22 @@ fn dirty_tracking() -> Outcome {
         yes("pre-dump will track with soft-dirty bits")
     } else {
         yes("pre-dump will fall back to page hashing (neither uffd-wp async nor soft-dirty here)")
+    }
+}
+
+/// Joining a network namespace handed in (a container's, from runc):
+/// setns into one's own, on a thread of its own.
+fn external_net_ns() -> Outcome {
+    let joined = std::thread::spawn(|| -> std::io::Result<()> {
+        let ns = File::open("/proc/thread-self/ns/net")?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(())
+    })
+    .join();
+    match joined {
+        Ok(Ok(())) => yes("setns(CLONE_NEWNET) works: a container's network namespace can be joined"),
+        Ok(Err(e)) => no(format!("setns(CLONE_NEWNET): {e}")),
+        Err(_) => no("the probe's thread panicked"),
     }
 }
 

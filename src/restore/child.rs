@@ -49,6 +49,7 @@ pub enum Step {
     Mount,
     PivotRoot,
     Hostname,
+    ReopenTty,
 }
 
 /// What a forked process is for.
@@ -117,6 +118,9 @@ pub struct ChildSetup {
     pub targets: Vec<(RawFd, bool)>,
     /// Index into `targets` of the terminal to make controlling.
     pub ctty: Option<usize>,
+    /// Once it is: fds the process opens itself (fd, path, open flags),
+    /// over ferry's copy (/dev/tty, which names the caller's terminal).
+    pub reopen: Vec<(RawFd, CString, i32)>,
     pub cwd: CString,
     pub root: Option<CString>,
     pub umask: u32,
@@ -139,6 +143,7 @@ impl ChildSetup {
             sources: Vec::new(),
             targets: Vec::new(),
             ctty: None,
+            reopen: Vec::new(),
             cwd: CString::new("/").expect("no NUL"),
             root: None,
             umask: 0o22,
@@ -172,6 +177,10 @@ impl TreeSetup {
                 ),
             },
             Step::ControllingTty => "making the terminal the controlling one (TIOCSCTTY)".into(),
+            Step::ReopenTty => match s.reopen.get(i) {
+                Some((fd, path, _)) => format!("opening {} as fd {fd}", path.to_string_lossy()),
+                None => "opening the controlling terminal".into(),
+            },
             Step::Chdir => format!("chdir {}", s.cwd.to_string_lossy()),
             Step::Chroot => format!("chroot {}", s.root.as_ref().map(|r| r.to_string_lossy()).unwrap_or_default()),
             Step::Personality => format!("personality({:#x})", s.personality),
@@ -357,6 +366,18 @@ unsafe fn setup(t: &TreeSetup, me: usize) -> ! {
     if let Some(i) = s.ctty {
         if libc::ioctl(s.targets[i].0, libc::TIOCSCTTY, 0) != 0 {
             fail(rfd, me, Step::ControllingTty, i);
+        }
+        for (k, (fd, path, flags)) in s.reopen.iter().enumerate() {
+            let f = libc::open(path.as_ptr(), *flags);
+            if f < 0 {
+                fail(rfd, me, Step::ReopenTty, k);
+            }
+            if f != *fd {
+                if libc::dup3(f, *fd, *flags & libc::O_CLOEXEC) < 0 {
+                    fail(rfd, me, Step::ReopenTty, k);
+                }
+                libc::close(f);
+            }
         }
     }
     if libc::chdir(s.cwd.as_ptr()) != 0 {

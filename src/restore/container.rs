@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
@@ -37,6 +37,9 @@ pub struct ContainerRestore {
     pub external: HashMap<String, PathBuf>,
     /// `--restore-sibling`: the root becomes the caller's child, not ferry's.
     pub sibling: bool,
+    /// `orphan_pts_master` over RPC: who gets the masters of the tree's
+    /// terminals whose master was outside it.
+    pub orphan_pts_master: Option<super::pty::HandOver>,
 }
 
 /// One mount(2) call the root makes (raw, prepared here).
@@ -88,6 +91,9 @@ pub struct Stage {
     /// The container's new network namespace, if it has one.
     net: Option<OwnedFd>,
     pub child: Option<ChildMounts>,
+    /// Terminals made while staging (the console's bind mount needs its
+    /// pts to exist), for the files that open them.
+    pub ptys: super::pty::PtyMasters,
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
     dirs: Vec<PathBuf>,
@@ -163,7 +169,7 @@ impl Stage {
             tmpfs.insert(m.id, (entries, data));
         }
         let (tx, rx) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(OwnedFd, Option<OwnedFd>, ChildMounts)>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Staged>>();
         let work = Work { image: image.clone(), root, external: opts.external.clone(), staging, side, tmpfs, join_net };
         let thread = std::thread::Builder::new()
             .name("ferry-container".into())
@@ -192,7 +198,7 @@ impl Stage {
             })
             .context("starting the container's thread")?;
         let staged = ready_rx.recv().map_err(|_| anyhow!("the container's thread ended")).and_then(|r| r);
-        let (root, net, child) = match staged {
+        let Staged { root, net, child, ptys } = match staged {
             Ok(s) => s,
             Err(e) => {
                 drop(tx);
@@ -202,7 +208,7 @@ impl Stage {
             }
         };
         let child = Some(child);
-        Ok(Some(Stage { image, root, net, child, requests: Some(tx), thread: Some(thread), dirs: vec![base] }))
+        Ok(Some(Stage { image, root, net, child, ptys, requests: Some(tx), thread: Some(thread), dirs: vec![base] }))
     }
 
     /// Fork the tree's root inside the staged namespace; Ok(None) never
@@ -224,6 +230,11 @@ impl Stage {
         }
         if self.image.ipc {
             flags |= libc::CLONE_NEWIPC as u64;
+        }
+        if self.image.cgroup {
+            // Rooted at ferry's cgroups, where the caller put it (runc:
+            // the container's).
+            flags |= libc::CLONE_NEWCGROUP as u64;
         }
         if sibling {
             flags |= libc::CLONE_PARENT as u64;
@@ -278,6 +289,15 @@ impl Drop for Stage {
     }
 }
 
+/// What staging made: the staged root (O_PATH), the network namespace,
+/// the root's mounts, terminals.
+struct Staged {
+    root: OwnedFd,
+    net: Option<OwnedFd>,
+    child: ChildMounts,
+    ptys: super::pty::PtyMasters,
+}
+
 /// What the stage thread needs (moved into it).
 struct Work {
     image: ContainerImage,
@@ -291,15 +311,17 @@ struct Work {
 }
 
 /// proc, sysfs and mqueue belong to the PID, network and IPC namespaces of
-/// whoever mounts them: the root mounts them, and what lies below them.
+/// whoever mounts them, cgroup filesystems are rooted at its cgroup
+/// namespace's root: the root mounts them, and what lies below them.
 fn needs_the_root(m: &MountEntry, late: &HashSet<u32>) -> bool {
     late.contains(&m.parent)
-        || (m.kind == MountKind::Fresh && matches!(m.fstype.as_str(), "proc" | "sysfs" | "mqueue"))
+        || (m.kind == MountKind::Fresh
+            && matches!(m.fstype.as_str(), "proc" | "sysfs" | "mqueue" | "cgroup" | "cgroup2"))
         || matches!(m.kind, MountKind::Bind { of, .. } if late.contains(&of))
 }
 
 impl Work {
-    fn stage(&self) -> Result<(OwnedFd, Option<OwnedFd>, ChildMounts)> {
+    fn stage(&self) -> Result<Staged> {
         use nix::sched::{unshare, CloneFlags};
         unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS) for the container")?;
         // Before anything is mounted or unmounted here (the root's pivot
@@ -327,6 +349,7 @@ impl Work {
         let at = |id: u32| self.image.mounts.iter().find(|m| m.id == id).map(|m| inside(&self.staging, &m.mountpoint));
         let mut late = HashSet::new();
         let mut calls = Vec::new();
+        let mut ptys = super::pty::PtyMasters::default();
         for m in &self.image.mounts {
             let target = inside(&self.staging, &m.mountpoint);
             let source = match &m.kind {
@@ -387,6 +410,9 @@ impl Work {
                 .with_context(|| format!("mounting {} on {}", m.fstype, m.mountpoint.display()))?,
                 _ => {
                     let source = source.expect("set for binds");
+                    if let MountKind::Bind { of, path } = &m.kind {
+                        self.make_pty(*of, path, &source, &mut ptys)?;
+                    }
                     mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                         .with_context(|| format!("binding {} on {}", source.display(), m.mountpoint.display()))?;
                     mount(
@@ -407,7 +433,32 @@ impl Work {
             hostname: self.image.uts.as_ref().map(|u| CString::new(u.hostname.as_str()).expect("no NUL")),
             domainname: self.image.uts.as_ref().map(|u| CString::new(u.domainname.as_str()).expect("no NUL")),
         };
-        Ok((root.into(), net, child))
+        Ok(Staged { root: root.into(), net, child, ptys })
+    }
+
+    /// A bind of /dev/pts/N (runc's /dev/console) needs pts N to exist:
+    /// made here, its master kept for the file that opens it.
+    fn make_pty(&self, of: u32, path: &Path, source: &Path, ptys: &mut super::pty::PtyMasters) -> Result<()> {
+        let Some(devpts) = self.image.mounts.iter().find(|d| d.id == of && d.fstype == "devpts") else {
+            return Ok(());
+        };
+        let Some(index) = path.to_str().and_then(|n| n.parse::<u32>().ok()) else { return Ok(()) };
+        if source.exists() {
+            return Ok(());
+        }
+        let ptmx = inside(&self.staging, &devpts.mountpoint).join("ptmx");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&ptmx)
+                .map(OwnedFd::from)
+        };
+        let master = super::pty::at_index(index, open)
+            .with_context(|| format!("making pts {index} for the bind mount on {}", source.display()))?;
+        ptys.keep(&devpts.mountpoint, index, master);
+        Ok(())
     }
 
     /// A new tmpfs at `target` with the dumped contents, then made

@@ -19,6 +19,7 @@ pub mod mm;
 pub mod objects;
 pub mod paths;
 pub mod plan;
+pub mod pty;
 pub mod thread;
 pub mod tmpfs;
 
@@ -150,7 +151,8 @@ pub fn restore_then(opts: &RestoreOptions, before_run: impl FnOnce(i32) -> Resul
         Some(s) => s.in_net()?,
         None => None,
     };
-    let mut plan = plan::prepare(opts)?;
+    let ptys = stage.as_mut().map(|s| std::mem::take(&mut s.ptys)).unwrap_or_default();
+    let mut plan = plan::prepare(opts, ptys)?;
     drop((in_root, in_net));
     plan.setup.container = stage.as_mut().and_then(|s| s.child.take());
     if opts.container.sibling && !plan.tree.pid_ns {

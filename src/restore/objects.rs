@@ -93,10 +93,11 @@ pub fn open_all(
     opts: &super::RestoreOptions,
     tree_leads_session: bool,
     tables: &HashMap<i32, HashMap<i32, u32>>,
+    ptys: crate::restore::pty::PtyMasters,
 ) -> Result<Opened> {
     let mut opened = Opened { memory: HashMap::new(), files: HashMap::new(), taken_paths: Vec::new() };
     let r = create_memory(images, objects, &mut opened.memory)
-        .and_then(|()| open_files(images, objects, opts, tree_leads_session, tables, &mut opened));
+        .and_then(|()| open_files(images, objects, opts, tree_leads_session, tables, ptys, &mut opened));
     if let Err(e) = r {
         opened.discard();
         return Err(e);
@@ -110,6 +111,7 @@ fn open_files(
     opts: &super::RestoreOptions,
     tree_leads_session: bool,
     tables: &HashMap<i32, HashMap<i32, u32>>,
+    ptys: crate::restore::pty::PtyMasters,
     opened: &mut Opened,
 ) -> Result<()> {
     let memory = &opened.memory;
@@ -124,6 +126,8 @@ fn open_files(
         kept: Default::default(),
         taken_paths: Default::default(),
         tcp_close: opts.tcp_close,
+        ptys: std::cell::RefCell::new(ptys),
+        pty_hand_over: opts.container.orphan_pts_master.as_ref(),
     };
     let mut files = HashMap::new();
     let r = (|| -> Result<()> {

@@ -278,7 +278,7 @@ fn load(images: &ImageDir, pid: i32, opts: &RestoreOptions) -> Result<Loaded> {
     Ok(Loaded { task, chain, sources, deferred, cpus })
 }
 
-pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
+pub fn prepare(opts: &RestoreOptions, ptys: super::pty::PtyMasters) -> Result<TreePlan> {
     tracing::debug!("reading images");
     let (images, tree, objects) = read_images(opts)?;
     tracing::debug!(processes = tree.processes.len(), "tree and objects read");
@@ -297,7 +297,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<TreePlan> {
         bail!("task {} was dumped as part of session {}; restore it with --shell-job", tree.root, root_task.ids.sid);
     }
     let tables = loaded.iter().map(|(pid, l)| (*pid, l.task.fds.iter().map(|f| (f.fd, f.file)).collect())).collect();
-    let opened = objects::open_all(&images, &objects, opts, leads_session, &tables)?;
+    let opened = objects::open_all(&images, &objects, opts, leads_session, &tables, ptys)?;
     match place(images, tree, objects, loaded, &opened) {
         Ok(parts) => Ok(parts.with(opened, deleted_cwds)),
         Err(e) => {
@@ -327,6 +327,7 @@ fn place(
         sources: Vec<RawFd>,
         targets: Vec<(RawFd, bool)>,
         ctty: Option<usize>,
+        reopen: Vec<(RawFd, std::ffi::CString, i32)>,
         vma_helper: HashMap<usize, usize>,
         vma_shmids: HashMap<usize, (i32, u64)>,
         exe_helper: usize,
@@ -339,6 +340,7 @@ fn place(
         let mut sources = Vec::new();
         let mut targets = Vec::new();
         let mut ctty = None;
+        let mut own_opens = Vec::new();
         for fd in &task.fds {
             let file = objects
                 .file(fd.file)
@@ -348,6 +350,15 @@ fn place(
                 if task.ids.sid == pid && task.ids.tty_nr != 0 && u64::from(task.ids.tty_nr) == rdev && ctty.is_none() {
                     ctty = Some(targets.len());
                 }
+            }
+            if let Some(path) = kind.reopen_in_process(file) {
+                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .with_context(|| format!("task {pid} fd {}: a path with a NUL", fd.fd))?;
+                let mut flags = crate::objects::regular::reopen_flags(file.flags) | libc::O_NOCTTY;
+                if fd.cloexec {
+                    flags |= libc::O_CLOEXEC;
+                }
+                own_opens.push((fd.fd, c, flags));
             }
             sources.push(opened.files[&fd.file].as_raw_fd());
             targets.push((fd.fd, fd.cloexec));
@@ -402,7 +413,7 @@ fn place(
         let exe_helper = sources.len() - nfds;
         sources.push(exe_fd.as_raw_fd());
         helpers.push(exe_fd);
-        layouts.insert(pid, Layout { sources, targets, ctty, vma_helper, vma_shmids, exe_helper });
+        layouts.insert(pid, Layout { sources, targets, ctty, reopen: own_opens, vma_helper, vma_shmids, exe_helper });
     }
 
     // Staged copies go above every fd any process keeps and every dumped
@@ -452,6 +463,7 @@ fn place(
             sources: l.sources,
             targets: l.targets.clone(),
             ctty: l.ctty,
+            reopen: l.reopen.clone(),
             cwd: cstring(&task.fs.cwd)?,
             root,
             umask: task.fs.umask,

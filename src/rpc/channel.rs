@@ -3,9 +3,9 @@
 
 use super::criu::{CriuNotify, CriuReq, CriuReqType, CriuResp};
 use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
 use prost::Message;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 pub struct Channel {
     fd: OwnedFd,
@@ -36,13 +36,38 @@ impl Channel {
     /// Tell the caller that ferry reached `script` (CRIU's name of an
     /// action-script point) and wait for its go-ahead.
     pub fn notify(&self, script: &str, pid: Option<i32>) -> Result<()> {
+        self.notify_with(script, pid, None)
+    }
+
+    /// [`Channel::notify`] with a descriptor attached (SCM_RIGHTS), as
+    /// CRIU gives the caller a new pty master ("orphan-pts-master").
+    pub fn notify_fd(&self, script: &str, fd: BorrowedFd) -> Result<()> {
+        self.notify_with(script, None, Some(fd))
+    }
+
+    fn notify_with(&self, script: &str, pid: Option<i32>, fd: Option<BorrowedFd>) -> Result<()> {
         let notify = CriuNotify { script: Some(script.to_string()), pid };
-        self.send(&CriuResp {
-            r#type: CriuReqType::Notify as i32,
-            success: true,
-            notify: Some(notify),
-            ..Default::default()
-        })?;
+        let resp =
+            CriuResp { r#type: CriuReqType::Notify as i32, success: true, notify: Some(notify), ..Default::default() };
+        match fd {
+            None => self.send(&resp)?,
+            Some(fd) => {
+                let buf = resp.encode_to_vec();
+                let fds = [fd.as_raw_fd()];
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                let sent = sendmsg::<()>(
+                    self.fd.as_raw_fd(),
+                    &[std::io::IoSlice::new(&buf)],
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .with_context(|| format!("sending the {script} notification"))?;
+                if sent != buf.len() {
+                    bail!("the {script} notification of {} bytes went out as {sent}", buf.len());
+                }
+            }
+        }
         let back = self.recv()?.with_context(|| format!("the caller hung up at the {script} notification"))?;
         if back.r#type != CriuReqType::Notify as i32 || back.notify_success != Some(true) {
             bail!("the caller failed the {script} notification");

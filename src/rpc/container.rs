@@ -27,14 +27,14 @@ pub fn argv(opts: &CriuOpts, argv: &mut Vec<String>) -> Result<()> {
     if opts.manage_cgroups == Some(true) {
         argv.push("--manage-cgroups".into());
     }
+    if opts.orphan_pts_master == Some(true) {
+        argv.push("--orphan-pts-master".into());
+    }
     if opts.rst_sibling == Some(true) {
         argv.push("--restore-sibling".into());
     }
     for cg in &opts.cg_root {
         in_cgroup(cg.ctrl.as_deref(), &cg.path, &std::fs::read_to_string("/proc/self/cgroup")?)?;
-    }
-    if let Some(file) = opts.config_file.as_deref().filter(|f| std::path::Path::new(f).exists()) {
-        bail!("criu_opts.config_file {file}: ferry does not read CRIU configuration files");
     }
     Ok(())
 }
@@ -71,8 +71,7 @@ fn in_cgroup(ctrl: Option<&str>, path: &str, ours: &str) -> Result<()> {
 }
 
 /// `opts` without the fields [`argv`] takes, and the ones that need
-/// nothing from ferry: orphan_pts_master (a pty master outside the tree is
-/// refused when met), evasive_devices (devices are opened by path and
+/// nothing from ferry: evasive_devices (devices are opened by path and
 /// checked by number), manage_cgroups_mode (tasks stay in the cgroups
 /// ferry runs in).
 pub fn without(opts: CriuOpts) -> CriuOpts {

@@ -36,6 +36,7 @@ pub fn answer_pre(kind: CriuReqType, opts: &CriuOpts, channel: &Arc<Channel>) ->
 
 /// `ferry <command>` (dump or pre-dump) for `opts`.
 fn run(opts: &CriuOpts, channel: &Arc<Channel>, command: &str) -> Result<()> {
+    let opts = &super::config::apply(opts.clone())?;
     let peer = channel.peer()?;
     let (dir, _held) = super::peer::images_dir(opts, peer)?;
     super::log::start(opts, peer, &dir)?;

@@ -9,9 +9,8 @@
 //! PRE_DUMP and RESTORE of what ferry's command line can do ([`dump`],
 //! [`restore`]: options without a translation are refused by name), with
 //! notifications and logs. The page server, WAIT_PID and CPUINFO requests
-//! are refused with an answer that says so. Until runc's container
-//! options work, VERSION reports CRIU level 0.0, which every caller's
-//! version check refuses by itself.
+//! are refused with an answer that says so. VERSION reports the CRIU
+//! level whose features ferry has ([`service::CRIU_LEVEL`]).
 
 /// Called as `criu --version` (or `-V`), as the `criu` link to ferry is:
 /// CRIU's answer, in CRIU's format, with the level [`service::CRIU_LEVEL`]
@@ -31,6 +30,7 @@ pub fn criu_version_line(mut args: impl Iterator<Item = std::ffi::OsString>) -> 
 #[rustfmt::skip]
 pub mod criu;
 pub mod channel;
+pub mod config;
 pub mod container;
 pub mod dump;
 pub mod fields;

@@ -21,6 +21,7 @@ pub fn answer(opts: &CriuOpts, channel: &Arc<Channel>) -> CriuResp {
 }
 
 fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
+    let opts = &super::config::apply(opts.clone())?;
     let peer = channel.peer()?;
     let (dir, _held) = super::peer::images_dir(opts, peer)?;
     super::log::start(opts, peer, &dir)?;
@@ -31,6 +32,11 @@ fn run(opts: &CriuOpts, channel: &Arc<Channel>) -> Result<i32> {
     };
     let mut options = crate::cli::restore::options(args)?;
     options.scripts.notify.extend(super::dump::notifier(opts, channel));
+    if opts.orphan_pts_master == Some(true) {
+        let channel = channel.clone();
+        let hand = move |fd: std::os::fd::BorrowedFd| channel.notify_fd("orphan-pts-master", fd);
+        options.container.orphan_pts_master = Some(crate::restore::pty::HandOver(Arc::new(hand)));
+    }
     let restored = crate::restore::restore(&options)?;
     let pid = restored.pid;
     tracing::info!(pid, "tree restored");
