@@ -30,7 +30,8 @@ impl Test {
         // small tmpfs for the disk-full test; nftables and iptables hold
         // TCP connections' packets (the network lock, both backends);
         // nginx, curl and socat serve and fetch across a migration; runc
-        // runs busybox-static containers that ferry checkpoints as criu.
+        // and podman run busybox-static containers that ferry checkpoints
+        // as criu (zstd lists podman's exported checkpoints).
         apt::ensure(
             sh,
             &[
@@ -51,6 +52,8 @@ impl Test {
                 "socat",
                 "runc",
                 "busybox-static",
+                "podman",
+                "zstd",
             ],
         )?;
         let _insta = sh.push_env("INSTA_UPDATE", "no");
