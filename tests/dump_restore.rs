@@ -425,3 +425,20 @@ fn progress_bars_on_a_terminal_only() {
     assert!(!err.contains("dumping pages") && !err.contains('\x1b') && !err.contains('\r'), "{err:?}");
     restore_and_wake(&mut t, &img);
 }
+
+/// A process under a seccomp filter (both threads): the restore installs
+/// the dumped program again in each thread; the program checks getppid
+/// still fails as its filter says, and /proc shows the filter.
+#[test]
+fn seccomp_filters_come_back_in_every_thread() {
+    let w = workdir();
+    let mut t = spawn(&[testprog("tp-seccomp").to_str().unwrap()], &w.path().join("out"));
+    t.wait_output("ready", T);
+    let img = w.path().join("img");
+    restore_and_self_check(&mut t, &img, &[]);
+    let task: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(img.join(format!("task-{}.json", t.pid))).unwrap()).unwrap();
+    for th in task["threads"].as_array().unwrap() {
+        assert_eq!(th["seccomp"].as_array().map(Vec::len), Some(1), "{th}");
+    }
+}

@@ -4,9 +4,10 @@
 //! downloads). What this machine needs (see README, "Containers"):
 //! `--ulimit nofile=1024:1024 --ulimit nproc=4096:4096`, as podman asks
 //! runc to raise the limits to their hard values and root here lacks
-//! CAP_SYS_RESOURCE; `--security-opt seccomp=unconfined`, since ferry does
-//! not restore seccomp filters yet; `--runtime runc` (Debian's crun has no
-//! CRIU); `--network none`, which needs no bridge or firewall here.
+//! CAP_SYS_RESOURCE; `--runtime runc` (Debian's crun has no CRIU);
+//! `--network none`, which needs no bridge or firewall here. The
+//! containers run under podman's default seccomp profile, which ferry
+//! takes along.
 
 mod common;
 
@@ -64,11 +65,8 @@ impl Podman {
         }
         let tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(Stdio::piped()).spawn();
         let mut tar = tar.unwrap();
-        let out = self
-            .cmd(&["import", "-", IMAGE])
-            .stdin(tar.stdout.take().unwrap())
-            .output()
-            .expect("podman is installed");
+        let out =
+            self.cmd(&["import", "-", IMAGE]).stdin(tar.stdout.take().unwrap()).output().expect("podman is installed");
         assert!(tar.wait().unwrap().success());
         assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -92,8 +90,6 @@ impl Ctr<'_> {
             "runc",
             "--network",
             "none",
-            "--security-opt",
-            "seccomp=unconfined",
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
@@ -134,6 +130,13 @@ impl Ctr<'_> {
         self.wait_count(now + 5);
         let ps = self.podman.ok(&["exec", &self.name, "ps"]);
         assert!(ps.lines().any(|l| l.trim_start().starts_with("1 ") && l.contains("sh -c")), "{ps}");
+    }
+
+    /// The seccomp filters of the init, as the last checkpoint kept them.
+    fn filters(&self) -> serde_json::Value {
+        let task = self.userdata().join("checkpoint/task-1.json");
+        let task: serde_json::Value = serde_json::from_slice(&std::fs::read(task).unwrap()).unwrap();
+        task["threads"][0]["seccomp"].clone()
     }
 
     fn userdata(&self) -> PathBuf {
@@ -184,7 +187,16 @@ fn podman_pre_checkpoint_then_checkpoint_with_previous() {
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
     assert!(stats["pages_in_parent"].as_u64().unwrap() > 0, "the checkpoint used its parent: {stats}");
     assert!(std::fs::read_link(dir.join("parent")).is_ok(), "CRIU's parent link is there");
+    let filters = c.filters();
+    assert!(filters.as_array().is_some_and(|f| !f.is_empty()), "podman's seccomp profile was dumped: {filters}");
     podman.ok(&["container", "restore", &c.name]);
     assert_eq!(c.status(), "running");
     c.counts_on_from(before);
+    // The restored init runs under the same filter: a checkpoint of it
+    // reads back the very program.
+    let pid = podman.ok(&["inspect", "--format", "{{.State.Pid}}", &c.name]);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2\n"), "{status}");
+    podman.ok(&["container", "checkpoint", "--keep", &c.name]);
+    assert_eq!(c.filters(), filters, "the filter after the restore is the one dumped");
 }

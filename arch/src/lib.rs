@@ -105,6 +105,7 @@ syscall_list! {
     Shmat,
     Wait4,
     Fcntl,
+    Seccomp,
 }
 
 /// ELF note types naming the ptrace register sets (PTRACE_GETREGSET).
@@ -308,6 +309,7 @@ macro_rules! sysno_table {
             S::Shmat => T::SYS_shmat,
             S::Wait4 => T::SYS_wait4,
             S::Fcntl => T::SYS_fcntl,
+            S::Seccomp => T::SYS_seccomp,
         }) as u64
     }};
 }

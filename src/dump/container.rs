@@ -8,6 +8,7 @@ use crate::image::container::{ContainerImage, MountEntry, MountKind, NetNs, UtsN
 use crate::proc::mountinfo::MountInfo;
 use crate::proc::ProcDir;
 use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -39,40 +40,40 @@ fn ns_link(pid: i32, ns: &str) -> Result<PathBuf> {
 pub fn inspect(pids: &[(i32, i32)], opts: &ContainerOptions) -> Result<Option<ContainerImage>> {
     let (root, _) = pids[0];
     let me = std::process::id() as i32;
-    if ns_link(root, "mnt")? == ns_link(me, "mnt")? {
+    const KINDS: [&str; 6] = ["mnt", "uts", "ipc", "net", "cgroup", "time"];
+    let links =
+        |pid: i32| -> Result<HashMap<&str, PathBuf>> { KINDS.iter().map(|&ns| Ok((ns, ns_link(pid, ns)?))).collect() };
+    let (theirs, ours) = (links(root)?, links(me)?);
+    if theirs["mnt"] == ours["mnt"] {
         return Ok(None);
     }
-    for ns in ["mnt", "uts", "ipc", "net", "cgroup", "time"] {
-        let theirs = ns_link(root, ns)?;
-        for &(pid, vpid) in &pids[1..] {
-            if ns_link(pid, ns)? != theirs {
+    for &(pid, vpid) in &pids[1..] {
+        for (ns, link) in links(pid)? {
+            if link != theirs[ns] {
                 bail!("task {vpid} is in another {ns} namespace than the container's init: nested namespaces are not supported yet");
             }
         }
     }
-    if ns_link(root, "time")? != ns_link(me, "time")? {
+    let differs = |ns: &str| theirs[ns] != ours[ns];
+    if differs("time") {
         bail!("task {}: a time namespace of its own is not supported yet", pids[0].1);
     }
-    let differs = |ns: &str| -> Result<bool> { Ok(ns_link(root, ns)? != ns_link(me, ns)?) };
-    let cgroup = differs("cgroup")?;
+    let cgroup = differs("cgroup");
     if cgroup {
         with_ns(root, "cgroup", || at_cgroup_ns_root(root, pids[0].1))?;
     }
-    let uts = if differs("uts")? { Some(with_ns(root, "uts", uts_names)?) } else { None };
-    let ipc = differs("ipc")?;
+    let uts = if differs("uts") { Some(with_ns(root, "uts", uts_names)?) } else { None };
+    let ipc = differs("ipc");
     if ipc {
         with_ns(root, "ipc", check_ipc_empty)?;
     }
-    let net = if differs("net")? { Some(network(root, pids[0].1, opts)?) } else { None };
+    let net = if differs("net") { Some(network(root, pids[0].1, opts)?) } else { None };
     let text = ProcDir::new(root).read("mountinfo")?;
     let infos = crate::proc::mountinfo::parse(&text)?;
     // With a cgroup namespace, the cgroup mounts made inside it (rooted at
     // its root, the root's cgroups) come back new, made inside the new one.
     let cgroups = if cgroup { Some(ProcDir::new(root).read("cgroup")?) } else { None };
     let mounts = classify(&infos, opts, cgroups.as_deref())?;
-    for &(pid, vpid) in pids {
-        files_inside(pid, vpid, &infos)?;
-    }
     for m in mounts.iter().filter(|m| m.fstype == "mqueue") {
         let dir = ProcDir::new(root).path("root").join(m.mountpoint.strip_prefix("/").unwrap_or(&m.mountpoint));
         let queues = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
@@ -118,29 +119,34 @@ fn at_cgroup_ns_root(pid: i32, vpid: i32) -> Result<()> {
     Ok(())
 }
 
+/// The IDs of the container's mounts, if task `root` is in another mount
+/// namespace than ferry: what [`check_fd_inside`] allows.
+pub fn mount_ids(root: i32) -> Result<Option<HashSet<u64>>> {
+    if ns_link(root, "mnt")? == ns_link(std::process::id() as i32, "mnt")? {
+        return Ok(None);
+    }
+    let infos = crate::proc::mountinfo::parse(&ProcDir::new(root).read("mountinfo")?)?;
+    Ok(Some(infos.iter().map(|m| u64::from(m.id)).collect()))
+}
+
 /// Refuse a file or directory open on a mount the container does not
 /// have (a file of the host handed in as stdout): the restore opens paths
 /// inside the container, where it is not. Devices are opened by path and
 /// number, wherever they are (runc's stdin /dev/null of the host).
-fn files_inside(pid: i32, vpid: i32, infos: &[MountInfo]) -> Result<()> {
+pub fn check_fd_inside(fd: &crate::objects::FdProbe, mounts: &HashSet<u64>) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let proc = ProcDir::new(pid);
-    for fd in proc.fds()? {
-        let path = proc.path(&format!("fd/{fd}"));
-        let (Ok(link), Ok(meta)) = (std::fs::read_link(&path), std::fs::metadata(&path)) else { continue };
-        let kind = meta.mode() & libc::S_IFMT;
-        if !link.is_absolute() || (kind != libc::S_IFREG && kind != libc::S_IFDIR) {
-            continue;
-        }
-        let (info, _) = proc.fdinfo(fd)?;
-        if !infos.iter().any(|m| u64::from(m.id) == info.mnt_id) {
-            bail!(
-                "task {vpid} fd {fd}: {} is on a mount outside the container (mount {}): it cannot be reopened \
-                 inside; hand such files in as pipes",
-                link.display(),
-                info.mnt_id
-            );
-        }
+    let kind = fd.meta.mode() & libc::S_IFMT;
+    if !fd.link.starts_with('/') || (kind != libc::S_IFREG && kind != libc::S_IFDIR) {
+        return Ok(());
+    }
+    if !mounts.contains(&fd.info.mnt_id) {
+        bail!(
+            "{}: {} is on a mount outside the container (mount {}): it cannot be reopened inside; hand such \
+             files in as pipes",
+            fd.what(),
+            fd.link,
+            fd.info.mnt_id
+        );
     }
     Ok(())
 }

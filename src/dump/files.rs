@@ -42,6 +42,9 @@ pub fn collect(
         };
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let probe = FdProbe { pid, proc, fd, link, meta, info, fdinfo, policy, pidfd };
+        if let Some(mounts) = &policy.container_mounts {
+            super::container::check_fd_inside(&probe, mounts)?;
+        }
         let file = table.file(&probe, pidfd)?;
         let posix_locks = super::objects::posix_locks(&probe)?;
         out.push(Fd { fd, cloexec, file, posix_locks });

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod objects;
 pub mod pages;
 pub mod scope;
+pub mod seccomp;
 pub mod thread;
 pub mod tmpfs;
 pub mod tracking;
@@ -258,6 +259,11 @@ fn open_parent(opts: &DumpOptions) -> Result<Option<Parent>> {
     Ok(Some(Parent { rel: rel.clone(), images, track, views: std::sync::Mutex::new(views) }))
 }
 
+/// Whether task `pid` runs under seccomp filters.
+fn under_seccomp(pid: i32) -> bool {
+    ProcDir::new(pid).status().is_ok_and(|s| s.seccomp != 0)
+}
+
 /// CRIU's `parent` symlink in the images directory, to the previous
 /// images (runc checks it is there); ferry itself follows
 /// `inventory.parent`.
@@ -317,6 +323,12 @@ pub fn dump_frozen(opts: &DumpOptions) -> Result<Dumped> {
             bail!("the previous images were tracked with {}; a chain keeps one dirty tracker", t.method.name())
         }
         Some(t) => t.method,
+        None if opts.tracker == track::Choice::Auto && under_seccomp(opts.pid) => {
+            // uffd-wp has the task call userfaultfd(2) itself, which
+            // container profiles (podman's, Docker's) deny.
+            info!(pid = opts.pid, "the task runs under seccomp filters: dirty tracking by hashing");
+            track::Method::Hashing
+        }
         None => track::choose(opts.tracker)?,
     };
     let holders = parent.as_ref().and_then(|p| p.track.as_ref()).map(|t| t.holders.clone()).unwrap_or_default();
@@ -602,6 +614,7 @@ fn look(
     let table = table.unwrap_or(&mut scratch);
     let pid_ns = scope::check_pid_namespaces(live)?;
     tree::check_sharing(live)?;
+    let container_mounts = container::mount_ids(live[0].pid)?.map(std::sync::Arc::new);
     let mut ids = Vec::new();
     let mut entries = Vec::new();
     let mut inspections = Vec::new();
@@ -623,6 +636,7 @@ fn look(
                 policy: crate::objects::FdPolicy {
                     shell_job: opts.shell_job,
                     orphan_pts_master: opts.container.orphan_pts_master,
+                    container_mounts: container_mounts.clone(),
                     file_locks: opts.file_locks,
                     ext_unix_sk: opts.ext_unix_sk.clone(),
                     tcp_established: opts.tcp_established,

@@ -61,8 +61,8 @@ pub fn inspect(proc: &ProcDir, at: &Place, table: &mut ObjectTable, pidfd: Optio
             comm.trim()
         );
     }
-    if status.seccomp != 0 {
-        bail!("task {pid} runs under seccomp (mode {}): seccomp is not supported yet", status.seccomp);
+    if status.seccomp == 1 {
+        bail!("task {pid} runs under seccomp mode 1 (strict): it cannot be restored");
     }
     if let Ok(timers) = proc.read("timers") {
         if !timers.trim().is_empty() {

@@ -7,7 +7,7 @@ use crate::image::task::{Creds, PendingSignal, Rseq, Sched, ThreadImage};
 use crate::proc::maps::Mapping;
 use crate::proc::ProcDir;
 use crate::ptrace::Tracee;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ferry_arch::{Backend, Native, NativeState};
 
 /// What dump keeps of a thread besides its image: for the lazy dump's
@@ -33,9 +33,7 @@ pub fn collect(
     let rseq = tracee.rseq_config()?;
     let pending = pending_signals(tracee, false)?;
     let status = thread_proc.status()?;
-    if status.seccomp != 0 {
-        bail!("task {tid} runs under seccomp (mode {}): seccomp is not supported yet", status.seccomp);
-    }
+    let seccomp = super::seccomp::filters(tracee.pid, tid, status.seccomp)?;
     let (state, process) = injected::collect(tracee, maps, &regs, mask, main)?;
     let (robust_list, robust_list_len) = robust_list(tracee.pid)?;
     let mut cpu = regs.clone();
@@ -64,6 +62,7 @@ pub fn collect(
         clear_child_tid: state.clear_child_tid,
         pdeathsig: state.pdeathsig,
         sched: sched(tracee.pid)?,
+        seccomp,
         cpu: Native::wrap(cpu),
         restart,
     };

@@ -158,9 +158,21 @@ pub struct ThreadImage {
     pub clear_child_tid: u64,
     pub pdeathsig: i32,
     pub sched: Sched,
+    /// Its seccomp filters, oldest first (mode 2; none: mode 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp: Vec<SeccompFilter>,
     pub cpu: CpuRecord,
     /// What the restart fix-up did to the registers (informational).
     pub restart: Restart,
+}
+
+/// One seccomp filter: its flags (SECCOMP_FILTER_FLAG_LOG) and its
+/// classic BPF program, each instruction (struct sock_filter: code, jt,
+/// jf, k) as the 8 bytes the kernel gave, read as one number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    pub flags: u64,
+    pub program: Vec<u64>,
 }
 
 /// Scheduling policy and parameters (sched_getattr).

@@ -68,6 +68,9 @@ pub struct FdPolicy {
     pub shell_job: bool,
     /// `--orphan-pts-master`: a pts whose master is outside the tree.
     pub orphan_pts_master: bool,
+    /// A container's mount IDs: a file or directory open on any other
+    /// mount is refused (dump::container::check_fd_inside).
+    pub container_mounts: Option<std::sync::Arc<std::collections::HashSet<u64>>>,
     /// `--file-locks`: locks on the description are taken along.
     pub file_locks: bool,
     /// `--ext-unix-sk`: unix sockets whose peer is outside the tree.

@@ -96,7 +96,8 @@ pub struct Stage {
     pub ptys: super::pty::PtyMasters,
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    dirs: Vec<PathBuf>,
+    /// The staging directory, removed once the thread has ended.
+    dir: Option<tempfile::TempDir>,
 }
 
 fn cstr(p: &Path) -> CString {
@@ -156,17 +157,22 @@ impl Stage {
             }
             _ => None,
         };
-        let base = std::env::temp_dir().join(format!("ferry-container-{}", std::process::id()));
-        let staging = base.join("root");
-        let side = base.join("side");
-        for d in [&base, &staging, &side] {
-            std::fs::DirBuilder::new().mode(0o700).create(d).with_context(|| format!("creating {}", d.display()))?;
-        }
         let mut tmpfs = HashMap::new();
         for m in image.mounts.iter().filter(|m| m.kind == MountKind::Tmpfs) {
             let entries: Vec<TmpfsEntry> = images.read_json(&tmpfs_index(m.id))?;
             let data = images.read_verified(&tmpfs_data(m.id))?;
             tmpfs.insert(m.id, (entries, data));
+        }
+        // Once the images are read: a new directory of its own (mode 0700),
+        // removed with the stage.
+        let base = tempfile::Builder::new()
+            .prefix("ferry-container-")
+            .tempdir()
+            .context("creating the container's staging directory")?;
+        let staging = base.path().join("root");
+        let side = base.path().join("side");
+        for d in [&staging, &side] {
+            std::fs::DirBuilder::new().mode(0o700).create(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Staged>>();
@@ -203,42 +209,24 @@ impl Stage {
             Err(e) => {
                 drop(tx);
                 let _ = thread.join();
-                let _ = std::fs::remove_dir_all(&base);
+                drop(base);
                 return Err(e.context("rebuilding the container's mounts"));
             }
         };
         let child = Some(child);
-        Ok(Some(Stage { image, root, net, child, ptys, requests: Some(tx), thread: Some(thread), dirs: vec![base] }))
+        Ok(Some(Stage { image, root, net, child, ptys, requests: Some(tx), thread: Some(thread), dir: Some(base) }))
     }
 
-    /// Fork the tree's root inside the staged namespace; Ok(None) never
-    /// comes back here (the child runs the tree's setup).
+    /// Fork the tree's root inside the staged namespace with clone
+    /// `flags` ([`super::fork::root_flags`]); Ok(None) never comes back
+    /// here (the child runs the tree's setup).
     pub fn fork(
         &self,
         pid: i32,
-        new_pid_ns: bool,
-        sibling: bool,
+        flags: u64,
         wait: std::time::Duration,
         setup: &super::child::TreeSetup,
     ) -> Result<Forked> {
-        let mut flags = 0u64;
-        if new_pid_ns {
-            flags |= libc::CLONE_NEWPID as u64;
-        }
-        if self.image.uts.is_some() {
-            flags |= libc::CLONE_NEWUTS as u64;
-        }
-        if self.image.ipc {
-            flags |= libc::CLONE_NEWIPC as u64;
-        }
-        if self.image.cgroup {
-            // Rooted at ferry's cgroups, where the caller put it (runc:
-            // the container's).
-            flags |= libc::CLONE_NEWCGROUP as u64;
-        }
-        if sibling {
-            flags |= libc::CLONE_PARENT as u64;
-        }
         let (reply, answer) = mpsc::channel();
         let req = Request::Fork { pid, flags, wait, setup: SetupPtr(setup), reply };
         self.requests
@@ -282,10 +270,8 @@ impl Drop for Stage {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // From ferry's own namespace, where these are plain directories.
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        // From ferry's own namespace, where it is a plain directory.
+        drop(self.dir.take());
     }
 }
 

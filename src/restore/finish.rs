@@ -7,7 +7,7 @@
 use super::mm::Scratch;
 use super::plan::ProcessPlan;
 use crate::dump::thread::SchedAttr;
-use crate::image::task::{Creds, PendingSignal, ThreadImage};
+use crate::image::task::{Creds, PendingSignal, SeccompFilter, ThreadImage};
 use crate::proc::ProcDir;
 use crate::ptrace::inject::Injector;
 use crate::ptrace::remote::RemoteMem;
@@ -82,10 +82,32 @@ pub fn thread_state(inj: &mut Injector, mem: &RemoteMem, t: &ThreadImage, scratc
     inj.call(Syscall::Prctl, &[libc::PR_SET_PDEATHSIG as u64, t.pdeathsig as u64], || {
         "prctl(PR_SET_PDEATHSIG)".into()
     })?;
+    // Before the credentials, as CRIU does: installing a filter needs
+    // CAP_SYS_ADMIN (the task may have neither it nor no_new_privs). What
+    // ferry injects afterwards passes through the filters.
+    seccomp(inj, mem, &t.seccomp, buf)?;
     creds(inj, mem, &t.creds, buf)?;
     if t.creds.no_new_privs {
         inj.call(Syscall::Prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0], || {
             "prctl(PR_SET_NO_NEW_PRIVS)".into()
+        })?;
+    }
+    Ok(())
+}
+
+/// The thread's seccomp filters, oldest first (each a struct sock_fprog
+/// at `buf` pointing at its program just after).
+fn seccomp(inj: &mut Injector, mem: &RemoteMem, filters: &[SeccompFilter], buf: u64) -> Result<()> {
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    for (i, f) in filters.iter().enumerate() {
+        let program: Vec<u8> = f.program.iter().flat_map(|insn| insn.to_ne_bytes()).collect();
+        let mut fprog = [0u8; 16];
+        fprog[..2].copy_from_slice(&(f.program.len() as u16).to_ne_bytes());
+        fprog[8..].copy_from_slice(&(buf + 16).to_ne_bytes());
+        mem.write(buf, &fprog)?;
+        mem.write(buf + 16, &program)?;
+        inj.call(Syscall::Seccomp, &[SECCOMP_SET_MODE_FILTER, f.flags, buf], || {
+            format!("installing seccomp filter {} of {} ({} instructions)", i + 1, filters.len(), f.program.len())
         })?;
     }
     Ok(())

@@ -156,3 +156,25 @@ pub fn fork_with(pid: i32, flags: u64, wait: Duration) -> Result<Option<Forked>>
         }
     }
 }
+
+/// The clone flags of the tree's root: a PID namespace if the tree has
+/// one, the container's UTS, IPC and cgroup namespaces, and CLONE_PARENT
+/// for `--restore-sibling` (the root becomes ferry's parent's child).
+pub fn root_flags(pid_ns: bool, sibling: bool, container: Option<&crate::image::container::ContainerImage>) -> u64 {
+    let mut flags = 0u64;
+    let mut add = |on: bool, flag: i32| {
+        if on {
+            flags |= flag as u64;
+        }
+    };
+    add(pid_ns, libc::CLONE_NEWPID);
+    add(sibling, libc::CLONE_PARENT);
+    if let Some(c) = container {
+        add(c.uts.is_some(), libc::CLONE_NEWUTS);
+        add(c.ipc, libc::CLONE_NEWIPC);
+        // Rooted at ferry's cgroups, where the caller put it (runc: the
+        // container's).
+        add(c.cgroup, libc::CLONE_NEWCGROUP);
+    }
+    flags
+}

@@ -256,16 +256,13 @@ fn build(
         let pids: Vec<i32> = plan.tree.processes.iter().map(|p| p.pid).collect();
         fork::wait_free(&pids, opts.pid_wait)?;
     }
+    let flags = fork::root_flags(plan.tree.pid_ns, opts.container.sibling, stage.map(|s| &s.image));
     let forked = match stage {
-        Some(s) => s.fork(plan.tree.root, plan.tree.pid_ns, opts.container.sibling, opts.pid_wait, &plan.setup)?,
-        None => {
-            let flags = if opts.container.sibling { libc::CLONE_PARENT as u64 } else { 0 };
-            let flags = flags | if plan.tree.pid_ns { libc::CLONE_NEWPID as u64 } else { 0 };
-            match fork::fork_with(plan.tree.root, flags, opts.pid_wait)? {
-                None => child::run(&plan.setup),
-                Some(f) => f,
-            }
-        }
+        Some(s) => s.fork(plan.tree.root, flags, opts.pid_wait, &plan.setup)?,
+        None => match fork::fork_with(plan.tree.root, flags, opts.pid_wait)? {
+            None => child::run(&plan.setup),
+            Some(f) => f,
+        },
     };
     let mut guard = RootGuard { pid: forked.pid, armed: true };
     // The processes have their copies now; closing ours lets the report

@@ -52,12 +52,13 @@ impl PtyMasters {
             self.made.insert(key.clone(), master);
         }
         let master = &self.made[&key];
-        if self.handed.insert(key) {
+        if !self.handed.contains(&key) {
             let hand = hand.context(
                 "the task's terminal had its master outside the tree: ferry hands a new one to the caller \
                  over RPC (orphan_pts_master); a command-line restore has no one to give it to",
             )?;
             (hand.0)(master.as_fd())?;
+            self.handed.insert(key);
         }
         Ok(master.as_fd())
     }
