@@ -3,6 +3,7 @@
 
 mod apt;
 mod arch;
+mod bats;
 mod bench;
 mod build;
 mod criu;
@@ -44,6 +45,8 @@ enum Cmd {
     Fuzz(fuzz::Fuzz),
     /// Hundreds of dump/restore cycles and migrations, counting what could leak
     Soak(fuzz::Soak),
+    /// runc's own checkpoint tests (Debian's runc source) with ferry as criu
+    RuncBats(bats::RuncBats),
 }
 
 fn main() {
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dist(c) => c.run(&sh),
         Cmd::Fuzz(c) => c.run(&sh),
         Cmd::Soak(c) => c.run(&sh),
+        Cmd::RuncBats(c) => c.run(&sh),
     }
 }
 

@@ -15,6 +15,9 @@ pub struct Test {
     /// Skip building and checking the packages (`cargo xtask package --check`)
     #[arg(long)]
     no_package: bool,
+    /// Skip runc's own checkpoint tests (`cargo xtask runc-bats`)
+    #[arg(long)]
+    no_bats: bool,
     /// Passed on to `cargo test` (e.g. a test name filter)
     #[arg(trailing_var_arg = true)]
     args: Vec<String>,
@@ -69,6 +72,12 @@ impl Test {
         // A filter asks for some tests only: not the guests and packages.
         let filtered = !args.is_empty();
         cmd!(sh, "cargo test --workspace {args...}").run()?;
+        if !self.no_bats && !filtered {
+            // The ferry `cargo test` just built and tested.
+            let ferry = crate::project_root().join("target/debug/ferry");
+            let suite = crate::bats::Suite::prepare(sh)?;
+            crate::bats::check(&suite.run(sh, "ferry", &ferry)?)?;
+        }
         if !self.no_vm && !filtered {
             crate::vm::VmTest::all().run(sh)?;
         }
